@@ -1,0 +1,301 @@
+//! The trace buffer: pending traces in a sharded concurrent map (trace id → spans kept as
+//! encoded chunks plus the facts decisions need), and per-shard decision timers.
+//!
+//! Invariants:
+//! - every entry in the map has exactly one key in exactly one timer shard, and the entry
+//!   records that key (`TraceEntry::timer`); whoever removes the entry removes the key;
+//! - a timer shard's mutex is never held while a map guard is taken (ingest takes the map
+//!   guard first, then the timer; deciders and eviction pop timer keys, release the timer,
+//!   then remove the matching entry), so the two cannot deadlock;
+//! - `pending_traces`, `buffered_bytes` and `buffered_spans` equal the sums over the map
+//!   (between two operations).
+//!
+//! Timers are ordered maps keyed by (deadline, sequence): due keys are popped in batches,
+//! and the first key of all shards is the oldest pending trace, the one evicted when a
+//! limit is hit. No task per trace.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+use tokio::time::Instant;
+
+use crate::otlp::{Chunk, TraceId};
+
+/// Limits and timing, from `tail_sampling`.
+#[derive(Debug, Clone)]
+pub struct BufferConfig {
+    pub decision_wait: Duration,
+    /// Zero: off.
+    pub decision_wait_after_root_received: Duration,
+    pub num_traces: usize,
+    /// Zero: no bound.
+    pub max_buffered_bytes: u64,
+    /// Zero: no bound.
+    pub maximum_trace_size_bytes: u64,
+    pub expected_new_traces_per_sec: usize,
+}
+
+/// When a pending trace is due, and its place in its timer shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TimerKey {
+    pub deadline: Instant,
+    seq: u64,
+}
+
+/// A pending trace.
+#[derive(Debug)]
+pub struct TraceEntry {
+    pub chunks: Vec<Chunk>,
+    pub span_count: u64,
+    /// Wire bytes of the spans.
+    pub bytes: u64,
+    pub first_arrival: Instant,
+    pub root_seen: bool,
+    /// Earliest span start and latest span end, Unix nanoseconds.
+    pub earliest_start: u64,
+    pub latest_end: u64,
+    pub timer: TimerKey,
+}
+
+/// What one chunk tells the buffer about its spans.
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkFacts {
+    pub has_root: bool,
+    pub earliest_start: u64,
+    pub latest_end: u64,
+}
+
+/// The result of [`TraceBuffer::add`].
+#[derive(Debug, Default)]
+pub struct AddOutcome {
+    /// The chunk started a new trace.
+    pub new_trace: bool,
+    /// The trace went over `maximum_trace_size_bytes` and was taken out of the buffer.
+    pub too_large: Option<TraceEntry>,
+    /// Traces evicted to make room, oldest first.
+    pub evicted: Vec<(TraceId, TraceEntry)>,
+}
+
+pub struct TraceBuffer {
+    config: BufferConfig,
+    map: DashMap<TraceId, TraceEntry, ahash::RandomState>,
+    timers: Box<[Mutex<BTreeMap<TimerKey, TraceId>>]>,
+    seq: AtomicU64,
+    pending_traces: AtomicUsize,
+    buffered_bytes: AtomicU64,
+    buffered_spans: AtomicU64,
+}
+
+impl TraceBuffer {
+    /// A buffer with `timer_shards` timer shards (rounded up to a power of two).
+    pub fn new(config: BufferConfig, timer_shards: usize) -> Self {
+        let shards = timer_shards.max(1).next_power_of_two();
+        let capacity = config.num_traces.min(config.expected_new_traces_per_sec.max(1024) * 4);
+        Self {
+            map: DashMap::with_capacity_and_hasher(capacity, ahash::RandomState::new()),
+            timers: (0..shards).map(|_| Mutex::new(BTreeMap::new())).collect(),
+            seq: AtomicU64::new(0),
+            pending_traces: AtomicUsize::new(0),
+            buffered_bytes: AtomicU64::new(0),
+            buffered_spans: AtomicU64::new(0),
+            config,
+        }
+    }
+
+    pub fn config(&self) -> &BufferConfig {
+        &self.config
+    }
+
+    pub fn timer_shards(&self) -> usize {
+        self.timers.len()
+    }
+
+    pub fn pending_traces(&self) -> usize {
+        self.pending_traces.load(Ordering::Relaxed)
+    }
+
+    pub fn buffered_bytes(&self) -> u64 {
+        self.buffered_bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn buffered_spans(&self) -> u64 {
+        self.buffered_spans.load(Ordering::Relaxed)
+    }
+
+    /// Whether a limit is reached; what
+    /// `block_on_overflow` refuses on instead of evicting.
+    pub fn is_full(&self) -> bool {
+        self.pending_traces() >= self.config.num_traces
+            || (self.config.max_buffered_bytes > 0
+                && self.buffered_bytes() >= self.config.max_buffered_bytes)
+    }
+
+    fn shard_of(&self, id: &TraceId) -> usize {
+        // Trace ids are random; fold both halves so ids random in one half only spread too.
+        let lo = u64::from_le_bytes(id[8..16].try_into().expect("8 bytes"));
+        let hi = u64::from_le_bytes(id[0..8].try_into().expect("8 bytes"));
+        let mut h = lo ^ hi;
+        h ^= h >> 31;
+        h = h.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        (h >> 32) as usize & (self.timers.len() - 1)
+    }
+
+    fn new_key(&self, deadline: Instant) -> TimerKey {
+        TimerKey {
+            deadline,
+            seq: self.seq.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// Adds a chunk of spans of one trace. With `evict` set, makes room by evicting the
+    /// oldest pending traces when a limit is exceeded.
+    pub fn add(&self, id: TraceId, chunk: Chunk, facts: ChunkFacts, now: Instant, evict: bool) -> AddOutcome {
+        let mut outcome = AddOutcome::default();
+        let chunk_bytes = chunk.size() as u64;
+        let chunk_spans = u64::from(chunk.span_count);
+        let shard = self.shard_of(&id);
+        let after_root = self.config.decision_wait_after_root_received;
+        match self.map.entry(id) {
+            Entry::Occupied(mut o) => {
+                let e = o.get_mut();
+                e.chunks.push(chunk);
+                e.span_count += chunk_spans;
+                e.bytes += chunk_bytes;
+                e.earliest_start = e.earliest_start.min(facts.earliest_start);
+                e.latest_end = e.latest_end.max(facts.latest_end);
+                self.buffered_bytes.fetch_add(chunk_bytes, Ordering::Relaxed);
+                self.buffered_spans.fetch_add(chunk_spans, Ordering::Relaxed);
+                if facts.has_root && !e.root_seen {
+                    e.root_seen = true;
+                    if !after_root.is_zero() && now + after_root < e.timer.deadline {
+                        let key = self.new_key(now + after_root);
+                        let mut timer = self.timers[shard].lock().expect("timer lock");
+                        timer.remove(&e.timer);
+                        timer.insert(key, id);
+                        e.timer = key;
+                    }
+                }
+                let max = self.config.maximum_trace_size_bytes;
+                if max > 0 && e.bytes > max {
+                    let entry = o.remove();
+                    self.timers[shard].lock().expect("timer lock").remove(&entry.timer);
+                    self.forget(&entry);
+                    outcome.too_large = Some(entry);
+                }
+            }
+            Entry::Vacant(v) => {
+                let wait = if facts.has_root && !after_root.is_zero() {
+                    after_root.min(self.config.decision_wait)
+                } else {
+                    self.config.decision_wait
+                };
+                let key = self.new_key(now + wait);
+                let entry = TraceEntry {
+                    chunks: vec![chunk],
+                    span_count: chunk_spans,
+                    bytes: chunk_bytes,
+                    first_arrival: now,
+                    root_seen: facts.has_root,
+                    earliest_start: facts.earliest_start,
+                    latest_end: facts.latest_end,
+                    timer: key,
+                };
+                let max = self.config.maximum_trace_size_bytes;
+                if max > 0 && chunk_bytes > max {
+                    outcome.too_large = Some(entry);
+                    return outcome;
+                }
+                self.timers[shard].lock().expect("timer lock").insert(key, id);
+                v.insert(entry);
+                self.pending_traces.fetch_add(1, Ordering::Relaxed);
+                self.buffered_bytes.fetch_add(chunk_bytes, Ordering::Relaxed);
+                self.buffered_spans.fetch_add(chunk_spans, Ordering::Relaxed);
+                outcome.new_trace = true;
+            }
+        }
+        // The map guard is released here, so eviction may touch any shard.
+        if evict {
+            while self.over_limit() {
+                match self.evict_oldest() {
+                    Some(victim) => outcome.evicted.push(victim),
+                    None => break,
+                }
+            }
+        }
+        outcome
+    }
+
+    fn over_limit(&self) -> bool {
+        self.pending_traces() > self.config.num_traces
+            || (self.config.max_buffered_bytes > 0 && self.buffered_bytes() > self.config.max_buffered_bytes)
+    }
+
+    fn forget(&self, entry: &TraceEntry) {
+        self.pending_traces.fetch_sub(1, Ordering::Relaxed);
+        self.buffered_bytes.fetch_sub(entry.bytes, Ordering::Relaxed);
+        self.buffered_spans.fetch_sub(entry.span_count, Ordering::Relaxed);
+    }
+
+    /// Removes the entry a popped timer key points to, if that key is still its key.
+    fn claim(&self, key: TimerKey, id: TraceId) -> Option<TraceEntry> {
+        let (_, entry) = self.map.remove_if(&id, |_, e| e.timer == key)?;
+        self.forget(&entry);
+        Some(entry)
+    }
+
+    /// Takes the pending trace with the earliest deadline out of the buffer.
+    fn evict_oldest(&self) -> Option<(TraceId, TraceEntry)> {
+        loop {
+            let (shard, key) = self
+                .timers
+                .iter()
+                .enumerate()
+                .filter_map(|(i, t)| t.lock().expect("timer lock").keys().next().map(|k| (i, *k)))
+                .min_by_key(|(_, k)| *k)?;
+            let id = self.timers[shard].lock().expect("timer lock").remove(&key);
+            if let Some(id) = id {
+                if let Some(entry) = self.claim(key, id) {
+                    return Some((id, entry));
+                }
+            }
+        }
+    }
+
+    /// Takes every trace in timer shard `shard` whose deadline is at or before `now`.
+    pub fn take_due(&self, shard: usize, now: Instant, out: &mut Vec<(TraceId, TraceEntry)>) {
+        let due: Vec<(TimerKey, TraceId)> = {
+            let mut timer = self.timers[shard].lock().expect("timer lock");
+            let later = timer.split_off(&TimerKey {
+                deadline: now,
+                seq: u64::MAX,
+            });
+            std::mem::replace(&mut *timer, later).into_iter().collect()
+        };
+        out.extend(due.into_iter().filter_map(|(key, id)| self.claim(key, id).map(|e| (id, e))));
+    }
+
+    /// The earliest deadline in timer shard `shard`.
+    pub fn next_deadline(&self, shard: usize) -> Option<Instant> {
+        self.timers[shard]
+            .lock()
+            .expect("timer lock")
+            .keys()
+            .next()
+            .map(|k| k.deadline)
+    }
+
+    /// Takes every pending trace, for shutdown.
+    pub fn take_all(&self, out: &mut Vec<(TraceId, TraceEntry)>) {
+        for shard in 0..self.timers.len() {
+            let all = std::mem::take(&mut *self.timers[shard].lock().expect("timer lock"));
+            out.extend(all.into_iter().filter_map(|(key, id)| self.claim(key, id).map(|e| (id, e))));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,337 @@
+//! Loading and validating config files. Text is env-expanded, parsed as YAML, each
+//! section deserialized on its own into the serde types of [`types`] (unknown keys are
+//! errors), then checked; every problem is collected with its dotted path and reported
+//! together as one [`ConfigError`].
+
+mod env;
+pub mod types;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use crate::policy::PolicySet;
+pub use types::*;
+
+/// One problem in a config, with the dotted path of the key it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub path: String,
+    pub message: String,
+}
+
+/// Every problem found in a config.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub errors: Vec<FieldError>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            if e.path.is_empty() {
+                write!(f, "{}", e.message)?;
+            } else {
+                write!(f, "{}: {}", e.path, e.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Collects errors while a config is checked.
+#[derive(Debug, Default)]
+pub struct Errors(Vec<FieldError>);
+
+impl Errors {
+    pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    /// Deserializes `value` as `T`, recording a failure under `path`.
+    pub fn parse<T: DeserializeOwned>(&mut self, path: &str, value: serde_yaml::Value) -> Option<T> {
+        match serde_path_to_error::deserialize(value) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let inner = e.path().to_string();
+                let full = match (path.is_empty(), inner.as_str()) {
+                    (_, ".") => path.to_owned(),
+                    (true, _) => inner,
+                    (false, _) if inner.starts_with('[') => format!("{path}{inner}"),
+                    (false, _) => format!("{path}.{inner}"),
+                };
+                self.push(full, e.into_inner().to_string());
+                None
+            }
+        }
+    }
+
+    /// Like [`Errors::parse`], treating a missing or null section as its default.
+    pub fn parse_or_default<T: DeserializeOwned + Default>(
+        &mut self,
+        path: &str,
+        value: Option<serde_yaml::Value>,
+    ) -> T {
+        match value {
+            None | Some(serde_yaml::Value::Null) => T::default(),
+            Some(v) => self.parse(path, v).unwrap_or_default(),
+        }
+    }
+
+    /// `Err` with everything recorded, if anything was.
+    pub fn check(self) -> Result<(), ConfigError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { errors: self.0 })
+        }
+    }
+}
+
+/// A validated worker config.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub receivers: ReceiversConfig,
+    pub tail_sampling: TailSamplingConfig,
+    pub policies: PolicySet,
+    pub exporters: Vec<(String, ExporterConfig)>,
+    pub admin: AdminConfig,
+    pub shutdown: ShutdownConfig,
+}
+
+/// One configured exporter, by type.
+#[derive(Debug, Clone)]
+pub enum ExporterConfig {
+    Otlp(OtlpExporterConfig),
+    OtlpHttp(OtlpHttpExporterConfig),
+    File(FileExporterConfig),
+    Debug(DebugExporterConfig),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkerConfig {
+    receivers: Option<serde_yaml::Value>,
+    tail_sampling: Option<serde_yaml::Value>,
+    #[serde(default)]
+    exporters: BTreeMap<String, serde_yaml::Value>,
+    admin: Option<serde_yaml::Value>,
+    shutdown: Option<serde_yaml::Value>,
+}
+
+/// Reads, expands and validates a worker config file.
+pub fn load_worker(path: &Path) -> Result<WorkerConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        errors: vec![FieldError {
+            path: String::new(),
+            message: format!("cannot read {}: {e}", path.display()),
+        }],
+    })?;
+    parse_worker(&text)
+}
+
+/// Expands `${VAR}` from the process environment and parses YAML into a value.
+pub fn read_yaml(text: &str) -> Result<serde_yaml::Value, ConfigError> {
+    let expanded = env::expand(text, |k| std::env::var(k).ok()).map_err(|missing| ConfigError {
+        errors: missing
+            .into_iter()
+            .map(|message| FieldError {
+                path: String::new(),
+                message,
+            })
+            .collect(),
+    })?;
+    serde_yaml::from_str(&expanded).map_err(|e| ConfigError {
+        errors: vec![FieldError {
+            path: String::new(),
+            message: format!("invalid YAML: {e}"),
+        }],
+    })
+}
+
+/// Parses and validates worker config text.
+pub fn parse_worker(text: &str) -> Result<WorkerConfig, ConfigError> {
+    let value = read_yaml(text)?;
+    let mut errors = Errors::default();
+    let Some(raw) = errors.parse::<RawWorkerConfig>("", value) else {
+        return Err(errors.check().expect_err("a parse failure is recorded"));
+    };
+    let receivers: ReceiversConfig = errors.parse_or_default("receivers", raw.receivers);
+    validate_receivers(&receivers, &mut errors);
+    let tail_sampling: Option<TailSamplingConfig> = match raw.tail_sampling {
+        None | Some(serde_yaml::Value::Null) => {
+            errors.push("tail_sampling", "is required");
+            None
+        }
+        Some(v) => errors.parse("tail_sampling", v),
+    };
+    let policies = tail_sampling.as_ref().map(|ts| {
+        validate_tail_sampling(ts, &mut errors);
+        PolicySet::compile(&ts.policies, "tail_sampling.policies", ts.sample_on_first_match, &mut errors)
+    });
+    let exporters = parse_exporters(raw.exporters, &mut errors);
+    let admin: AdminConfig = errors.parse_or_default("admin", raw.admin);
+    check_endpoint(&admin.endpoint, "admin.endpoint", &mut errors);
+    let shutdown: ShutdownConfig = errors.parse_or_default("shutdown", raw.shutdown);
+    errors.check()?;
+    Ok(WorkerConfig {
+        receivers,
+        tail_sampling: tail_sampling.expect("a missing tail_sampling is recorded as an error"),
+        policies: policies.expect("policies are compiled whenever tail_sampling parsed"),
+        exporters,
+        admin,
+        shutdown,
+    })
+}
+
+fn validate_receivers(r: &ReceiversConfig, errors: &mut Errors) {
+    let p = &r.otlp.protocols;
+    if p.grpc.is_none() && p.http.is_none() {
+        errors.push("receivers.otlp.protocols", "enable grpc, http or both");
+    }
+    if let Some(g) = &p.grpc {
+        check_endpoint(&g.endpoint, "receivers.otlp.protocols.grpc.endpoint", errors);
+        if g.max_recv_msg_size_mib == 0 {
+            errors.push("receivers.otlp.protocols.grpc.max_recv_msg_size_mib", "must be at least 1");
+        }
+    }
+    if let Some(h) = &p.http {
+        check_endpoint(&h.endpoint, "receivers.otlp.protocols.http.endpoint", errors);
+        if h.max_request_body_size == 0 {
+            errors.push("receivers.otlp.protocols.http.max_request_body_size", "must be at least 1");
+        }
+        if !h.traces_url_path.starts_with('/') {
+            errors.push("receivers.otlp.protocols.http.traces_url_path", "must start with /");
+        }
+    }
+}
+
+/// A listen address must be `host:port`.
+pub fn check_endpoint(endpoint: &str, path: &str, errors: &mut Errors) {
+    match endpoint.rsplit_once(':') {
+        Some((_, port)) if port.parse::<u16>().is_ok() => {}
+        _ => errors.push(path, format!("{endpoint:?} is not host:port")),
+    }
+}
+
+fn validate_tail_sampling(ts: &TailSamplingConfig, errors: &mut Errors) {
+    if ts.decision_wait.is_zero() {
+        errors.push("tail_sampling.decision_wait", "must be greater than 0");
+    }
+    if ts.decision_wait_after_root_received > ts.decision_wait {
+        errors.push(
+            "tail_sampling.decision_wait_after_root_received",
+            "must not exceed decision_wait",
+        );
+    }
+    if ts.num_traces == 0 {
+        errors.push("tail_sampling.num_traces", "must be at least 1");
+    }
+    if ts.policies.is_empty() {
+        errors.push("tail_sampling.policies", "at least one policy is required");
+    }
+}
+
+fn parse_exporters(
+    raw: BTreeMap<String, serde_yaml::Value>,
+    errors: &mut Errors,
+) -> Vec<(String, ExporterConfig)> {
+    if raw.is_empty() {
+        errors.push("exporters", "at least one exporter is required");
+    }
+    let mut out = Vec::new();
+    for (id, value) in raw {
+        let path = format!("exporters.{id}");
+        let (kind, name) = id.split_once('/').unwrap_or((id.as_str(), ""));
+        if id.contains('/') && name.is_empty() {
+            errors.push(&path, "the name after / must not be empty");
+            continue;
+        }
+        let value = if value.is_null() {
+            serde_yaml::Value::Mapping(Default::default())
+        } else {
+            value
+        };
+        let config = match kind {
+            "otlp" => errors.parse(&path, value).map(ExporterConfig::Otlp),
+            "otlphttp" => errors.parse(&path, value).map(ExporterConfig::OtlpHttp),
+            "file" => errors.parse(&path, value).map(ExporterConfig::File),
+            "debug" => errors.parse(&path, value).map(ExporterConfig::Debug),
+            other => {
+                errors.push(
+                    &path,
+                    format!("unknown exporter type {other:?}; expected otlp, otlphttp, file or debug"),
+                );
+                None
+            }
+        };
+        if let Some(config) = config {
+            validate_exporter(&config, &path, errors);
+            out.push((id, config));
+        }
+    }
+    out
+}
+
+fn validate_exporter(config: &ExporterConfig, path: &str, errors: &mut Errors) {
+    let (queue, retry) = match config {
+        ExporterConfig::Otlp(c) => {
+            if c.endpoint.is_empty() {
+                errors.push(format!("{path}.endpoint"), "must not be empty");
+            }
+            (&c.sending_queue, Some(&c.retry_on_failure))
+        }
+        ExporterConfig::OtlpHttp(c) => {
+            if c.endpoint.is_none() && c.traces_endpoint.is_none() {
+                errors.push(format!("{path}.endpoint"), "endpoint or traces_endpoint is required");
+            }
+            for (key, url) in [("endpoint", &c.endpoint), ("traces_endpoint", &c.traces_endpoint)] {
+                if let Some(url) = url {
+                    if !(url.starts_with("http://") || url.starts_with("https://")) {
+                        errors.push(format!("{path}.{key}"), format!("{url:?} is not an http(s) URL"));
+                    }
+                }
+            }
+            (&c.sending_queue, Some(&c.retry_on_failure))
+        }
+        ExporterConfig::File(c) => {
+            if c.rotation.max_megabytes == 0 {
+                errors.push(format!("{path}.rotation.max_megabytes"), "must be at least 1");
+            }
+            (&c.sending_queue, None)
+        }
+        ExporterConfig::Debug(c) => (&c.sending_queue, None),
+    };
+    if queue.queue_size == 0 {
+        errors.push(format!("{path}.sending_queue.queue_size"), "must be at least 1");
+    }
+    if queue.num_consumers == 0 {
+        errors.push(format!("{path}.sending_queue.num_consumers"), "must be at least 1");
+    }
+    if let Some(r) = retry {
+        if r.multiplier < 1.0 || !r.multiplier.is_finite() {
+            errors.push(format!("{path}.retry_on_failure.multiplier"), "must be at least 1");
+        }
+        if !(0.0..=1.0).contains(&r.randomization_factor) {
+            errors.push(
+                format!("{path}.retry_on_failure.randomization_factor"),
+                "must be between 0 and 1",
+            );
+        }
+        if r.initial_interval.is_zero() {
+            errors.push(format!("{path}.retry_on_failure.initial_interval"), "must be greater than 0");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

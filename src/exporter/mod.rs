@@ -1,0 +1,254 @@
+//! Exporters: every kept trace goes to every configured exporter. Each exporter has a
+//! bounded sending queue drained by `num_consumers` tasks that send with retries.
+//!
+//! Bounds and accounting: the queue holds at most `queue_size` requests from the
+//! receivers' point of view: [`ExporterSet::is_full`] makes them refuse new data with a
+//! retryable status while any queue is at capacity. The decision loop itself never waits
+//! on a queue (export never blocks decisions), so the queue can exceed `queue_size` by at
+//! most the traces that were already buffered when it filled, which the trace buffer's
+//! limits bound. Every span handed to an exporter ends in exactly one of
+//! `otelcol_exporter_sent_spans`, `otelcol_exporter_send_failed_spans` or
+//! `otelcol_exporter_enqueue_failed_spans` (queue closed at shutdown).
+
+mod debug;
+mod file;
+mod otlp_grpc;
+mod otlp_http;
+mod retry;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::{Counter, Gauge};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::config::{ExporterConfig, SendingQueueConfig};
+use crate::otlp::EncodedRequest;
+use crate::telemetry::{self, Registry};
+
+/// An exporter that could not be built from its config.
+#[derive(Debug, thiserror::Error)]
+#[error("exporters.{name}: {message}")]
+pub struct BuildError {
+    pub name: String,
+    pub message: String,
+}
+
+/// Why one send failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    #[error("retryable: {message}")]
+    Retryable {
+        message: String,
+        /// The backend's requested delay (gRPC RetryInfo, HTTP Retry-After).
+        after: Option<Duration>,
+    },
+    #[error("permanent: {0}")]
+    Permanent(String),
+}
+
+/// A successful send; `rejected` spans were refused by the backend's partial success.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sent {
+    pub rejected: u64,
+}
+
+/// Where an exporter sends.
+enum Sink {
+    Grpc(otlp_grpc::GrpcSink),
+    Http(otlp_http::HttpSink),
+    File(file::FileSink),
+    Debug(debug::DebugSink),
+}
+
+impl Sink {
+    async fn send(&self, request: &EncodedRequest) -> Result<Sent, SendError> {
+        match self {
+            Sink::Grpc(s) => s.send(request).await,
+            Sink::Http(s) => s.send(request).await,
+            Sink::File(s) => s.send(request).await,
+            Sink::Debug(s) => s.send(request),
+        }
+    }
+}
+
+struct ExporterMetrics {
+    sent: Counter,
+    send_failed: Counter,
+    enqueue_failed: Counter,
+    queue_size: Gauge,
+}
+
+struct Exporter {
+    name: String,
+    tx: async_channel::Sender<EncodedRequest>,
+    rx: async_channel::Receiver<EncodedRequest>,
+    capacity: usize,
+    metrics: Arc<ExporterMetrics>,
+    /// Spans taken off the queue and not yet counted as sent or failed.
+    in_flight: Arc<AtomicU64>,
+}
+
+/// All configured exporters and their consumer tasks.
+pub struct ExporterSet {
+    exporters: Vec<Exporter>,
+    tasks: tokio::sync::Mutex<JoinSet<()>>,
+}
+
+impl ExporterSet {
+    /// Builds every exporter and starts its consumers.
+    pub fn start(configs: &[(String, ExporterConfig)], registry: &Registry) -> Result<Self, BuildError> {
+        let mut tasks = JoinSet::new();
+        let mut exporters = Vec::with_capacity(configs.len());
+        for (name, config) in configs {
+            let build_error = |message: String| BuildError {
+                name: name.clone(),
+                message,
+            };
+            let (sink, queue, retry) = match config {
+                ExporterConfig::Otlp(c) => (
+                    Sink::Grpc(otlp_grpc::GrpcSink::new(c).map_err(build_error)?),
+                    &c.sending_queue,
+                    Some(c.retry_on_failure.clone()),
+                ),
+                ExporterConfig::OtlpHttp(c) => (
+                    Sink::Http(otlp_http::HttpSink::new(c).map_err(build_error)?),
+                    &c.sending_queue,
+                    Some(c.retry_on_failure.clone()),
+                ),
+                ExporterConfig::File(c) => (
+                    Sink::File(file::FileSink::new(c).map_err(build_error)?),
+                    &c.sending_queue,
+                    None,
+                ),
+                ExporterConfig::Debug(c) => (Sink::Debug(debug::DebugSink::new(name, c)), &c.sending_queue, None),
+            };
+            let exporter = Exporter::new(name, queue, registry);
+            let sink = Arc::new(sink);
+            let consumers = if queue.enabled { queue.num_consumers } else { 1 };
+            for _ in 0..consumers {
+                tasks.spawn(consume(
+                    exporter.name.clone(),
+                    exporter.rx.clone(),
+                    sink.clone(),
+                    retry.clone(),
+                    exporter.metrics.clone(),
+                    exporter.in_flight.clone(),
+                ));
+            }
+            exporters.push(exporter);
+        }
+        Ok(Self {
+            exporters,
+            tasks: tokio::sync::Mutex::new(tasks),
+        })
+    }
+
+    /// Hands a request to every exporter. Never waits.
+    pub fn enqueue(&self, request: EncodedRequest) {
+        if request.spans == 0 {
+            return;
+        }
+        for e in &self.exporters {
+            match e.tx.try_send(request.clone()) {
+                Ok(()) => e.metrics.queue_size.set(e.tx.len() as f64),
+                Err(_) => e.metrics.enqueue_failed.increment(request.spans),
+            }
+        }
+    }
+
+    /// Whether any sending queue is at capacity: the receivers' signal to push back.
+    pub fn is_full(&self) -> bool {
+        self.exporters.iter().any(|e| e.tx.len() >= e.capacity)
+    }
+
+    /// Closes the queues, lets the consumers drain until `deadline`, then abandons what is
+    /// left and counts it as failed.
+    pub async fn shutdown(&self, deadline: Instant) {
+        for e in &self.exporters {
+            e.tx.close();
+        }
+        let mut tasks = self.tasks.lock().await;
+        let drained = tokio::time::timeout_at(deadline, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+        }
+        for e in &self.exporters {
+            let mut abandoned = e.in_flight.swap(0, Ordering::SeqCst);
+            while let Ok(request) = e.rx.try_recv() {
+                abandoned += request.spans;
+            }
+            if abandoned > 0 {
+                tracing::warn!(exporter = %e.name, spans = abandoned, "export abandoned at shutdown");
+                e.metrics.send_failed.increment(abandoned);
+            }
+            e.metrics.queue_size.set(0.0);
+        }
+    }
+}
+
+impl Exporter {
+    fn new(name: &str, queue: &SendingQueueConfig, registry: &Registry) -> Self {
+        // A disabled queue acts as a queue of one: the receivers push back as soon as one
+        // request waits, and the decision loop still never waits on a send.
+        let capacity = if queue.enabled { queue.queue_size } else { 1 };
+        let (tx, rx) = async_channel::unbounded();
+        let labels = [("exporter", name)];
+        registry
+            .gauge(telemetry::EXPORTER_QUEUE_CAPACITY, &labels)
+            .set(capacity as f64);
+        Self {
+            name: name.to_owned(),
+            tx,
+            rx,
+            capacity,
+            metrics: Arc::new(ExporterMetrics {
+                sent: registry.counter(telemetry::EXPORTER_SENT_SPANS, &labels),
+                send_failed: registry.counter(telemetry::EXPORTER_SEND_FAILED_SPANS, &labels),
+                enqueue_failed: registry.counter(telemetry::EXPORTER_ENQUEUE_FAILED_SPANS, &labels),
+                queue_size: registry.gauge(telemetry::EXPORTER_QUEUE_SIZE, &labels),
+            }),
+            in_flight: Arc::new(AtomicU64::new(0)),
+        }
+    }
+}
+
+async fn consume(
+    name: String,
+    rx: async_channel::Receiver<EncodedRequest>,
+    sink: Arc<Sink>,
+    retry: Option<crate::config::RetryConfig>,
+    metrics: Arc<ExporterMetrics>,
+    in_flight: Arc<AtomicU64>,
+) {
+    while let Ok(request) = rx.recv().await {
+        in_flight.fetch_add(request.spans, Ordering::SeqCst);
+        metrics.queue_size.set(rx.len() as f64);
+        let result = retry::send_with_retry(&sink, &request, retry.as_ref()).await;
+        // Counted and cleared together, with no await between, so an abort at shutdown
+        // sees the spans either in flight or counted, never both.
+        in_flight.fetch_sub(request.spans, Ordering::SeqCst);
+        match result {
+            Ok(sent) => {
+                metrics.sent.increment(request.spans - sent.rejected);
+                if sent.rejected > 0 {
+                    tracing::warn!(exporter = %name, rejected = sent.rejected, "backend rejected part of an export");
+                    metrics.send_failed.increment(sent.rejected);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(exporter = %name, spans = request.spans, error = %e, "export failed");
+                metrics.send_failed.increment(request.spans);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,119 @@
+//! The `otlp` exporter: OTLP/gRPC to a backend, sending the pre-encoded request bytes as
+//! they are (see `otlp::RawExportCodec`).
+
+use std::str::FromStr;
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use tonic::codec::CompressionEncoding;
+use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::{Code, Request, Status};
+
+use super::{SendError, Sent};
+use crate::config::{ClientTlsConfig as TlsConfig, Compression, OtlpExporterConfig};
+use crate::otlp::{EncodedRequest, RawExportCodec, EXPORT_PATH};
+
+pub(super) struct GrpcSink {
+    client: tonic::client::Grpc<Channel>,
+    headers: MetadataMap,
+    timeout: std::time::Duration,
+}
+
+impl GrpcSink {
+    pub(super) fn new(config: &OtlpExporterConfig) -> Result<Self, String> {
+        let url = if config.endpoint.contains("://") {
+            config.endpoint.clone()
+        } else if config.tls.insecure {
+            format!("http://{}", config.endpoint)
+        } else {
+            format!("https://{}", config.endpoint)
+        };
+        let mut endpoint = Endpoint::from_str(&url).map_err(|e| format!("endpoint {url:?}: {e}"))?;
+        if url.starts_with("https://") {
+            endpoint = endpoint
+                .tls_config(tls_config(&config.tls)?)
+                .map_err(|e| format!("tls: {e}"))?;
+        }
+        let channel = endpoint.timeout(config.timeout).connect_lazy();
+        let mut client = tonic::client::Grpc::new(channel).max_decoding_message_size(16 * 1024 * 1024);
+        if config.compression == Compression::Gzip {
+            client = client
+                .send_compressed(CompressionEncoding::Gzip)
+                .accept_compressed(CompressionEncoding::Gzip);
+        }
+        let mut headers = MetadataMap::new();
+        for (k, v) in &config.headers {
+            let key = MetadataKey::from_str(&k.to_ascii_lowercase()).map_err(|e| format!("headers.{k}: {e}"))?;
+            let value = MetadataValue::from_str(v).map_err(|e| format!("headers.{k}: {e}"))?;
+            headers.insert(key, value);
+        }
+        Ok(Self {
+            client,
+            headers,
+            timeout: config.timeout,
+        })
+    }
+
+    pub(super) async fn send(&self, request: &EncodedRequest) -> Result<Sent, SendError> {
+        let mut client = self.client.clone();
+        client.ready().await.map_err(|e| SendError::Retryable {
+            message: format!("connection: {e}"),
+            after: None,
+        })?;
+        let mut req = Request::new(request.bytes.clone());
+        *req.metadata_mut() = self.headers.clone();
+        req.set_timeout(self.timeout);
+        let path = http::uri::PathAndQuery::from_static(EXPORT_PATH);
+        let response: Result<tonic::Response<ExportTraceServiceResponse>, Status> =
+            client.unary(req, path, RawExportCodec).await;
+        match response {
+            Ok(r) => Ok(Sent {
+                rejected: r
+                    .into_inner()
+                    .partial_success
+                    .map(|p| p.rejected_spans.max(0) as u64)
+                    .unwrap_or(0),
+            }),
+            Err(status) => Err(classify(&status)),
+        }
+    }
+}
+
+/// The collector's retryable codes; everything else is permanent.
+fn classify(status: &Status) -> SendError {
+    let message = format!("{:?}: {}", status.code(), status.message());
+    match status.code() {
+        Code::Cancelled
+        | Code::DeadlineExceeded
+        | Code::Aborted
+        | Code::OutOfRange
+        | Code::Unavailable
+        | Code::DataLoss
+        | Code::ResourceExhausted => SendError::Retryable { message, after: None },
+        _ => SendError::Permanent(message),
+    }
+}
+
+fn tls_config(tls: &TlsConfig) -> Result<ClientTlsConfig, String> {
+    if tls.insecure_skip_verify {
+        return Err("tls.insecure_skip_verify is not supported by the otlp exporter".into());
+    }
+    let mut config = ClientTlsConfig::new().with_native_roots();
+    if let Some(ca) = &tls.ca_file {
+        let pem = std::fs::read(ca).map_err(|e| format!("tls.ca_file {}: {e}", ca.display()))?;
+        config = config.ca_certificate(Certificate::from_pem(pem));
+    }
+    match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key)) => {
+            let cert = std::fs::read(cert).map_err(|e| format!("tls.cert_file {}: {e}", cert.display()))?;
+            let key = std::fs::read(key).map_err(|e| format!("tls.key_file {}: {e}", key.display()))?;
+            config = config.identity(Identity::from_pem(cert, key));
+        }
+        (None, None) => {}
+        _ => return Err("tls.cert_file and tls.key_file go together".into()),
+    }
+    if let Some(name) = &tls.server_name_override {
+        config = config.domain_name(name.clone());
+    }
+    Ok(config)
+}

@@ -1,0 +1,48 @@
+//! `retry_on_failure`: exponential backoff with jitter around one sink, as the
+//! collector's exporter helper does. A backend's own delay (RetryInfo, Retry-After)
+//! replaces the computed one when it is longer.
+
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::time::Instant;
+
+use super::{SendError, Sent, Sink};
+use crate::config::RetryConfig;
+use crate::otlp::EncodedRequest;
+
+pub(super) async fn send_with_retry(
+    sink: &Sink,
+    request: &EncodedRequest,
+    retry: Option<&RetryConfig>,
+) -> Result<Sent, SendError> {
+    let started = Instant::now();
+    let mut interval = retry.map(|r| r.initial_interval).unwrap_or_default();
+    loop {
+        let err = match sink.send(request).await {
+            Ok(sent) => return Ok(sent),
+            Err(e) => e,
+        };
+        let (SendError::Retryable { after, .. }, Some(r)) = (&err, retry.filter(|r| r.enabled)) else {
+            return Err(err);
+        };
+        let mut wait = jitter(interval, r.randomization_factor);
+        if let Some(after) = after {
+            wait = wait.max(*after);
+        }
+        if !r.max_elapsed_time.is_zero() && started.elapsed() + wait > r.max_elapsed_time {
+            return Err(err);
+        }
+        tokio::time::sleep(wait).await;
+        interval = interval.mul_f64(r.multiplier).min(r.max_interval);
+    }
+}
+
+fn jitter(interval: Duration, factor: f64) -> Duration {
+    if factor == 0.0 {
+        return interval;
+    }
+    let delta = interval.as_secs_f64() * factor;
+    let low = interval.as_secs_f64() - delta;
+    Duration::from_secs_f64(rand::rng().random_range(low..=low + 2.0 * delta))
+}

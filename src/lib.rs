@@ -1,0 +1,12 @@
+//! tailgate: a two-tier tail-sampling service for OpenTelemetry traces. This crate holds
+//! the worker tier: OTLP receivers, the trace buffer, decision timers, sampling policies,
+//! exporters and self-telemetry. See README.md and DESIGN.md.
+
+pub mod buffer;
+pub mod config;
+pub mod exporter;
+pub mod otlp;
+pub mod policy;
+pub mod receiver;
+pub mod telemetry;
+pub mod worker;

@@ -1,0 +1,209 @@
+//! OTLP wire helpers shared by every component: the trace id type, span validation,
+//! the pre-encoded protobuf pieces the trace buffer keeps (DESIGN.md decision 1) and
+//! the assembly of export requests from those pieces without decoding them again.
+//!
+//! Invariants: a [`Head`] holds the encoded resource and scope of one received
+//! `ScopeSpans` exactly as received; a [`Chunk`] holds spans that all share one head,
+//! each framed as field 2 of `ScopeSpans`, so `head.scope ++ chunk.spans` is a valid
+//! `ScopeSpans` body.
+
+mod codec;
+
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
+use prost::Message;
+
+pub use codec::{RawExportCodec, EXPORT_PATH};
+
+/// A 128-bit trace id, as the 16 raw bytes of the wire format.
+pub type TraceId = [u8; 16];
+
+/// Why a span's ids were rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    #[error("trace_id must be 16 bytes, got {0}")]
+    TraceIdLength(usize),
+    #[error("trace_id is all zeros")]
+    TraceIdZero,
+    #[error("span_id must be 8 bytes, got {0}")]
+    SpanIdLength(usize),
+    #[error("span_id is all zeros")]
+    SpanIdZero,
+    #[error("parent_span_id must be empty or 8 bytes, got {0}")]
+    ParentSpanIdLength(usize),
+}
+
+/// Checks a span's ids as the OTLP specification defines them and returns its trace id.
+pub fn validate_ids(span: &Span) -> Result<TraceId, IdError> {
+    let trace_id: TraceId = span
+        .trace_id
+        .as_slice()
+        .try_into()
+        .map_err(|_| IdError::TraceIdLength(span.trace_id.len()))?;
+    if trace_id == [0; 16] {
+        return Err(IdError::TraceIdZero);
+    }
+    if span.span_id.len() != 8 {
+        return Err(IdError::SpanIdLength(span.span_id.len()));
+    }
+    if span.span_id.iter().all(|b| *b == 0) {
+        return Err(IdError::SpanIdZero);
+    }
+    if !span.parent_span_id.is_empty() && span.parent_span_id.len() != 8 {
+        return Err(IdError::ParentSpanIdLength(span.parent_span_id.len()));
+    }
+    Ok(trace_id)
+}
+
+/// Whether a span is a trace's root: its parent span id is empty (or all zeros, as some
+/// SDKs send it).
+pub fn is_root(span: &Span) -> bool {
+    span.parent_span_id.iter().all(|b| *b == 0)
+}
+
+/// The lower-case hex form of a trace id, for logs and exemplars.
+pub fn trace_id_hex(id: &TraceId) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The resource and instrumentation scope of one received `ScopeSpans`, encoded once and
+/// shared by every chunk cut from it.
+#[derive(Debug)]
+pub struct Head {
+    /// Fields 1 (resource) and 3 (schema_url) of `ResourceSpans`, framed.
+    resource: Bytes,
+    /// Fields 1 (scope) and 3 (schema_url) of `ScopeSpans`, framed.
+    scope: Bytes,
+}
+
+impl Head {
+    pub fn new(
+        resource: Option<&Resource>,
+        resource_schema_url: &str,
+        scope: Option<&InstrumentationScope>,
+        scope_schema_url: &str,
+    ) -> Arc<Head> {
+        Arc::new(Head {
+            resource: encode_pair(resource, resource_schema_url),
+            scope: encode_pair(scope, scope_schema_url),
+        })
+    }
+
+    /// Bytes held by this head.
+    pub fn size(&self) -> usize {
+        self.resource.len() + self.scope.len()
+    }
+}
+
+/// Encodes `message` as field 1 and `schema_url` as field 3, each only when present.
+fn encode_pair<M: Message>(message: Option<&M>, schema_url: &str) -> Bytes {
+    let mut buf = BytesMut::new();
+    if let Some(m) = message {
+        prost::encoding::message::encode(1, m, &mut buf);
+    }
+    if !schema_url.is_empty() {
+        prost::encoding::string::encode(3, &schema_url.to_owned(), &mut buf);
+    }
+    buf.freeze()
+}
+
+/// Spans of one trace that arrived in one `ScopeSpans`, kept encoded.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    pub head: Arc<Head>,
+    /// Each span framed as field 2 of `ScopeSpans`.
+    pub spans: Bytes,
+    pub span_count: u32,
+}
+
+impl Chunk {
+    /// Encodes `spans` (all of one trace, all under `head`) into one chunk, allocating
+    /// exactly once.
+    pub fn encode<'a>(head: Arc<Head>, spans: impl Iterator<Item = &'a Span> + Clone) -> Chunk {
+        let size: usize = spans.clone().map(framed_len).sum();
+        let mut buf = BytesMut::with_capacity(size);
+        let mut span_count = 0;
+        for span in spans {
+            prost::encoding::message::encode(2, span, &mut buf);
+            span_count += 1;
+        }
+        Chunk {
+            head,
+            spans: buf.freeze(),
+            span_count,
+        }
+    }
+
+    /// Wire bytes of the spans, the size `maximum_trace_size_bytes` and
+    /// `max_buffered_bytes` measure.
+    pub fn size(&self) -> usize {
+        self.spans.len()
+    }
+}
+
+fn framed_len(span: &Span) -> usize {
+    let len = span.encoded_len();
+    1 + encoded_len_varint(len as u64) + len
+}
+
+/// Builds an encoded `ExportTraceServiceRequest` from chunks, one `ResourceSpans` per
+/// chunk, resource and scope exactly as received.
+#[derive(Default)]
+pub struct RequestBuilder {
+    buf: BytesMut,
+    spans: u64,
+}
+
+impl RequestBuilder {
+    pub fn push(&mut self, chunk: &Chunk) {
+        let head = &chunk.head;
+        let scope_spans_len = head.scope.len() + chunk.spans.len();
+        let resource_spans_len =
+            head.resource.len() + 1 + encoded_len_varint(scope_spans_len as u64) + scope_spans_len;
+        self.buf.reserve(1 + encoded_len_varint(resource_spans_len as u64) + resource_spans_len);
+        encode_key(1, WireType::LengthDelimited, &mut self.buf);
+        encode_varint(resource_spans_len as u64, &mut self.buf);
+        self.buf.put_slice(&head.resource);
+        encode_key(2, WireType::LengthDelimited, &mut self.buf);
+        encode_varint(scope_spans_len as u64, &mut self.buf);
+        self.buf.put_slice(&head.scope);
+        self.buf.put_slice(&chunk.spans);
+        self.spans += u64::from(chunk.span_count);
+    }
+
+    pub fn span_count(&self) -> u64 {
+        self.spans
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans == 0
+    }
+
+    pub fn encoded_len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The finished request; the builder is empty again afterwards.
+    pub fn take(&mut self) -> EncodedRequest {
+        EncodedRequest {
+            bytes: self.buf.split().freeze(),
+            spans: std::mem::take(&mut self.spans),
+        }
+    }
+}
+
+/// An encoded `ExportTraceServiceRequest` and the number of spans in it. Cheap to clone,
+/// so every exporter shares one copy.
+#[derive(Debug, Clone)]
+pub struct EncodedRequest {
+    pub bytes: Bytes,
+    pub spans: u64,
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,98 @@
+//! The `probabilistic` policy, bit-compatible with the collector: FNV-1a-64 over the salt
+//! bytes followed by the 16 raw trace-id bytes, sampled iff the hash is at most a
+//! threshold computed as Go's `math/big` does (reference/tail_sampling.md 2.5).
+
+use crate::otlp::TraceId;
+
+use super::Decision;
+
+const DEFAULT_SALT: &str = "default-hash-seed";
+const FNV_OFFSET: u64 = 14_695_981_039_346_656_037;
+const FNV_PRIME: u64 = 1_099_511_628_211;
+
+#[derive(Debug, Clone)]
+pub struct Probabilistic {
+    /// FNV-1a state after the salt, so a decision hashes only the 16 id bytes.
+    salted: u64,
+    threshold: u64,
+}
+
+impl Probabilistic {
+    pub fn new(percentage: f64, salt: Option<&str>) -> Self {
+        let salt = salt.filter(|s| !s.is_empty()).unwrap_or(DEFAULT_SALT);
+        Self {
+            salted: fnv1a(FNV_OFFSET, salt.as_bytes()),
+            threshold: threshold(percentage / 100.0),
+        }
+    }
+
+    pub fn hash(&self, trace_id: &TraceId) -> u64 {
+        fnv1a(self.salted, trace_id)
+    }
+
+    pub fn threshold(&self) -> u64 {
+        self.threshold
+    }
+
+    pub fn decide(&self, trace_id: &TraceId) -> Decision {
+        if self.hash(trace_id) <= self.threshold {
+            Decision::Sampled
+        } else {
+            Decision::NotSampled
+        }
+    }
+}
+
+fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(FNV_PRIME);
+    }
+    h
+}
+
+/// `uint64(big.Float(MaxUint64) * big.Float(ratio))`: the exact product rounded to a
+/// 64-bit mantissa (ties to even), then truncated toward zero and saturated.
+pub(crate) fn threshold(ratio: f64) -> u64 {
+    if ratio.is_nan() || ratio <= 0.0 {
+        return 0;
+    }
+    if ratio >= 1.0 {
+        return u64::MAX;
+    }
+    // ratio = mantissa * 2^exp, mantissa a 53-bit integer.
+    let bits = ratio.to_bits();
+    let raw_exp = ((bits >> 52) & 0x7ff) as i32;
+    let frac = bits & ((1u64 << 52) - 1);
+    let (mantissa, mut exp) = if raw_exp == 0 {
+        (frac, -1074)
+    } else {
+        (frac | (1u64 << 52), raw_exp - 1075)
+    };
+    let mut product = u128::from(u64::MAX) * u128::from(mantissa);
+    let width = 128 - product.leading_zeros() as i32;
+    if width > 64 {
+        let shift = width - 64;
+        let rest = product & ((1u128 << shift) - 1);
+        let half = 1u128 << (shift - 1);
+        product >>= shift;
+        exp += shift;
+        if rest > half || (rest == half && product & 1 == 1) {
+            product += 1;
+            if product == 1u128 << 64 {
+                product >>= 1;
+                exp += 1;
+            }
+        }
+    }
+    if exp >= 0 {
+        // Only reachable for ratio >= 1, handled above; saturate all the same.
+        return u64::MAX;
+    }
+    let down = (-exp) as u32;
+    if down >= 128 {
+        0
+    } else {
+        u64::try_from(product >> down).unwrap_or(u64::MAX)
+    }
+}

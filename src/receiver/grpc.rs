@@ -1,0 +1,84 @@
+//! The OTLP/gRPC receiver.
+
+use std::sync::Arc;
+
+use http::HeaderValue;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::codec::CompressionEncoding;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status};
+
+use super::{span_count, ReceiverMetrics};
+use crate::worker::pipeline::{IngestError, Pipeline};
+
+struct GrpcReceiver {
+    pipeline: Arc<Pipeline>,
+    metrics: ReceiverMetrics,
+}
+
+/// The gRPC status for a refused request. Overload is RESOURCE_EXHAUSTED, which OTLP
+/// clients retry with backoff.
+fn status(e: &IngestError) -> Status {
+    match e {
+        IngestError::InvalidArgument(m) => Status::invalid_argument(m.clone()),
+        IngestError::Overloaded(m) => Status::resource_exhausted(*m),
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for GrpcReceiver {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let request = request.into_inner();
+        let total = span_count(&request);
+        let result = self.pipeline.ingest(request, tokio::time::Instant::now());
+        self.metrics.record(&result, total);
+        let ingested = result.map_err(|e| status(&e))?;
+        let partial_success = (ingested.rejected > 0).then(|| ExportTracePartialSuccess {
+            rejected_spans: ingested.rejected as i64,
+            error_message: ingested.message,
+        });
+        Ok(Response::new(ExportTraceServiceResponse { partial_success }))
+    }
+}
+
+/// Serves OTLP/gRPC on `listener` until `stop` is cancelled, then finishes in-flight calls.
+pub async fn serve_grpc(
+    listener: TcpListener,
+    pipeline: Arc<Pipeline>,
+    metrics: ReceiverMetrics,
+    max_message_bytes: usize,
+    stop: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    let service = TraceServiceServer::new(GrpcReceiver { pipeline, metrics })
+        .max_decoding_message_size(max_message_bytes)
+        .accept_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Gzip);
+    tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(oversize_is_resource_exhausted))
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), stop.cancelled_owned())
+        .await
+}
+
+/// tonic reports a message over `max_decoding_message_size` as OUT_OF_RANGE; gRPC and
+/// the collector use RESOURCE_EXHAUSTED for it, which is what OTLP clients expect.
+fn oversize_is_resource_exhausted<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let headers = response.headers_mut();
+    let out_of_range = headers.get("grpc-status").is_some_and(|v| v == "11");
+    let too_large = headers
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|m| m.contains("too%20large") || m.contains("too large"));
+    if out_of_range && too_large {
+        headers.insert("grpc-status", HeaderValue::from_static("8"));
+    }
+    response
+}

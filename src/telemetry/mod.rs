@@ -1,0 +1,176 @@
+//! Self-telemetry: every metric name (the collector's where one exists), one Prometheus
+//! registry per process instance, and the admin listener serving `/metrics`, `/healthz`
+//! and `/readyz`.
+//!
+//! Each worker owns its [`Registry`] rather than using the `metrics` global recorder, so
+//! several workers in one process (local mode, tests) keep separate books. Handles are
+//! registered once at start-up and only incremented on the hot path; labels are bounded
+//! (component names, policy names, fixed outcome sets), never ids or error strings.
+
+mod admin;
+
+use std::sync::Arc;
+
+use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, SharedString, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+pub use admin::{serve_admin, Health};
+
+pub const RECEIVER_ACCEPTED_SPANS: &str = "otelcol_receiver_accepted_spans";
+pub const RECEIVER_REFUSED_SPANS: &str = "otelcol_receiver_refused_spans";
+pub const PROCESSOR_REFUSED_SPANS: &str = "otelcol_processor_refused_spans";
+pub const EXPORTER_SENT_SPANS: &str = "otelcol_exporter_sent_spans";
+pub const EXPORTER_SEND_FAILED_SPANS: &str = "otelcol_exporter_send_failed_spans";
+pub const EXPORTER_ENQUEUE_FAILED_SPANS: &str = "otelcol_exporter_enqueue_failed_spans";
+pub const EXPORTER_QUEUE_SIZE: &str = "otelcol_exporter_queue_size";
+pub const EXPORTER_QUEUE_CAPACITY: &str = "otelcol_exporter_queue_capacity";
+
+pub const TS_COUNT_TRACES_SAMPLED: &str = "otelcol_processor_tail_sampling_count_traces_sampled";
+pub const TS_COUNT_SPANS_SAMPLED: &str = "otelcol_processor_tail_sampling_count_spans_sampled";
+pub const TS_GLOBAL_COUNT_TRACES_SAMPLED: &str =
+    "otelcol_processor_tail_sampling_global_count_traces_sampled";
+pub const TS_EARLY_RELEASES: &str =
+    "otelcol_processor_tail_sampling_early_releases_from_cache_decision";
+pub const TS_NEW_TRACE_ID_RECEIVED: &str = "otelcol_processor_tail_sampling_new_trace_id_received";
+pub const TS_DECISION_TIMER_LATENCY: &str =
+    "otelcol_processor_tail_sampling_sampling_decision_timer_latency";
+pub const TS_POLICY_EXECUTION_COUNT: &str =
+    "otelcol_processor_tail_sampling_sampling_policy_execution_count";
+pub const TS_POLICY_EXECUTION_TIME_SUM: &str =
+    "otelcol_processor_tail_sampling_sampling_policy_execution_time_sum";
+pub const TS_TRACE_DROPPED_TOO_EARLY: &str =
+    "otelcol_processor_tail_sampling_sampling_trace_dropped_too_early";
+pub const TS_TRACE_REMOVAL_AGE: &str = "otelcol_processor_tail_sampling_sampling_trace_removal_age";
+pub const TS_LATE_SPAN_AGE: &str = "otelcol_processor_tail_sampling_sampling_late_span_age";
+pub const TS_TRACES_ON_MEMORY: &str = "otelcol_processor_tail_sampling_sampling_traces_on_memory";
+pub const TS_TRACES_DROPPED_TOO_LARGE: &str = "otelcol_processor_tail_sampling_traces_dropped_too_large";
+
+/// Every accepted span's final bucket: `outcome` is sampled, not_sampled, dropped,
+/// evicted, too_large or shutdown.
+pub const SPANS_DECIDED: &str = "tailgate_spans_decided";
+pub const BUFFERED_SPANS: &str = "tailgate_buffered_spans";
+pub const BUFFERED_BYTES: &str = "tailgate_buffered_bytes";
+/// How late each decision was against its deadline.
+pub const DECISION_LATENESS: &str = "tailgate_decision_lateness";
+
+const TIMER_LATENCY_BUCKETS_MS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 75.0, 100.0, 150.0, 200.0, 300.0, 400.0, 500.0, 750.0,
+    1000.0, 2000.0, 3000.0, 4000.0, 5000.0, 10000.0, 20000.0, 30000.0, 50000.0,
+];
+const AGE_BUCKETS_S: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 300.0, 600.0, 1800.0,
+];
+const LATENESS_BUCKETS_MS: &[f64] = &[1.0, 5.0, 10.0, 20.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0];
+
+type Description = (&'static str, Kind, Option<Unit>, &'static str);
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+const DESCRIPTIONS: &[Description] = &[
+    (RECEIVER_ACCEPTED_SPANS, Kind::Counter, None, "Spans accepted by the receiver."),
+    (RECEIVER_REFUSED_SPANS, Kind::Counter, None, "Spans refused by the receiver: invalid, or pushed back."),
+    (PROCESSOR_REFUSED_SPANS, Kind::Counter, None, "Spans refused because the pipeline is full (the sender should retry)."),
+    (EXPORTER_SENT_SPANS, Kind::Counter, None, "Spans the backend accepted."),
+    (EXPORTER_SEND_FAILED_SPANS, Kind::Counter, None, "Spans that failed to send: permanent error, retries exhausted, rejected by the backend, or abandoned at shutdown."),
+    (EXPORTER_ENQUEUE_FAILED_SPANS, Kind::Counter, None, "Spans that could not be put on the sending queue because it was closed."),
+    (EXPORTER_QUEUE_SIZE, Kind::Gauge, None, "Export requests in the sending queue."),
+    (EXPORTER_QUEUE_CAPACITY, Kind::Gauge, None, "Capacity of the sending queue in export requests."),
+    (TS_COUNT_TRACES_SAMPLED, Kind::Counter, None, "Traces by each policy's vote."),
+    (TS_COUNT_SPANS_SAMPLED, Kind::Counter, None, "Spans by each policy's vote."),
+    (TS_GLOBAL_COUNT_TRACES_SAMPLED, Kind::Counter, None, "Traces by final decision."),
+    (TS_EARLY_RELEASES, Kind::Counter, None, "Late spans released or dropped at once by a cached decision."),
+    (TS_NEW_TRACE_ID_RECEIVED, Kind::Counter, None, "New traces entered into the buffer."),
+    (TS_DECISION_TIMER_LATENCY, Kind::Histogram, Some(Unit::Milliseconds), "Wall time of one decision round."),
+    (TS_POLICY_EXECUTION_COUNT, Kind::Counter, None, "Policy evaluations."),
+    (TS_POLICY_EXECUTION_TIME_SUM, Kind::Counter, Some(Unit::Microseconds), "Cumulative policy evaluation time."),
+    (TS_TRACE_DROPPED_TOO_EARLY, Kind::Counter, None, "Traces evicted before their decision."),
+    (TS_TRACE_REMOVAL_AGE, Kind::Histogram, Some(Unit::Seconds), "Time from a trace's first span to its removal from memory."),
+    (TS_LATE_SPAN_AGE, Kind::Histogram, Some(Unit::Seconds), "Time since the decision when a late span arrived."),
+    (TS_TRACES_ON_MEMORY, Kind::Gauge, None, "Pending traces in the buffer."),
+    (TS_TRACES_DROPPED_TOO_LARGE, Kind::Counter, None, "Traces released as not sampled because they exceeded maximum_trace_size_bytes."),
+    (SPANS_DECIDED, Kind::Counter, None, "Every accepted span, by where it ended: sampled, not_sampled, dropped, evicted, too_large, shutdown."),
+    (BUFFERED_SPANS, Kind::Gauge, None, "Spans held by pending traces."),
+    (BUFFERED_BYTES, Kind::Gauge, Some(Unit::Bytes), "Span bytes held by pending traces."),
+    (DECISION_LATENESS, Kind::Histogram, Some(Unit::Milliseconds), "Decision time minus the trace's deadline."),
+];
+
+/// One instance's metrics: registers handles and renders Prometheus text.
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<(PrometheusRecorder, PrometheusHandle)>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        let builder = PrometheusBuilder::new()
+            .with_recommended_naming(true)
+            .set_buckets_for_metric(Matcher::Full(TS_DECISION_TIMER_LATENCY.into()), TIMER_LATENCY_BUCKETS_MS)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(TS_TRACE_REMOVAL_AGE.into()), AGE_BUCKETS_S))
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(TS_LATE_SPAN_AGE.into()), AGE_BUCKETS_S))
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(DECISION_LATENESS.into()), LATENESS_BUCKETS_MS))
+            .expect("bucket lists are non-empty constants");
+        let recorder = builder.build_recorder();
+        for (name, kind, unit, help) in DESCRIPTIONS {
+            let help = SharedString::const_str(help);
+            match kind {
+                Kind::Counter => recorder.describe_counter((*name).into(), *unit, help),
+                Kind::Gauge => recorder.describe_gauge((*name).into(), *unit, help),
+                Kind::Histogram => recorder.describe_histogram((*name).into(), *unit, help),
+            }
+        }
+        let handle = recorder.handle();
+        Self {
+            inner: Arc::new((recorder, handle)),
+        }
+    }
+
+    fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
+        Key::from_parts(
+            name,
+            labels
+                .iter()
+                .map(|(k, v)| Label::new(*k, (*v).to_owned()))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    fn metadata() -> Metadata<'static> {
+        Metadata::new(module_path!(), Level::INFO, Some(module_path!()))
+    }
+
+    pub fn counter(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Counter {
+        let c = self.inner.0.register_counter(&Self::key(name, labels), &Self::metadata());
+        // Exposed at 0 from the start, so `increase()` sees the first increment.
+        c.increment(0);
+        c
+    }
+
+    pub fn gauge(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Gauge {
+        let g = self.inner.0.register_gauge(&Self::key(name, labels), &Self::metadata());
+        g.set(0.0);
+        g
+    }
+
+    pub fn histogram(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Histogram {
+        self.inner.0.register_histogram(&Self::key(name, labels), &Self::metadata())
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        self.inner.1.render()
+    }
+}
+
+#[cfg(test)]
+mod tests;

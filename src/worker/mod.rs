@@ -1,0 +1,206 @@
+//! `tailgate worker`: wires receivers, the pipeline, decision loops, exporters and the
+//! admin listener together, and owns the lifecycle.
+//!
+//! Shutdown order: not ready; stop the receivers (in-flight requests finish); stop the
+//! decision loops; decide (or drop) every pending trace; close the sending queues and let
+//! them drain until the grace period ends; count what is abandoned; stop the admin
+//! listener last so the final numbers can still be scraped while draining.
+
+pub mod pipeline;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use crate::buffer::{BufferConfig, TraceBuffer};
+use crate::config::WorkerConfig;
+use crate::exporter::{BuildError, ExporterSet};
+use crate::receiver::{serve_grpc, serve_http, ReceiverMetrics};
+use crate::telemetry::{serve_admin, Health, Registry};
+use pipeline::{Pipeline, DECISION_TICK};
+
+/// Why a worker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {endpoint} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        endpoint: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Exporter(#[from] BuildError),
+}
+
+/// A running worker.
+pub struct Worker {
+    pub grpc_addr: Option<SocketAddr>,
+    pub http_addr: Option<SocketAddr>,
+    pub admin_addr: SocketAddr,
+    pub registry: Registry,
+    health: Arc<Health>,
+    pipeline: Arc<Pipeline>,
+    receivers_stop: CancellationToken,
+    receivers: JoinSet<()>,
+    deciders_stop: CancellationToken,
+    deciders: JoinSet<()>,
+    admin_stop: CancellationToken,
+    admin: JoinSet<()>,
+    drop_pending_on_shutdown: bool,
+    grace_period: std::time::Duration,
+}
+
+async fn bind(what: &'static str, endpoint: &str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(endpoint).await.map_err(|source| StartError::Bind {
+        what,
+        endpoint: endpoint.to_owned(),
+        source,
+    })
+}
+
+impl Worker {
+    /// Binds every listener and starts every task. Ready when this returns.
+    pub async fn start(config: WorkerConfig) -> Result<Worker, StartError> {
+        let registry = Registry::new();
+        let health = Arc::new(Health::default());
+        let ts = &config.tail_sampling;
+        let exporters = ExporterSet::start(&config.exporters, &registry)?;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let buffer = TraceBuffer::new(
+            BufferConfig {
+                decision_wait: ts.decision_wait,
+                decision_wait_after_root_received: ts.decision_wait_after_root_received,
+                num_traces: usize::try_from(ts.num_traces).unwrap_or(usize::MAX),
+                max_buffered_bytes: ts.max_buffered_bytes,
+                maximum_trace_size_bytes: ts.maximum_trace_size_bytes,
+                expected_new_traces_per_sec: usize::try_from(ts.expected_new_traces_per_sec).unwrap_or(0),
+            },
+            cores * 4,
+        );
+        let pipeline = Arc::new(Pipeline::new(
+            buffer,
+            config.policies.clone(),
+            (
+                ts.decision_cache.sampled_cache_size,
+                ts.decision_cache.non_sampled_cache_size,
+            ),
+            ts.block_on_overflow,
+            exporters,
+            &registry,
+        ));
+
+        let admin_listener = bind("admin", &config.admin.endpoint).await?;
+        let admin_addr = admin_listener.local_addr().expect("bound listener has an address");
+        let admin_stop = CancellationToken::new();
+        let mut admin = JoinSet::new();
+        admin.spawn(log_exit(
+            "admin",
+            serve_admin(admin_listener, registry.clone(), health.clone(), admin_stop.clone()),
+        ));
+
+        let deciders_stop = CancellationToken::new();
+        let mut deciders = JoinSet::new();
+        let decider_count = cores.min(pipeline.buffer().timer_shards());
+        for d in 0..decider_count {
+            let shards: Vec<usize> = (d..pipeline.buffer().timer_shards()).step_by(decider_count).collect();
+            deciders.spawn(decide_loop(pipeline.clone(), shards, deciders_stop.clone()));
+        }
+
+        let receivers_stop = CancellationToken::new();
+        let mut receivers = JoinSet::new();
+        let protocols = &config.receivers.otlp.protocols;
+        let mut grpc_addr = None;
+        if let Some(grpc) = &protocols.grpc {
+            let listener = bind("otlp grpc", &grpc.endpoint).await?;
+            grpc_addr = listener.local_addr().ok();
+            let max = usize::try_from(grpc.max_recv_msg_size_mib * 1024 * 1024).unwrap_or(usize::MAX);
+            receivers.spawn(log_exit(
+                "otlp grpc receiver",
+                serve_grpc(
+                    listener,
+                    pipeline.clone(),
+                    ReceiverMetrics::new(&registry, "grpc"),
+                    max,
+                    receivers_stop.clone(),
+                ),
+            ));
+        }
+        let mut http_addr = None;
+        if let Some(http) = &protocols.http {
+            let listener = bind("otlp http", &http.endpoint).await?;
+            http_addr = listener.local_addr().ok();
+            let max = usize::try_from(http.max_request_body_size).unwrap_or(usize::MAX);
+            let path = http.traces_url_path.clone();
+            let pipeline = pipeline.clone();
+            let metrics = ReceiverMetrics::new(&registry, "http");
+            let stop = receivers_stop.clone();
+            receivers.spawn(log_exit("otlp http receiver", async move {
+                serve_http(listener, pipeline, metrics, &path, max, stop).await
+            }));
+        }
+        health.set_ready(true);
+        tracing::info!(grpc = ?grpc_addr, http = ?http_addr, admin = %admin_addr, "worker started");
+        Ok(Worker {
+            grpc_addr,
+            http_addr,
+            admin_addr,
+            registry,
+            health,
+            pipeline,
+            receivers_stop,
+            receivers,
+            deciders_stop,
+            deciders,
+            admin_stop,
+            admin,
+            drop_pending_on_shutdown: ts.drop_pending_traces_on_shutdown,
+            grace_period: config.shutdown.grace_period,
+        })
+    }
+
+    pub fn pipeline(&self) -> &Arc<Pipeline> {
+        &self.pipeline
+    }
+
+    /// Drains and stops the worker; see the module comment for the order.
+    pub async fn shutdown(mut self) {
+        let deadline = Instant::now() + self.grace_period;
+        self.health.set_ready(false);
+        self.receivers_stop.cancel();
+        while self.receivers.join_next().await.is_some() {}
+        self.deciders_stop.cancel();
+        while self.deciders.join_next().await.is_some() {}
+        self.pipeline.drain(self.drop_pending_on_shutdown, Instant::now());
+        self.pipeline.exporters().shutdown(deadline).await;
+        self.admin_stop.cancel();
+        while self.admin.join_next().await.is_some() {}
+        tracing::info!("worker stopped");
+    }
+}
+
+async fn log_exit<E: std::fmt::Display>(what: &'static str, task: impl std::future::Future<Output = Result<(), E>>) {
+    if let Err(e) = task.await {
+        tracing::error!(task = what, error = %e, "task failed");
+    }
+}
+
+/// Decides due traces in `shards` every [`DECISION_TICK`] until `stop`.
+async fn decide_loop(pipeline: Arc<Pipeline>, shards: Vec<usize>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(DECISION_TICK);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = Instant::now();
+        for &shard in &shards {
+            pipeline.decide_due(shard, now);
+        }
+        pipeline.update_gauges();
+    }
+}
