@@ -9,4 +9,5 @@ pub mod otlp;
 pub mod policy;
 pub mod receiver;
 pub mod telemetry;
+pub mod testkit;
 pub mod worker;

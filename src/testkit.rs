@@ -1,0 +1,198 @@
+//! Span and request builders, an in-process OTLP/gRPC sink and a Prometheus text reader,
+//! shared by unit tests, integration tests and benches.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use tokio_util::sync::CancellationToken;
+use tonic::codec::CompressionEncoding;
+use tonic::{Code, Request, Response, Status};
+
+/// A trace id whose every byte is derived from `n` (never all zero).
+pub fn trace_id(n: u64) -> [u8; 16] {
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&n.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes());
+    id[8..].copy_from_slice(&(n + 1).to_be_bytes());
+    id
+}
+
+/// A span of `trace`, with id `span_id` (non-zero) and the given parent (`None`: root).
+pub fn span(trace: [u8; 16], span_id: u64, parent: Option<u64>) -> Span {
+    Span {
+        trace_id: trace.to_vec(),
+        span_id: span_id.to_be_bytes().to_vec(),
+        parent_span_id: parent.map(|p| p.to_be_bytes().to_vec()).unwrap_or_default(),
+        name: format!("op-{span_id}"),
+        kind: 2,
+        start_time_unix_nano: 1_700_000_000_000_000_000 + span_id,
+        end_time_unix_nano: 1_700_000_000_100_000_000 + span_id,
+        attributes: vec![kv("http.route", "/api/items")],
+        ..Default::default()
+    }
+}
+
+pub fn kv(key: &str, value: &str) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value.into())),
+        }),
+        ..Default::default()
+    }
+}
+
+/// One request holding `spans` under one resource (`service.name` = `service`) and one
+/// scope.
+pub fn request(service: &str, spans: Vec<Span>) -> ExportTraceServiceRequest {
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![kv("service.name", service)],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                scope: Some(InstrumentationScope {
+                    name: "testkit".into(),
+                    version: "1".into(),
+                    ..Default::default()
+                }),
+                spans,
+                schema_url: String::new(),
+            }],
+            schema_url: "https://opentelemetry.io/schemas/1.21.0".into(),
+        }],
+    }
+}
+
+/// Every span in a request.
+pub fn all_spans(request: &ExportTraceServiceRequest) -> impl Iterator<Item = &Span> {
+    request
+        .resource_spans
+        .iter()
+        .flat_map(|r| r.scope_spans.iter())
+        .flat_map(|s| s.spans.iter())
+}
+
+#[derive(Default)]
+struct SinkState {
+    requests: Vec<ExportTraceServiceRequest>,
+    /// Codes to answer with before accepting, one per call.
+    failures: Vec<Code>,
+    refused_calls: usize,
+}
+
+/// An OTLP/gRPC server on loopback that records what it is sent.
+#[derive(Clone)]
+pub struct Sink {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<SinkState>>,
+    stop: CancellationToken,
+}
+
+struct SinkService(Arc<Mutex<SinkState>>);
+
+#[tonic::async_trait]
+impl TraceService for SinkService {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let mut s = self.0.lock().expect("sink lock");
+        if !s.failures.is_empty() {
+            let code = s.failures.remove(0);
+            s.refused_calls += 1;
+            return Err(Status::new(code, "sink told to fail"));
+        }
+        s.requests.push(request.into_inner());
+        Ok(Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+impl Sink {
+    /// Starts a sink that first fails one call with each of `failures`, then accepts.
+    pub async fn start(failures: Vec<Code>) -> Sink {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind sink");
+        let addr = listener.local_addr().expect("sink address");
+        let state = Arc::new(Mutex::new(SinkState {
+            failures,
+            ..Default::default()
+        }));
+        let stop = CancellationToken::new();
+        let service = TraceServiceServer::new(SinkService(state.clone()))
+            .accept_compressed(CompressionEncoding::Gzip)
+            .max_decoding_message_size(64 * 1024 * 1024);
+        let token = stop.clone();
+        tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener),
+                    token.cancelled_owned(),
+                )
+                .await;
+        });
+        Sink { addr, state, stop }
+    }
+
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    pub fn requests(&self) -> Vec<ExportTraceServiceRequest> {
+        self.state.lock().expect("sink lock").requests.clone()
+    }
+
+    pub fn refused_calls(&self) -> usize {
+        self.state.lock().expect("sink lock").refused_calls
+    }
+
+    pub fn span_count(&self) -> usize {
+        self.state
+            .lock()
+            .expect("sink lock")
+            .requests
+            .iter()
+            .map(|r| all_spans(r).count())
+            .sum()
+    }
+
+    /// Waits until at least `n` spans arrived, or `limit` passed; returns the count.
+    pub async fn wait_for_spans(&self, n: usize, limit: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let have = self.span_count();
+            if have >= n || tokio::time::Instant::now() >= deadline {
+                return have;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// The value of the series `name{labels}` in Prometheus text, summed over series whose
+/// labels include every pair in `labels`; 0 when there is none.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (series_name, series_labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if series_name != name {
+                return None;
+            }
+            let all = labels
+                .iter()
+                .all(|(k, v)| series_labels.split(',').any(|p| p == format!("{k}=\"{v}\"")));
+            all.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}

@@ -1,0 +1,56 @@
+//! Helpers for the integration tests: a worker config pointed at a sink, clients, scrapes.
+
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::net::SocketAddr;
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use tailgate::config::{parse_worker, WorkerConfig};
+use tailgate::testkit::Sink;
+use tailgate::worker::Worker;
+use tonic::transport::Channel;
+
+/// A worker config listening on loopback, exporting to `sink`, with `tail_sampling`
+/// settings and policies from `tail_sampling` (YAML, indented under `tail_sampling:`).
+pub fn config(sink: &Sink, tail_sampling: &str) -> WorkerConfig {
+    let text = format!(
+        r#"
+receivers:
+  otlp:
+    protocols:
+      grpc: {{endpoint: "127.0.0.1:0"}}
+      http: {{endpoint: "127.0.0.1:0", max_request_body_size: 65536}}
+tail_sampling:
+{tail_sampling}
+exporters:
+  otlp:
+    endpoint: "{}"
+    tls: {{insecure: true}}
+    retry_on_failure: {{initial_interval: 10ms, max_interval: 50ms, max_elapsed_time: 5s}}
+admin:
+  endpoint: "127.0.0.1:0"
+shutdown:
+  grace_period: 5s
+"#,
+        sink.addr
+    );
+    parse_worker(&text).unwrap_or_else(|e| panic!("test config is invalid: {e}\n{text}"))
+}
+
+pub async fn grpc_client(worker: &Worker) -> TraceServiceClient<Channel> {
+    let addr = worker.grpc_addr.expect("grpc enabled");
+    TraceServiceClient::connect(format!("http://{addr}")).await.expect("connect")
+}
+
+pub fn http_url(worker: &Worker) -> String {
+    format!("http://{}/v1/traces", worker.http_addr.expect("http enabled"))
+}
+
+pub async fn scrape(addr: SocketAddr) -> String {
+    reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("metrics text")
+}
