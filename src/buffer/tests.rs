@@ -1,0 +1,200 @@
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::*;
+use crate::otlp::Head;
+use crate::testkit::{span, trace_id};
+
+fn config() -> BufferConfig {
+    BufferConfig {
+        decision_wait: Duration::from_secs(10),
+        decision_wait_after_root_received: Duration::ZERO,
+        num_traces: 100,
+        max_buffered_bytes: 0,
+        maximum_trace_size_bytes: 0,
+        expected_new_traces_per_sec: 0,
+    }
+}
+
+fn chunk(trace: u64, span_ids: &[u64]) -> Chunk {
+    let spans: Vec<_> = span_ids.iter().map(|s| span(trace_id(trace), *s, Some(1))).collect();
+    Chunk::encode(Head::new(None, "", None, ""), spans.iter())
+}
+
+const CHILD: ChunkFacts = ChunkFacts {
+    has_root: false,
+    earliest_start: 10,
+    latest_end: 20,
+};
+const ROOT: ChunkFacts = ChunkFacts {
+    has_root: true,
+    earliest_start: 5,
+    latest_end: 30,
+};
+
+fn due(buffer: &TraceBuffer, now: Instant) -> Vec<(TraceId, TraceEntry)> {
+    let mut out = Vec::new();
+    for shard in 0..buffer.timer_shards() {
+        buffer.take_due(shard, now, &mut out);
+    }
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_trace_is_due_at_first_span_plus_decision_wait() {
+    let buffer = TraceBuffer::new(config(), 4);
+    let t0 = Instant::now();
+    assert!(buffer.add(trace_id(1), chunk(1, &[1, 2]), CHILD, t0, true).new_trace);
+    tokio::time::advance(Duration::from_secs(4)).await;
+    let later = buffer.add(trace_id(1), chunk(1, &[3]), ROOT, Instant::now(), true);
+    assert!(!later.new_trace);
+    assert!(due(&buffer, t0 + Duration::from_millis(9_999)).is_empty());
+    let taken = due(&buffer, t0 + Duration::from_secs(10));
+    assert_eq!(taken.len(), 1);
+    let (id, entry) = &taken[0];
+    assert_eq!(*id, trace_id(1));
+    assert_eq!(entry.span_count, 3);
+    assert_eq!(entry.chunks.len(), 2);
+    assert!(entry.root_seen);
+    assert_eq!((entry.earliest_start, entry.latest_end), (5, 30));
+    assert_eq!(entry.first_arrival, t0);
+    assert_eq!(buffer.pending_traces(), 0);
+    assert_eq!(buffer.buffered_spans(), 0);
+    assert_eq!(buffer.buffered_bytes(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_root_span_moves_the_decision_earlier_but_never_later() {
+    let buffer = TraceBuffer::new(
+        BufferConfig {
+            decision_wait_after_root_received: Duration::from_secs(2),
+            ..config()
+        },
+        4,
+    );
+    let t0 = Instant::now();
+    buffer.add(trace_id(1), chunk(1, &[1]), CHILD, t0, true);
+    buffer.add(trace_id(1), chunk(1, &[2]), ROOT, t0 + Duration::from_secs(1), true);
+    assert!(due(&buffer, t0 + Duration::from_millis(2_999)).is_empty());
+    assert_eq!(due(&buffer, t0 + Duration::from_secs(3)).len(), 1);
+
+    // A root arriving late, when the regular deadline is sooner, changes nothing.
+    buffer.add(trace_id(2), chunk(2, &[1]), CHILD, t0, true);
+    buffer.add(trace_id(2), chunk(2, &[2]), ROOT, t0 + Duration::from_secs(9), true);
+    assert!(due(&buffer, t0 + Duration::from_millis(9_999)).is_empty());
+    assert_eq!(due(&buffer, t0 + Duration::from_secs(10)).len(), 1);
+
+    // A trace whose first span is its root waits only the short time.
+    buffer.add(trace_id(3), chunk(3, &[1]), ROOT, t0, true);
+    assert_eq!(due(&buffer, t0 + Duration::from_secs(2)).len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn over_num_traces_the_oldest_pending_trace_is_evicted() {
+    let buffer = TraceBuffer::new(BufferConfig { num_traces: 3, ..config() }, 8);
+    let t0 = Instant::now();
+    for n in 1..=3 {
+        let out = buffer.add(trace_id(n), chunk(n, &[1]), CHILD, t0 + Duration::from_secs(n), true);
+        assert!(out.evicted.is_empty());
+    }
+    let out = buffer.add(trace_id(4), chunk(4, &[1]), CHILD, t0 + Duration::from_secs(4), true);
+    let evicted: Vec<TraceId> = out.evicted.iter().map(|(id, _)| *id).collect();
+    assert_eq!(evicted, vec![trace_id(1)]);
+    assert_eq!(buffer.pending_traces(), 3);
+    // The evicted trace's timer is gone with it.
+    let taken: Vec<TraceId> = due(&buffer, t0 + Duration::from_secs(60)).into_iter().map(|(id, _)| id).collect();
+    assert_eq!(taken.len(), 3);
+    assert!(!taken.contains(&trace_id(1)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_eviction_the_buffer_reports_full() {
+    let buffer = TraceBuffer::new(BufferConfig { num_traces: 2, ..config() }, 4);
+    let t0 = Instant::now();
+    buffer.add(trace_id(1), chunk(1, &[1]), CHILD, t0, false);
+    assert!(!buffer.is_full());
+    buffer.add(trace_id(2), chunk(2, &[1]), CHILD, t0, false);
+    assert!(buffer.is_full());
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_buffered_bytes_evicts_until_under_the_bound() {
+    let one = chunk(1, &[1]).size() as u64;
+    let buffer = TraceBuffer::new(
+        BufferConfig {
+            max_buffered_bytes: one * 3,
+            ..config()
+        },
+        4,
+    );
+    let t0 = Instant::now();
+    for n in 1..=3 {
+        buffer.add(trace_id(n), chunk(n, &[1]), CHILD, t0 + Duration::from_millis(n), true);
+    }
+    assert_eq!(buffer.buffered_bytes(), one * 3);
+    let out = buffer.add(trace_id(9), chunk(9, &[1, 2, 3]), CHILD, t0 + Duration::from_millis(9), true);
+    let evicted: Vec<TraceId> = out.evicted.iter().map(|(id, _)| *id).collect();
+    assert_eq!(evicted, vec![trace_id(1), trace_id(2), trace_id(3)]);
+    assert!(buffer.buffered_bytes() <= one * 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_trace_over_maximum_trace_size_bytes_is_released_at_once() {
+    let one = chunk(1, &[1]).size() as u64;
+    let buffer = TraceBuffer::new(
+        BufferConfig {
+            maximum_trace_size_bytes: one * 2,
+            ..config()
+        },
+        4,
+    );
+    let t0 = Instant::now();
+    assert!(buffer.add(trace_id(1), chunk(1, &[1, 2]), CHILD, t0, true).too_large.is_none());
+    let out = buffer.add(trace_id(1), chunk(1, &[3]), CHILD, t0, true);
+    assert_eq!(out.too_large.map(|e| e.span_count), Some(3));
+    assert_eq!(buffer.pending_traces(), 0);
+    assert_eq!(buffer.buffered_bytes(), 0);
+    assert!(due(&buffer, t0 + Duration::from_secs(60)).is_empty());
+    // A single chunk over the limit never enters the buffer.
+    let out = buffer.add(trace_id(2), chunk(2, &[1, 2, 3]), CHILD, t0, true);
+    assert!(out.too_large.is_some() && !out.new_trace);
+    assert_eq!(buffer.pending_traces(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn take_all_empties_every_shard() {
+    let buffer = TraceBuffer::new(config(), 8);
+    let t0 = Instant::now();
+    for n in 1..=50 {
+        buffer.add(trace_id(n), chunk(n, &[1, 2]), CHILD, t0, true);
+    }
+    let mut all = Vec::new();
+    buffer.take_all(&mut all);
+    assert_eq!(all.len(), 50);
+    assert_eq!(all.iter().map(|(_, e)| e.span_count).sum::<u64>(), 100);
+    assert_eq!((buffer.pending_traces(), buffer.buffered_spans()), (0, 0));
+}
+
+#[test]
+fn concurrent_adds_keep_the_counters_exact() {
+    let buffer = std::sync::Arc::new(TraceBuffer::new(BufferConfig { num_traces: 10_000, ..config() }, 8));
+    let now = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let buffer = buffer.clone();
+            s.spawn(move || {
+                for i in 0..500u64 {
+                    // Threads share traces, so entries are created and extended concurrently.
+                    let n = i % 250;
+                    buffer.add(trace_id(n), chunk(n, &[t * 1000 + i + 1]), CHILD, now, true);
+                }
+            });
+        }
+    });
+    assert_eq!(buffer.pending_traces(), 250);
+    assert_eq!(buffer.buffered_spans(), 2000);
+    let mut all = Vec::new();
+    buffer.take_all(&mut all);
+    assert_eq!(all.iter().map(|(_, e)| e.span_count).sum::<u64>(), 2000);
+}

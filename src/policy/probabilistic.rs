@@ -85,14 +85,12 @@ pub(crate) fn threshold(ratio: f64) -> u64 {
             }
         }
     }
-    if exp >= 0 {
-        // Only reachable for ratio >= 1, handled above; saturate all the same.
-        return u64::MAX;
-    }
-    let down = (-exp) as u32;
-    if down >= 128 {
+    let value = if exp >= 0 {
+        product.checked_shl(exp as u32).unwrap_or(u128::MAX)
+    } else if exp <= -128 {
         0
     } else {
-        u64::try_from(product >> down).unwrap_or(u64::MAX)
-    }
+        product >> (-exp) as u32
+    };
+    u64::try_from(value).unwrap_or(u64::MAX)
 }
