@@ -76,14 +76,14 @@ impl Errors {
     }
 
     /// Like [`Errors::parse`], treating a missing or null section as its default.
-    pub fn parse_or_default<T: DeserializeOwned + Default>(
+    pub fn parse_section<T: DeserializeOwned + Default>(
         &mut self,
         path: &str,
         value: Option<serde_yaml::Value>,
-    ) -> T {
+    ) -> Option<T> {
         match value {
-            None | Some(serde_yaml::Value::Null) => T::default(),
-            Some(v) => self.parse(path, v).unwrap_or_default(),
+            None | Some(serde_yaml::Value::Null) => Some(T::default()),
+            Some(v) => self.parse(path, v),
         }
     }
 
@@ -165,8 +165,10 @@ pub fn parse_worker(text: &str) -> Result<WorkerConfig, ConfigError> {
     let Some(raw) = errors.parse::<RawWorkerConfig>("", value) else {
         return Err(errors.check().expect_err("a parse failure is recorded"));
     };
-    let receivers: ReceiversConfig = errors.parse_or_default("receivers", raw.receivers);
-    validate_receivers(&receivers, &mut errors);
+    let receivers: Option<ReceiversConfig> = errors.parse_section("receivers", raw.receivers);
+    if let Some(r) = &receivers {
+        validate_receivers(r, &mut errors);
+    }
     let tail_sampling: Option<TailSamplingConfig> = match raw.tail_sampling {
         None | Some(serde_yaml::Value::Null) => {
             errors.push("tail_sampling", "is required");
@@ -179,17 +181,20 @@ pub fn parse_worker(text: &str) -> Result<WorkerConfig, ConfigError> {
         PolicySet::compile(&ts.policies, "tail_sampling.policies", ts.sample_on_first_match, &mut errors)
     });
     let exporters = parse_exporters(raw.exporters, &mut errors);
-    let admin: AdminConfig = errors.parse_or_default("admin", raw.admin);
-    check_endpoint(&admin.endpoint, "admin.endpoint", &mut errors);
-    let shutdown: ShutdownConfig = errors.parse_or_default("shutdown", raw.shutdown);
+    let admin: Option<AdminConfig> = errors.parse_section("admin", raw.admin);
+    if let Some(a) = &admin {
+        check_endpoint(&a.endpoint, "admin.endpoint", &mut errors);
+    }
+    let shutdown: Option<ShutdownConfig> = errors.parse_section("shutdown", raw.shutdown);
     errors.check()?;
+    let parsed = "every section parsed, or an error was recorded";
     Ok(WorkerConfig {
-        receivers,
-        tail_sampling: tail_sampling.expect("a missing tail_sampling is recorded as an error"),
-        policies: policies.expect("policies are compiled whenever tail_sampling parsed"),
+        receivers: receivers.expect(parsed),
+        tail_sampling: tail_sampling.expect(parsed),
+        policies: policies.expect(parsed),
         exporters,
-        admin,
-        shutdown,
+        admin: admin.expect(parsed),
+        shutdown: shutdown.expect(parsed),
     })
 }
 

@@ -1,0 +1,182 @@
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::env::expand;
+use super::*;
+
+const MINIMAL: &str = r#"
+receivers:
+  otlp:
+    protocols:
+      grpc:
+tail_sampling:
+  policies: [{name: all, type: always_sample}]
+exporters:
+  debug:
+"#;
+
+fn errors_of(text: &str) -> String {
+    parse_worker(text).unwrap_err().to_string()
+}
+
+#[test]
+fn defaults_are_the_collectors() {
+    let c = parse_worker(MINIMAL).unwrap();
+    let grpc = c.receivers.otlp.protocols.grpc.as_ref().unwrap();
+    assert_eq!(grpc.endpoint, "0.0.0.0:4317");
+    assert_eq!(grpc.max_recv_msg_size_mib, 4);
+    assert!(c.receivers.otlp.protocols.http.is_none());
+    let ts = &c.tail_sampling;
+    assert_eq!(ts.decision_wait, Duration::from_secs(30));
+    assert_eq!(ts.num_traces, 50_000);
+    assert_eq!(ts.decision_wait_after_root_received, Duration::ZERO);
+    assert_eq!(ts.decision_cache.sampled_cache_size, 0);
+    assert!(!ts.block_on_overflow && !ts.sample_on_first_match && !ts.drop_pending_traces_on_shutdown);
+    assert_eq!(ts.maximum_trace_size_bytes, 0);
+    assert_eq!(ts.max_buffered_bytes, 512 * 1024 * 1024);
+    assert_eq!(c.admin.endpoint, "0.0.0.0:8888");
+    assert_eq!(c.exporters.len(), 1);
+}
+
+#[test]
+fn exporters_of_one_type_may_be_named() {
+    let c = parse_worker(
+        r#"
+receivers: {otlp: {protocols: {http: {endpoint: "127.0.0.1:4318"}}}}
+tail_sampling: {policies: [{name: all, type: always_sample}]}
+exporters:
+  otlp/a: {endpoint: "a:4317"}
+  otlp/b: {endpoint: "b:4317", compression: none, timeout: 2s}
+  otlphttp: {endpoint: "https://backend:4318"}
+"#,
+    )
+    .unwrap();
+    let names: Vec<&str> = c.exporters.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["otlp/a", "otlp/b", "otlphttp"]);
+    let ExporterConfig::Otlp(b) = &c.exporters[1].1 else { panic!("otlp/b is otlp") };
+    assert_eq!(b.compression, Compression::None);
+    assert_eq!(b.timeout, Duration::from_secs(2));
+    assert_eq!(b.sending_queue.queue_size, 1000);
+    assert_eq!(b.retry_on_failure.initial_interval, Duration::from_secs(5));
+}
+
+#[test]
+fn every_error_is_reported_with_its_path() {
+    let err = errors_of(
+        r#"
+receivers:
+  otlp:
+    protocols:
+      http: {endpont: "x:1"}
+tail_sampling:
+  decision_wait: 0s
+  num_traces: 0
+  policies:
+    - {name: ok, type: always_sample}
+    - {name: bad, type: probabilistic, probabilistic: {sampling_percentage: -1}}
+exporters:
+  otlp/a: {endpoint: "a:4317", sending_queue: {queue_size: 0}}
+  kafka: {}
+  otlphttp: {endpoint: "backend:4318"}
+admin: {endpoint: "8888"}
+"#,
+    );
+    for want in [
+        "receivers.otlp.protocols.http.endpont: unknown field `endpont`",
+        "tail_sampling.decision_wait: must be greater than 0",
+        "tail_sampling.num_traces: must be at least 1",
+        "tail_sampling.policies[1].probabilistic.sampling_percentage: -1 is not between 0 and 100",
+        "exporters.otlp/a.sending_queue.queue_size: must be at least 1",
+        "exporters.kafka: unknown exporter type \"kafka\"",
+        "exporters.otlphttp.endpoint: \"backend:4318\" is not an http(s) URL",
+        "admin.endpoint: \"8888\" is not host:port",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+    // A section that does not parse is not also checked as if it were empty.
+    assert!(!err.contains("enable grpc, http or both"), "{err}");
+}
+
+#[test]
+fn receiver_settings_are_checked() {
+    let err = errors_of(
+        r#"
+receivers:
+  otlp:
+    protocols:
+      grpc: {endpoint: "nowhere", max_recv_msg_size_mib: 0}
+      http: {traces_url_path: "v1/traces"}
+tail_sampling: {policies: [{name: all, type: always_sample}]}
+exporters: {debug: {}}
+"#,
+    );
+    for want in [
+        "receivers.otlp.protocols.grpc.endpoint: \"nowhere\" is not host:port",
+        "receivers.otlp.protocols.grpc.max_recv_msg_size_mib: must be at least 1",
+        "receivers.otlp.protocols.http.traces_url_path: must start with /",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+    assert!(errors_of("receivers: {otlp: {protocols: {}}}\ntail_sampling: {policies: [{name: a, type: always_sample}]}\nexporters: {debug: {}}")
+        .contains("receivers.otlp.protocols: enable grpc, http or both"));
+}
+
+#[test]
+fn unknown_keys_are_errors_at_every_level() {
+    let err = errors_of(&format!("{MINIMAL}\nprocessors: {{}}\n"));
+    assert!(err.contains("unknown field `processors`"), "{err}");
+    let err = errors_of(
+        r#"
+receivers: {otlp: {protocols: {grpc: {}}}}
+tail_sampling: {policies: [{name: a, type: always_sample}], decison_wait: 1s}
+exporters: {otlp: {endpoint: "x:1", tls: {insecure: true, verify: false}}}
+"#,
+    );
+    assert!(err.contains("tail_sampling.decison_wait: unknown field `decison_wait`"), "{err}");
+    assert!(err.contains("exporters.otlp.tls.verify: unknown field `verify`"), "{err}");
+}
+
+#[test]
+fn a_missing_tail_sampling_or_exporter_is_an_error() {
+    let err = errors_of("receivers: {otlp: {protocols: {grpc: {}}}}\n");
+    assert!(err.contains("tail_sampling: is required"), "{err}");
+    assert!(err.contains("exporters: at least one exporter is required"), "{err}");
+}
+
+#[test]
+fn variables_are_expanded_with_defaults() {
+    let vars: HashMap<&str, &str> = [("HOST", "tempo"), ("PORT", "4317")].into();
+    let lookup = |k: &str| vars.get(k).map(|v| v.to_string());
+    assert_eq!(expand("${HOST}:${PORT}", lookup).unwrap(), "tempo:4317");
+    assert_eq!(expand("${env:HOST}", lookup).unwrap(), "tempo");
+    assert_eq!(expand("${NOPE:-fallback}", lookup).unwrap(), "fallback");
+    assert_eq!(expand("${HOST:-unused}", lookup).unwrap(), "tempo");
+    assert_eq!(expand("cost: $$5 and $x", lookup).unwrap(), "cost: $5 and $x");
+    assert_eq!(
+        expand("${A} ${B} ${A}", lookup).unwrap_err(),
+        vec!["environment variable A is not set", "environment variable B is not set"]
+    );
+}
+
+#[test]
+fn example_configs_and_policy_sets_load() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/config");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            load_worker(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            seen += 1;
+        }
+    }
+    assert!(seen >= 2);
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/policies");
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let values: Vec<serde_yaml::Value> =
+            serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let mut errors = Errors::default();
+        PolicySet::compile(&values, "policies", false, &mut errors);
+        errors.check().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+}
