@@ -38,11 +38,11 @@ enum Encoding {
 
 /// `google.rpc.Status`, the body of OTLP/HTTP errors.
 #[derive(Clone, PartialEq, Message, serde::Serialize)]
-struct RpcStatus {
+pub(super) struct RpcStatus {
     #[prost(int32, tag = "1")]
-    code: i32,
+    pub(super) code: i32,
     #[prost(string, tag = "2")]
-    message: String,
+    pub(super) message: String,
 }
 
 /// Serves OTLP/HTTP on `listener` until `stop` is cancelled.
