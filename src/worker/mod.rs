@@ -7,6 +7,8 @@
 //! listener last so the final numbers can still be scraped while draining.
 
 pub mod pipeline;
+#[cfg(test)]
+mod tests;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,0 +1,89 @@
+//! Decision timing with paused tokio time: the real decision loops of a real worker,
+//! spans handed straight to the pipeline.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::config::parse_worker;
+use crate::testkit::{metric, request, span, trace_id};
+use crate::worker::pipeline::DECISION_TICK;
+use crate::worker::Worker;
+
+async fn worker(tail_sampling: &str) -> Worker {
+    let config = parse_worker(&format!(
+        r#"
+receivers: {{otlp: {{protocols: {{grpc: {{endpoint: "127.0.0.1:0"}}}}}}}}
+tail_sampling:
+{tail_sampling}
+exporters: {{debug: {{}}}}
+admin: {{endpoint: "127.0.0.1:0"}}
+"#
+    ))
+    .unwrap();
+    Worker::start(config).await.unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn traces_are_decided_within_one_tick_of_their_deadline() {
+    let w = worker("  decision_wait: 30s\n  policies: [{name: all, type: always_sample}]").await;
+    let p = w.pipeline().clone();
+    let t0 = Instant::now();
+    p.ingest(request("a", vec![span(trace_id(1), 2, Some(1))]), t0).unwrap();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    // A second trace arriving later keeps its own deadline.
+    p.ingest(request("a", vec![span(trace_id(2), 2, Some(1))]), Instant::now()).unwrap();
+    tokio::time::sleep_until(t0 + Duration::from_secs(30) - Duration::from_millis(1)).await;
+    assert_eq!(p.buffer().pending_traces(), 2, "decided before its deadline");
+    tokio::time::sleep_until(t0 + Duration::from_secs(30) + DECISION_TICK + Duration::from_millis(1)).await;
+    assert_eq!(p.buffer().pending_traces(), 1, "the first trace was decided late");
+    tokio::time::sleep_until(t0 + Duration::from_secs(50) + DECISION_TICK + Duration::from_millis(1)).await;
+    assert_eq!(p.buffer().pending_traces(), 0);
+    let text = w.registry.render();
+    // Every decision landed within one tick of its deadline.
+    assert_eq!(metric(&text, "tailgate_decision_lateness_milliseconds_bucket", &[("le", "10")]), 2.0);
+    w.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_root_span_brings_the_decision_forward() {
+    let w = worker("  decision_wait: 30s\n  decision_wait_after_root_received: 1s\n  policies: [{name: all, type: always_sample}]").await;
+    let p = w.pipeline().clone();
+    let t0 = Instant::now();
+    p.ingest(request("a", vec![span(trace_id(1), 2, Some(1))]), t0).unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    p.ingest(request("a", vec![span(trace_id(1), 1, None)]), Instant::now()).unwrap();
+    tokio::time::sleep(Duration::from_secs(1) + DECISION_TICK + Duration::from_millis(1)).await;
+    assert_eq!(p.buffer().pending_traces(), 0);
+    let text = w.registry.render();
+    assert_eq!(metric(&text, "tailgate_spans_decided_total", &[("outcome", "sampled")]), 2.0);
+    w.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn heavy_ingest_does_not_delay_decisions() {
+    let w = worker("  decision_wait: 1s\n  num_traces: 1000000\n  policies: [{name: all, type: always_sample}]").await;
+    let p = w.pipeline().clone();
+    let ingest = {
+        let p = p.clone();
+        tokio::spawn(async move {
+            // A steady stream of new traces, yielding between requests as a receiver does.
+            for n in 0..3_000u64 {
+                let spans = (0..10).map(|s| span(trace_id(n), s + 1, Some(99))).collect();
+                p.ingest(request("a", spans), Instant::now()).unwrap();
+                if n % 10 == 0 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        })
+    };
+    ingest.await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1) + DECISION_TICK * 2).await;
+    assert_eq!(p.buffer().pending_traces(), 0);
+    let text = w.registry.render();
+    let decided = metric(&text, "tailgate_decision_lateness_milliseconds_count", &[]);
+    let on_time = metric(&text, "tailgate_decision_lateness_milliseconds_bucket", &[("le", "20")]);
+    assert_eq!(decided, 3000.0);
+    assert_eq!(on_time, 3000.0, "some decisions were more than two ticks late");
+    w.shutdown().await;
+}
