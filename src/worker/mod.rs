@@ -203,6 +203,5 @@ async fn decide_loop(pipeline: Arc<Pipeline>, shards: Vec<usize>, stop: Cancella
         for &shard in &shards {
             pipeline.decide_due(shard, now);
         }
-        pipeline.update_gauges();
     }
 }

@@ -249,6 +249,7 @@ impl Pipeline {
         if !late.is_empty() {
             self.exporters.enqueue(late.take());
         }
+        self.update_gauges();
         Ok(Ingested {
             accepted: total - rejected,
             rejected,
@@ -416,7 +417,7 @@ impl Pipeline {
         })
     }
 
-    pub fn update_gauges(&self) {
+    fn update_gauges(&self) {
         self.metrics.traces_on_memory.set(self.buffer.pending_traces() as f64);
         self.metrics.buffered_spans.set(self.buffer.buffered_spans() as f64);
         self.metrics.buffered_bytes.set(self.buffer.buffered_bytes() as f64);
