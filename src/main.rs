@@ -10,7 +10,11 @@ use clap::{Parser, Subcommand};
 const EXIT_CONFIG: u8 = 64;
 
 #[derive(Parser)]
-#[command(name = "tailgate", version, about = "Tail sampling for OpenTelemetry traces")]
+#[command(
+    name = "tailgate",
+    version,
+    about = "Tail sampling for OpenTelemetry traces"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -5,8 +5,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
@@ -117,7 +121,9 @@ impl TraceService for SinkService {
 impl Sink {
     /// Starts a sink that first fails one call with each of `failures`, then accepts.
     pub async fn start(failures: Vec<Code>) -> Sink {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind sink");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind sink");
         let addr = listener.local_addr().expect("sink address");
         let state = Arc::new(Mutex::new(SinkState {
             failures,
@@ -189,9 +195,11 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
             if series_name != name {
                 return None;
             }
-            let all = labels
-                .iter()
-                .all(|(k, v)| series_labels.split(',').any(|p| p == format!("{k}=\"{v}\"")));
+            let all = labels.iter().all(|(k, v)| {
+                series_labels
+                    .split(',')
+                    .any(|p| p == format!("{k}=\"{v}\""))
+            });
             all.then(|| value.parse::<f64>().ok()).flatten()
         })
         .sum()

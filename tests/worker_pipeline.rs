@@ -19,7 +19,9 @@ const KEEP_ALL: &str = r#"
 #[tokio::test]
 async fn a_trace_split_over_requests_and_connections_is_exported_whole_once() {
     let sink = Sink::start(vec![]).await;
-    let worker = Worker::start(common::config(&sink, KEEP_ALL)).await.unwrap();
+    let worker = Worker::start(common::config(&sink, KEEP_ALL))
+        .await
+        .unwrap();
     let traces: Vec<[u8; 16]> = (1..=4).map(trace_id).collect();
     // Span k of every trace goes out on its own connection; even k over gRPC,
     // odd k over HTTP (protobuf for k = 1, JSON for k = 3).
@@ -63,12 +65,21 @@ async fn a_trace_split_over_requests_and_connections_is_exported_whole_once() {
     let mut span_ids = HashSet::new();
     for (i, r) in sink.requests().iter().enumerate() {
         for s in all_spans(r) {
-            requests_per_trace.entry(s.trace_id.clone()).or_default().insert(i);
-            assert!(span_ids.insert((s.trace_id.clone(), s.span_id.clone())), "span exported twice");
+            requests_per_trace
+                .entry(s.trace_id.clone())
+                .or_default()
+                .insert(i);
+            assert!(
+                span_ids.insert((s.trace_id.clone(), s.span_id.clone())),
+                "span exported twice"
+            );
         }
     }
     assert_eq!(requests_per_trace.len(), 4);
-    assert!(requests_per_trace.values().all(|r| r.len() == 1), "{requests_per_trace:?}");
+    assert!(
+        requests_per_trace.values().all(|r| r.len() == 1),
+        "{requests_per_trace:?}"
+    );
     // Resources are exported exactly as received.
     let services: HashSet<String> = sink
         .requests()
@@ -78,22 +89,52 @@ async fn a_trace_split_over_requests_and_connections_is_exported_whole_once() {
         .collect();
     assert_eq!(services.len(), 4);
     let text = common::scrape(worker.admin_addr).await;
-    assert_eq!(metric(&text, "otelcol_receiver_accepted_spans_total", &[("transport", "grpc")]), 8.0);
-    assert_eq!(metric(&text, "otelcol_receiver_accepted_spans_total", &[("transport", "http")]), 8.0);
-    assert_eq!(metric(&text, "otelcol_exporter_sent_spans_total", &[("exporter", "otlp")]), 16.0);
+    assert_eq!(
+        metric(
+            &text,
+            "otelcol_receiver_accepted_spans_total",
+            &[("transport", "grpc")]
+        ),
+        8.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "otelcol_receiver_accepted_spans_total",
+            &[("transport", "http")]
+        ),
+        8.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "otelcol_exporter_sent_spans_total",
+            &[("exporter", "otlp")]
+        ),
+        16.0
+    );
     worker.shutdown().await;
 }
-
 
 /// Waits (bounded) until nothing is pending, queued or in flight: every sampled span has
 /// been sent or has failed.
 async fn settle(worker: &Worker) {
     for _ in 0..500 {
         let text = common::scrape(worker.admin_addr).await;
-        let sampled = metric(&text, "tailgate_spans_decided_total", &[("outcome", "sampled")]);
+        let sampled = metric(
+            &text,
+            "tailgate_spans_decided_total",
+            &[("outcome", "sampled")],
+        );
         let finished = metric(&text, "otelcol_exporter_sent_spans_total", &[])
             + metric(&text, "otelcol_exporter_send_failed_spans_total", &[]);
-        if metric(&text, "otelcol_processor_tail_sampling_sampling_traces_on_memory", &[]) == 0.0 && finished == sampled {
+        if metric(
+            &text,
+            "otelcol_processor_tail_sampling_sampling_traces_on_memory",
+            &[],
+        ) == 0.0
+            && finished == sampled
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -119,42 +160,92 @@ async fn late_spans_follow_the_cached_decision() {
     let mut client = common::grpc_client(&worker).await;
     let (kept, dropped) = (trace_id(1), trace_id(2));
     client
-        .export(request("a", vec![span(kept, 1, None), span(dropped, 1, None)]))
+        .export(request(
+            "a",
+            vec![span(kept, 1, None), span(dropped, 1, None)],
+        ))
         .await
         .unwrap();
     assert_eq!(sink.wait_for_spans(1, Duration::from_secs(10)).await, 1);
     settle(&worker).await;
     // Late spans of both traces, after their decisions.
     client
-        .export(request("a", vec![span(kept, 2, Some(1)), span(dropped, 2, Some(1)), span(dropped, 3, Some(1))]))
+        .export(request(
+            "a",
+            vec![
+                span(kept, 2, Some(1)),
+                span(dropped, 2, Some(1)),
+                span(dropped, 3, Some(1)),
+            ],
+        ))
         .await
         .unwrap();
     assert_eq!(sink.wait_for_spans(2, Duration::from_secs(10)).await, 2);
     settle(&worker).await;
-    let exported: Vec<_> = sink.requests().iter().flat_map(|r| all_spans(r).cloned().collect::<Vec<_>>()).collect();
-    assert!(exported.iter().all(|s| s.trace_id == kept.to_vec()), "a span of the dropped trace was exported");
+    let exported: Vec<_> = sink
+        .requests()
+        .iter()
+        .flat_map(|r| all_spans(r).cloned().collect::<Vec<_>>())
+        .collect();
+    assert!(
+        exported.iter().all(|s| s.trace_id == kept.to_vec()),
+        "a span of the dropped trace was exported"
+    );
     assert_eq!(exported.len(), 2);
     let text = common::scrape(worker.admin_addr).await;
     let early = "otelcol_processor_tail_sampling_early_releases_from_cache_decision_total";
     assert_eq!(metric(&text, early, &[("sampled", "true")]), 1.0);
     assert_eq!(metric(&text, early, &[("sampled", "false")]), 2.0);
-    assert_eq!(metric(&text, "tailgate_spans_decided_total", &[("outcome", "not_sampled")]), 3.0);
-    assert_eq!(metric(&text, "otelcol_processor_tail_sampling_new_trace_id_received_total", &[]), 2.0);
+    assert_eq!(
+        metric(
+            &text,
+            "tailgate_spans_decided_total",
+            &[("outcome", "not_sampled")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "otelcol_processor_tail_sampling_new_trace_id_received_total",
+            &[]
+        ),
+        2.0
+    );
     worker.shutdown().await;
 }
 
 #[tokio::test]
 async fn without_a_cache_a_late_span_starts_a_new_trace() {
     let sink = Sink::start(vec![]).await;
-    let worker = Worker::start(common::config(&sink, KEEP_ALL)).await.unwrap();
+    let worker = Worker::start(common::config(&sink, KEEP_ALL))
+        .await
+        .unwrap();
     let mut client = common::grpc_client(&worker).await;
-    client.export(request("a", vec![span(trace_id(1), 1, None)])).await.unwrap();
+    client
+        .export(request("a", vec![span(trace_id(1), 1, None)]))
+        .await
+        .unwrap();
     assert_eq!(sink.wait_for_spans(1, Duration::from_secs(10)).await, 1);
-    client.export(request("a", vec![span(trace_id(1), 2, Some(1))])).await.unwrap();
+    client
+        .export(request("a", vec![span(trace_id(1), 2, Some(1))]))
+        .await
+        .unwrap();
     assert_eq!(sink.wait_for_spans(2, Duration::from_secs(10)).await, 2);
-    assert_eq!(sink.requests().len(), 2, "the late span is its own, second decision");
+    assert_eq!(
+        sink.requests().len(),
+        2,
+        "the late span is its own, second decision"
+    );
     let text = common::scrape(worker.admin_addr).await;
-    assert_eq!(metric(&text, "otelcol_processor_tail_sampling_new_trace_id_received_total", &[]), 2.0);
+    assert_eq!(
+        metric(
+            &text,
+            "otelcol_processor_tail_sampling_new_trace_id_received_total",
+            &[]
+        ),
+        2.0
+    );
     worker.shutdown().await;
 }
 
@@ -183,7 +274,11 @@ async fn every_accepted_span_is_accounted_for() {
         let spans: Vec<_> = (0..10u64)
             .flat_map(|t| {
                 let id = trace_id(batch * 10 + t);
-                [span(id, 1, None), span(id, 2, Some(1)), span(id, 3, Some(1))]
+                [
+                    span(id, 1, None),
+                    span(id, 2, Some(1)),
+                    span(id, 3, Some(1)),
+                ]
             })
             .collect();
         sent += spans.len() as u64;
@@ -191,7 +286,10 @@ async fn every_accepted_span_is_accounted_for() {
     }
     // One trace that grows past maximum_trace_size_bytes.
     for s in 0..40u64 {
-        client.export(request("big", vec![span(trace_id(1000), s + 1, Some(1))])).await.unwrap();
+        client
+            .export(request("big", vec![span(trace_id(1000), s + 1, Some(1))]))
+            .await
+            .unwrap();
         sent += 1;
     }
     settle(&worker).await;
@@ -209,12 +307,22 @@ async fn worker_totals_balance(worker: &Worker, sink: &Sink, sent: u64) {
     let accepted = metric(&text, "otelcol_receiver_accepted_spans_total", &[]);
     assert_eq!(accepted, sent as f64);
     let outcome = |o| metric(&text, "tailgate_spans_decided_total", &[("outcome", o)]);
-    let buckets = ["sampled", "not_sampled", "dropped", "evicted", "too_large", "shutdown"];
+    let buckets = [
+        "sampled",
+        "not_sampled",
+        "dropped",
+        "evicted",
+        "too_large",
+        "shutdown",
+    ];
     let decided: f64 = buckets.iter().map(|o| outcome(*o)).sum();
     let buffered = metric(&text, "tailgate_buffered_spans", &[]);
     assert_eq!(decided + buffered, accepted, "{text}");
     assert!(outcome("evicted") > 0.0, "the workload should evict");
-    assert!(outcome("too_large") > 0.0, "the workload should cut a large trace");
+    assert!(
+        outcome("too_large") > 0.0,
+        "the workload should cut a large trace"
+    );
     assert!(outcome("sampled") > 0.0 && outcome("not_sampled") > 0.0);
     let exported = metric(&text, "otelcol_exporter_sent_spans_total", &[]);
     assert_eq!(exported, outcome("sampled"));
@@ -237,10 +345,16 @@ async fn block_on_overflow_refuses_new_data_with_retryable_errors() {
     .unwrap();
     let mut client = common::grpc_client(&worker).await;
     client
-        .export(request("a", vec![span(trace_id(1), 1, None), span(trace_id(2), 1, None)]))
+        .export(request(
+            "a",
+            vec![span(trace_id(1), 1, None), span(trace_id(2), 1, None)],
+        ))
         .await
         .unwrap();
-    let status = client.export(request("a", vec![span(trace_id(3), 1, None)])).await.unwrap_err();
+    let status = client
+        .export(request("a", vec![span(trace_id(3), 1, None)]))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), tonic::Code::ResourceExhausted);
     let r = reqwest::Client::new()
         .post(common::http_url(&worker))
@@ -252,9 +366,22 @@ async fn block_on_overflow_refuses_new_data_with_retryable_errors() {
     assert_eq!(r.status(), 429);
     assert_eq!(r.headers()["retry-after"], "1");
     let text = common::scrape(worker.admin_addr).await;
-    assert_eq!(metric(&text, "otelcol_processor_refused_spans_total", &[]), 2.0);
-    assert_eq!(metric(&text, "otelcol_receiver_refused_spans_total", &[]), 2.0);
-    assert_eq!(metric(&text, "otelcol_processor_tail_sampling_sampling_trace_dropped_too_early_total", &[]), 0.0);
+    assert_eq!(
+        metric(&text, "otelcol_processor_refused_spans_total", &[]),
+        2.0
+    );
+    assert_eq!(
+        metric(&text, "otelcol_receiver_refused_spans_total", &[]),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "otelcol_processor_tail_sampling_sampling_trace_dropped_too_early_total",
+            &[]
+        ),
+        0.0
+    );
     // Shutdown decides the two pending traces on what they have.
     worker.shutdown().await;
     assert_eq!(sink.span_count(), 2);
@@ -281,12 +408,17 @@ admin: {{endpoint: "127.0.0.1:0"}}
 "#,
         sink.addr
     );
-    let worker = Worker::start(tailgate::config::parse_worker(&text).unwrap()).await.unwrap();
+    let worker = Worker::start(tailgate::config::parse_worker(&text).unwrap())
+        .await
+        .unwrap();
     let mut client = common::grpc_client(&worker).await;
     let mut accepted = 0;
     let mut refused = 0;
     for n in 0..40u64 {
-        match client.export(request("a", vec![span(trace_id(n), 1, None)])).await {
+        match client
+            .export(request("a", vec![span(trace_id(n), 1, None)]))
+            .await
+        {
             Ok(_) => accepted += 1,
             Err(s) => {
                 assert_eq!(s.code(), tonic::Code::ResourceExhausted);
@@ -296,11 +428,20 @@ admin: {{endpoint: "127.0.0.1:0"}}
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert!(refused > 0, "the queue never filled");
-    assert_eq!(sink.wait_for_spans(accepted, Duration::from_secs(20)).await, accepted);
+    assert_eq!(
+        sink.wait_for_spans(accepted, Duration::from_secs(20)).await,
+        accepted
+    );
     assert_eq!(sink.refused_calls(), 3);
     let metrics = common::scrape(worker.admin_addr).await;
-    assert_eq!(metric(&metrics, "otelcol_exporter_sent_spans_total", &[]), accepted as f64);
-    assert_eq!(metric(&metrics, "otelcol_exporter_send_failed_spans_total", &[]), 0.0);
+    assert_eq!(
+        metric(&metrics, "otelcol_exporter_sent_spans_total", &[]),
+        accepted as f64
+    );
+    assert_eq!(
+        metric(&metrics, "otelcol_exporter_send_failed_spans_total", &[]),
+        0.0
+    );
     worker.shutdown().await;
 }
 
@@ -316,7 +457,10 @@ async fn shutdown_decides_pending_traces_or_drops_them_counted() {
         .unwrap();
         let mut client = common::grpc_client(&worker).await;
         client
-            .export(request("a", vec![span(trace_id(1), 1, None), span(trace_id(2), 1, None)]))
+            .export(request(
+                "a",
+                vec![span(trace_id(1), 1, None), span(trace_id(2), 1, None)],
+            ))
             .await
             .unwrap();
         let registry = worker.registry.clone();
@@ -324,7 +468,14 @@ async fn shutdown_decides_pending_traces_or_drops_them_counted() {
         let text = registry.render();
         if drop {
             assert_eq!(sink.span_count(), 0);
-            assert_eq!(metric(&text, "tailgate_spans_decided_total", &[("outcome", "shutdown")]), 2.0);
+            assert_eq!(
+                metric(
+                    &text,
+                    "tailgate_spans_decided_total",
+                    &[("outcome", "shutdown")]
+                ),
+                2.0
+            );
         } else {
             assert_eq!(sink.span_count(), 2);
             assert_eq!(metric(&text, "otelcol_exporter_sent_spans_total", &[]), 2.0);
@@ -335,13 +486,21 @@ async fn shutdown_decides_pending_traces_or_drops_them_counted() {
 #[tokio::test]
 async fn a_backend_that_stays_down_is_counted_as_failed() {
     let sink = Sink::start(vec![tonic::Code::InvalidArgument]).await;
-    let worker = Worker::start(common::config(&sink, KEEP_ALL)).await.unwrap();
+    let worker = Worker::start(common::config(&sink, KEEP_ALL))
+        .await
+        .unwrap();
     let mut client = common::grpc_client(&worker).await;
-    client.export(request("a", vec![span(trace_id(1), 1, None)])).await.unwrap();
+    client
+        .export(request("a", vec![span(trace_id(1), 1, None)]))
+        .await
+        .unwrap();
     settle(&worker).await;
     let text = common::scrape(worker.admin_addr).await;
     // INVALID_ARGUMENT is permanent: no retry, counted as failed.
-    assert_eq!(metric(&text, "otelcol_exporter_send_failed_spans_total", &[]), 1.0);
+    assert_eq!(
+        metric(&text, "otelcol_exporter_send_failed_spans_total", &[]),
+        1.0
+    );
     assert_eq!(sink.refused_calls(), 1);
     assert_eq!(sink.span_count(), 0);
     worker.shutdown().await;
@@ -355,7 +514,9 @@ async fn spans_from_the_opentelemetry_sdk_are_exported() {
     use opentelemetry_otlp::WithExportConfig;
 
     let sink = Sink::start(vec![]).await;
-    let worker = Worker::start(common::config(&sink, KEEP_ALL)).await.unwrap();
+    let worker = Worker::start(common::config(&sink, KEEP_ALL))
+        .await
+        .unwrap();
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .with_endpoint(format!("http://{}", worker.grpc_addr.unwrap()))
@@ -363,7 +524,11 @@ async fn spans_from_the_opentelemetry_sdk_are_exported() {
         .unwrap();
     let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
         .with_simple_exporter(exporter)
-        .with_resource(opentelemetry_sdk::Resource::builder().with_service_name("sdk-test").build())
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name("sdk-test")
+                .build(),
+        )
         .build();
     let tracer = provider.tracer("it");
     tracer.in_span("parent", |_| {
@@ -372,11 +537,26 @@ async fn spans_from_the_opentelemetry_sdk_are_exported() {
     provider.force_flush().unwrap();
     assert_eq!(sink.wait_for_spans(2, Duration::from_secs(20)).await, 2);
     let requests = sink.requests();
-    let names: HashSet<String> = requests.iter().flat_map(all_spans).map(|s| s.name.clone()).collect();
-    assert_eq!(names, HashSet::from(["parent".to_string(), "child".to_string()]));
-    let trace_ids: HashSet<Vec<u8>> = requests.iter().flat_map(all_spans).map(|s| s.trace_id.clone()).collect();
+    let names: HashSet<String> = requests
+        .iter()
+        .flat_map(all_spans)
+        .map(|s| s.name.clone())
+        .collect();
+    assert_eq!(
+        names,
+        HashSet::from(["parent".to_string(), "child".to_string()])
+    );
+    let trace_ids: HashSet<Vec<u8>> = requests
+        .iter()
+        .flat_map(all_spans)
+        .map(|s| s.trace_id.clone())
+        .collect();
     assert_eq!(trace_ids.len(), 1);
-    assert_eq!(requests.len(), 1, "the two spans arrived separately but leave as one trace");
+    assert_eq!(
+        requests.len(),
+        1,
+        "the two spans arrived separately but leave as one trace"
+    );
     provider.shutdown().unwrap();
     worker.shutdown().await;
 }

@@ -94,7 +94,9 @@ impl TraceBuffer {
     /// A buffer with `timer_shards` timer shards (rounded up to a power of two).
     pub fn new(config: BufferConfig, timer_shards: usize) -> Self {
         let shards = timer_shards.max(1).next_power_of_two();
-        let capacity = config.num_traces.min(config.expected_new_traces_per_sec.max(1024) * 4);
+        let capacity = config
+            .num_traces
+            .min(config.expected_new_traces_per_sec.max(1024) * 4);
         Self {
             map: DashMap::with_capacity_and_hasher(capacity, ahash::RandomState::new()),
             timers: (0..shards).map(|_| Mutex::new(BTreeMap::new())).collect(),
@@ -153,7 +155,14 @@ impl TraceBuffer {
 
     /// Adds a chunk of spans of one trace. With `evict` set, makes room by evicting the
     /// oldest pending traces when a limit is exceeded.
-    pub fn add(&self, id: TraceId, chunk: Chunk, facts: ChunkFacts, now: Instant, evict: bool) -> AddOutcome {
+    pub fn add(
+        &self,
+        id: TraceId,
+        chunk: Chunk,
+        facts: ChunkFacts,
+        now: Instant,
+        evict: bool,
+    ) -> AddOutcome {
         let mut outcome = AddOutcome::default();
         let chunk_bytes = chunk.size() as u64;
         let chunk_spans = u64::from(chunk.span_count);
@@ -167,8 +176,10 @@ impl TraceBuffer {
                 e.bytes += chunk_bytes;
                 e.earliest_start = e.earliest_start.min(facts.earliest_start);
                 e.latest_end = e.latest_end.max(facts.latest_end);
-                self.buffered_bytes.fetch_add(chunk_bytes, Ordering::Relaxed);
-                self.buffered_spans.fetch_add(chunk_spans, Ordering::Relaxed);
+                self.buffered_bytes
+                    .fetch_add(chunk_bytes, Ordering::Relaxed);
+                self.buffered_spans
+                    .fetch_add(chunk_spans, Ordering::Relaxed);
                 if facts.has_root && !e.root_seen {
                     e.root_seen = true;
                     if !after_root.is_zero() && now + after_root < e.timer.deadline {
@@ -182,7 +193,10 @@ impl TraceBuffer {
                 let max = self.config.maximum_trace_size_bytes;
                 if max > 0 && e.bytes > max {
                     let entry = o.remove();
-                    self.timers[shard].lock().expect("timer lock").remove(&entry.timer);
+                    self.timers[shard]
+                        .lock()
+                        .expect("timer lock")
+                        .remove(&entry.timer);
                     self.forget(&entry);
                     outcome.too_large = Some(entry);
                 }
@@ -209,11 +223,16 @@ impl TraceBuffer {
                     outcome.too_large = Some(entry);
                     return outcome;
                 }
-                self.timers[shard].lock().expect("timer lock").insert(key, id);
+                self.timers[shard]
+                    .lock()
+                    .expect("timer lock")
+                    .insert(key, id);
                 v.insert(entry);
                 self.pending_traces.fetch_add(1, Ordering::Relaxed);
-                self.buffered_bytes.fetch_add(chunk_bytes, Ordering::Relaxed);
-                self.buffered_spans.fetch_add(chunk_spans, Ordering::Relaxed);
+                self.buffered_bytes
+                    .fetch_add(chunk_bytes, Ordering::Relaxed);
+                self.buffered_spans
+                    .fetch_add(chunk_spans, Ordering::Relaxed);
                 outcome.new_trace = true;
             }
         }
@@ -231,13 +250,16 @@ impl TraceBuffer {
 
     fn over_limit(&self) -> bool {
         self.pending_traces() > self.config.num_traces
-            || (self.config.max_buffered_bytes > 0 && self.buffered_bytes() > self.config.max_buffered_bytes)
+            || (self.config.max_buffered_bytes > 0
+                && self.buffered_bytes() > self.config.max_buffered_bytes)
     }
 
     fn forget(&self, entry: &TraceEntry) {
         self.pending_traces.fetch_sub(1, Ordering::Relaxed);
-        self.buffered_bytes.fetch_sub(entry.bytes, Ordering::Relaxed);
-        self.buffered_spans.fetch_sub(entry.span_count, Ordering::Relaxed);
+        self.buffered_bytes
+            .fetch_sub(entry.bytes, Ordering::Relaxed);
+        self.buffered_spans
+            .fetch_sub(entry.span_count, Ordering::Relaxed);
     }
 
     /// Removes the entry a popped timer key points to, if that key is still its key.
@@ -275,7 +297,10 @@ impl TraceBuffer {
             });
             std::mem::replace(&mut *timer, later).into_iter().collect()
         };
-        out.extend(due.into_iter().filter_map(|(key, id)| self.claim(key, id).map(|e| (id, e))));
+        out.extend(
+            due.into_iter()
+                .filter_map(|(key, id)| self.claim(key, id).map(|e| (id, e))),
+        );
     }
 
     /// The earliest deadline in timer shard `shard`.
@@ -292,7 +317,10 @@ impl TraceBuffer {
     pub fn take_all(&self, out: &mut Vec<(TraceId, TraceEntry)>) {
         for shard in 0..self.timers.len() {
             let all = std::mem::take(&mut *self.timers[shard].lock().expect("timer lock"));
-            out.extend(all.into_iter().filter_map(|(key, id)| self.claim(key, id).map(|e| (id, e))));
+            out.extend(
+                all.into_iter()
+                    .filter_map(|(key, id)| self.claim(key, id).map(|e| (id, e))),
+            );
         }
     }
 }

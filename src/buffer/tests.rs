@@ -18,7 +18,10 @@ fn config() -> BufferConfig {
 }
 
 fn chunk(trace: u64, span_ids: &[u64]) -> Chunk {
-    let spans: Vec<_> = span_ids.iter().map(|s| span(trace_id(trace), *s, Some(1))).collect();
+    let spans: Vec<_> = span_ids
+        .iter()
+        .map(|s| span(trace_id(trace), *s, Some(1)))
+        .collect();
     Chunk::encode(Head::new(None, "", None, ""), spans.iter())
 }
 
@@ -45,7 +48,11 @@ fn due(buffer: &TraceBuffer, now: Instant) -> Vec<(TraceId, TraceEntry)> {
 async fn a_trace_is_due_at_first_span_plus_decision_wait() {
     let buffer = TraceBuffer::new(config(), 4);
     let t0 = Instant::now();
-    assert!(buffer.add(trace_id(1), chunk(1, &[1, 2]), CHILD, t0, true).new_trace);
+    assert!(
+        buffer
+            .add(trace_id(1), chunk(1, &[1, 2]), CHILD, t0, true)
+            .new_trace
+    );
     tokio::time::advance(Duration::from_secs(4)).await;
     let later = buffer.add(trace_id(1), chunk(1, &[3]), ROOT, Instant::now(), true);
     assert!(!later.new_trace);
@@ -75,13 +82,25 @@ async fn the_root_span_moves_the_decision_earlier_but_never_later() {
     );
     let t0 = Instant::now();
     buffer.add(trace_id(1), chunk(1, &[1]), CHILD, t0, true);
-    buffer.add(trace_id(1), chunk(1, &[2]), ROOT, t0 + Duration::from_secs(1), true);
+    buffer.add(
+        trace_id(1),
+        chunk(1, &[2]),
+        ROOT,
+        t0 + Duration::from_secs(1),
+        true,
+    );
     assert!(due(&buffer, t0 + Duration::from_millis(2_999)).is_empty());
     assert_eq!(due(&buffer, t0 + Duration::from_secs(3)).len(), 1);
 
     // A root arriving late, when the regular deadline is sooner, changes nothing.
     buffer.add(trace_id(2), chunk(2, &[1]), CHILD, t0, true);
-    buffer.add(trace_id(2), chunk(2, &[2]), ROOT, t0 + Duration::from_secs(9), true);
+    buffer.add(
+        trace_id(2),
+        chunk(2, &[2]),
+        ROOT,
+        t0 + Duration::from_secs(9),
+        true,
+    );
     assert!(due(&buffer, t0 + Duration::from_millis(9_999)).is_empty());
     assert_eq!(due(&buffer, t0 + Duration::from_secs(10)).len(), 1);
 
@@ -92,25 +111,52 @@ async fn the_root_span_moves_the_decision_earlier_but_never_later() {
 
 #[tokio::test(start_paused = true)]
 async fn over_num_traces_the_oldest_pending_trace_is_evicted() {
-    let buffer = TraceBuffer::new(BufferConfig { num_traces: 3, ..config() }, 8);
+    let buffer = TraceBuffer::new(
+        BufferConfig {
+            num_traces: 3,
+            ..config()
+        },
+        8,
+    );
     let t0 = Instant::now();
     for n in 1..=3 {
-        let out = buffer.add(trace_id(n), chunk(n, &[1]), CHILD, t0 + Duration::from_secs(n), true);
+        let out = buffer.add(
+            trace_id(n),
+            chunk(n, &[1]),
+            CHILD,
+            t0 + Duration::from_secs(n),
+            true,
+        );
         assert!(out.evicted.is_empty());
     }
-    let out = buffer.add(trace_id(4), chunk(4, &[1]), CHILD, t0 + Duration::from_secs(4), true);
+    let out = buffer.add(
+        trace_id(4),
+        chunk(4, &[1]),
+        CHILD,
+        t0 + Duration::from_secs(4),
+        true,
+    );
     let evicted: Vec<TraceId> = out.evicted.iter().map(|(id, _)| *id).collect();
     assert_eq!(evicted, vec![trace_id(1)]);
     assert_eq!(buffer.pending_traces(), 3);
     // The evicted trace's timer is gone with it.
-    let taken: Vec<TraceId> = due(&buffer, t0 + Duration::from_secs(60)).into_iter().map(|(id, _)| id).collect();
+    let taken: Vec<TraceId> = due(&buffer, t0 + Duration::from_secs(60))
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
     assert_eq!(taken.len(), 3);
     assert!(!taken.contains(&trace_id(1)));
 }
 
 #[tokio::test(start_paused = true)]
 async fn without_eviction_the_buffer_reports_full() {
-    let buffer = TraceBuffer::new(BufferConfig { num_traces: 2, ..config() }, 4);
+    let buffer = TraceBuffer::new(
+        BufferConfig {
+            num_traces: 2,
+            ..config()
+        },
+        4,
+    );
     let t0 = Instant::now();
     buffer.add(trace_id(1), chunk(1, &[1]), CHILD, t0, false);
     assert!(!buffer.is_full());
@@ -130,10 +176,22 @@ async fn max_buffered_bytes_evicts_until_under_the_bound() {
     );
     let t0 = Instant::now();
     for n in 1..=3 {
-        buffer.add(trace_id(n), chunk(n, &[1]), CHILD, t0 + Duration::from_millis(n), true);
+        buffer.add(
+            trace_id(n),
+            chunk(n, &[1]),
+            CHILD,
+            t0 + Duration::from_millis(n),
+            true,
+        );
     }
     assert_eq!(buffer.buffered_bytes(), one * 3);
-    let out = buffer.add(trace_id(9), chunk(9, &[1, 2, 3]), CHILD, t0 + Duration::from_millis(9), true);
+    let out = buffer.add(
+        trace_id(9),
+        chunk(9, &[1, 2, 3]),
+        CHILD,
+        t0 + Duration::from_millis(9),
+        true,
+    );
     let evicted: Vec<TraceId> = out.evicted.iter().map(|(id, _)| *id).collect();
     assert_eq!(evicted, vec![trace_id(1), trace_id(2), trace_id(3)]);
     assert!(buffer.buffered_bytes() <= one * 3);
@@ -150,7 +208,10 @@ async fn a_trace_over_maximum_trace_size_bytes_is_released_at_once() {
         4,
     );
     let t0 = Instant::now();
-    assert!(buffer.add(trace_id(1), chunk(1, &[1, 2]), CHILD, t0, true).too_large.is_none());
+    assert!(buffer
+        .add(trace_id(1), chunk(1, &[1, 2]), CHILD, t0, true)
+        .too_large
+        .is_none());
     let out = buffer.add(trace_id(1), chunk(1, &[3]), CHILD, t0, true);
     assert_eq!(out.too_large.map(|e| e.span_count), Some(3));
     assert_eq!(buffer.pending_traces(), 0);
@@ -178,7 +239,13 @@ async fn take_all_empties_every_shard() {
 
 #[test]
 fn concurrent_adds_keep_the_counters_exact() {
-    let buffer = std::sync::Arc::new(TraceBuffer::new(BufferConfig { num_traces: 10_000, ..config() }, 8));
+    let buffer = std::sync::Arc::new(TraceBuffer::new(
+        BufferConfig {
+            num_traces: 10_000,
+            ..config()
+        },
+        8,
+    ));
     let now = Instant::now();
     std::thread::scope(|s| {
         for t in 0..4u64 {

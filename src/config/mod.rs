@@ -58,7 +58,11 @@ impl Errors {
     }
 
     /// Deserializes `value` as `T`, recording a failure under `path`.
-    pub fn parse<T: DeserializeOwned>(&mut self, path: &str, value: serde_yaml::Value) -> Option<T> {
+    pub fn parse<T: DeserializeOwned>(
+        &mut self,
+        path: &str,
+        value: serde_yaml::Value,
+    ) -> Option<T> {
         match serde_path_to_error::deserialize(value) {
             Ok(v) => Some(v),
             Err(e) => {
@@ -178,7 +182,12 @@ pub fn parse_worker(text: &str) -> Result<WorkerConfig, ConfigError> {
     };
     let policies = tail_sampling.as_ref().map(|ts| {
         validate_tail_sampling(ts, &mut errors);
-        PolicySet::compile(&ts.policies, "tail_sampling.policies", ts.sample_on_first_match, &mut errors)
+        PolicySet::compile(
+            &ts.policies,
+            "tail_sampling.policies",
+            ts.sample_on_first_match,
+            &mut errors,
+        )
     });
     let exporters = parse_exporters(raw.exporters, &mut errors);
     let admin: Option<AdminConfig> = errors.parse_section("admin", raw.admin);
@@ -204,18 +213,35 @@ fn validate_receivers(r: &ReceiversConfig, errors: &mut Errors) {
         errors.push("receivers.otlp.protocols", "enable grpc, http or both");
     }
     if let Some(g) = &p.grpc {
-        check_endpoint(&g.endpoint, "receivers.otlp.protocols.grpc.endpoint", errors);
+        check_endpoint(
+            &g.endpoint,
+            "receivers.otlp.protocols.grpc.endpoint",
+            errors,
+        );
         if g.max_recv_msg_size_mib == 0 {
-            errors.push("receivers.otlp.protocols.grpc.max_recv_msg_size_mib", "must be at least 1");
+            errors.push(
+                "receivers.otlp.protocols.grpc.max_recv_msg_size_mib",
+                "must be at least 1",
+            );
         }
     }
     if let Some(h) = &p.http {
-        check_endpoint(&h.endpoint, "receivers.otlp.protocols.http.endpoint", errors);
+        check_endpoint(
+            &h.endpoint,
+            "receivers.otlp.protocols.http.endpoint",
+            errors,
+        );
         if h.max_request_body_size == 0 {
-            errors.push("receivers.otlp.protocols.http.max_request_body_size", "must be at least 1");
+            errors.push(
+                "receivers.otlp.protocols.http.max_request_body_size",
+                "must be at least 1",
+            );
         }
         if !h.traces_url_path.starts_with('/') {
-            errors.push("receivers.otlp.protocols.http.traces_url_path", "must start with /");
+            errors.push(
+                "receivers.otlp.protocols.http.traces_url_path",
+                "must start with /",
+            );
         }
     }
 }
@@ -274,7 +300,9 @@ fn parse_exporters(
             other => {
                 errors.push(
                     &path,
-                    format!("unknown exporter type {other:?}; expected otlp, otlphttp, file or debug"),
+                    format!(
+                        "unknown exporter type {other:?}; expected otlp, otlphttp, file or debug"
+                    ),
                 );
                 None
             }
@@ -297,12 +325,21 @@ fn validate_exporter(config: &ExporterConfig, path: &str, errors: &mut Errors) {
         }
         ExporterConfig::OtlpHttp(c) => {
             if c.endpoint.is_none() && c.traces_endpoint.is_none() {
-                errors.push(format!("{path}.endpoint"), "endpoint or traces_endpoint is required");
+                errors.push(
+                    format!("{path}.endpoint"),
+                    "endpoint or traces_endpoint is required",
+                );
             }
-            for (key, url) in [("endpoint", &c.endpoint), ("traces_endpoint", &c.traces_endpoint)] {
+            for (key, url) in [
+                ("endpoint", &c.endpoint),
+                ("traces_endpoint", &c.traces_endpoint),
+            ] {
                 if let Some(url) = url {
                     if !(url.starts_with("http://") || url.starts_with("https://")) {
-                        errors.push(format!("{path}.{key}"), format!("{url:?} is not an http(s) URL"));
+                        errors.push(
+                            format!("{path}.{key}"),
+                            format!("{url:?} is not an http(s) URL"),
+                        );
                     }
                 }
             }
@@ -310,21 +347,33 @@ fn validate_exporter(config: &ExporterConfig, path: &str, errors: &mut Errors) {
         }
         ExporterConfig::File(c) => {
             if c.rotation.max_megabytes == 0 {
-                errors.push(format!("{path}.rotation.max_megabytes"), "must be at least 1");
+                errors.push(
+                    format!("{path}.rotation.max_megabytes"),
+                    "must be at least 1",
+                );
             }
             (&c.sending_queue, None)
         }
         ExporterConfig::Debug(c) => (&c.sending_queue, None),
     };
     if queue.queue_size == 0 {
-        errors.push(format!("{path}.sending_queue.queue_size"), "must be at least 1");
+        errors.push(
+            format!("{path}.sending_queue.queue_size"),
+            "must be at least 1",
+        );
     }
     if queue.num_consumers == 0 {
-        errors.push(format!("{path}.sending_queue.num_consumers"), "must be at least 1");
+        errors.push(
+            format!("{path}.sending_queue.num_consumers"),
+            "must be at least 1",
+        );
     }
     if let Some(r) = retry {
         if r.multiplier < 1.0 || !r.multiplier.is_finite() {
-            errors.push(format!("{path}.retry_on_failure.multiplier"), "must be at least 1");
+            errors.push(
+                format!("{path}.retry_on_failure.multiplier"),
+                "must be at least 1",
+            );
         }
         if !(0.0..=1.0).contains(&r.randomization_factor) {
             errors.push(
@@ -333,7 +382,10 @@ fn validate_exporter(config: &ExporterConfig, path: &str, errors: &mut Errors) {
             );
         }
         if r.initial_interval.is_zero() {
-            errors.push(format!("{path}.retry_on_failure.initial_interval"), "must be greater than 0");
+            errors.push(
+                format!("{path}.retry_on_failure.initial_interval"),
+                "must be greater than 0",
+            );
         }
     }
 }

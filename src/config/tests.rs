@@ -31,7 +31,9 @@ fn defaults_are_the_collectors() {
     assert_eq!(ts.num_traces, 50_000);
     assert_eq!(ts.decision_wait_after_root_received, Duration::ZERO);
     assert_eq!(ts.decision_cache.sampled_cache_size, 0);
-    assert!(!ts.block_on_overflow && !ts.sample_on_first_match && !ts.drop_pending_traces_on_shutdown);
+    assert!(
+        !ts.block_on_overflow && !ts.sample_on_first_match && !ts.drop_pending_traces_on_shutdown
+    );
     assert_eq!(ts.maximum_trace_size_bytes, 0);
     assert_eq!(ts.max_buffered_bytes, 512 * 1024 * 1024);
     assert_eq!(c.admin.endpoint, "0.0.0.0:8888");
@@ -53,7 +55,9 @@ exporters:
     .unwrap();
     let names: Vec<&str> = c.exporters.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["otlp/a", "otlp/b", "otlphttp"]);
-    let ExporterConfig::Otlp(b) = &c.exporters[1].1 else { panic!("otlp/b is otlp") };
+    let ExporterConfig::Otlp(b) = &c.exporters[1].1 else {
+        panic!("otlp/b is otlp")
+    };
     assert_eq!(b.compression, Compression::None);
     assert_eq!(b.timeout, Duration::from_secs(2));
     assert_eq!(b.sending_queue.queue_size, 1000);
@@ -132,15 +136,24 @@ tail_sampling: {policies: [{name: a, type: always_sample}], decison_wait: 1s}
 exporters: {otlp: {endpoint: "x:1", tls: {insecure: true, verify: false}}}
 "#,
     );
-    assert!(err.contains("tail_sampling.decison_wait: unknown field `decison_wait`"), "{err}");
-    assert!(err.contains("exporters.otlp.tls.verify: unknown field `verify`"), "{err}");
+    assert!(
+        err.contains("tail_sampling.decison_wait: unknown field `decison_wait`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("exporters.otlp.tls.verify: unknown field `verify`"),
+        "{err}"
+    );
 }
 
 #[test]
 fn a_missing_tail_sampling_or_exporter_is_an_error() {
     let err = errors_of("receivers: {otlp: {protocols: {grpc: {}}}}\n");
     assert!(err.contains("tail_sampling: is required"), "{err}");
-    assert!(err.contains("exporters: at least one exporter is required"), "{err}");
+    assert!(
+        err.contains("exporters: at least one exporter is required"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -151,10 +164,16 @@ fn variables_are_expanded_with_defaults() {
     assert_eq!(expand("${env:HOST}", lookup).unwrap(), "tempo");
     assert_eq!(expand("${NOPE:-fallback}", lookup).unwrap(), "fallback");
     assert_eq!(expand("${HOST:-unused}", lookup).unwrap(), "tempo");
-    assert_eq!(expand("cost: $$5 and $x", lookup).unwrap(), "cost: $5 and $x");
+    assert_eq!(
+        expand("cost: $$5 and $x", lookup).unwrap(),
+        "cost: $5 and $x"
+    );
     assert_eq!(
         expand("${A} ${B} ${A}", lookup).unwrap_err(),
-        vec!["environment variable A is not set", "environment variable B is not set"]
+        vec![
+            "environment variable A is not set",
+            "environment variable B is not set"
+        ]
     );
 }
 
@@ -177,6 +196,8 @@ fn example_configs_and_policy_sets_load() {
             serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         let mut errors = Errors::default();
         PolicySet::compile(&values, "policies", false, &mut errors);
-        errors.check().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        errors
+            .check()
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     }
 }

@@ -31,7 +31,8 @@ impl FileSink {
         if let Some(dir) = config.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| format!("path {}: {e}", dir.display()))?;
         }
-        let file = open(&config.path).map_err(|e| format!("path {}: {e}", config.path.display()))?;
+        let file =
+            open(&config.path).map_err(|e| format!("path {}: {e}", config.path.display()))?;
         let written = file.metadata().map(|m| m.len()).unwrap_or(0);
         Ok(Self {
             state: Arc::new(Mutex::new(FileState {

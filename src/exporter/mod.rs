@@ -57,7 +57,7 @@ pub struct Sent {
 
 /// Where an exporter sends.
 enum Sink {
-    Grpc(otlp_grpc::GrpcSink),
+    Grpc(Box<otlp_grpc::GrpcSink>),
     Http(otlp_http::HttpSink),
     File(file::FileSink),
     Debug(debug::DebugSink),
@@ -99,7 +99,10 @@ pub struct ExporterSet {
 
 impl ExporterSet {
     /// Builds every exporter and starts its consumers.
-    pub fn start(configs: &[(String, ExporterConfig)], registry: &Registry) -> Result<Self, BuildError> {
+    pub fn start(
+        configs: &[(String, ExporterConfig)],
+        registry: &Registry,
+    ) -> Result<Self, BuildError> {
         let mut tasks = JoinSet::new();
         let mut exporters = Vec::with_capacity(configs.len());
         for (name, config) in configs {
@@ -109,7 +112,7 @@ impl ExporterSet {
             };
             let (sink, queue, retry) = match config {
                 ExporterConfig::Otlp(c) => (
-                    Sink::Grpc(otlp_grpc::GrpcSink::new(c).map_err(build_error)?),
+                    Sink::Grpc(Box::new(otlp_grpc::GrpcSink::new(c).map_err(build_error)?)),
                     &c.sending_queue,
                     Some(c.retry_on_failure.clone()),
                 ),
@@ -123,11 +126,19 @@ impl ExporterSet {
                     &c.sending_queue,
                     None,
                 ),
-                ExporterConfig::Debug(c) => (Sink::Debug(debug::DebugSink::new(name, c)), &c.sending_queue, None),
+                ExporterConfig::Debug(c) => (
+                    Sink::Debug(debug::DebugSink::new(name, c)),
+                    &c.sending_queue,
+                    None,
+                ),
             };
             let exporter = Exporter::new(name, queue, registry);
             let sink = Arc::new(sink);
-            let consumers = if queue.enabled { queue.num_consumers } else { 1 };
+            let consumers = if queue.enabled {
+                queue.num_consumers
+            } else {
+                1
+            };
             for _ in 0..consumers {
                 tasks.spawn(consume(
                     exporter.name.clone(),

@@ -28,14 +28,16 @@ impl GrpcSink {
         } else {
             format!("https://{}", config.endpoint)
         };
-        let mut endpoint = Endpoint::from_str(&url).map_err(|e| format!("endpoint {url:?}: {e}"))?;
+        let mut endpoint =
+            Endpoint::from_str(&url).map_err(|e| format!("endpoint {url:?}: {e}"))?;
         if url.starts_with("https://") {
             endpoint = endpoint
                 .tls_config(tls_config(&config.tls)?)
                 .map_err(|e| format!("tls: {e}"))?;
         }
         let channel = endpoint.timeout(config.timeout).connect_lazy();
-        let mut client = tonic::client::Grpc::new(channel).max_decoding_message_size(16 * 1024 * 1024);
+        let mut client =
+            tonic::client::Grpc::new(channel).max_decoding_message_size(16 * 1024 * 1024);
         if config.compression == Compression::Gzip {
             client = client
                 .send_compressed(CompressionEncoding::Gzip)
@@ -43,7 +45,8 @@ impl GrpcSink {
         }
         let mut headers = MetadataMap::new();
         for (k, v) in &config.headers {
-            let key = MetadataKey::from_str(&k.to_ascii_lowercase()).map_err(|e| format!("headers.{k}: {e}"))?;
+            let key = MetadataKey::from_str(&k.to_ascii_lowercase())
+                .map_err(|e| format!("headers.{k}: {e}"))?;
             let value = MetadataValue::from_str(v).map_err(|e| format!("headers.{k}: {e}"))?;
             headers.insert(key, value);
         }
@@ -89,7 +92,10 @@ fn classify(status: &Status) -> SendError {
         | Code::OutOfRange
         | Code::Unavailable
         | Code::DataLoss
-        | Code::ResourceExhausted => SendError::Retryable { message, after: None },
+        | Code::ResourceExhausted => SendError::Retryable {
+            message,
+            after: None,
+        },
         _ => SendError::Permanent(message),
     }
 }
@@ -105,8 +111,10 @@ fn tls_config(tls: &TlsConfig) -> Result<ClientTlsConfig, String> {
     }
     match (&tls.cert_file, &tls.key_file) {
         (Some(cert), Some(key)) => {
-            let cert = std::fs::read(cert).map_err(|e| format!("tls.cert_file {}: {e}", cert.display()))?;
-            let key = std::fs::read(key).map_err(|e| format!("tls.key_file {}: {e}", key.display()))?;
+            let cert = std::fs::read(cert)
+                .map_err(|e| format!("tls.cert_file {}: {e}", cert.display()))?;
+            let key =
+                std::fs::read(key).map_err(|e| format!("tls.key_file {}: {e}", key.display()))?;
             config = config.identity(Identity::from_pem(cert, key));
         }
         (None, None) => {}

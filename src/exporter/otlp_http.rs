@@ -7,7 +7,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{
+    HeaderMap, HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER,
+};
 use reqwest::StatusCode;
 
 use super::{SendError, Sent};
@@ -29,7 +31,8 @@ impl HttpSink {
         };
         let mut headers = HeaderMap::new();
         for (k, v) in &config.headers {
-            let name = HeaderName::from_bytes(k.as_bytes()).map_err(|e| format!("headers.{k}: {e}"))?;
+            let name =
+                HeaderName::from_bytes(k.as_bytes()).map_err(|e| format!("headers.{k}: {e}"))?;
             let value = HeaderValue::from_str(v).map_err(|e| format!("headers.{k}: {e}"))?;
             headers.insert(name, value);
         }
@@ -39,15 +42,22 @@ impl HttpSink {
             .default_headers(headers)
             .danger_accept_invalid_certs(tls.insecure_skip_verify);
         if let Some(ca) = &tls.ca_file {
-            let pem = std::fs::read(ca).map_err(|e| format!("tls.ca_file {}: {e}", ca.display()))?;
-            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| format!("tls.ca_file: {e}"))?;
+            let pem =
+                std::fs::read(ca).map_err(|e| format!("tls.ca_file {}: {e}", ca.display()))?;
+            let cert =
+                reqwest::Certificate::from_pem(&pem).map_err(|e| format!("tls.ca_file: {e}"))?;
             builder = builder.add_root_certificate(cert);
         }
         match (&tls.cert_file, &tls.key_file) {
             (Some(cert), Some(key)) => {
-                let mut pem = std::fs::read(cert).map_err(|e| format!("tls.cert_file {}: {e}", cert.display()))?;
-                pem.extend(std::fs::read(key).map_err(|e| format!("tls.key_file {}: {e}", key.display()))?);
-                let identity = reqwest::Identity::from_pem(&pem).map_err(|e| format!("tls: {e}"))?;
+                let mut pem = std::fs::read(cert)
+                    .map_err(|e| format!("tls.cert_file {}: {e}", cert.display()))?;
+                pem.extend(
+                    std::fs::read(key)
+                        .map_err(|e| format!("tls.key_file {}: {e}", key.display()))?,
+                );
+                let identity =
+                    reqwest::Identity::from_pem(&pem).map_err(|e| format!("tls: {e}"))?;
                 builder = builder.identity(identity);
             }
             (None, None) => {}
@@ -75,10 +85,14 @@ impl HttpSink {
         } else {
             request.bytes.clone()
         };
-        let response = req.body(body).send().await.map_err(|e| SendError::Retryable {
-            message: format!("request: {e}"),
-            after: None,
-        })?;
+        let response = req
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| SendError::Retryable {
+                message: format!("request: {e}"),
+                after: None,
+            })?;
         let status = response.status();
         let after = response
             .headers()

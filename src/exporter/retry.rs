@@ -23,7 +23,8 @@ pub(super) async fn send_with_retry(
             Ok(sent) => return Ok(sent),
             Err(e) => e,
         };
-        let (SendError::Retryable { after, .. }, Some(r)) = (&err, retry.filter(|r| r.enabled)) else {
+        let (SendError::Retryable { after, .. }, Some(r)) = (&err, retry.filter(|r| r.enabled))
+        else {
             return Err(err);
         };
         let mut wait = jitter(interval, r.randomization_factor);

@@ -19,7 +19,9 @@ fn exporters(yaml: &str) -> Vec<(String, ExporterConfig)> {
 }
 
 fn encoded(trace: u64, spans: u64) -> EncodedRequest {
-    let spans: Vec<_> = (1..=spans).map(|s| span(trace_id(trace), s, None)).collect();
+    let spans: Vec<_> = (1..=spans)
+        .map(|s| span(trace_id(trace), s, None))
+        .collect();
     let mut b = RequestBuilder::default();
     b.push(&Chunk::encode(Head::new(None, "", None, ""), spans.iter()));
     b.take()
@@ -41,7 +43,10 @@ async fn the_file_exporter_writes_json_lines_and_rotates() {
     }
     set.shutdown(Instant::now() + Duration::from_secs(10)).await;
     let text = registry.render();
-    assert_eq!(metric(&text, "otelcol_exporter_sent_spans_total", &[]), 7.0 * 1500.0);
+    assert_eq!(
+        metric(&text, "otelcol_exporter_sent_spans_total", &[]),
+        7.0 * 1500.0
+    );
     let backup = |n: usize| std::path::PathBuf::from(format!("{}.{n}", path.display()));
     assert!(backup(1).exists() && backup(2).exists() && !backup(3).exists());
     let current = std::fs::read_to_string(&path).unwrap();
@@ -53,40 +58,61 @@ async fn the_file_exporter_writes_json_lines_and_rotates() {
         assert_eq!(span.span_id, 1u64.to_be_bytes().to_vec());
         // OTLP JSON: ids as hex, 64-bit integers as strings.
         let id: [u8; 16] = span.trace_id.as_slice().try_into().unwrap();
-        assert!(line.contains(&format!("\"traceId\":\"{}\"", crate::otlp::trace_id_hex(&id))));
-        assert!(line.contains("\"startTimeUnixNano\":\""), "{}", &line[..200]);
+        assert!(line.contains(&format!(
+            "\"traceId\":\"{}\"",
+            crate::otlp::trace_id_hex(&id)
+        )));
+        assert!(
+            line.contains("\"startTimeUnixNano\":\""),
+            "{}",
+            &line[..200]
+        );
     }
 }
 
 /// A minimal OTLP/HTTP backend: answers each call with the next status of `script`,
 /// then 200, and records the bodies it accepted.
-async fn http_backend(script: Vec<StatusCode>) -> (String, Arc<std::sync::Mutex<Vec<ExportTraceServiceRequest>>>, Arc<AtomicUsize>) {
+async fn http_backend(
+    script: Vec<StatusCode>,
+) -> (
+    String,
+    Arc<std::sync::Mutex<Vec<ExportTraceServiceRequest>>>,
+    Arc<AtomicUsize>,
+) {
     use axum::routing::post;
     let received = Arc::new(std::sync::Mutex::new(Vec::new()));
     let calls = Arc::new(AtomicUsize::new(0));
     let (r, c) = (received.clone(), calls.clone());
     let app = axum::Router::new().route(
         "/v1/traces",
-        post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
-            let (r, c, script) = (r.clone(), c.clone(), script.clone());
-            async move {
-                let call = c.fetch_add(1, Ordering::SeqCst);
-                if let Some(status) = script.get(call) {
-                    return (*status, Vec::new());
+        post(
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let (r, c, script) = (r.clone(), c.clone(), script.clone());
+                async move {
+                    let call = c.fetch_add(1, Ordering::SeqCst);
+                    if let Some(status) = script.get(call) {
+                        return (*status, Vec::new());
+                    }
+                    assert_eq!(headers["content-type"], "application/x-protobuf");
+                    assert_eq!(headers["x-tenant"], "acme");
+                    let raw = if headers.get("content-encoding").is_some_and(|v| v == "gzip") {
+                        let mut out = Vec::new();
+                        std::io::Read::read_to_end(
+                            &mut flate2::read::GzDecoder::new(&body[..]),
+                            &mut out,
+                        )
+                        .unwrap();
+                        out
+                    } else {
+                        body.to_vec()
+                    };
+                    r.lock()
+                        .unwrap()
+                        .push(ExportTraceServiceRequest::decode(&raw[..]).unwrap());
+                    (StatusCode::OK, Vec::new())
                 }
-                assert_eq!(headers["content-type"], "application/x-protobuf");
-                assert_eq!(headers["x-tenant"], "acme");
-                let raw = if headers.get("content-encoding").is_some_and(|v| v == "gzip") {
-                    let mut out = Vec::new();
-                    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut out).unwrap();
-                    out
-                } else {
-                    body.to_vec()
-                };
-                r.lock().unwrap().push(ExportTraceServiceRequest::decode(&raw[..]).unwrap());
-                (StatusCode::OK, Vec::new())
-            }
-        }),
+            },
+        ),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -96,7 +122,11 @@ async fn http_backend(script: Vec<StatusCode>) -> (String, Arc<std::sync::Mutex<
 
 #[tokio::test]
 async fn otlphttp_retries_retryable_statuses_and_sends_gzip() {
-    let (url, received, calls) = http_backend(vec![StatusCode::SERVICE_UNAVAILABLE, StatusCode::TOO_MANY_REQUESTS]).await;
+    let (url, received, calls) = http_backend(vec![
+        StatusCode::SERVICE_UNAVAILABLE,
+        StatusCode::TOO_MANY_REQUESTS,
+    ])
+    .await;
     let configs = exporters(&format!(
         "  otlphttp: {{endpoint: {url:?}, headers: {{x-tenant: acme}}, retry_on_failure: {{initial_interval: 10ms, randomization_factor: 0}}}}\n"
     ));
@@ -106,7 +136,10 @@ async fn otlphttp_retries_retryable_statuses_and_sends_gzip() {
     set.shutdown(Instant::now() + Duration::from_secs(10)).await;
     assert_eq!(calls.load(Ordering::SeqCst), 3);
     assert_eq!(received.lock().unwrap().len(), 1);
-    assert_eq!(metric(&registry.render(), "otelcol_exporter_sent_spans_total", &[]), 3.0);
+    assert_eq!(
+        metric(&registry.render(), "otelcol_exporter_sent_spans_total", &[]),
+        3.0
+    );
 }
 
 #[tokio::test]
@@ -121,7 +154,14 @@ async fn otlphttp_does_not_retry_a_bad_request() {
     set.shutdown(Instant::now() + Duration::from_secs(10)).await;
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     assert!(received.lock().unwrap().is_empty());
-    assert_eq!(metric(&registry.render(), "otelcol_exporter_send_failed_spans_total", &[]), 2.0);
+    assert_eq!(
+        metric(
+            &registry.render(),
+            "otelcol_exporter_send_failed_spans_total",
+            &[]
+        ),
+        2.0
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -136,7 +176,14 @@ async fn retries_back_off_exponentially_until_max_elapsed_time() {
     // Attempts at 0s, 1s, 3s, 7s; the next wait (4s) would pass 10s, so it gives up.
     set.shutdown(Instant::now() + Duration::from_secs(60)).await;
     assert_eq!(calls.load(Ordering::SeqCst), 4);
-    assert_eq!(metric(&registry.render(), "otelcol_exporter_send_failed_spans_total", &[]), 5.0);
+    assert_eq!(
+        metric(
+            &registry.render(),
+            "otelcol_exporter_send_failed_spans_total",
+            &[]
+        ),
+        5.0
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -153,9 +200,19 @@ async fn what_is_still_queued_at_the_deadline_is_counted_as_failed() {
     set.shutdown(Instant::now() + Duration::from_secs(5)).await;
     let text = registry.render();
     // One request in flight and three queued, all abandoned and counted.
-    assert_eq!(metric(&text, "otelcol_exporter_send_failed_spans_total", &[]), 8.0);
+    assert_eq!(
+        metric(&text, "otelcol_exporter_send_failed_spans_total", &[]),
+        8.0
+    );
     assert_eq!(metric(&text, "otelcol_exporter_sent_spans_total", &[]), 0.0);
     // After shutdown the queue is closed: more data is counted, not lost.
     set.enqueue(encoded(9, 3));
-    assert_eq!(metric(&registry.render(), "otelcol_exporter_enqueue_failed_spans_total", &[]), 3.0);
+    assert_eq!(
+        metric(
+            &registry.render(),
+            "otelcol_exporter_enqueue_failed_spans_total",
+            &[]
+        ),
+        3.0
+    );
 }

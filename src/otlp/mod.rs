@@ -165,7 +165,8 @@ impl RequestBuilder {
         let scope_spans_len = head.scope.len() + chunk.spans.len();
         let resource_spans_len =
             head.resource.len() + 1 + encoded_len_varint(scope_spans_len as u64) + scope_spans_len;
-        self.buf.reserve(1 + encoded_len_varint(resource_spans_len as u64) + resource_spans_len);
+        self.buf
+            .reserve(1 + encoded_len_varint(resource_spans_len as u64) + resource_spans_len);
         encode_key(1, WireType::LengthDelimited, &mut self.buf);
         encode_varint(resource_spans_len as u64, &mut self.buf);
         self.buf.put_slice(&head.resource);

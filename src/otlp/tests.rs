@@ -8,13 +8,23 @@ use crate::testkit::{request, span, trace_id};
 fn ids_are_checked_as_otlp_defines_them() {
     let good = span(trace_id(1), 7, None);
     assert_eq!(validate_ids(&good), Ok(trace_id(1)));
-    let cases: Vec<(Box<dyn Fn(&mut Span)>, IdError)> = vec![
-        (Box::new(|s| s.trace_id = vec![1; 15]), IdError::TraceIdLength(15)),
+    type Mutation = Box<dyn Fn(&mut Span)>;
+    let cases: Vec<(Mutation, IdError)> = vec![
+        (
+            Box::new(|s| s.trace_id = vec![1; 15]),
+            IdError::TraceIdLength(15),
+        ),
         (Box::new(|s| s.trace_id = vec![]), IdError::TraceIdLength(0)),
         (Box::new(|s| s.trace_id = vec![0; 16]), IdError::TraceIdZero),
-        (Box::new(|s| s.span_id = vec![1; 9]), IdError::SpanIdLength(9)),
+        (
+            Box::new(|s| s.span_id = vec![1; 9]),
+            IdError::SpanIdLength(9),
+        ),
         (Box::new(|s| s.span_id = vec![0; 8]), IdError::SpanIdZero),
-        (Box::new(|s| s.parent_span_id = vec![1; 4]), IdError::ParentSpanIdLength(4)),
+        (
+            Box::new(|s| s.parent_span_id = vec![1; 4]),
+            IdError::ParentSpanIdLength(4),
+        ),
     ];
     for (mutate, want) in cases {
         let mut s = good.clone();
@@ -34,10 +44,18 @@ fn roots_have_an_empty_or_zero_parent() {
 
 #[test]
 fn assembled_requests_decode_to_what_was_received() {
-    let original = request("checkout", vec![span(trace_id(1), 1, None), span(trace_id(1), 2, Some(1))]);
+    let original = request(
+        "checkout",
+        vec![span(trace_id(1), 1, None), span(trace_id(1), 2, Some(1))],
+    );
     let rs = &original.resource_spans[0];
     let ss = &rs.scope_spans[0];
-    let head = Head::new(rs.resource.as_ref(), &rs.schema_url, ss.scope.as_ref(), &ss.schema_url);
+    let head = Head::new(
+        rs.resource.as_ref(),
+        &rs.schema_url,
+        ss.scope.as_ref(),
+        &ss.schema_url,
+    );
     let first = Chunk::encode(head.clone(), ss.spans[..1].iter());
     let second = Chunk::encode(head, ss.spans[1..].iter());
     assert_eq!(first.span_count, 1);

@@ -174,7 +174,10 @@ impl PolicySet {
             if config.name.is_empty() {
                 errors.push(format!("{path}.name"), "must not be empty");
             } else if !names.insert(config.name.clone()) {
-                errors.push(format!("{path}.name"), format!("duplicate policy name {:?}", config.name));
+                errors.push(
+                    format!("{path}.name"),
+                    format!("duplicate policy name {:?}", config.name),
+                );
             }
             if let Some(rule) = config.body.compile(&path, errors, true) {
                 policies.push(Policy {
@@ -277,12 +280,18 @@ impl PolicyBody {
                     );
                     return None;
                 }
-                Some(Rule::Probabilistic(Probabilistic::new(pct, c.hash_salt.as_deref())))
+                Some(Rule::Probabilistic(Probabilistic::new(
+                    pct,
+                    c.hash_salt.as_deref(),
+                )))
             }
             "drop" if top_level => {
                 let subs = self.drop.unwrap_or_default().drop_sub_policy;
                 if subs.is_empty() {
-                    errors.push(format!("{path}.drop.drop_sub_policy"), "needs at least one sub-policy");
+                    errors.push(
+                        format!("{path}.drop.drop_sub_policy"),
+                        "needs at least one sub-policy",
+                    );
                     return None;
                 }
                 let rules: Vec<Option<Rule>> = subs
@@ -296,7 +305,10 @@ impl PolicyBody {
                         s.body.compile(&sub_path, errors, false)
                     })
                     .collect();
-                rules.into_iter().collect::<Option<Vec<_>>>().map(Rule::Drop)
+                rules
+                    .into_iter()
+                    .collect::<Option<Vec<_>>>()
+                    .map(Rule::Drop)
             }
             other if NOT_YET_SUPPORTED.contains(&other) || other == "drop" => {
                 errors.push(
@@ -306,7 +318,10 @@ impl PolicyBody {
                 None
             }
             other => {
-                errors.push(format!("{path}.type"), format!("unknown policy type {other:?}"));
+                errors.push(
+                    format!("{path}.type"),
+                    format!("unknown policy type {other:?}"),
+                );
                 None
             }
         }

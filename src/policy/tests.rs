@@ -24,7 +24,11 @@ fn fnv_hash_matches_independent_vectors() {
     let default = Probabilistic::new(10.0, None);
     let salty = Probabilistic::new(10.0, Some("salty"));
     let cases = [
-        (1, 1_088_804_993_292_069_460u64, 5_186_294_729_624_937_993u64),
+        (
+            1,
+            1_088_804_993_292_069_460u64,
+            5_186_294_729_624_937_993u64,
+        ),
         (2, 12_331_169_320_693_776_363, 11_631_924_903_393_727_122),
         (42, 10_458_916_183_824_725_903, 14_023_005_348_152_120_934),
     ];
@@ -33,7 +37,10 @@ fn fnv_hash_matches_independent_vectors() {
         assert_eq!(salty.hash(&trace_id(n)), want_salty, "trace {n}");
     }
     // An empty salt is the default salt, as in the collector.
-    assert_eq!(Probabilistic::new(10.0, Some("")).hash(&trace_id(1)), cases[0].1);
+    assert_eq!(
+        Probabilistic::new(10.0, Some("")).hash(&trace_id(1)),
+        cases[0].1
+    );
 }
 
 // Thresholds computed with exact rational arithmetic: the product rounded to a 64-bit
@@ -72,7 +79,10 @@ fn probabilistic_keeps_about_its_share() {
     let kept = (0..20_000u64)
         .filter(|n| p.decide(&trace_id(*n)) == Decision::Sampled)
         .count();
-    assert!((1_700..2_300).contains(&kept), "kept {kept} of 20000 at 10%");
+    assert!(
+        (1_700..2_300).contains(&kept),
+        "kept {kept} of 20000 at 10%"
+    );
 }
 
 #[test]
@@ -87,12 +97,18 @@ fn sampled_wins_over_not_sampled_and_names_the_first_sampler() {
     )
     .unwrap();
     let mut votes = Vec::new();
-    let v = set.decide(&view(&trace_id(2)), |vote| votes.push((vote.policy_index, vote.decision)));
+    let v = set.decide(&view(&trace_id(2)), |vote| {
+        votes.push((vote.policy_index, vote.decision))
+    });
     assert_eq!(v.decision, Decision::Sampled);
     assert_eq!(v.policy.as_deref(), Some("first"));
     assert_eq!(
         votes,
-        vec![(0, Decision::NotSampled), (1, Decision::Sampled), (2, Decision::Sampled)]
+        vec![
+            (0, Decision::NotSampled),
+            (1, Decision::Sampled),
+            (2, Decision::Sampled)
+        ]
     );
 }
 
@@ -111,9 +127,19 @@ fn sample_on_first_match_stops_at_the_first_sampled() {
 
 #[test]
 fn nothing_sampled_is_not_sampled_without_a_policy() {
-    let set = compile("[{name: none, type: probabilistic, probabilistic: {sampling_percentage: 0}}]", false).unwrap();
+    let set = compile(
+        "[{name: none, type: probabilistic, probabilistic: {sampling_percentage: 0}}]",
+        false,
+    )
+    .unwrap();
     let v = set.decide(&view(&trace_id(2)), |_| {});
-    assert_eq!(v, Verdict { decision: Decision::NotSampled, policy: None });
+    assert_eq!(
+        v,
+        Verdict {
+            decision: Decision::NotSampled,
+            policy: None
+        }
+    );
 }
 
 #[test]
@@ -146,7 +172,10 @@ fn drop_that_does_not_match_lets_others_decide() {
         false,
     )
     .unwrap();
-    assert_eq!(set.decide(&view(&trace_id(2)), |_| {}).decision, Decision::Sampled);
+    assert_eq!(
+        set.decide(&view(&trace_id(2)), |_| {}).decision,
+        Decision::Sampled
+    );
 }
 
 #[test]

@@ -3,9 +3,11 @@
 use std::sync::Arc;
 
 use http::HeaderValue;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -13,7 +15,7 @@ use tonic::codec::CompressionEncoding;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
-use super::{span_count, ReceiverMetrics};
+use super::{response, span_count, ReceiverMetrics};
 use crate::worker::pipeline::{IngestError, Pipeline};
 
 struct GrpcReceiver {
@@ -41,11 +43,7 @@ impl TraceService for GrpcReceiver {
         let result = self.pipeline.ingest(request, tokio::time::Instant::now());
         self.metrics.record(&result, total);
         let ingested = result.map_err(|e| status(&e))?;
-        let partial_success = (ingested.rejected > 0).then(|| ExportTracePartialSuccess {
-            rejected_spans: ingested.rejected as i64,
-            error_message: ingested.message,
-        });
-        Ok(Response::new(ExportTraceServiceResponse { partial_success }))
+        Ok(Response::new(response(ingested)))
     }
 }
 
@@ -62,7 +60,9 @@ pub async fn serve_grpc(
         .accept_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Gzip);
     tonic::transport::Server::builder()
-        .layer(tower::util::MapResponseLayer::new(oversize_is_resource_exhausted))
+        .layer(tower::util::MapResponseLayer::new(
+            oversize_is_resource_exhausted,
+        ))
         .add_service(service)
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), stop.cancelled_owned())
         .await

@@ -10,14 +10,12 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::{span_count, ReceiverMetrics};
+use super::{response, span_count, ReceiverMetrics};
 use crate::worker::pipeline::{IngestError, Pipeline};
 
 const PROTOBUF: &str = "application/x-protobuf";
@@ -88,7 +86,10 @@ async fn export(State(s): State<HttpState>, headers: HeaderMap, body: Body) -> R
         Ok(b) => b,
         Err(_) => return too_large(encoding, s.max_body),
     };
-    let gzip = match headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()) {
+    let gzip = match headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+    {
         None | Some("identity") => false,
         Some("gzip") => true,
         Some(other) => {
@@ -103,31 +104,43 @@ async fn export(State(s): State<HttpState>, headers: HeaderMap, body: Body) -> R
         match gunzip(&body, s.max_body) {
             Ok(Some(b)) => b,
             Ok(None) => return too_large(encoding, s.max_body),
-            Err(e) => return error(encoding, StatusCode::BAD_REQUEST, format!("invalid gzip body: {e}")),
+            Err(e) => {
+                return error(
+                    encoding,
+                    StatusCode::BAD_REQUEST,
+                    format!("invalid gzip body: {e}"),
+                )
+            }
         }
     } else {
         body
     };
     let request = match encoding {
         Encoding::Protobuf => ExportTraceServiceRequest::decode(body).map_err(|e| e.to_string()),
-        Encoding::Json => serde_json::from_slice::<ExportTraceServiceRequest>(&body).map_err(|e| e.to_string()),
+        Encoding::Json => {
+            serde_json::from_slice::<ExportTraceServiceRequest>(&body).map_err(|e| e.to_string())
+        }
     };
     let request = match request {
         Ok(r) => r,
-        Err(e) => return error(encoding, StatusCode::BAD_REQUEST, format!("invalid OTLP request: {e}")),
+        Err(e) => {
+            return error(
+                encoding,
+                StatusCode::BAD_REQUEST,
+                format!("invalid OTLP request: {e}"),
+            )
+        }
     };
     let total = span_count(&request);
     let result = s.pipeline.ingest(request, tokio::time::Instant::now());
     s.metrics.record(&result, total);
     match result {
         Ok(ingested) => {
-            let partial_success = (ingested.rejected > 0).then(|| ExportTracePartialSuccess {
-                rejected_spans: ingested.rejected as i64,
-                error_message: ingested.message,
-            });
-            let response = ExportTraceServiceResponse { partial_success };
+            let response = response(ingested);
             match encoding {
-                Encoding::Protobuf => ([(header::CONTENT_TYPE, PROTOBUF)], response.encode_to_vec()).into_response(),
+                Encoding::Protobuf => {
+                    ([(header::CONTENT_TYPE, PROTOBUF)], response.encode_to_vec()).into_response()
+                }
                 Encoding::Json => (
                     [(header::CONTENT_TYPE, JSON)],
                     serde_json::to_vec(&response).unwrap_or_default(),
@@ -164,7 +177,9 @@ fn too_large(encoding: Encoding, limit: usize) -> Response {
 
 fn error(encoding: Encoding, status: StatusCode, message: String) -> Response {
     let grpc_code = match status {
-        StatusCode::TOO_MANY_REQUESTS | StatusCode::PAYLOAD_TOO_LARGE => tonic::Code::ResourceExhausted,
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::PAYLOAD_TOO_LARGE => {
+            tonic::Code::ResourceExhausted
+        }
         _ => tonic::Code::InvalidArgument,
     };
     let body = RpcStatus {
@@ -172,7 +187,12 @@ fn error(encoding: Encoding, status: StatusCode, message: String) -> Response {
         message,
     };
     match encoding {
-        Encoding::Protobuf => (status, [(header::CONTENT_TYPE, PROTOBUF)], body.encode_to_vec()).into_response(),
+        Encoding::Protobuf => (
+            status,
+            [(header::CONTENT_TYPE, PROTOBUF)],
+            body.encode_to_vec(),
+        )
+            .into_response(),
         Encoding::Json => (
             status,
             [(header::CONTENT_TYPE, JSON)],

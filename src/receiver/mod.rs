@@ -7,6 +7,9 @@ mod grpc;
 mod http;
 
 use metrics::Counter;
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 
 pub use grpc::serve_grpc;
 pub use http::serve_http;
@@ -42,7 +45,16 @@ impl ReceiverMetrics {
     }
 }
 
-fn span_count(request: &opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest) -> u64 {
+/// The OTLP response for an accepted request: a partial success when spans were rejected.
+fn response(ingested: Ingested) -> ExportTraceServiceResponse {
+    let partial_success = (ingested.rejected > 0).then_some(ExportTracePartialSuccess {
+        rejected_spans: i64::try_from(ingested.rejected).unwrap_or(i64::MAX),
+        error_message: ingested.message,
+    });
+    ExportTraceServiceResponse { partial_success }
+}
+
+fn span_count(request: &ExportTraceServiceRequest) -> u64 {
     request
         .resource_spans
         .iter()

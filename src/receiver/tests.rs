@@ -4,7 +4,9 @@
 use std::io::Write;
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use prost::Message;
 use tonic::Code;
 
@@ -45,7 +47,10 @@ fn post(w: &Worker, content_type: &str, body: Vec<u8>) -> reqwest::RequestBuilde
         .body(body)
 }
 
-fn with_bad_trace_id(mut req: ExportTraceServiceRequest, index: usize) -> ExportTraceServiceRequest {
+fn with_bad_trace_id(
+    mut req: ExportTraceServiceRequest,
+    index: usize,
+) -> ExportTraceServiceRequest {
     req.resource_spans[0].scope_spans[0].spans[index].trace_id = vec![0; 16];
     req
 }
@@ -57,10 +62,21 @@ async fn grpc_rejects_bad_ids_whole_or_in_part() {
     let all_bad = with_bad_trace_id(request("a", vec![span(trace_id(1), 1, None)]), 0);
     let status = client.export(all_bad).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(status.message().contains("trace_id is all zeros"), "{}", status.message());
+    assert!(
+        status.message().contains("trace_id is all zeros"),
+        "{}",
+        status.message()
+    );
 
     let some_bad = with_bad_trace_id(
-        request("a", vec![span(trace_id(1), 1, None), span(trace_id(1), 2, Some(1)), span(trace_id(2), 3, None)]),
+        request(
+            "a",
+            vec![
+                span(trace_id(1), 1, None),
+                span(trace_id(1), 2, Some(1)),
+                span(trace_id(2), 3, None),
+            ],
+        ),
         1,
     );
     let response = client.export(some_bad).await.unwrap().into_inner();
@@ -68,8 +84,22 @@ async fn grpc_rejects_bad_ids_whole_or_in_part() {
     assert_eq!(partial.rejected_spans, 1);
     assert!(partial.error_message.contains("trace_id"));
     let text = w.registry.render();
-    assert_eq!(metric(&text, "otelcol_receiver_accepted_spans_total", &[("transport", "grpc")]), 2.0);
-    assert_eq!(metric(&text, "otelcol_receiver_refused_spans_total", &[("transport", "grpc")]), 2.0);
+    assert_eq!(
+        metric(
+            &text,
+            "otelcol_receiver_accepted_spans_total",
+            &[("transport", "grpc")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "otelcol_receiver_refused_spans_total",
+            &[("transport", "grpc")]
+        ),
+        2.0
+    );
     w.shutdown().await;
 }
 
@@ -82,7 +112,10 @@ async fn grpc_oversized_request_is_resource_exhausted() {
     let status = client.export(request("a", vec![big])).await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     // The worker still serves.
-    client.export(request("a", vec![span(trace_id(2), 1, None)])).await.unwrap();
+    client
+        .export(request("a", vec![span(trace_id(2), 1, None)]))
+        .await
+        .unwrap();
     w.shutdown().await;
 }
 
@@ -91,13 +124,23 @@ async fn http_answers_each_kind_of_bad_input_precisely() {
     let w = worker().await;
     let good = request("a", vec![span(trace_id(1), 1, None)]);
 
-    let r = post(&w, "application/x-protobuf", vec![0x0a, 0xff, 0xff, 0xff]).send().await.unwrap();
+    let r = post(&w, "application/x-protobuf", vec![0x0a, 0xff, 0xff, 0xff])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     let status = super::http::RpcStatus::decode(r.bytes().await.unwrap()).unwrap();
     assert_eq!(status.code, Code::InvalidArgument as i32);
-    assert!(status.message.contains("invalid OTLP request"), "{}", status.message);
+    assert!(
+        status.message.contains("invalid OTLP request"),
+        "{}",
+        status.message
+    );
 
-    let r = post(&w, "application/json", b"{\"resourceSpans\": [".to_vec()).send().await.unwrap();
+    let r = post(&w, "application/json", b"{\"resourceSpans\": [".to_vec())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     assert_eq!(r.headers()["content-type"], "application/json");
     let body: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
@@ -109,20 +152,28 @@ async fn http_answers_each_kind_of_bad_input_precisely() {
         .unwrap();
     assert_eq!(r.status(), 400, "a trace id that is not hex");
 
-    let r = post(&w, "text/plain", good.encode_to_vec()).send().await.unwrap();
+    let r = post(&w, "text/plain", good.encode_to_vec())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 415);
 
     let mut huge = span(trace_id(1), 1, None);
     huge.name = "x".repeat(8192);
-    let r = post(&w, "application/x-protobuf", request("a", vec![huge.clone()]).encode_to_vec())
-        .send()
-        .await
-        .unwrap();
+    let r = post(
+        &w,
+        "application/x-protobuf",
+        request("a", vec![huge.clone()]).encode_to_vec(),
+    )
+    .send()
+    .await
+    .unwrap();
     assert_eq!(r.status(), 413);
 
     // A small gzip body that inflates past the limit is refused too.
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-    gz.write_all(&request("a", vec![huge]).encode_to_vec()).unwrap();
+    gz.write_all(&request("a", vec![huge]).encode_to_vec())
+        .unwrap();
     let r = post(&w, "application/x-protobuf", gz.finish().unwrap())
         .header("content-encoding", "gzip")
         .send()
@@ -138,7 +189,10 @@ async fn http_answers_each_kind_of_bad_input_precisely() {
     assert_eq!(r.status(), 400);
 
     let all_bad = with_bad_trace_id(good.clone(), 0);
-    let r = post(&w, "application/x-protobuf", all_bad.encode_to_vec()).send().await.unwrap();
+    let r = post(&w, "application/x-protobuf", all_bad.encode_to_vec())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
 
     // And good input still works: gzip, protobuf and JSON.
@@ -153,12 +207,23 @@ async fn http_answers_each_kind_of_bad_input_precisely() {
     assert_eq!(r.headers()["content-type"], "application/x-protobuf");
     let response = ExportTraceServiceResponse::decode(r.bytes().await.unwrap()).unwrap();
     assert_eq!(response.partial_success, None);
-    let r = post(&w, "application/json; charset=utf-8", serde_json::to_vec(&good).unwrap())
-        .send()
-        .await
-        .unwrap();
+    let r = post(
+        &w,
+        "application/json; charset=utf-8",
+        serde_json::to_vec(&good).unwrap(),
+    )
+    .send()
+    .await
+    .unwrap();
     assert_eq!(r.status(), 200);
     let text = w.registry.render();
-    assert_eq!(metric(&text, "otelcol_receiver_accepted_spans_total", &[("transport", "http")]), 2.0);
+    assert_eq!(
+        metric(
+            &text,
+            "otelcol_receiver_accepted_spans_total",
+            &[("transport", "http")]
+        ),
+        2.0
+    );
     w.shutdown().await;
 }

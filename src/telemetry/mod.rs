@@ -11,8 +11,12 @@ mod admin;
 
 use std::sync::Arc;
 
-use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, SharedString, Unit};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics::{
+    Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, SharedString, Unit,
+};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 
 pub use admin::{serve_admin, Health};
 
@@ -44,7 +48,8 @@ pub const TS_TRACE_DROPPED_TOO_EARLY: &str =
 pub const TS_TRACE_REMOVAL_AGE: &str = "otelcol_processor_tail_sampling_sampling_trace_removal_age";
 pub const TS_LATE_SPAN_AGE: &str = "otelcol_processor_tail_sampling_sampling_late_span_age";
 pub const TS_TRACES_ON_MEMORY: &str = "otelcol_processor_tail_sampling_sampling_traces_on_memory";
-pub const TS_TRACES_DROPPED_TOO_LARGE: &str = "otelcol_processor_tail_sampling_traces_dropped_too_large";
+pub const TS_TRACES_DROPPED_TOO_LARGE: &str =
+    "otelcol_processor_tail_sampling_traces_dropped_too_large";
 
 /// Every accepted span's final bucket: `outcome` is sampled, not_sampled, dropped,
 /// evicted, too_large or shutdown.
@@ -55,13 +60,15 @@ pub const BUFFERED_BYTES: &str = "tailgate_buffered_bytes";
 pub const DECISION_LATENESS: &str = "tailgate_decision_lateness";
 
 const TIMER_LATENCY_BUCKETS_MS: &[f64] = &[
-    1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 75.0, 100.0, 150.0, 200.0, 300.0, 400.0, 500.0, 750.0,
-    1000.0, 2000.0, 3000.0, 4000.0, 5000.0, 10000.0, 20000.0, 30000.0, 50000.0,
+    1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 75.0, 100.0, 150.0, 200.0, 300.0, 400.0, 500.0, 750.0, 1000.0,
+    2000.0, 3000.0, 4000.0, 5000.0, 10000.0, 20000.0, 30000.0, 50000.0,
 ];
 const AGE_BUCKETS_S: &[f64] = &[
     1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 300.0, 600.0, 1800.0,
 ];
-const LATENESS_BUCKETS_MS: &[f64] = &[1.0, 5.0, 10.0, 20.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0];
+const LATENESS_BUCKETS_MS: &[f64] = &[
+    1.0, 5.0, 10.0, 20.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0,
+];
 
 type Description = (&'static str, Kind, Option<Unit>, &'static str);
 
@@ -116,10 +123,22 @@ impl Registry {
     pub fn new() -> Self {
         let builder = PrometheusBuilder::new()
             .with_recommended_naming(true)
-            .set_buckets_for_metric(Matcher::Full(TS_DECISION_TIMER_LATENCY.into()), TIMER_LATENCY_BUCKETS_MS)
-            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(TS_TRACE_REMOVAL_AGE.into()), AGE_BUCKETS_S))
-            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(TS_LATE_SPAN_AGE.into()), AGE_BUCKETS_S))
-            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(DECISION_LATENESS.into()), LATENESS_BUCKETS_MS))
+            .set_buckets_for_metric(
+                Matcher::Full(TS_DECISION_TIMER_LATENCY.into()),
+                TIMER_LATENCY_BUCKETS_MS,
+            )
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(TS_TRACE_REMOVAL_AGE.into()), AGE_BUCKETS_S)
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(TS_LATE_SPAN_AGE.into()), AGE_BUCKETS_S)
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full(DECISION_LATENESS.into()),
+                    LATENESS_BUCKETS_MS,
+                )
+            })
             .expect("bucket lists are non-empty constants");
         let recorder = builder.build_recorder();
         for (name, kind, unit, help) in DESCRIPTIONS {
@@ -151,20 +170,28 @@ impl Registry {
     }
 
     pub fn counter(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Counter {
-        let c = self.inner.0.register_counter(&Self::key(name, labels), &Self::metadata());
+        let c = self
+            .inner
+            .0
+            .register_counter(&Self::key(name, labels), &Self::metadata());
         // Exposed at 0 from the start, so `increase()` sees the first increment.
         c.increment(0);
         c
     }
 
     pub fn gauge(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Gauge {
-        let g = self.inner.0.register_gauge(&Self::key(name, labels), &Self::metadata());
+        let g = self
+            .inner
+            .0
+            .register_gauge(&Self::key(name, labels), &Self::metadata());
         g.set(0.0);
         g
     }
 
     pub fn histogram(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Histogram {
-        self.inner.0.register_histogram(&Self::key(name, labels), &Self::metadata())
+        self.inner
+            .0
+            .register_histogram(&Self::key(name, labels), &Self::metadata())
     }
 
     /// The Prometheus text exposition.

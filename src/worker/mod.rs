@@ -57,11 +57,13 @@ pub struct Worker {
 }
 
 async fn bind(what: &'static str, endpoint: &str) -> Result<TcpListener, StartError> {
-    TcpListener::bind(endpoint).await.map_err(|source| StartError::Bind {
-        what,
-        endpoint: endpoint.to_owned(),
-        source,
-    })
+    TcpListener::bind(endpoint)
+        .await
+        .map_err(|source| StartError::Bind {
+            what,
+            endpoint: endpoint.to_owned(),
+            source,
+        })
 }
 
 impl Worker {
@@ -79,7 +81,8 @@ impl Worker {
                 num_traces: usize::try_from(ts.num_traces).unwrap_or(usize::MAX),
                 max_buffered_bytes: ts.max_buffered_bytes,
                 maximum_trace_size_bytes: ts.maximum_trace_size_bytes,
-                expected_new_traces_per_sec: usize::try_from(ts.expected_new_traces_per_sec).unwrap_or(0),
+                expected_new_traces_per_sec: usize::try_from(ts.expected_new_traces_per_sec)
+                    .unwrap_or(0),
             },
             cores * 4,
         );
@@ -96,19 +99,28 @@ impl Worker {
         ));
 
         let admin_listener = bind("admin", &config.admin.endpoint).await?;
-        let admin_addr = admin_listener.local_addr().expect("bound listener has an address");
+        let admin_addr = admin_listener
+            .local_addr()
+            .expect("bound listener has an address");
         let admin_stop = CancellationToken::new();
         let mut admin = JoinSet::new();
         admin.spawn(log_exit(
             "admin",
-            serve_admin(admin_listener, registry.clone(), health.clone(), admin_stop.clone()),
+            serve_admin(
+                admin_listener,
+                registry.clone(),
+                health.clone(),
+                admin_stop.clone(),
+            ),
         ));
 
         let deciders_stop = CancellationToken::new();
         let mut deciders = JoinSet::new();
         let decider_count = cores.min(pipeline.buffer().timer_shards());
         for d in 0..decider_count {
-            let shards: Vec<usize> = (d..pipeline.buffer().timer_shards()).step_by(decider_count).collect();
+            let shards: Vec<usize> = (d..pipeline.buffer().timer_shards())
+                .step_by(decider_count)
+                .collect();
             deciders.spawn(decide_loop(pipeline.clone(), shards, deciders_stop.clone()));
         }
 
@@ -119,7 +131,8 @@ impl Worker {
         if let Some(grpc) = &protocols.grpc {
             let listener = bind("otlp grpc", &grpc.endpoint).await?;
             grpc_addr = listener.local_addr().ok();
-            let max = usize::try_from(grpc.max_recv_msg_size_mib * 1024 * 1024).unwrap_or(usize::MAX);
+            let max =
+                usize::try_from(grpc.max_recv_msg_size_mib * 1024 * 1024).unwrap_or(usize::MAX);
             receivers.spawn(log_exit(
                 "otlp grpc receiver",
                 serve_grpc(
@@ -176,7 +189,8 @@ impl Worker {
         while self.receivers.join_next().await.is_some() {}
         self.deciders_stop.cancel();
         while self.deciders.join_next().await.is_some() {}
-        self.pipeline.drain(self.drop_pending_on_shutdown, Instant::now());
+        self.pipeline
+            .drain(self.drop_pending_on_shutdown, Instant::now());
         self.pipeline.exporters().shutdown(deadline).await;
         self.admin_stop.cancel();
         while self.admin.join_next().await.is_some() {}
@@ -184,7 +198,10 @@ impl Worker {
     }
 }
 
-async fn log_exit<E: std::fmt::Display>(what: &'static str, task: impl std::future::Future<Output = Result<(), E>>) {
+async fn log_exit<E: std::fmt::Display>(
+    what: &'static str,
+    task: impl std::future::Future<Output = Result<(), E>>,
+) {
     if let Err(e) = task.await {
         tracing::error!(task = what, error = %e, "task failed");
     }

@@ -129,12 +129,17 @@ impl Metrics {
                 too_large: outcome("too_large"),
                 shutdown: outcome("shutdown"),
             },
-            processor_refused: registry.counter(telemetry::PROCESSOR_REFUSED_SPANS, &[("processor", "tail_sampling")]),
+            processor_refused: registry.counter(
+                telemetry::PROCESSOR_REFUSED_SPANS,
+                &[("processor", "tail_sampling")],
+            ),
             new_traces: registry.counter(telemetry::TS_NEW_TRACE_ID_RECEIVED, &[]),
             dropped_too_early: registry.counter(telemetry::TS_TRACE_DROPPED_TOO_EARLY, &[]),
             dropped_too_large: registry.counter(telemetry::TS_TRACES_DROPPED_TOO_LARGE, &[]),
-            early_release_sampled: registry.counter(telemetry::TS_EARLY_RELEASES, &[("sampled", "true")]),
-            early_release_not_sampled: registry.counter(telemetry::TS_EARLY_RELEASES, &[("sampled", "false")]),
+            early_release_sampled: registry
+                .counter(telemetry::TS_EARLY_RELEASES, &[("sampled", "true")]),
+            early_release_not_sampled: registry
+                .counter(telemetry::TS_EARLY_RELEASES, &[("sampled", "false")]),
             late_span_age: registry.histogram(telemetry::TS_LATE_SPAN_AGE, &[]),
             global: by_decision(telemetry::TS_GLOBAL_COUNT_TRACES_SAMPLED, None),
             policies: policies
@@ -143,8 +148,12 @@ impl Metrics {
                 .map(|p| PolicyMetrics {
                     traces: by_decision(telemetry::TS_COUNT_TRACES_SAMPLED, Some(&p.name)),
                     spans: by_decision(telemetry::TS_COUNT_SPANS_SAMPLED, Some(&p.name)),
-                    executions: registry.counter(telemetry::TS_POLICY_EXECUTION_COUNT, &[("policy", &p.name)]),
-                    time_us: registry.counter(telemetry::TS_POLICY_EXECUTION_TIME_SUM, &[("policy", &p.name)]),
+                    executions: registry
+                        .counter(telemetry::TS_POLICY_EXECUTION_COUNT, &[("policy", &p.name)]),
+                    time_us: registry.counter(
+                        telemetry::TS_POLICY_EXECUTION_TIME_SUM,
+                        &[("policy", &p.name)],
+                    ),
                 })
                 .collect(),
             timer_latency: registry.histogram(telemetry::TS_DECISION_TIMER_LATENCY, &[]),
@@ -201,7 +210,11 @@ impl Pipeline {
 
     /// Takes one OTLP request. Invalid spans are rejected one by one (partial success);
     /// the request is refused whole when every span is invalid or when the worker is full.
-    pub fn ingest(&self, request: ExportTraceServiceRequest, now: Instant) -> Result<Ingested, IngestError> {
+    pub fn ingest(
+        &self,
+        request: ExportTraceServiceRequest,
+        now: Instant,
+    ) -> Result<Ingested, IngestError> {
         let mut total = 0u64;
         let mut rejected = 0u64;
         let mut message = String::new();
@@ -240,7 +253,12 @@ impl Pipeline {
                     continue;
                 }
                 keys.sort_unstable();
-                let head = Head::new(rs.resource.as_ref(), &rs.schema_url, ss.scope.as_ref(), &ss.schema_url);
+                let head = Head::new(
+                    rs.resource.as_ref(),
+                    &rs.schema_url,
+                    ss.scope.as_ref(),
+                    &ss.schema_url,
+                );
                 for group in keys.chunk_by(|a, b| a.0 == b.0) {
                     self.take_group(group, ss, &head, &mut late, now);
                 }
@@ -258,14 +276,22 @@ impl Pipeline {
     }
 
     /// Routes the spans of one trace from one `ScopeSpans`.
-    fn take_group(&self, group: &[(TraceId, u32)], ss: &ScopeSpans, head: &Arc<Head>, late: &mut RequestBuilder, now: Instant) {
+    fn take_group(
+        &self,
+        group: &[(TraceId, u32)],
+        ss: &ScopeSpans,
+        head: &Arc<Head>,
+        late: &mut RequestBuilder,
+        now: Instant,
+    ) {
         let id = group[0].0;
         let members = group.iter().map(|(_, i)| &ss.spans[*i as usize]);
         let n = group.len() as u64;
         if let Some(cached) = self.cached(&id) {
-            self.metrics
-                .late_span_age
-                .record(now.saturating_duration_since(cached.decided_at).as_secs_f64());
+            self.metrics.late_span_age.record(
+                now.saturating_duration_since(cached.decided_at)
+                    .as_secs_f64(),
+            );
             self.metrics.outcomes.decided(cached.decision).increment(n);
             if cached.decision == Decision::Sampled {
                 self.metrics.early_release_sampled.increment(n);
@@ -295,7 +321,9 @@ impl Pipeline {
             new_trace,
             too_large,
             evicted,
-        } = self.buffer.add(id, chunk, facts, now, !self.block_on_overflow);
+        } = self
+            .buffer
+            .add(id, chunk, facts, now, !self.block_on_overflow);
         if new_trace {
             self.metrics.new_traces.increment(1);
         }
@@ -372,7 +400,9 @@ impl Pipeline {
         let mut out = RequestBuilder::default();
         for (id, entry) in due {
             self.metrics.lateness.record(
-                now.saturating_duration_since(entry.timer.deadline).as_secs_f64() * 1000.0,
+                now.saturating_duration_since(entry.timer.deadline)
+                    .as_secs_f64()
+                    * 1000.0,
             );
             self.metrics.removal_age.record(age(&entry, now));
             // A trace whose id already has a decision (its spans raced the previous
@@ -385,7 +415,10 @@ impl Pipeline {
                 None => self.evaluate(&id, &entry),
             };
             self.metrics.global[decision_index(verdict.decision)].increment(1);
-            self.metrics.outcomes.decided(verdict.decision).increment(entry.span_count);
+            self.metrics
+                .outcomes
+                .decided(verdict.decision)
+                .increment(entry.span_count);
             if verdict.decision == Decision::Sampled {
                 for chunk in &entry.chunks {
                     out.push(chunk);
@@ -418,17 +451,26 @@ impl Pipeline {
     }
 
     fn update_gauges(&self) {
-        self.metrics.traces_on_memory.set(self.buffer.pending_traces() as f64);
-        self.metrics.buffered_spans.set(self.buffer.buffered_spans() as f64);
-        self.metrics.buffered_bytes.set(self.buffer.buffered_bytes() as f64);
+        self.metrics
+            .traces_on_memory
+            .set(self.buffer.pending_traces() as f64);
+        self.metrics
+            .buffered_spans
+            .set(self.buffer.buffered_spans() as f64);
+        self.metrics
+            .buffered_bytes
+            .set(self.buffer.buffered_bytes() as f64);
     }
 }
 
 fn age(entry: &TraceEntry, now: Instant) -> f64 {
-    now.saturating_duration_since(entry.first_arrival).as_secs_f64()
+    now.saturating_duration_since(entry.first_arrival)
+        .as_secs_f64()
 }
 
-fn spans(rs: &[ResourceSpans]) -> impl Iterator<Item = &opentelemetry_proto::tonic::trace::v1::Span> {
+fn spans(
+    rs: &[ResourceSpans],
+) -> impl Iterator<Item = &opentelemetry_proto::tonic::trace::v1::Span> {
     rs.iter()
         .flat_map(|r| r.scope_spans.iter())
         .flat_map(|s| s.spans.iter())

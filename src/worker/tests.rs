@@ -29,19 +29,45 @@ async fn traces_are_decided_within_one_tick_of_their_deadline() {
     let w = worker("  decision_wait: 30s\n  policies: [{name: all, type: always_sample}]").await;
     let p = w.pipeline().clone();
     let t0 = Instant::now();
-    p.ingest(request("a", vec![span(trace_id(1), 2, Some(1))]), t0).unwrap();
+    p.ingest(request("a", vec![span(trace_id(1), 2, Some(1))]), t0)
+        .unwrap();
     tokio::time::sleep(Duration::from_secs(20)).await;
     // A second trace arriving later keeps its own deadline.
-    p.ingest(request("a", vec![span(trace_id(2), 2, Some(1))]), Instant::now()).unwrap();
+    p.ingest(
+        request("a", vec![span(trace_id(2), 2, Some(1))]),
+        Instant::now(),
+    )
+    .unwrap();
     tokio::time::sleep_until(t0 + Duration::from_secs(30) - Duration::from_millis(1)).await;
-    assert_eq!(p.buffer().pending_traces(), 2, "decided before its deadline");
-    tokio::time::sleep_until(t0 + Duration::from_secs(30) + DECISION_TICK + Duration::from_millis(1)).await;
-    assert_eq!(p.buffer().pending_traces(), 1, "the first trace was decided late");
-    tokio::time::sleep_until(t0 + Duration::from_secs(50) + DECISION_TICK + Duration::from_millis(1)).await;
+    assert_eq!(
+        p.buffer().pending_traces(),
+        2,
+        "decided before its deadline"
+    );
+    tokio::time::sleep_until(
+        t0 + Duration::from_secs(30) + DECISION_TICK + Duration::from_millis(1),
+    )
+    .await;
+    assert_eq!(
+        p.buffer().pending_traces(),
+        1,
+        "the first trace was decided late"
+    );
+    tokio::time::sleep_until(
+        t0 + Duration::from_secs(50) + DECISION_TICK + Duration::from_millis(1),
+    )
+    .await;
     assert_eq!(p.buffer().pending_traces(), 0);
     let text = w.registry.render();
     // Every decision landed within one tick of its deadline.
-    assert_eq!(metric(&text, "tailgate_decision_lateness_milliseconds_bucket", &[("le", "10")]), 2.0);
+    assert_eq!(
+        metric(
+            &text,
+            "tailgate_decision_lateness_milliseconds_bucket",
+            &[("le", "10")]
+        ),
+        2.0
+    );
     w.shutdown().await;
 }
 
@@ -50,13 +76,25 @@ async fn a_root_span_brings_the_decision_forward() {
     let w = worker("  decision_wait: 30s\n  decision_wait_after_root_received: 1s\n  policies: [{name: all, type: always_sample}]").await;
     let p = w.pipeline().clone();
     let t0 = Instant::now();
-    p.ingest(request("a", vec![span(trace_id(1), 2, Some(1))]), t0).unwrap();
+    p.ingest(request("a", vec![span(trace_id(1), 2, Some(1))]), t0)
+        .unwrap();
     tokio::time::sleep(Duration::from_secs(5)).await;
-    p.ingest(request("a", vec![span(trace_id(1), 1, None)]), Instant::now()).unwrap();
+    p.ingest(
+        request("a", vec![span(trace_id(1), 1, None)]),
+        Instant::now(),
+    )
+    .unwrap();
     tokio::time::sleep(Duration::from_secs(1) + DECISION_TICK + Duration::from_millis(1)).await;
     assert_eq!(p.buffer().pending_traces(), 0);
     let text = w.registry.render();
-    assert_eq!(metric(&text, "tailgate_spans_decided_total", &[("outcome", "sampled")]), 2.0);
+    assert_eq!(
+        metric(
+            &text,
+            "tailgate_spans_decided_total",
+            &[("outcome", "sampled")]
+        ),
+        2.0
+    );
     w.shutdown().await;
 }
 
@@ -69,7 +107,9 @@ async fn heavy_ingest_does_not_delay_decisions() {
         tokio::spawn(async move {
             // A steady stream of new traces, yielding between requests as a receiver does.
             for n in 0..3_000u64 {
-                let spans = (0..10).map(|s| span(trace_id(n), s + 1, Some(99))).collect();
+                let spans = (0..10)
+                    .map(|s| span(trace_id(n), s + 1, Some(99)))
+                    .collect();
                 p.ingest(request("a", spans), Instant::now()).unwrap();
                 if n % 10 == 0 {
                     tokio::time::sleep(Duration::from_millis(1)).await;
@@ -82,8 +122,15 @@ async fn heavy_ingest_does_not_delay_decisions() {
     assert_eq!(p.buffer().pending_traces(), 0);
     let text = w.registry.render();
     let decided = metric(&text, "tailgate_decision_lateness_milliseconds_count", &[]);
-    let on_time = metric(&text, "tailgate_decision_lateness_milliseconds_bucket", &[("le", "20")]);
+    let on_time = metric(
+        &text,
+        "tailgate_decision_lateness_milliseconds_bucket",
+        &[("le", "20")],
+    );
     assert_eq!(decided, 3000.0);
-    assert_eq!(on_time, 3000.0, "some decisions were more than two ticks late");
+    assert_eq!(
+        on_time, 3000.0,
+        "some decisions were more than two ticks late"
+    );
     w.shutdown().await;
 }

@@ -39,11 +39,16 @@ shutdown:
 
 pub async fn grpc_client(worker: &Worker) -> TraceServiceClient<Channel> {
     let addr = worker.grpc_addr.expect("grpc enabled");
-    TraceServiceClient::connect(format!("http://{addr}")).await.expect("connect")
+    TraceServiceClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect")
 }
 
 pub fn http_url(worker: &Worker) -> String {
-    format!("http://{}/v1/traces", worker.http_addr.expect("http enabled"))
+    format!(
+        "http://{}/v1/traces",
+        worker.http_addr.expect("http enabled")
+    )
 }
 
 pub async fn scrape(addr: SocketAddr) -> String {
