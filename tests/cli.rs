@@ -1,0 +1,104 @@
+//! The `tailgate` binary: `check-config` and a worker that drains on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tailgate");
+
+#[test]
+fn check_config_accepts_the_examples() {
+    for file in ["config/worker.yaml", "config/worker-file.yaml"] {
+        let out = Command::new(BIN)
+            .args(["check-config", file])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn check_config_prints_every_error_and_exits_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(
+        &path,
+        r#"
+receivers: {otlp: {protocols: {grpc: {endpoint: "nowhere"}}}}
+tail_sampling:
+  policies:
+    - {name: a, type: probabilistic, probabilistic: {sampling_percentage: 200}}
+exporters: {otlp: {endpoint: "${TAILGATE_TEST_UNSET_VAR:-backend:4317}", colour: blue}}
+"#,
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("receivers.otlp.protocols.grpc.endpoint: \"nowhere\" is not host:port"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("tail_sampling.policies[0].probabilistic.sampling_percentage"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("exporters.otlp.colour: unknown field"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_worker_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("worker.yaml");
+    std::fs::write(
+        &path,
+        r#"
+receivers: {otlp: {protocols: {grpc: {endpoint: "127.0.0.1:0"}}}}
+tail_sampling: {policies: [{name: all, type: always_sample}]}
+exporters: {debug: {}}
+admin: {endpoint: "127.0.0.1:0"}
+"#,
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["worker", "--config"])
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Log lines arrive on a channel, so each wait below is bounded.
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let wait_for = |needle: &str| loop {
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(line) if line.contains(needle) => return,
+            Ok(_) => {}
+            Err(e) => panic!("no log line with {needle:?}: {e}"),
+        }
+    };
+    wait_for("worker started");
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    wait_for("worker stopped");
+    assert!(child.wait().unwrap().success());
+}
