@@ -61,24 +61,36 @@ pub async fn serve_grpc(
         .send_compressed(CompressionEncoding::Gzip);
     tonic::transport::Server::builder()
         .layer(tower::util::MapResponseLayer::new(
-            oversize_is_resource_exhausted,
+            codec_errors_as_otlp_statuses,
         ))
         .add_service(service)
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), stop.cancelled_owned())
         .await
 }
 
-/// tonic reports a message over `max_decoding_message_size` as OUT_OF_RANGE; gRPC and
-/// the collector use RESOURCE_EXHAUSTED for it, which is what OTLP clients expect.
-fn oversize_is_resource_exhausted<B>(mut response: http::Response<B>) -> http::Response<B> {
+/// tonic answers two kinds of bad input before our handler runs, with codes OTLP clients
+/// do not expect: a message over `max_decoding_message_size` (OUT_OF_RANGE; gRPC and the
+/// collector use RESOURCE_EXHAUSTED) and a body prost cannot decode (INTERNAL, which
+/// suggests a server bug; it is the client's INVALID_ARGUMENT). Our handler itself never
+/// returns either code, so matching on code and message is unambiguous.
+fn codec_errors_as_otlp_statuses<B>(mut response: http::Response<B>) -> http::Response<B> {
     let headers = response.headers_mut();
-    let out_of_range = headers.get("grpc-status").is_some_and(|v| v == "11");
-    let too_large = headers
+    let code = headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let message = headers
         .get("grpc-message")
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|m| m.contains("too%20large") || m.contains("too large"));
-    if out_of_range && too_large {
-        headers.insert("grpc-status", HeaderValue::from_static("8"));
+        .unwrap_or("")
+        .replace("%20", " ");
+    let mapped = match code {
+        "11" if message.contains("too large") => Some("8"),
+        "13" if message.contains("failed to decode Protobuf message") => Some("3"),
+        _ => None,
+    };
+    if let Some(mapped) = mapped {
+        headers.insert("grpc-status", HeaderValue::from_static(mapped));
     }
     response
 }

@@ -120,6 +120,31 @@ async fn grpc_oversized_request_is_resource_exhausted() {
 }
 
 #[tokio::test]
+async fn grpc_malformed_protobuf_is_invalid_argument() {
+    let w = worker().await;
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", w.grpc_addr.unwrap()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let mut raw = tonic::client::Grpc::new(channel);
+    raw.ready().await.unwrap();
+    // A length prefix that runs past the end of the message.
+    let garbage = bytes::Bytes::from_static(&[0x0a, 0xff, 0xff, 0x03, 0x01]);
+    let status = raw
+        .unary(
+            tonic::Request::new(garbage),
+            http::uri::PathAndQuery::from_static(crate::otlp::EXPORT_PATH),
+            crate::otlp::RawExportCodec,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    w.shutdown().await;
+}
+
+#[tokio::test]
 async fn http_answers_each_kind_of_bad_input_precisely() {
     let w = worker().await;
     let good = request("a", vec![span(trace_id(1), 1, None)]);
