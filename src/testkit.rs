@@ -121,6 +121,17 @@ impl TraceService for SinkService {
 impl Sink {
     /// Starts a sink that first fails one call with each of `failures`, then accepts.
     pub async fn start(failures: Vec<Code>) -> Sink {
+        Self::serve(failures, None).await
+    }
+
+    /// Starts a sink that accepts only TLS, with the PEM certificate chain and key given.
+    pub async fn start_tls(cert_pem: &str, key_pem: &str) -> Sink {
+        let tls = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(cert_pem, key_pem));
+        Self::serve(vec![], Some(tls)).await
+    }
+
+    async fn serve(failures: Vec<Code>, tls: Option<tonic::transport::ServerTlsConfig>) -> Sink {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind sink");
@@ -134,8 +145,12 @@ impl Sink {
             .accept_compressed(CompressionEncoding::Gzip)
             .max_decoding_message_size(64 * 1024 * 1024);
         let token = stop.clone();
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls).expect("sink TLS config");
+        }
         tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
+            let _ = builder
                 .add_service(service)
                 .serve_with_incoming_shutdown(
                     tonic::transport::server::TcpIncoming::from(listener),

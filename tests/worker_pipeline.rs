@@ -105,12 +105,9 @@ async fn a_trace_split_over_requests_and_connections_is_exported_whole_once() {
         ),
         8.0
     );
+    let sent = "otelcol_exporter_sent_spans_total";
     assert_eq!(
-        metric(
-            &text,
-            "otelcol_exporter_sent_spans_total",
-            &[("exporter", "otlp")]
-        ),
+        common::wait_metric(worker.admin_addr, sent, &[("exporter", "otlp")], 16.0).await,
         16.0
     );
     worker.shutdown().await;
@@ -433,11 +430,12 @@ admin: {{endpoint: "127.0.0.1:0"}}
         accepted
     );
     assert_eq!(sink.refused_calls(), 3);
-    let metrics = common::scrape(worker.admin_addr).await;
+    let sent = "otelcol_exporter_sent_spans_total";
     assert_eq!(
-        metric(&metrics, "otelcol_exporter_sent_spans_total", &[]),
+        common::wait_metric(worker.admin_addr, sent, &[], accepted as f64).await,
         accepted as f64
     );
+    let metrics = common::scrape(worker.admin_addr).await;
     assert_eq!(
         metric(&metrics, "otelcol_exporter_send_failed_spans_total", &[]),
         0.0
@@ -558,5 +556,62 @@ async fn spans_from_the_opentelemetry_sdk_are_exported() {
         "the two spans arrived separately but leave as one trace"
     );
     provider.shutdown().unwrap();
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_otlp_exporter_speaks_tls_to_a_backend_it_trusts() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&server_key, &ca, &ca_key)
+        .unwrap();
+    let sink = Sink::start_tls(&server.pem(), &server_key.serialize_pem()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+
+    let text = format!(
+        r#"
+receivers: {{otlp: {{protocols: {{grpc: {{endpoint: "127.0.0.1:0"}}}}}}}}
+tail_sampling: {{decision_wait: 100ms, policies: [{{name: all, type: always_sample}}]}}
+exporters:
+  otlp/trusted: {{endpoint: "localhost:{port}", tls: {{ca_file: {ca:?}}}}}
+  otlp/untrusted:
+    endpoint: "localhost:{port}"
+    retry_on_failure: {{enabled: false}}
+admin: {{endpoint: "127.0.0.1:0"}}
+"#,
+        port = sink.addr.port(),
+        ca = ca_file.display().to_string(),
+    );
+    let worker = Worker::start(tailgate::config::parse_worker(&text).unwrap())
+        .await
+        .unwrap();
+    let mut client = common::grpc_client(&worker).await;
+    client
+        .export(request("a", vec![span(trace_id(1), 1, None)]))
+        .await
+        .unwrap();
+    assert_eq!(sink.wait_for_spans(1, Duration::from_secs(20)).await, 1);
+    let sent = ("exporter", "otlp/trusted");
+    let name = "otelcol_exporter_sent_spans_total";
+    assert_eq!(
+        common::wait_metric(worker.admin_addr, name, &[sent], 1.0).await,
+        1.0
+    );
+    // Without the CA the handshake fails and the span is counted as failed.
+    let failed = ("exporter", "otlp/untrusted");
+    let name = "otelcol_exporter_send_failed_spans_total";
+    assert_eq!(
+        common::wait_metric(worker.admin_addr, name, &[failed], 1.0).await,
+        1.0
+    );
+    assert_eq!(sink.span_count(), 1);
     worker.shutdown().await;
 }
