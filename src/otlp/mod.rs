@@ -11,10 +11,10 @@ mod codec;
 
 use std::sync::Arc;
 
-use bytes::{BufMut, Bytes, BytesMut};
-use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::Span;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
 use prost::Message;
 
@@ -143,6 +143,17 @@ impl Chunk {
     /// `max_buffered_bytes` measure.
     pub fn size(&self) -> usize {
         self.spans.len()
+    }
+
+    /// Decodes the resource attributes and the `ScopeSpans` (scope and spans) again, for
+    /// policies that read span contents.
+    pub fn decode(&self) -> Result<(Vec<KeyValue>, ScopeSpans), prost::DecodeError> {
+        let resource = ResourceSpans::decode(self.head.resource.clone())?
+            .resource
+            .map(|r| r.attributes)
+            .unwrap_or_default();
+        let scope_spans = ScopeSpans::decode(self.head.scope.clone().chain(self.spans.clone()))?;
+        Ok((resource, scope_spans))
     }
 }
 

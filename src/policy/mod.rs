@@ -1,42 +1,72 @@
-//! Sampling policies: their config shapes (the collector's `tail_sampling.policies`), their
-//! compiled form, and the exact rule that combines the policies' votes into one decision
-//! (reference/tail_sampling.md 2.2). Policies are a closed enum compiled once at load time;
-//! evaluation allocates nothing.
+//! Sampling policies: the compiled policy set and the exact rule that combines the
+//! policies' votes into one decision (reference/tail_sampling.md 2.2). Policies are a
+//! closed enum ([`rules::Rule`]) compiled once at load time ([`config`]); evaluating a
+//! policy allocates nothing (regex results are cached per value).
 
+mod composite;
+mod config;
+mod limiter;
 mod probabilistic;
+mod rules;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use serde::Deserialize;
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::trace::v1::ScopeSpans;
+use tokio::time::Instant;
 
 use crate::config::Errors;
 use crate::otlp::TraceId;
 pub use probabilistic::Probabilistic;
+pub use rules::EvalError;
 
-/// A policy's vote on one trace.
+/// A policy's vote on one trace. The two inverted votes are the collector's deprecated
+/// `invert_match` results, kept for their place in the precedence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Decision {
     Sampled,
     NotSampled,
     Dropped,
+    InvertSampled,
+    InvertNotSampled,
 }
 
 impl Decision {
-    pub const ALL: [Decision; 3] = [Decision::Sampled, Decision::NotSampled, Decision::Dropped];
+    /// The three final decisions, in the order metrics index them.
+    pub const FINAL: [Decision; 3] = [Decision::Sampled, Decision::NotSampled, Decision::Dropped];
+
+    /// The final decision a vote counts as in metrics (inverted votes fold into
+    /// sampled / not sampled, as in the collector).
+    pub fn folded(self) -> Decision {
+        match self {
+            Decision::InvertSampled => Decision::Sampled,
+            Decision::InvertNotSampled => Decision::NotSampled,
+            other => other,
+        }
+    }
+
+    /// Index into [`Decision::FINAL`].
+    pub fn index(self) -> usize {
+        match self.folded() {
+            Decision::Sampled => 0,
+            Decision::NotSampled => 1,
+            _ => 2,
+        }
+    }
 
     /// The `decision` label value the collector uses.
     pub fn label(self) -> &'static str {
-        match self {
+        match self.folded() {
             Decision::Sampled => "sampled",
             Decision::NotSampled => "not_sampled",
-            Decision::Dropped => "dropped",
+            _ => "dropped",
         }
     }
 
     /// The `sampled` label value the collector uses.
     pub fn sampled_label(self) -> &'static str {
-        if self == Decision::Sampled {
+        if self.folded() == Decision::Sampled {
             "true"
         } else {
             "false"
@@ -44,27 +74,47 @@ impl Decision {
     }
 }
 
+/// The decoded spans of one buffered chunk, for policies that read attributes.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    pub resource_attributes: Vec<KeyValue>,
+    pub scope_spans: ScopeSpans,
+}
+
 /// What a policy may look at.
 #[derive(Debug, Clone, Copy)]
 pub struct TraceView<'a> {
     pub trace_id: &'a TraceId,
     pub span_count: u64,
+    /// Wire bytes of the spans.
+    pub bytes: u64,
+    /// Earliest span start and latest span end over the whole trace, Unix nanoseconds.
+    pub earliest_start: u64,
+    pub latest_end: u64,
+    /// The decoded spans; `None` if they could not be decoded (policies that need them
+    /// abstain). Empty when no policy needs them.
+    pub batches: Option<&'a [Batch]>,
+    /// Decision time, for the rate limiters.
+    pub now: Instant,
 }
 
 /// The set's final decision and the policy that made it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
+    /// Sampled, NotSampled or Dropped.
     pub decision: Decision,
     /// The first policy that voted for the final decision; `None` when no policy did
     /// (for example every policy abstained).
     pub policy: Option<Arc<str>>,
+    /// For a trace kept by a composite policy, the sub-policy that took it.
+    pub composite_policy: Option<Arc<str>>,
 }
 
 /// A policy's vote as reported to the caller's telemetry.
 #[derive(Debug, Clone, Copy)]
 pub struct Vote {
     pub policy_index: usize,
-    pub decision: Decision,
+    pub decision: Result<Decision, EvalError>,
     pub elapsed: Duration,
 }
 
@@ -72,43 +122,15 @@ pub struct Vote {
 /// config order.
 #[derive(Debug, Clone)]
 pub struct PolicySet {
-    policies: Vec<Policy>,
+    policies: Arc<[Policy]>,
     sample_on_first_match: bool,
+    needs_spans: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Policy {
     pub name: Arc<str>,
-    rule: Rule,
-}
-
-/// What a compiled policy evaluates.
-#[derive(Debug, Clone)]
-enum Rule {
-    AlwaysSample,
-    Probabilistic(Probabilistic),
-    /// Dropped when every sub-rule samples; otherwise NotSampled.
-    Drop(Vec<Rule>),
-}
-
-impl Rule {
-    fn evaluate(&self, trace: &TraceView<'_>) -> Decision {
-        match self {
-            Rule::AlwaysSample => Decision::Sampled,
-            Rule::Probabilistic(p) => p.decide(trace.trace_id),
-            Rule::Drop(subs) => {
-                if subs.iter().all(|s| s.evaluate(trace) == Decision::Sampled) {
-                    Decision::Dropped
-                } else {
-                    Decision::NotSampled
-                }
-            }
-        }
-    }
-
-    fn is_drop(&self) -> bool {
-        matches!(self, Rule::Drop(_))
-    }
+    rule: rules::Rule,
 }
 
 impl PolicySet {
@@ -116,44 +138,67 @@ impl PolicySet {
         &self.policies
     }
 
-    /// Evaluates every policy on `trace` and combines the votes with the collector's
-    /// precedence (Dropped > Sampled > NotSampled). `on_vote` sees each vote with the
-    /// time it took.
+    /// Whether any policy reads span contents, so the spans must be decoded first.
+    pub fn needs_spans(&self) -> bool {
+        self.needs_spans
+    }
+
+    /// Evaluates the policies on `trace` and combines the votes with the collector's
+    /// precedence: Dropped > InvertNotSampled > Sampled > InvertSampled (only if no policy
+    /// said NotSampled) > NotSampled. An erroring policy abstains. `on_vote` sees each
+    /// vote with the time it took.
     pub fn decide(&self, trace: &TraceView<'_>, mut on_vote: impl FnMut(Vote)) -> Verdict {
-        let mut first_sampled: Option<&Arc<str>> = None;
+        let mut sampled: Option<(&Arc<str>, Option<Arc<str>>)> = None;
+        let mut invert_sampled: Option<&Arc<str>> = None;
+        let mut invert_not_sampled: Option<&Arc<str>> = None;
+        let mut any_not_sampled = false;
         for (policy_index, policy) in self.policies.iter().enumerate() {
-            let started = Instant::now();
-            let decision = policy.rule.evaluate(trace);
+            let started = std::time::Instant::now();
+            let result = policy.rule.evaluate_named(trace);
             on_vote(Vote {
                 policy_index,
-                decision,
+                decision: result.as_ref().map(|(d, _)| *d).map_err(|e| *e),
                 elapsed: started.elapsed(),
             });
+            let Ok((decision, sub)) = result else {
+                continue;
+            };
             match decision {
                 Decision::Dropped => {
                     return Verdict {
                         decision,
                         policy: Some(policy.name.clone()),
+                        composite_policy: None,
                     }
                 }
                 Decision::Sampled => {
-                    first_sampled.get_or_insert(&policy.name);
+                    sampled.get_or_insert((&policy.name, sub));
                     if self.sample_on_first_match {
                         break;
                     }
                 }
-                Decision::NotSampled => {}
+                Decision::InvertSampled => {
+                    invert_sampled.get_or_insert(&policy.name);
+                }
+                Decision::InvertNotSampled => {
+                    invert_not_sampled.get_or_insert(&policy.name);
+                }
+                Decision::NotSampled => any_not_sampled = true,
             }
         }
-        match first_sampled {
-            Some(name) => Verdict {
-                decision: Decision::Sampled,
-                policy: Some(name.clone()),
-            },
-            None => Verdict {
-                decision: Decision::NotSampled,
-                policy: None,
-            },
+        let verdict = |decision, policy: Option<&Arc<str>>, composite_policy| Verdict {
+            decision,
+            policy: policy.cloned(),
+            composite_policy,
+        };
+        if let Some(p) = invert_not_sampled {
+            verdict(Decision::NotSampled, Some(p), None)
+        } else if let Some((p, sub)) = sampled {
+            verdict(Decision::Sampled, Some(p), sub)
+        } else if let (Some(p), false) = (invert_sampled, any_not_sampled) {
+            verdict(Decision::Sampled, Some(p), None)
+        } else {
+            verdict(Decision::NotSampled, None, None)
         }
     }
 
@@ -168,7 +213,7 @@ impl PolicySet {
         let mut policies = Vec::new();
         for (i, value) in values.iter().enumerate() {
             let path = format!("{path}[{i}]");
-            let Some(config) = errors.parse::<PolicyConfig>(&path, value.clone()) else {
+            let Some(config) = errors.parse::<config::PolicyConfig>(&path, value.clone()) else {
                 continue;
             };
             if config.name.is_empty() {
@@ -179,151 +224,17 @@ impl PolicySet {
                     format!("duplicate policy name {:?}", config.name),
                 );
             }
-            if let Some(rule) = config.body.compile(&path, errors, true) {
-                policies.push(Policy {
-                    name: config.name.into(),
-                    rule,
-                });
+            let name: Arc<str> = config.name.as_str().into();
+            if let Some(rule) = config.compile(&path, config::Level::Top, errors) {
+                policies.push(Policy { name, rule });
             }
         }
         // Drop policies run first, each group keeping config order.
         policies.sort_by_key(|p| !p.rule.is_drop());
         PolicySet {
-            policies,
+            needs_spans: policies.iter().any(|p| p.rule.needs_spans()),
+            policies: policies.into(),
             sample_on_first_match,
-        }
-    }
-}
-
-/// serde cannot combine `deny_unknown_fields` with `flatten`, so unknown keys land in
-/// [`PolicyBody::other`] and are reported by [`PolicyBody::compile`].
-#[derive(Debug, Deserialize)]
-struct PolicyConfig {
-    name: String,
-    #[serde(flatten)]
-    body: PolicyBody,
-}
-
-/// The type and the block named after it. Every collector type is a known key, so a
-/// pasted config gets "not supported" rather than "unknown field" for a type tailgate
-/// does not have yet.
-#[derive(Debug, Deserialize)]
-struct PolicyBody {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    probabilistic: Option<ProbabilisticConfig>,
-    #[serde(default)]
-    drop: Option<DropConfig>,
-    #[serde(flatten)]
-    other: std::collections::BTreeMap<String, serde_yaml::Value>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ProbabilisticConfig {
-    #[serde(default)]
-    sampling_percentage: f64,
-    #[serde(default)]
-    hash_salt: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DropConfig {
-    #[serde(default)]
-    drop_sub_policy: Vec<SubPolicyConfig>,
-}
-
-#[derive(Debug, Deserialize)]
-struct SubPolicyConfig {
-    #[serde(default)]
-    name: String,
-    #[serde(flatten)]
-    body: PolicyBody,
-}
-
-/// The collector's policy types that tailgate does not evaluate yet.
-const NOT_YET_SUPPORTED: &[&str] = &[
-    "latency",
-    "numeric_attribute",
-    "status_code",
-    "string_attribute",
-    "rate_limiting",
-    "bytes_limiting",
-    "span_count",
-    "trace_state",
-    "trace_flags",
-    "boolean_attribute",
-    "ottl_condition",
-    "and",
-    "not",
-    "composite",
-];
-
-impl PolicyBody {
-    fn compile(self, path: &str, errors: &mut Errors, top_level: bool) -> Option<Rule> {
-        for key in self.other.keys() {
-            if key != "always_sample" && !NOT_YET_SUPPORTED.contains(&key.as_str()) {
-                errors.push(format!("{path}.{key}"), "unknown field");
-            }
-        }
-        match self.kind.as_str() {
-            "always_sample" => Some(Rule::AlwaysSample),
-            "probabilistic" => {
-                let c = self.probabilistic.unwrap_or_default();
-                let pct = c.sampling_percentage;
-                if !(0.0..=100.0).contains(&pct) {
-                    errors.push(
-                        format!("{path}.probabilistic.sampling_percentage"),
-                        format!("{pct} is not between 0 and 100"),
-                    );
-                    return None;
-                }
-                Some(Rule::Probabilistic(Probabilistic::new(
-                    pct,
-                    c.hash_salt.as_deref(),
-                )))
-            }
-            "drop" if top_level => {
-                let subs = self.drop.unwrap_or_default().drop_sub_policy;
-                if subs.is_empty() {
-                    errors.push(
-                        format!("{path}.drop.drop_sub_policy"),
-                        "needs at least one sub-policy",
-                    );
-                    return None;
-                }
-                let rules: Vec<Option<Rule>> = subs
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, s)| {
-                        let sub_path = format!("{path}.drop.drop_sub_policy[{i}]");
-                        if s.name.is_empty() {
-                            errors.push(format!("{sub_path}.name"), "must not be empty");
-                        }
-                        s.body.compile(&sub_path, errors, false)
-                    })
-                    .collect();
-                rules
-                    .into_iter()
-                    .collect::<Option<Vec<_>>>()
-                    .map(Rule::Drop)
-            }
-            other if NOT_YET_SUPPORTED.contains(&other) || other == "drop" => {
-                errors.push(
-                    format!("{path}.type"),
-                    format!("policy type {other:?} is not supported here yet"),
-                );
-                None
-            }
-            other => {
-                errors.push(
-                    format!("{path}.type"),
-                    format!("unknown policy type {other:?}"),
-                );
-                None
-            }
         }
     }
 }

@@ -1,7 +1,13 @@
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::trace::v1::{ScopeSpans, Span, Status};
+use tokio::time::Instant;
+
 use super::probabilistic::threshold;
 use super::*;
 use crate::config::Errors;
-use crate::testkit::trace_id;
+use crate::testkit::{kv, span, trace_id};
 
 fn compile(yaml: &str, first_match: bool) -> Result<PolicySet, String> {
     let values: Vec<serde_yaml::Value> = serde_yaml::from_str(yaml).unwrap();
@@ -10,12 +16,121 @@ fn compile(yaml: &str, first_match: bool) -> Result<PolicySet, String> {
     errors.check().map(|_| set).map_err(|e| e.to_string())
 }
 
+/// A trace as policies see it, built from batches of (resource attributes, spans).
+struct Trace {
+    id: TraceId,
+    batches: Vec<Batch>,
+    bytes: u64,
+    now: Instant,
+}
+
+impl Trace {
+    fn new(batches: Vec<(Vec<KeyValue>, Vec<Span>)>) -> Trace {
+        Trace {
+            id: trace_id(7),
+            batches: batches
+                .into_iter()
+                .map(|(resource_attributes, spans)| Batch {
+                    resource_attributes,
+                    scope_spans: ScopeSpans {
+                        spans,
+                        ..Default::default()
+                    },
+                })
+                .collect(),
+            bytes: 100,
+            now: Instant::now(),
+        }
+    }
+
+    /// One resource without attributes holding `spans`.
+    fn spans(spans: Vec<Span>) -> Trace {
+        Trace::new(vec![(vec![], spans)])
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Span> {
+        self.batches.iter().flat_map(|b| b.scope_spans.spans.iter())
+    }
+
+    fn view(&self) -> TraceView<'_> {
+        TraceView {
+            trace_id: &self.id,
+            span_count: self.all().count() as u64,
+            bytes: self.bytes,
+            earliest_start: self
+                .all()
+                .map(|s| s.start_time_unix_nano)
+                .min()
+                .unwrap_or(0),
+            latest_end: self.all().map(|s| s.end_time_unix_nano).max().unwrap_or(0),
+            batches: Some(&self.batches),
+            now: self.now,
+        }
+    }
+}
+
 fn view(id: &TraceId) -> TraceView<'_> {
     TraceView {
         trace_id: id,
         span_count: 3,
+        bytes: 100,
+        earliest_start: 0,
+        latest_end: 0,
+        batches: Some(&[]),
+        now: Instant::now(),
     }
 }
+
+/// The vote of the single policy in `yaml` on `view`.
+fn vote_on(yaml: &str, view: &TraceView<'_>) -> Result<Decision, EvalError> {
+    let set = compile(&format!("[{yaml}]"), false).unwrap();
+    let mut vote = None;
+    set.decide(view, |v| vote = Some(v.decision));
+    vote.unwrap()
+}
+
+fn vote(yaml: &str, trace: &Trace) -> Decision {
+    vote_on(yaml, &trace.view()).unwrap()
+}
+
+fn value(v: any_value::Value) -> Option<AnyValue> {
+    Some(AnyValue { value: Some(v) })
+}
+
+fn int(key: &str, i: i64) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: value(any_value::Value::IntValue(i)),
+        ..Default::default()
+    }
+}
+
+fn boolean(key: &str, b: bool) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: value(any_value::Value::BoolValue(b)),
+        ..Default::default()
+    }
+}
+
+/// A span with these attributes.
+fn with(attributes: Vec<KeyValue>) -> Span {
+    Span {
+        attributes,
+        ..span(trace_id(7), 1, None)
+    }
+}
+
+/// A span lasting from `start_ms` to `end_ms`.
+fn timed(start_ms: u64, end_ms: u64) -> Span {
+    Span {
+        start_time_unix_nano: start_ms * 1_000_000,
+        end_time_unix_nano: end_ms * 1_000_000,
+        ..span(trace_id(7), 1, None)
+    }
+}
+
+use Decision::*;
 
 // FNV-1a values computed independently with a short Python script over
 // salt bytes ++ testkit::trace_id(n).
@@ -100,15 +215,11 @@ fn sampled_wins_over_not_sampled_and_names_the_first_sampler() {
     let v = set.decide(&view(&trace_id(2)), |vote| {
         votes.push((vote.policy_index, vote.decision))
     });
-    assert_eq!(v.decision, Decision::Sampled);
+    assert_eq!(v.decision, Sampled);
     assert_eq!(v.policy.as_deref(), Some("first"));
     assert_eq!(
         votes,
-        vec![
-            (0, Decision::NotSampled),
-            (1, Decision::Sampled),
-            (2, Decision::Sampled)
-        ]
+        vec![(0, Ok(NotSampled)), (1, Ok(Sampled)), (2, Ok(Sampled))]
     );
 }
 
@@ -121,25 +232,8 @@ fn sample_on_first_match_stops_at_the_first_sampled() {
     .unwrap();
     let mut count = 0;
     let v = set.decide(&view(&trace_id(1)), |_| count += 1);
-    assert_eq!(v.decision, Decision::Sampled);
+    assert_eq!(v.decision, Sampled);
     assert_eq!(count, 1);
-}
-
-#[test]
-fn nothing_sampled_is_not_sampled_without_a_policy() {
-    let set = compile(
-        "[{name: none, type: probabilistic, probabilistic: {sampling_percentage: 0}}]",
-        false,
-    )
-    .unwrap();
-    let v = set.decide(&view(&trace_id(2)), |_| {});
-    assert_eq!(
-        v,
-        Verdict {
-            decision: Decision::NotSampled,
-            policy: None
-        }
-    );
 }
 
 #[test]
@@ -156,26 +250,367 @@ fn drop_policies_run_first_and_win() {
     .unwrap();
     assert_eq!(&*set.policies()[0].name, "drop-all");
     let v = set.decide(&view(&trace_id(1)), |_| {});
-    assert_eq!(v.decision, Decision::Dropped);
+    assert_eq!(v.decision, Dropped);
     assert_eq!(v.policy.as_deref(), Some("drop-all"));
 }
 
 #[test]
-fn drop_that_does_not_match_lets_others_decide() {
+fn latency_is_exclusive_below_and_inclusive_above_on_the_whole_trace() {
+    let p = "{name: p, type: latency, latency: {threshold_ms: 100}}";
+    assert_eq!(vote(p, &Trace::spans(vec![timed(0, 100)])), NotSampled);
+    assert_eq!(vote(p, &Trace::spans(vec![timed(0, 101)])), Sampled);
+    let bounded = "{name: p, type: latency, latency: {threshold_ms: 100, upper_threshold_ms: 200}}";
+    assert_eq!(vote(bounded, &Trace::spans(vec![timed(0, 200)])), Sampled);
+    assert_eq!(
+        vote(bounded, &Trace::spans(vec![timed(0, 201)])),
+        NotSampled
+    );
+    // The first span alone (150 ms) is in range, the whole trace (300 ms) is not: the
+    // collector samples this trace (#43948), tailgate does not.
+    let partial = Trace::spans(vec![timed(0, 150), timed(100, 300)]);
+    assert_eq!(vote(bounded, &partial), NotSampled);
+}
+
+#[test]
+fn numeric_attribute_bounds_coercions_and_inversion() {
+    let p = "{name: p, type: numeric_attribute, numeric_attribute: {key: n, min_value: 10, max_value: 20}}";
+    for (v, want) in [
+        (9, NotSampled),
+        (10, Sampled),
+        (20, Sampled),
+        (21, NotSampled),
+    ] {
+        assert_eq!(
+            vote(p, &Trace::spans(vec![with(vec![int("n", v)])])),
+            want,
+            "{v}"
+        );
+    }
+    // Resource attributes count too.
+    assert_eq!(
+        vote(
+            p,
+            &Trace::new(vec![(vec![int("n", 15)], vec![with(vec![])])])
+        ),
+        Sampled
+    );
+    assert_eq!(
+        vote(p, &Trace::spans(vec![with(vec![])])),
+        NotSampled,
+        "missing key"
+    );
+    // 0 means unset: only a maximum here. A string value reads as 0, as in pdata.
+    let max_only = "{name: p, type: numeric_attribute, numeric_attribute: {key: n, max_value: 5}}";
+    assert_eq!(
+        vote(max_only, &Trace::spans(vec![with(vec![int("n", -1000)])])),
+        Sampled
+    );
+    assert_eq!(
+        vote(max_only, &Trace::spans(vec![with(vec![kv("n", "text")])])),
+        Sampled
+    );
+    let inverted = "{name: p, type: numeric_attribute, numeric_attribute: {key: n, min_value: 10, max_value: 20, invert_match: true}}";
+    assert_eq!(
+        vote(inverted, &Trace::spans(vec![with(vec![int("n", 15)])])),
+        InvertNotSampled
+    );
+    assert_eq!(
+        vote(inverted, &Trace::spans(vec![with(vec![int("n", 50)])])),
+        InvertSampled
+    );
+}
+
+#[test]
+fn status_code_matches_any_span() {
+    let p = "{name: p, type: status_code, status_code: {status_codes: [ERROR]}}";
+    let error = Span {
+        status: Some(Status {
+            code: 2,
+            ..Default::default()
+        }),
+        ..with(vec![])
+    };
+    assert_eq!(vote(p, &Trace::spans(vec![with(vec![]), error])), Sampled);
+    assert_eq!(vote(p, &Trace::spans(vec![with(vec![])])), NotSampled);
+    // A span without a status is UNSET.
+    let unset = "{name: p, type: status_code, status_code: {status_codes: [UNSET]}}";
+    assert_eq!(vote(unset, &Trace::spans(vec![with(vec![])])), Sampled);
+}
+
+#[test]
+fn string_attribute_exact_regex_and_inverted() {
+    let exact = "{name: p, type: string_attribute, string_attribute: {key: route, values: [/health, /ready]}}";
+    assert_eq!(
+        vote(
+            exact,
+            &Trace::spans(vec![with(vec![kv("route", "/health")])])
+        ),
+        Sampled
+    );
+    assert_eq!(
+        vote(
+            exact,
+            &Trace::spans(vec![with(vec![kv("route", "/healthz")])])
+        ),
+        NotSampled
+    );
+    assert_eq!(
+        vote(exact, &Trace::spans(vec![with(vec![int("route", 1)])])),
+        NotSampled
+    );
+    // Regexes match substrings, as Go's MatchString does.
+    let regex = "{name: p, type: string_attribute, string_attribute: {key: route, values: [health], enabled_regex_matching: true, cache_max_size: 2}}";
+    for _ in 0..3 {
+        assert_eq!(
+            vote(
+                regex,
+                &Trace::spans(vec![with(vec![kv("route", "/api/healthz")])])
+            ),
+            Sampled
+        );
+    }
+    // An empty span value never matches; an empty resource value may.
+    let anything = "{name: p, type: string_attribute, string_attribute: {key: k, values: ['.*'], enabled_regex_matching: true}}";
+    assert_eq!(
+        vote(anything, &Trace::spans(vec![with(vec![kv("k", "")])])),
+        NotSampled
+    );
+    assert_eq!(
+        vote(
+            anything,
+            &Trace::new(vec![(vec![kv("k", "")], vec![with(vec![])])])
+        ),
+        Sampled
+    );
+    let inverted = "{name: p, type: string_attribute, string_attribute: {key: route, values: [/health], invert_match: true}}";
+    assert_eq!(
+        vote(
+            inverted,
+            &Trace::spans(vec![with(vec![kv("route", "/health")])])
+        ),
+        InvertNotSampled
+    );
+    assert_eq!(
+        vote(
+            inverted,
+            &Trace::spans(vec![with(vec![kv("route", "/api")])])
+        ),
+        InvertSampled
+    );
+    assert_eq!(
+        vote(inverted, &Trace::spans(vec![with(vec![])])),
+        InvertSampled
+    );
+}
+
+#[test]
+fn boolean_attribute_with_the_pdata_quirk() {
+    let t = "{name: p, type: boolean_attribute, boolean_attribute: {key: b, value: true}}";
+    assert_eq!(
+        vote(t, &Trace::spans(vec![with(vec![boolean("b", true)])])),
+        Sampled
+    );
+    assert_eq!(
+        vote(t, &Trace::spans(vec![with(vec![boolean("b", false)])])),
+        NotSampled
+    );
+    // `value: false` matches a key of another type, whose Bool() is false.
+    let f = "{name: p, type: boolean_attribute, boolean_attribute: {key: b, value: false}}";
+    assert_eq!(
+        vote(f, &Trace::spans(vec![with(vec![kv("b", "yes")])])),
+        Sampled
+    );
+    assert_eq!(vote(f, &Trace::spans(vec![with(vec![])])), NotSampled);
+    let inv = "{name: p, type: boolean_attribute, boolean_attribute: {key: b, value: true, invert_match: true}}";
+    assert_eq!(
+        vote(inv, &Trace::spans(vec![with(vec![boolean("b", true)])])),
+        InvertNotSampled
+    );
+}
+
+#[test]
+fn span_count_trace_state_and_trace_flags() {
+    let count = "{name: p, type: span_count, span_count: {min_spans: 2, max_spans: 3}}";
+    for (n, want) in [(1, NotSampled), (2, Sampled), (3, Sampled), (4, NotSampled)] {
+        assert_eq!(
+            vote(count, &Trace::spans(vec![with(vec![]); n])),
+            want,
+            "{n} spans"
+        );
+    }
+    let open = "{name: p, type: span_count, span_count: {min_spans: 2}}";
+    assert_eq!(vote(open, &Trace::spans(vec![with(vec![]); 100])), Sampled);
+
+    let state = "{name: p, type: trace_state, trace_state: {key: vendor, values: [gold, silver]}}";
+    let traced = |ts: &str| Span {
+        trace_state: ts.into(),
+        ..with(vec![])
+    };
+    assert_eq!(
+        vote(state, &Trace::spans(vec![traced("a=1, vendor=gold")])),
+        Sampled
+    );
+    assert_eq!(
+        vote(state, &Trace::spans(vec![traced("vendor=bronze")])),
+        NotSampled
+    );
+    assert_eq!(vote(state, &Trace::spans(vec![traced("")])), NotSampled);
+
+    let flags = "{name: p, type: trace_flags}";
+    let flagged = Span {
+        flags: 0x101,
+        ..with(vec![])
+    };
+    assert_eq!(
+        vote(flags, &Trace::spans(vec![with(vec![]), flagged])),
+        Sampled
+    );
+    assert_eq!(vote(flags, &Trace::spans(vec![with(vec![])])), NotSampled);
+}
+
+#[test]
+fn rate_limiting_is_a_token_bucket_that_refills() {
     let set = compile(
-        r#"
-- name: drop-none
-  type: drop
-  drop: {drop_sub_policy: [{name: never, type: probabilistic, probabilistic: {sampling_percentage: 0}}]}
-- {name: keep, type: always_sample}
-"#,
+        "[{name: p, type: rate_limiting, rate_limiting: {spans_per_second: 10}}]",
         false,
     )
     .unwrap();
+    let t0 = Instant::now();
+    let mut trace = Trace::spans(vec![with(vec![]); 8]);
+    let decide = |trace: &Trace| set.decide(&trace.view(), |_| {}).decision;
+    // The bucket starts full at the default burst of 2 x 10.
+    trace.now = t0;
+    assert_eq!(decide(&trace), Sampled);
+    assert_eq!(decide(&trace), Sampled);
+    assert_eq!(decide(&trace), NotSampled, "4 tokens left, 8 asked");
+    trace.now = t0 + Duration::from_millis(400);
+    assert_eq!(decide(&trace), Sampled, "refilled to 8");
+    assert_eq!(decide(&trace), NotSampled);
+    // More spans than the burst never pass.
+    let mut huge = Trace::spans(vec![with(vec![]); 21]);
+    huge.now = t0 + Duration::from_secs(60);
+    assert_eq!(decide(&huge), NotSampled);
+}
+
+#[test]
+fn bytes_limiting_counts_trace_bytes() {
+    let set = compile(
+        "[{name: p, type: bytes_limiting, bytes_limiting: {bytes_per_second: 100, burst_capacity: 150}}]",
+        false,
+    )
+    .unwrap();
+    let mut trace = Trace::spans(vec![with(vec![])]);
+    trace.bytes = 100;
+    assert_eq!(set.decide(&trace.view(), |_| {}).decision, Sampled);
+    assert_eq!(set.decide(&trace.view(), |_| {}).decision, NotSampled);
+    trace.now += Duration::from_millis(500);
+    assert_eq!(set.decide(&trace.view(), |_| {}).decision, Sampled);
+}
+
+#[test]
+fn and_drop_and_not_combine_sub_policies() {
+    let t = Trace::spans(vec![with(vec![kv("route", "/health")])]);
+    let health =
+        "{name: h, type: string_attribute, string_attribute: {key: route, values: [/health]}}";
+    let never = "{name: n, type: probabilistic, probabilistic: {sampling_percentage: 0}}";
+    let and = |subs: &str| format!("{{name: p, type: and, and: {{and_sub_policy: [{subs}]}}}}");
     assert_eq!(
-        set.decide(&view(&trace_id(2)), |_| {}).decision,
-        Decision::Sampled
+        vote(
+            &and(&format!("{health}, {{name: a, type: always_sample}}")),
+            &t
+        ),
+        Sampled
     );
+    assert_eq!(vote(&and(&format!("{health}, {never}")), &t), NotSampled);
+    let drop = |subs: &str| format!("{{name: p, type: drop, drop: {{drop_sub_policy: [{subs}]}}}}");
+    assert_eq!(vote(&drop(health), &t), Dropped);
+    assert_eq!(vote(&drop(&format!("{health}, {never}")), &t), NotSampled);
+    let not = |sub: &str| format!("{{name: p, type: not, not: {{not_sub_policy: {sub}}}}}");
+    assert_eq!(vote(&not(health), &t), NotSampled);
+    assert_eq!(vote(&not(never), &t), Sampled);
+    // An inverted vote inside `and` counts as its plain meaning.
+    let inv = "{name: i, type: string_attribute, string_attribute: {key: route, values: [/health], invert_match: true}}";
+    assert_eq!(vote(&and(inv), &t), NotSampled);
+}
+
+#[test]
+fn composite_follows_policy_order_and_falls_through_budgets() {
+    let yaml = r#"[{name: c, type: composite, composite: {
+        max_total_spans_per_second: 10,
+        policy_order: [second, first],
+        composite_sub_policy: [
+          {name: first, type: always_sample},
+          {name: second, type: string_attribute, string_attribute: {key: tier, values: [gold]}}],
+        rate_allocation: [{policy: second, percent: 40}]}}]"#;
+    let set = compile(yaml, false).unwrap();
+    let t0 = Instant::now();
+    let mut gold = Trace::spans(vec![with(vec![kv("tier", "gold")]); 3]);
+    gold.now = t0;
+    let decide = |t: &Trace| set.decide(&t.view(), |_| {});
+    // `second` comes first by policy_order and has 4 spans/s.
+    let v = decide(&gold);
+    assert_eq!(
+        (v.decision, v.composite_policy.as_deref()),
+        (Sampled, Some("second"))
+    );
+    // Over its budget, the trace falls through to `first`, which got what was left (6).
+    let v = decide(&gold);
+    assert_eq!(
+        (v.decision, v.composite_policy.as_deref()),
+        (Sampled, Some("first"))
+    );
+    assert_eq!(v.policy.as_deref(), Some("c"));
+    let v = decide(&gold);
+    assert_eq!(
+        (v.decision, v.composite_policy.as_deref()),
+        (Sampled, Some("first"))
+    );
+    // 9 of the 10 total spent: nobody can take 3 more this second.
+    assert_eq!(decide(&gold).decision, NotSampled);
+    // A new second resets every budget.
+    gold.now = t0 + Duration::from_secs(1);
+    assert_eq!(decide(&gold).composite_policy.as_deref(), Some("second"));
+}
+
+#[test]
+fn precedence_of_votes() {
+    let t = Trace::spans(vec![with(vec![kv("route", "/health")])]);
+    let inv_hit = "{name: inv, type: string_attribute, string_attribute: {key: route, values: [/health], invert_match: true}}";
+    let inv_miss = "{name: inv, type: string_attribute, string_attribute: {key: route, values: [/x], invert_match: true}}";
+    let always = "{name: all, type: always_sample}";
+    let never = "{name: never, type: probabilistic, probabilistic: {sampling_percentage: 0}}";
+    let decide = |policies: &str| {
+        compile(&format!("[{policies}]"), false)
+            .unwrap()
+            .decide(&t.view(), |_| {})
+    };
+    // InvertNotSampled beats Sampled.
+    let v = decide(&format!("{always}, {inv_hit}"));
+    assert_eq!((v.decision, v.policy.as_deref()), (NotSampled, Some("inv")));
+    // InvertSampled samples when nothing said NotSampled...
+    let v = decide(inv_miss);
+    assert_eq!((v.decision, v.policy.as_deref()), (Sampled, Some("inv")));
+    // ...and not when something did.
+    assert_eq!(decide(&format!("{inv_miss}, {never}")).decision, NotSampled);
+}
+
+#[test]
+fn an_erroring_policy_abstains() {
+    let set = compile(
+        "[{name: s, type: status_code, status_code: {status_codes: [UNSET]}}, {name: all, type: always_sample}]",
+        false,
+    )
+    .unwrap();
+    assert!(set.needs_spans());
+    let id = trace_id(1);
+    let undecodable = TraceView {
+        batches: None,
+        ..view(&id)
+    };
+    let mut votes = Vec::new();
+    let v = set.decide(&undecodable, |vote| votes.push(vote.decision));
+    assert_eq!(votes, vec![Err(EvalError::Undecodable), Ok(Sampled)]);
+    assert_eq!(v.policy.as_deref(), Some("all"));
 }
 
 #[test]
@@ -184,11 +619,24 @@ fn config_errors_carry_their_paths() {
         r#"
 - {name: a, type: probabilistic, probabilistic: {sampling_percentage: 150}}
 - {name: a, type: always_sample}
-- {name: c, type: latency, latency: {threshold_ms: 100}}
+- {name: c, type: latency, latency: {threshold_ms: 100, upper_threshold_ms: 50}}
 - {name: d, type: nonsense}
 - {name: e, type: always_sample, bogus: 1}
 - {name: f, type: probabilistic, probabilistic: {sampling_percent: 5}}
 - {name: g, type: drop, drop: {drop_sub_policy: []}}
+- {name: h, type: status_code, status_code: {status_codes: [ERROR, FATAL]}}
+- {name: i, type: string_attribute, string_attribute: {key: k, values: ['(unclosed'], enabled_regex_matching: true}}
+- {name: j, type: numeric_attribute, numeric_attribute: {key: k}}
+- {name: k, type: rate_limiting, rate_limiting: {spans_per_second: 0}}
+- {name: l, type: and, and: {and_sub_policy: [{name: '', type: always_sample}, {name: x, type: composite}]}}
+- name: m
+  type: composite
+  composite:
+    max_total_spans_per_second: 100
+    policy_order: [one, nobody]
+    composite_sub_policy: [{name: one, type: always_sample}]
+    rate_allocation: [{policy: ghost, percent: 10}]
+- {name: n, type: ottl_condition, ottl_condition: {span: ['name == "x"']}}
 "#,
         false,
     )
@@ -196,13 +644,58 @@ fn config_errors_carry_their_paths() {
     for want in [
         "tail_sampling.policies[0].probabilistic.sampling_percentage: 150 is not between 0 and 100",
         "tail_sampling.policies[1].name: duplicate policy name \"a\"",
-        "tail_sampling.policies[2].type: policy type \"latency\" is not supported here yet",
+        "tail_sampling.policies[2].latency.upper_threshold_ms: must be greater than threshold_ms",
         "tail_sampling.policies[3].type: unknown policy type \"nonsense\"",
         "tail_sampling.policies[4].bogus: unknown field",
-        "tail_sampling.policies[5]",
-        "sampling_percent",
+        "tail_sampling.policies[5].probabilistic.sampling_percent: unknown field",
         "tail_sampling.policies[6].drop.drop_sub_policy: needs at least one sub-policy",
+        "tail_sampling.policies[7].status_code.status_codes[1]: unknown status code \"FATAL\"",
+        "tail_sampling.policies[8].string_attribute.values[0]: invalid regex",
+        "tail_sampling.policies[9].numeric_attribute: set min_value, max_value or both",
+        "tail_sampling.policies[10].rate_limiting.spans_per_second: must be greater than 0",
+        "tail_sampling.policies[11].and.and_sub_policy[0].name: must not be empty",
+        "tail_sampling.policies[11].and.and_sub_policy[1].type: composite cannot be nested",
+        "tail_sampling.policies[12].composite.rate_allocation[0].policy: \"ghost\" is not a composite_sub_policy",
+        "tail_sampling.policies[12].composite.policy_order[1]: \"nobody\" is not a composite_sub_policy",
+        "tail_sampling.policies[13].type: policy type \"ottl_condition\" is not supported here yet",
     ] {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
+}
+
+#[test]
+fn the_collectors_full_example_compiles() {
+    let set = compile(
+        r#"
+- {name: test-policy-1, type: always_sample}
+- {name: test-policy-2, type: latency, latency: {threshold_ms: 5000}}
+- {name: test-policy-3, type: numeric_attribute, numeric_attribute: {key: key1, min_value: 50, max_value: 100}}
+- {name: test-policy-4, type: probabilistic, probabilistic: {hash_salt: "custom-salt", sampling_percentage: 0.1}}
+- {name: test-policy-5, type: status_code, status_code: {status_codes: [ERROR, UNSET]}}
+- {name: test-policy-6, type: string_attribute, string_attribute: {key: key2, values: [value1, value2]}}
+- {name: test-policy-7, type: rate_limiting, rate_limiting: {spans_per_second: 35}}
+- {name: test-policy-8, type: span_count, span_count: {min_spans: 2, max_spans: 20}}
+- {name: test-policy-9, type: trace_state, trace_state: {key: key3, values: [value1, value2]}}
+- {name: test-policy-10, type: boolean_attribute, boolean_attribute: {key: key4, value: true}}
+- {name: volume-control, type: bytes_limiting, bytes_limiting: {bytes_per_second: 1024000, burst_capacity: 2048000}}
+- {name: and-policy-1, type: and, and: {and_sub_policy: [
+    {name: test-and-policy-1, type: numeric_attribute, numeric_attribute: {key: key1, min_value: 50, max_value: 100}},
+    {name: test-and-policy-2, type: string_attribute, string_attribute: {key: key2, values: [value1, value2]}}]}}
+- {name: drop-policy-1, type: drop, drop: {drop_sub_policy: [
+    {name: test-drop-policy-1, type: string_attribute, string_attribute: {key: url.path, values: [\/health, \/metrics], enabled_regex_matching: true}}]}}
+- {name: composite-policy-1, type: composite, composite: {
+    max_total_spans_per_second: 1000,
+    policy_order: [test-composite-policy-1, test-composite-policy-2, test-composite-policy-3],
+    composite_sub_policy: [
+      {name: test-composite-policy-1, type: numeric_attribute, numeric_attribute: {key: key1, min_value: 50, max_value: 100}},
+      {name: test-composite-policy-2, type: string_attribute, string_attribute: {key: key2, values: [value1, value2]}},
+      {name: test-composite-policy-3, type: always_sample}],
+    rate_allocation: [{policy: test-composite-policy-1, percent: 50}, {policy: test-composite-policy-2, percent: 25}]}}
+- {name: not-policy, type: not, not: {not_sub_policy: {name: n, type: trace_flags}}}
+"#,
+        false,
+    )
+    .unwrap();
+    assert_eq!(set.policies().len(), 15);
+    assert_eq!(&*set.policies()[0].name, "drop-policy-1");
 }

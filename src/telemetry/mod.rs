@@ -43,6 +43,8 @@ pub const TS_POLICY_EXECUTION_COUNT: &str =
 /// The unit is part of the name: the exporter would otherwise put it before `_sum`.
 pub const TS_POLICY_EXECUTION_TIME_SUM: &str =
     "otelcol_processor_tail_sampling_sampling_policy_execution_time_sum_microseconds";
+pub const TS_POLICY_EVALUATION_ERROR: &str =
+    "otelcol_processor_tail_sampling_sampling_policy_evaluation_error";
 pub const TS_TRACE_DROPPED_TOO_EARLY: &str =
     "otelcol_processor_tail_sampling_sampling_trace_dropped_too_early";
 pub const TS_TRACE_REMOVAL_AGE: &str = "otelcol_processor_tail_sampling_sampling_trace_removal_age";
@@ -96,6 +98,7 @@ const DESCRIPTIONS: &[Description] = &[
     (TS_DECISION_TIMER_LATENCY, Kind::Histogram, Some(Unit::Milliseconds), "Wall time of one decision round."),
     (TS_POLICY_EXECUTION_COUNT, Kind::Counter, None, "Policy evaluations."),
     (TS_POLICY_EXECUTION_TIME_SUM, Kind::Counter, None, "Cumulative policy evaluation time."),
+    (TS_POLICY_EVALUATION_ERROR, Kind::Counter, None, "Policy evaluations that failed; the policy abstained."),
     (TS_TRACE_DROPPED_TOO_EARLY, Kind::Counter, None, "Traces evicted before their decision."),
     (TS_TRACE_REMOVAL_AGE, Kind::Histogram, Some(Unit::Seconds), "Time from a trace's first span to its removal from memory."),
     (TS_LATE_SPAN_AGE, Kind::Histogram, Some(Unit::Seconds), "Time since the decision when a late span arrived."),

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use crate::buffer::{AddOutcome, ChunkFacts, TraceBuffer, TraceEntry};
 use crate::exporter::ExporterSet;
 use crate::otlp::{is_root, validate_ids, Chunk, Head, RequestBuilder, TraceId};
-use crate::policy::{Decision, PolicySet, TraceView, Verdict};
+use crate::policy::{Batch, Decision, PolicySet, TraceView, Verdict};
 use crate::telemetry::{self, Registry};
 
 /// Largest export request the decision loop builds, in spans and in bytes.
@@ -56,9 +56,8 @@ struct Cached {
 
 /// Where an accepted span ended.
 struct Outcomes {
-    sampled: Counter,
-    not_sampled: Counter,
-    dropped: Counter,
+    /// By final decision, indexed by [`Decision::index`].
+    decided: [Counter; 3],
     evicted: Counter,
     too_large: Counter,
     shutdown: Counter,
@@ -66,11 +65,7 @@ struct Outcomes {
 
 impl Outcomes {
     fn decided(&self, decision: Decision) -> &Counter {
-        match decision {
-            Decision::Sampled => &self.sampled,
-            Decision::NotSampled => &self.not_sampled,
-            Decision::Dropped => &self.dropped,
-        }
+        &self.decided[decision.index()]
     }
 }
 
@@ -87,6 +82,7 @@ struct Metrics {
     new_traces: Counter,
     dropped_too_early: Counter,
     dropped_too_large: Counter,
+    evaluation_errors: Counter,
     early_release_sampled: Counter,
     early_release_not_sampled: Counter,
     late_span_age: Histogram,
@@ -100,19 +96,11 @@ struct Metrics {
     buffered_bytes: Gauge,
 }
 
-fn decision_index(d: Decision) -> usize {
-    match d {
-        Decision::Sampled => 0,
-        Decision::NotSampled => 1,
-        Decision::Dropped => 2,
-    }
-}
-
 impl Metrics {
     fn new(registry: &Registry, policies: &PolicySet) -> Self {
         let outcome = |o: &str| registry.counter(telemetry::SPANS_DECIDED, &[("outcome", o)]);
         let by_decision = |name: &'static str, policy: Option<&str>| {
-            Decision::ALL.map(|d| {
+            Decision::FINAL.map(|d| {
                 let mut labels = vec![("sampled", d.sampled_label()), ("decision", d.label())];
                 if let Some(p) = policy {
                     labels.insert(0, ("policy", p));
@@ -122,9 +110,7 @@ impl Metrics {
         };
         Self {
             outcomes: Outcomes {
-                sampled: outcome("sampled"),
-                not_sampled: outcome("not_sampled"),
-                dropped: outcome("dropped"),
+                decided: Decision::FINAL.map(|d| outcome(d.label())),
                 evicted: outcome("evicted"),
                 too_large: outcome("too_large"),
                 shutdown: outcome("shutdown"),
@@ -136,6 +122,7 @@ impl Metrics {
             new_traces: registry.counter(telemetry::TS_NEW_TRACE_ID_RECEIVED, &[]),
             dropped_too_early: registry.counter(telemetry::TS_TRACE_DROPPED_TOO_EARLY, &[]),
             dropped_too_large: registry.counter(telemetry::TS_TRACES_DROPPED_TOO_LARGE, &[]),
+            evaluation_errors: registry.counter(telemetry::TS_POLICY_EVALUATION_ERROR, &[]),
             early_release_sampled: registry
                 .counter(telemetry::TS_EARLY_RELEASES, &[("sampled", "true")]),
             early_release_not_sampled: registry
@@ -411,10 +398,11 @@ impl Pipeline {
                 Some(c) => Verdict {
                     decision: c.decision,
                     policy: c.policy,
+                    composite_policy: None,
                 },
-                None => self.evaluate(&id, &entry),
+                None => self.evaluate(&id, &entry, now),
             };
-            self.metrics.global[decision_index(verdict.decision)].increment(1);
+            self.metrics.global[verdict.decision.index()].increment(1);
             self.metrics
                 .outcomes
                 .decided(verdict.decision)
@@ -435,18 +423,43 @@ impl Pipeline {
         self.update_gauges();
     }
 
-    fn evaluate(&self, id: &TraceId, entry: &TraceEntry) -> Verdict {
+    fn evaluate(&self, id: &TraceId, entry: &TraceEntry, now: Instant) -> Verdict {
+        let batches = if self.policies.needs_spans() {
+            entry
+                .chunks
+                .iter()
+                .map(|c| {
+                    c.decode().map(|(resource_attributes, scope_spans)| Batch {
+                        resource_attributes,
+                        scope_spans,
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .inspect_err(|e| tracing::error!(error = %e, "buffered spans do not decode"))
+                .ok()
+        } else {
+            Some(Vec::new())
+        };
         let view = TraceView {
             trace_id: id,
             span_count: entry.span_count,
+            bytes: entry.bytes,
+            earliest_start: entry.earliest_start,
+            latest_end: entry.latest_end,
+            batches: batches.as_deref(),
+            now,
         };
         self.policies.decide(&view, |vote| {
             let m = &self.metrics.policies[vote.policy_index];
-            let d = decision_index(vote.decision);
-            m.traces[d].increment(1);
-            m.spans[d].increment(entry.span_count);
             m.executions.increment(1);
             m.time_us.increment(vote.elapsed.as_micros() as u64);
+            match vote.decision {
+                Ok(d) => {
+                    m.traces[d.index()].increment(1);
+                    m.spans[d.index()].increment(entry.span_count);
+                }
+                Err(_) => self.metrics.evaluation_errors.increment(1),
+            }
         })
     }
 

@@ -1,0 +1,279 @@
+//! Compiled policy rules and their evaluation on one trace, with the collector's exact
+//! semantics (reference/tail_sampling.md 1.3): attribute lookups look at resource
+//! attributes first, then span attributes, with Go pdata's coercions (`Str()` is "" and
+//! `Int()` is 0 and `Bool()` is false for values of another type).
+
+use std::collections::HashSet;
+
+use moka::sync::Cache;
+use opentelemetry_proto::tonic::common::v1::{any_value::Value, KeyValue};
+use opentelemetry_proto::tonic::trace::v1::Span;
+
+use super::composite::Composite;
+use super::limiter::TokenBucket;
+use super::probabilistic::Probabilistic;
+use super::{Decision, TraceView};
+
+/// Why a policy could not decide; the policy abstains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EvalError {
+    #[error("the trace's buffered spans could not be decoded")]
+    Undecodable,
+}
+
+#[derive(Debug)]
+pub(super) enum Rule {
+    AlwaysSample,
+    Probabilistic(Probabilistic),
+    Latency {
+        threshold_ms: i64,
+        upper_threshold_ms: i64,
+    },
+    NumericAttribute {
+        key: String,
+        min: i64,
+        max: i64,
+        invert: bool,
+    },
+    StatusCode {
+        codes: Vec<i32>,
+    },
+    StringAttribute {
+        key: String,
+        matcher: StringMatcher,
+        invert: bool,
+    },
+    RateLimiting(TokenBucket),
+    BytesLimiting(TokenBucket),
+    SpanCount {
+        min: u64,
+        max: u64,
+    },
+    TraceState {
+        key: String,
+        values: HashSet<String>,
+    },
+    TraceFlags,
+    BooleanAttribute {
+        key: String,
+        value: bool,
+        invert: bool,
+    },
+    And(Vec<Rule>),
+    Drop(Vec<Rule>),
+    Not(Box<Rule>),
+    Composite(Composite),
+}
+
+/// Exact values, or unanchored regexes with results cached per attribute value.
+#[derive(Debug)]
+pub(super) enum StringMatcher {
+    Exact(HashSet<String>),
+    Regex {
+        regexes: Vec<regex::Regex>,
+        cache: Cache<String, bool>,
+    },
+}
+
+impl StringMatcher {
+    pub(super) fn exact(values: HashSet<String>) -> Self {
+        StringMatcher::Exact(values)
+    }
+
+    pub(super) fn regex(regexes: Vec<regex::Regex>, cache_size: u64) -> Self {
+        StringMatcher::Regex {
+            regexes,
+            cache: Cache::new(cache_size.max(1)),
+        }
+    }
+
+    fn matches(&self, value: &str) -> bool {
+        match self {
+            StringMatcher::Exact(values) => values.contains(value),
+            StringMatcher::Regex { regexes, cache } => {
+                if let Some(hit) = cache.get(value) {
+                    return hit;
+                }
+                let hit = regexes.iter().any(|r| r.is_match(value));
+                cache.insert(value.to_owned(), hit);
+                hit
+            }
+        }
+    }
+}
+
+fn find<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a Value> {
+    attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|v| v.value.as_ref())
+}
+
+fn as_str(v: &Value) -> &str {
+    match v {
+        Value::StringValue(s) => s,
+        _ => "",
+    }
+}
+
+fn as_int(v: &Value) -> i64 {
+    match v {
+        Value::IntValue(i) => *i,
+        _ => 0,
+    }
+}
+
+fn as_bool(v: &Value) -> bool {
+    matches!(v, Value::BoolValue(true))
+}
+
+impl Rule {
+    /// Whether evaluating needs the decoded spans (not only the trace's counters).
+    pub(super) fn needs_spans(&self) -> bool {
+        match self {
+            Rule::AlwaysSample
+            | Rule::Probabilistic(_)
+            | Rule::Latency { .. }
+            | Rule::RateLimiting(_)
+            | Rule::BytesLimiting(_)
+            | Rule::SpanCount { .. } => false,
+            Rule::NumericAttribute { .. }
+            | Rule::StatusCode { .. }
+            | Rule::StringAttribute { .. }
+            | Rule::TraceState { .. }
+            | Rule::TraceFlags
+            | Rule::BooleanAttribute { .. } => true,
+            Rule::And(subs) | Rule::Drop(subs) => subs.iter().any(Rule::needs_spans),
+            Rule::Not(sub) => sub.needs_spans(),
+            Rule::Composite(c) => c.subs().iter().any(|s| s.rule.needs_spans()),
+        }
+    }
+
+    pub(super) fn is_drop(&self) -> bool {
+        matches!(self, Rule::Drop(_))
+    }
+
+    /// The rule's vote; for a composite, also the sub-policy that sampled.
+    pub(super) fn evaluate_named(
+        &self,
+        t: &TraceView<'_>,
+    ) -> Result<(Decision, Option<std::sync::Arc<str>>), EvalError> {
+        match self {
+            Rule::Composite(c) => c.evaluate(t),
+            other => other.evaluate(t).map(|d| (d, None)),
+        }
+    }
+
+    pub(super) fn evaluate(&self, t: &TraceView<'_>) -> Result<Decision, EvalError> {
+        use Decision::*;
+        let sampled = |b: bool| if b { Sampled } else { NotSampled };
+        Ok(match self {
+            Rule::AlwaysSample => Sampled,
+            Rule::Probabilistic(p) => p.decide(t.trace_id),
+            Rule::Latency {
+                threshold_ms,
+                upper_threshold_ms,
+            } => {
+                // The whole trace's duration, not a running one (contrib #43948).
+                let ms = (t.latest_end.saturating_sub(t.earliest_start) / 1_000_000) as i64;
+                if *upper_threshold_ms == 0 {
+                    sampled(ms > *threshold_ms)
+                } else {
+                    sampled(*threshold_ms < ms && ms <= *upper_threshold_ms)
+                }
+            }
+            Rule::NumericAttribute {
+                key,
+                min,
+                max,
+                invert,
+            } => {
+                let hit = |v: &Value| (*min..=*max).contains(&as_int(v));
+                any_attribute(t, key, *invert, |v, _| hit(v))?
+            }
+            Rule::StatusCode { codes } => sampled(
+                spans(t)?.any(|s| codes.contains(&s.status.as_ref().map_or(0, |st| st.code))),
+            ),
+            Rule::StringAttribute {
+                key,
+                matcher,
+                invert,
+            } => {
+                any_attribute(t, key, *invert, |v, on_span| {
+                    let s = as_str(v);
+                    // A span attribute must be non-empty to match; a resource one need not.
+                    !(on_span && s.is_empty()) && matcher.matches(s)
+                })?
+            }
+            Rule::RateLimiting(bucket) => sampled(bucket.allow(t.span_count as f64, t.now)),
+            Rule::BytesLimiting(bucket) => sampled(bucket.allow(t.bytes as f64, t.now)),
+            Rule::SpanCount { min, max } => {
+                sampled(t.span_count >= *min && (*max == 0 || t.span_count <= *max))
+            }
+            Rule::TraceState { key, values } => sampled(spans(t)?.any(|s| {
+                s.trace_state
+                    .split(',')
+                    .filter_map(|member| member.trim().split_once('='))
+                    .any(|(k, v)| k == key && values.contains(v))
+            })),
+            Rule::TraceFlags => sampled(spans(t)?.any(|s| s.flags & 0x01 != 0)),
+            Rule::BooleanAttribute { key, value, invert } => {
+                any_attribute(t, key, *invert, |v, _| as_bool(v) == *value)?
+            }
+            Rule::And(subs) => {
+                for sub in subs {
+                    if matches!(sub.evaluate(t)?, NotSampled | InvertNotSampled) {
+                        return Ok(NotSampled);
+                    }
+                }
+                Sampled
+            }
+            Rule::Drop(subs) => {
+                for sub in subs {
+                    if matches!(sub.evaluate(t)?, NotSampled | InvertNotSampled) {
+                        return Ok(NotSampled);
+                    }
+                }
+                Dropped
+            }
+            Rule::Not(sub) => match sub.evaluate(t)? {
+                Sampled => NotSampled,
+                NotSampled => Sampled,
+                other => other,
+            },
+            Rule::Composite(c) => c.evaluate(t)?.0,
+        })
+    }
+}
+
+fn spans<'a>(t: &'a TraceView<'_>) -> Result<impl Iterator<Item = &'a Span>, EvalError> {
+    let batches = t.batches.ok_or(EvalError::Undecodable)?;
+    Ok(batches.iter().flat_map(|b| b.scope_spans.spans.iter()))
+}
+
+/// The collector's `hasResourceOrSpanWithCondition` and its inverted twin: `hit(value,
+/// on_span)` tells whether an attribute value matches. Without `invert`: sampled when any
+/// resource or span has a matching `key`. With `invert`: InvertNotSampled when any does,
+/// InvertSampled otherwise.
+fn any_attribute(
+    t: &TraceView<'_>,
+    key: &str,
+    invert: bool,
+    hit: impl Fn(&Value, bool) -> bool,
+) -> Result<Decision, EvalError> {
+    let batches = t.batches.ok_or(EvalError::Undecodable)?;
+    let found = batches.iter().any(|b| {
+        find(&b.resource_attributes, key).is_some_and(|v| hit(v, false))
+            || b.scope_spans
+                .spans
+                .iter()
+                .any(|s| find(&s.attributes, key).is_some_and(|v| hit(v, true)))
+    });
+    Ok(match (invert, found) {
+        (false, true) => Decision::Sampled,
+        (false, false) => Decision::NotSampled,
+        (true, true) => Decision::InvertNotSampled,
+        (true, false) => Decision::InvertSampled,
+    })
+}
