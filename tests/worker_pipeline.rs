@@ -615,3 +615,102 @@ admin: {{endpoint: "127.0.0.1:0"}}
     assert_eq!(sink.span_count(), 1);
     worker.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_mixed_policy_set_keeps_errors_and_slow_traces_and_drops_health_checks() {
+    use opentelemetry_proto::tonic::trace::v1::Status;
+    let sink = Sink::start(vec![]).await;
+    let worker = Worker::start(common::config(
+        &sink,
+        r#"
+  decision_wait: 300ms
+  policies:
+    - name: health
+      type: drop
+      drop: {drop_sub_policy: [{name: probe, type: string_attribute, string_attribute: {key: http.route, values: ['^/health'], enabled_regex_matching: true}}]}
+    - {name: errors, type: status_code, status_code: {status_codes: [ERROR]}}
+    - {name: slow, type: latency, latency: {threshold_ms: 500}}
+    - {name: none, type: probabilistic, probabilistic: {sampling_percentage: 0}}
+"#,
+    ))
+    .await
+    .unwrap();
+    let mut client = common::grpc_client(&worker).await;
+    let route = |id, r: &str| {
+        let mut s = span(trace_id(id), 1, None);
+        s.attributes = vec![tailgate::testkit::kv("http.route", r)];
+        s
+    };
+    let mut error = route(1, "/api");
+    error.status = Some(Status {
+        code: 2,
+        ..Default::default()
+    });
+    let mut slow = route(2, "/api");
+    slow.end_time_unix_nano = slow.start_time_unix_nano + 900_000_000;
+    let mut failing_probe = route(3, "/healthz");
+    failing_probe.status = Some(Status {
+        code: 2,
+        ..Default::default()
+    });
+    let fast_ok = route(4, "/api");
+    client
+        .export(request("svc", vec![error, slow, failing_probe, fast_ok]))
+        .await
+        .unwrap();
+    settle(&worker).await;
+    let kept: HashSet<Vec<u8>> = sink
+        .requests()
+        .iter()
+        .flat_map(all_spans)
+        .map(|s| s.trace_id.clone())
+        .collect();
+    assert_eq!(
+        kept,
+        HashSet::from([trace_id(1).to_vec(), trace_id(2).to_vec()])
+    );
+    let text = common::scrape(worker.admin_addr).await;
+    let global = "otelcol_processor_tail_sampling_global_count_traces_sampled_total";
+    assert_eq!(metric(&text, global, &[("decision", "sampled")]), 2.0);
+    assert_eq!(metric(&text, global, &[("decision", "dropped")]), 1.0);
+    assert_eq!(metric(&text, global, &[("decision", "not_sampled")]), 1.0);
+    let votes = "otelcol_processor_tail_sampling_count_traces_sampled_total";
+    assert_eq!(
+        metric(
+            &text,
+            votes,
+            &[("policy", "errors"), ("decision", "sampled")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(&text, votes, &[("policy", "slow"), ("decision", "sampled")]),
+        1.0
+    );
+    // The drop policy ran on all four traces and stopped evaluation for the probe.
+    assert_eq!(
+        metric(
+            &text,
+            "otelcol_processor_tail_sampling_sampling_policy_execution_count_total",
+            &[("policy", "health")]
+        ),
+        4.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "otelcol_processor_tail_sampling_sampling_policy_execution_count_total",
+            &[("policy", "errors")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "tailgate_spans_decided_total",
+            &[("outcome", "dropped")]
+        ),
+        1.0
+    );
+    worker.shutdown().await;
+}
