@@ -1,7 +1,7 @@
 //! Sampling policies: the compiled policy set and the exact rule that combines the
 //! policies' votes into one decision (reference/tail_sampling.md 2.2). Policies are a
 //! closed enum ([`rules::Rule`]) compiled once at load time ([`config`]); evaluating a
-//! policy allocates nothing (regex results are cached per value).
+//! policy allocates nothing but a regex-cache entry on a value not seen before.
 
 mod composite;
 mod config;
