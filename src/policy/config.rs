@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use super::composite::{Composite, SubPolicy};
 use super::limiter::TokenBucket;
+use super::ottl::{ErrorMode, OttlCondition};
 use super::probabilistic::Probabilistic;
 use super::rules::{Rule, StringMatcher};
 use crate::config::Errors;
@@ -47,9 +48,8 @@ pub(super) struct PolicyConfig {
     _trace_flags: Option<serde::de::IgnoredAny>,
     #[serde(default)]
     boolean_attribute: Option<BooleanConfig>,
-    /// Accepted for the collector's shape; this type has no settings (yet).
-    #[serde(default, rename = "ottl_condition")]
-    _ottl_condition: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    ottl_condition: Option<OttlConfig>,
     #[serde(default)]
     and: Option<AndConfig>,
     #[serde(default)]
@@ -158,6 +158,21 @@ struct BooleanConfig {
     value: bool,
     #[serde(default)]
     invert_match: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OttlConfig {
+    #[serde(default = "propagate")]
+    error_mode: ErrorMode,
+    #[serde(default)]
+    span: Vec<String>,
+    #[serde(default)]
+    spanevent: Vec<String>,
+}
+
+fn propagate() -> ErrorMode {
+    ErrorMode::Propagate
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -426,11 +441,13 @@ impl PolicyConfig {
                 )
             }
             "ottl_condition" => {
-                errors.push(
-                    format!("{path}.type"),
-                    "policy type \"ottl_condition\" is not supported here yet",
-                );
-                None
+                let p = block("ottl_condition");
+                let Some(c) = self.ottl_condition else {
+                    errors.push(&p, "needs at least one span or spanevent condition");
+                    return None;
+                };
+                OttlCondition::compile(c.error_mode, &c.span, &c.spanevent, &p, errors)
+                    .map(Rule::Ottl)
             }
             other => {
                 errors.push(

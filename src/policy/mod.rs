@@ -6,6 +6,7 @@
 mod composite;
 mod config;
 mod limiter;
+mod ottl;
 mod probabilistic;
 mod rules;
 

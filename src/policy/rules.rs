@@ -11,6 +11,7 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 
 use super::composite::Composite;
 use super::limiter::TokenBucket;
+use super::ottl::OttlCondition;
 use super::probabilistic::Probabilistic;
 use super::{Decision, TraceView};
 
@@ -19,6 +20,8 @@ use super::{Decision, TraceView};
 pub enum EvalError {
     #[error("the trace's buffered spans could not be decoded")]
     Undecodable,
+    #[error("an ottl condition could not be evaluated")]
+    Condition,
 }
 
 #[derive(Debug)]
@@ -63,6 +66,7 @@ pub(super) enum Rule {
     Drop(Vec<Rule>),
     Not(Box<Rule>),
     Composite(Composite),
+    Ottl(OttlCondition),
 }
 
 /// Exact values, or unanchored regexes with results cached per attribute value.
@@ -143,7 +147,8 @@ impl Rule {
             | Rule::StringAttribute { .. }
             | Rule::TraceState { .. }
             | Rule::TraceFlags
-            | Rule::BooleanAttribute { .. } => true,
+            | Rule::BooleanAttribute { .. }
+            | Rule::Ottl(_) => true,
             Rule::And(subs) | Rule::Drop(subs) => subs.iter().any(Rule::needs_spans),
             Rule::Not(sub) => sub.needs_spans(),
             Rule::Composite(c) => c.subs().iter().any(|s| s.rule.needs_spans()),
@@ -243,6 +248,7 @@ impl Rule {
                 other => other,
             },
             Rule::Composite(c) => c.evaluate(t)?.0,
+            Rule::Ottl(c) => c.evaluate(t)?,
         })
     }
 }

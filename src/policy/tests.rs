@@ -636,7 +636,7 @@ fn config_errors_carry_their_paths() {
     policy_order: [one, nobody]
     composite_sub_policy: [{name: one, type: always_sample}]
     rate_allocation: [{policy: ghost, percent: 10}]
-- {name: n, type: ottl_condition, ottl_condition: {span: ['name == "x"']}}
+- {name: n, type: ottl_condition, ottl_condition: {span: ['name == "x"', 'nmae == "x"']}}
 "#,
         false,
     )
@@ -657,7 +657,7 @@ fn config_errors_carry_their_paths() {
         "tail_sampling.policies[11].and.and_sub_policy[1].type: composite cannot be nested",
         "tail_sampling.policies[12].composite.rate_allocation[0].policy: \"ghost\" is not a composite_sub_policy",
         "tail_sampling.policies[12].composite.policy_order[1]: \"nobody\" is not a composite_sub_policy",
-        "tail_sampling.policies[13].type: policy type \"ottl_condition\" is not supported here yet",
+        "tail_sampling.policies[13].ottl_condition.span[1]: column 1: unknown path \"nmae\" for span conditions",
     ] {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
@@ -677,6 +677,10 @@ fn the_collectors_full_example_compiles() {
 - {name: test-policy-8, type: span_count, span_count: {min_spans: 2, max_spans: 20}}
 - {name: test-policy-9, type: trace_state, trace_state: {key: key3, values: [value1, value2]}}
 - {name: test-policy-10, type: boolean_attribute, boolean_attribute: {key: key4, value: true}}
+- {name: test-policy-11, type: ottl_condition, ottl_condition: {
+    error_mode: ignore,
+    span: ["attributes[\"test_attr_key_1\"] == \"test_attr_val_1\"", "attributes[\"test_attr_key_2\"] != \"test_attr_val_1\""],
+    spanevent: ["name != \"test_span_event_name\"", "attributes[\"test_event_attr_key_2\"] != \"test_event_attr_val_1\""]}}
 - {name: volume-control, type: bytes_limiting, bytes_limiting: {bytes_per_second: 1024000, burst_capacity: 2048000}}
 - {name: and-policy-1, type: and, and: {and_sub_policy: [
     {name: test-and-policy-1, type: numeric_attribute, numeric_attribute: {key: key1, min_value: 50, max_value: 100}},
@@ -696,6 +700,6 @@ fn the_collectors_full_example_compiles() {
         false,
     )
     .unwrap();
-    assert_eq!(set.policies().len(), 15);
+    assert_eq!(set.policies().len(), 16);
     assert_eq!(&*set.policies()[0].name, "drop-policy-1");
 }
