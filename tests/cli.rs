@@ -59,22 +59,28 @@ exporters: {otlp: {endpoint: "${TAILGATE_TEST_UNSET_VAR:-backend:4317}", colour:
 }
 
 #[test]
-fn a_worker_stops_cleanly_on_sigterm() {
+fn a_worker_reloads_policies_on_sighup_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("worker.yaml");
     std::fs::write(
         &path,
         r#"
 receivers: {otlp: {protocols: {grpc: {endpoint: "127.0.0.1:0"}}}}
-tail_sampling: {policies: [{name: all, type: always_sample}]}
+tail_sampling: {policies_file: policies.yaml}
 exporters: {debug: {}}
 admin: {endpoint: "127.0.0.1:0"}
 "#,
     )
     .unwrap();
+    std::fs::write(
+        dir.path().join("policies.yaml"),
+        "- {name: all, type: always_sample}\n",
+    )
+    .unwrap();
     let mut child = Command::new(BIN)
         .args(["worker", "--config"])
         .arg(&path)
+        .current_dir(dir.path())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -94,11 +100,16 @@ admin: {endpoint: "127.0.0.1:0"}
         }
     };
     wait_for("worker started");
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let signal = |name: &str| {
+        let status = Command::new("kill")
+            .args([name, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    signal("-HUP");
+    wait_for("policies reloaded");
+    signal("-TERM");
     wait_for("worker stopped");
     assert!(child.wait().unwrap().success());
 }

@@ -143,6 +143,30 @@ pub fn load_worker(path: &Path) -> Result<WorkerConfig, ConfigError> {
     parse_worker(&text)
 }
 
+/// Loads a policy list file (`tail_sampling.policies_file`); errors carry paths such as
+/// `policies/default.yaml[2].latency.threshold_ms`.
+pub fn load_policies(path: &Path, sample_on_first_match: bool) -> Result<PolicySet, ConfigError> {
+    let shown = path.display().to_string();
+    let fail = |message: String| ConfigError {
+        errors: vec![FieldError {
+            path: shown.clone(),
+            message,
+        }],
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+    let value = read_yaml(&text)?;
+    let serde_yaml::Value::Sequence(values) = value else {
+        return Err(fail("must be a YAML list of policies".into()));
+    };
+    if values.is_empty() {
+        return Err(fail("at least one policy is required".into()));
+    }
+    let mut errors = Errors::default();
+    let set = PolicySet::compile(&values, &shown, sample_on_first_match, &mut errors);
+    errors.check()?;
+    Ok(set)
+}
+
 /// Expands `${VAR}` from the process environment and parses YAML into a value.
 pub fn read_yaml(text: &str) -> Result<serde_yaml::Value, ConfigError> {
     let expanded = env::expand(text, |k| std::env::var(k).ok()).map_err(|missing| ConfigError {
@@ -180,14 +204,28 @@ pub fn parse_worker(text: &str) -> Result<WorkerConfig, ConfigError> {
         }
         Some(v) => errors.parse("tail_sampling", v),
     };
-    let policies = tail_sampling.as_ref().map(|ts| {
+    let policies = tail_sampling.as_ref().and_then(|ts| {
         validate_tail_sampling(ts, &mut errors);
-        PolicySet::compile(
-            &ts.policies,
-            "tail_sampling.policies",
-            ts.sample_on_first_match,
-            &mut errors,
-        )
+        match &ts.policies_file {
+            Some(file) => match load_policies(file, ts.sample_on_first_match) {
+                Ok(set) => Some(set),
+                Err(e) => {
+                    for err in e.errors {
+                        errors.push(
+                            format!("tail_sampling.policies_file: {}", err.path),
+                            err.message,
+                        );
+                    }
+                    None
+                }
+            },
+            None => Some(PolicySet::compile(
+                &ts.policies,
+                "tail_sampling.policies",
+                ts.sample_on_first_match,
+                &mut errors,
+            )),
+        }
     });
     let exporters = parse_exporters(raw.exporters, &mut errors);
     let admin: Option<AdminConfig> = errors.parse_section("admin", raw.admin);
@@ -267,8 +305,13 @@ fn validate_tail_sampling(ts: &TailSamplingConfig, errors: &mut Errors) {
     if ts.num_traces == 0 {
         errors.push("tail_sampling.num_traces", "must be at least 1");
     }
-    if ts.policies.is_empty() {
-        errors.push("tail_sampling.policies", "at least one policy is required");
+    match (ts.policies.is_empty(), &ts.policies_file) {
+        (true, None) => errors.push("tail_sampling.policies", "at least one policy is required"),
+        (false, Some(_)) => errors.push(
+            "tail_sampling.policies_file",
+            "set policies or policies_file, not both",
+        ),
+        _ => {}
     }
 }
 

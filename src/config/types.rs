@@ -128,6 +128,16 @@ pub struct TailSamplingConfig {
     /// reported, with its index, in one run.
     #[serde(default)]
     pub policies: Vec<serde_yaml::Value>,
+    /// A YAML file holding the policy list instead of `policies`; reloaded on SIGHUP and
+    /// when it changes.
+    #[serde(default)]
+    pub policies_file: Option<PathBuf>,
+    /// Kept spans carry the deciding policy as scope attributes.
+    #[serde(default)]
+    pub record_policy: bool,
+    /// Keep every trace, marking the decision that would have been made.
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 fn default_decision_wait() -> Duration {

@@ -170,10 +170,28 @@ pub struct RequestBuilder {
     spans: u64,
 }
 
+/// Encodes `attributes` as a `ScopeSpans` field-1 fragment holding only those scope
+/// attributes. Appended after a chunk's own scope, protobuf's merge rule for a repeated
+/// singular message field adds them to the scope's attributes: annotation without decoding.
+pub fn scope_attributes_fragment(attributes: Vec<KeyValue>) -> Bytes {
+    let scope = InstrumentationScope {
+        attributes,
+        ..Default::default()
+    };
+    let mut buf = BytesMut::new();
+    prost::encoding::message::encode(1, &scope, &mut buf);
+    buf.freeze()
+}
+
 impl RequestBuilder {
     pub fn push(&mut self, chunk: &Chunk) {
+        self.push_annotated(chunk, &[]);
+    }
+
+    /// Like [`RequestBuilder::push`], adding a [`scope_attributes_fragment`] to the scope.
+    pub fn push_annotated(&mut self, chunk: &Chunk, scope_fragment: &[u8]) {
         let head = &chunk.head;
-        let scope_spans_len = head.scope.len() + chunk.spans.len();
+        let scope_spans_len = head.scope.len() + scope_fragment.len() + chunk.spans.len();
         let resource_spans_len =
             head.resource.len() + 1 + encoded_len_varint(scope_spans_len as u64) + scope_spans_len;
         self.buf
@@ -184,6 +202,7 @@ impl RequestBuilder {
         encode_key(2, WireType::LengthDelimited, &mut self.buf);
         encode_varint(scope_spans_len as u64, &mut self.buf);
         self.buf.put_slice(&head.scope);
+        self.buf.put_slice(scope_fragment);
         self.buf.put_slice(&chunk.spans);
         self.spans += u64::from(chunk.span_count);
     }

@@ -57,6 +57,8 @@ pub const TS_TRACES_DROPPED_TOO_LARGE: &str =
 /// evicted, too_large or shutdown.
 pub const SPANS_DECIDED: &str = "tailgate_spans_decided";
 pub const BUFFERED_SPANS: &str = "tailgate_buffered_spans";
+/// Policy reloads by `result` (success, failure).
+pub const POLICY_RELOADS: &str = "tailgate_policy_reload";
 pub const BUFFERED_BYTES: &str = "tailgate_buffered_bytes";
 /// How late each decision was against its deadline.
 pub const DECISION_LATENESS: &str = "tailgate_decision_lateness";
@@ -105,6 +107,7 @@ const DESCRIPTIONS: &[Description] = &[
     (TS_TRACES_ON_MEMORY, Kind::Gauge, None, "Pending traces in the buffer."),
     (TS_TRACES_DROPPED_TOO_LARGE, Kind::Counter, None, "Traces released as not sampled because they exceeded maximum_trace_size_bytes."),
     (SPANS_DECIDED, Kind::Counter, None, "Every accepted span, by where it ended: sampled, not_sampled, dropped, evicted, too_large, shutdown."),
+    (POLICY_RELOADS, Kind::Counter, None, "Policy reloads; a failed one keeps the previous policies."),
     (BUFFERED_SPANS, Kind::Gauge, None, "Spans held by pending traces."),
     (BUFFERED_BYTES, Kind::Gauge, Some(Unit::Bytes), "Span bytes held by pending traces."),
     (DECISION_LATENESS, Kind::Histogram, Some(Unit::Milliseconds), "Decision time minus the trace's deadline."),

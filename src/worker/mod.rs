@@ -6,11 +6,14 @@
 //! them drain until the grace period ends; count what is abandoned; stop the admin
 //! listener last so the final numbers can still be scraped while draining.
 
+mod decider;
 pub mod pipeline;
 #[cfg(test)]
 mod tests;
 
+use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -23,7 +26,7 @@ use crate::config::WorkerConfig;
 use crate::exporter::{BuildError, ExporterSet};
 use crate::receiver::{serve_grpc, serve_http, ReceiverMetrics};
 use crate::telemetry::{serve_admin, Health, Registry};
-use pipeline::{Pipeline, DECISION_TICK};
+use pipeline::{DecisionSettings, Pipeline, DECISION_TICK};
 
 /// Why a worker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -88,12 +91,14 @@ impl Worker {
         );
         let pipeline = Arc::new(Pipeline::new(
             buffer,
-            config.policies.clone(),
-            (
-                ts.decision_cache.sampled_cache_size,
-                ts.decision_cache.non_sampled_cache_size,
-            ),
-            ts.block_on_overflow,
+            DecisionSettings {
+                policies: config.policies.clone(),
+                sampled_cache_size: ts.decision_cache.sampled_cache_size,
+                non_sampled_cache_size: ts.decision_cache.non_sampled_cache_size,
+                block_on_overflow: ts.block_on_overflow,
+                record_policy: ts.record_policy,
+                dry_run: ts.dry_run,
+            },
             exporters,
             &registry,
         ));
@@ -157,6 +162,20 @@ impl Worker {
                 serve_http(listener, pipeline, metrics, &path, max, stop).await
             }));
         }
+        if let Some(file) = &ts.policies_file {
+            // Installed before start returns, so a SIGHUP right after start-up reloads
+            // rather than killing the process.
+            let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .inspect_err(|e| tracing::warn!(error = %e, "no SIGHUP handler; policies reload on file change only"))
+                .ok();
+            deciders.spawn(watch_policies(
+                pipeline.clone(),
+                file.clone(),
+                ts.sample_on_first_match,
+                hangup,
+                deciders_stop.clone(),
+            ));
+        }
         health.set_ready(true);
         tracing::info!(grpc = ?grpc_addr, http = ?http_addr, admin = %admin_addr, "worker started");
         Ok(Worker {
@@ -219,6 +238,60 @@ async fn decide_loop(pipeline: Arc<Pipeline>, shards: Vec<usize>, stop: Cancella
         let now = Instant::now();
         for &shard in &shards {
             pipeline.decide_due(shard, now);
+        }
+    }
+}
+
+/// How often a `policies_file` is checked for changes.
+const POLICY_FILE_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Reloads `policies_file` when its contents change or on SIGHUP, until `stop`.
+async fn watch_policies(
+    pipeline: Arc<Pipeline>,
+    file: PathBuf,
+    sample_on_first_match: bool,
+    mut hangup: Option<tokio::signal::unix::Signal>,
+    stop: CancellationToken,
+) {
+    let fingerprint = |file: &Path| {
+        std::fs::read(file).ok().map(|bytes| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            bytes.hash(&mut h);
+            h.finish()
+        })
+    };
+    let mut seen = fingerprint(&file);
+    let mut tick = tokio::time::interval(POLICY_FILE_POLL);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        let hup = async {
+            match hangup.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = hup => {}
+            _ = tick.tick() => {
+                let now = fingerprint(&file);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+            }
+        }
+        match crate::config::load_policies(&file, sample_on_first_match) {
+            Ok(set) => {
+                pipeline.replace_policies(set);
+                tracing::info!(file = %file.display(), "policies reloaded");
+            }
+            Err(e) => {
+                for err in &e.errors {
+                    tracing::error!(path = %err.path, error = %err.message, "policy reload failed; keeping the current policies");
+                }
+                pipeline.policy_reload_failed();
+            }
         }
     }
 }

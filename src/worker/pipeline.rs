@@ -15,10 +15,11 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
 use tokio::time::Instant;
 
+use super::decider::Decider;
 use crate::buffer::{AddOutcome, ChunkFacts, TraceBuffer, TraceEntry};
 use crate::exporter::ExporterSet;
 use crate::otlp::{is_root, validate_ids, Chunk, Head, RequestBuilder, TraceId};
-use crate::policy::{Batch, Decision, PolicySet, TraceView, Verdict};
+use crate::policy::{Decision, PolicySet, Verdict};
 use crate::telemetry::{self, Registry};
 
 /// Largest export request the decision loop builds, in spans and in bytes.
@@ -69,25 +70,16 @@ impl Outcomes {
     }
 }
 
-struct PolicyMetrics {
-    traces: [Counter; 3],
-    spans: [Counter; 3],
-    executions: Counter,
-    time_us: Counter,
-}
-
 struct Metrics {
     outcomes: Outcomes,
     processor_refused: Counter,
     new_traces: Counter,
     dropped_too_early: Counter,
     dropped_too_large: Counter,
-    evaluation_errors: Counter,
     early_release_sampled: Counter,
     early_release_not_sampled: Counter,
     late_span_age: Histogram,
     global: [Counter; 3],
-    policies: Vec<PolicyMetrics>,
     timer_latency: Histogram,
     removal_age: Histogram,
     lateness: Histogram,
@@ -97,17 +89,8 @@ struct Metrics {
 }
 
 impl Metrics {
-    fn new(registry: &Registry, policies: &PolicySet) -> Self {
+    fn new(registry: &Registry) -> Self {
         let outcome = |o: &str| registry.counter(telemetry::SPANS_DECIDED, &[("outcome", o)]);
-        let by_decision = |name: &'static str, policy: Option<&str>| {
-            Decision::FINAL.map(|d| {
-                let mut labels = vec![("sampled", d.sampled_label()), ("decision", d.label())];
-                if let Some(p) = policy {
-                    labels.insert(0, ("policy", p));
-                }
-                registry.counter(name, &labels)
-            })
-        };
         Self {
             outcomes: Outcomes {
                 decided: Decision::FINAL.map(|d| outcome(d.label())),
@@ -122,27 +105,17 @@ impl Metrics {
             new_traces: registry.counter(telemetry::TS_NEW_TRACE_ID_RECEIVED, &[]),
             dropped_too_early: registry.counter(telemetry::TS_TRACE_DROPPED_TOO_EARLY, &[]),
             dropped_too_large: registry.counter(telemetry::TS_TRACES_DROPPED_TOO_LARGE, &[]),
-            evaluation_errors: registry.counter(telemetry::TS_POLICY_EVALUATION_ERROR, &[]),
             early_release_sampled: registry
                 .counter(telemetry::TS_EARLY_RELEASES, &[("sampled", "true")]),
             early_release_not_sampled: registry
                 .counter(telemetry::TS_EARLY_RELEASES, &[("sampled", "false")]),
             late_span_age: registry.histogram(telemetry::TS_LATE_SPAN_AGE, &[]),
-            global: by_decision(telemetry::TS_GLOBAL_COUNT_TRACES_SAMPLED, None),
-            policies: policies
-                .policies()
-                .iter()
-                .map(|p| PolicyMetrics {
-                    traces: by_decision(telemetry::TS_COUNT_TRACES_SAMPLED, Some(&p.name)),
-                    spans: by_decision(telemetry::TS_COUNT_SPANS_SAMPLED, Some(&p.name)),
-                    executions: registry
-                        .counter(telemetry::TS_POLICY_EXECUTION_COUNT, &[("policy", &p.name)]),
-                    time_us: registry.counter(
-                        telemetry::TS_POLICY_EXECUTION_TIME_SUM,
-                        &[("policy", &p.name)],
-                    ),
-                })
-                .collect(),
+            global: Decision::FINAL.map(|d| {
+                registry.counter(
+                    telemetry::TS_GLOBAL_COUNT_TRACES_SAMPLED,
+                    &[("sampled", d.sampled_label()), ("decision", d.label())],
+                )
+            }),
             timer_latency: registry.histogram(telemetry::TS_DECISION_TIMER_LATENCY, &[]),
             removal_age: registry.histogram(telemetry::TS_TRACE_REMOVAL_AGE, &[]),
             lateness: registry.histogram(telemetry::DECISION_LATENESS, &[]),
@@ -155,7 +128,7 @@ impl Metrics {
 
 pub struct Pipeline {
     buffer: TraceBuffer,
-    policies: PolicySet,
+    decider: Decider,
     sampled: Option<Cache<u128, Cached>>,
     not_sampled: Option<Cache<u128, Cached>>,
     exporters: ExporterSet,
@@ -167,24 +140,48 @@ fn cache(size: u64) -> Option<Cache<u128, Cached>> {
     (size > 0).then(|| Cache::builder().max_capacity(size).build())
 }
 
+/// The decision-related settings of `tail_sampling`.
+#[derive(Debug, Clone)]
+pub struct DecisionSettings {
+    pub policies: PolicySet,
+    pub sampled_cache_size: u64,
+    pub non_sampled_cache_size: u64,
+    pub block_on_overflow: bool,
+    pub record_policy: bool,
+    pub dry_run: bool,
+}
+
 impl Pipeline {
     pub fn new(
         buffer: TraceBuffer,
-        policies: PolicySet,
-        cache_sizes: (u64, u64),
-        block_on_overflow: bool,
+        settings: DecisionSettings,
         exporters: ExporterSet,
         registry: &Registry,
     ) -> Self {
         Self {
-            metrics: Metrics::new(registry, &policies),
+            metrics: Metrics::new(registry),
             buffer,
-            policies,
-            sampled: cache(cache_sizes.0),
-            not_sampled: cache(cache_sizes.1),
+            decider: Decider::new(
+                settings.policies,
+                settings.record_policy,
+                settings.dry_run,
+                registry,
+            ),
+            sampled: cache(settings.sampled_cache_size),
+            not_sampled: cache(settings.non_sampled_cache_size),
             exporters,
-            block_on_overflow,
+            block_on_overflow: settings.block_on_overflow,
         }
+    }
+
+    /// Decides pending and future traces with `policies` (hot reload).
+    pub fn replace_policies(&self, policies: PolicySet) {
+        self.decider.replace(policies);
+    }
+
+    /// Counts a policy reload that failed and kept the current policies.
+    pub fn policy_reload_failed(&self) {
+        self.decider.reload_failed();
     }
 
     pub fn buffer(&self) -> &TraceBuffer {
@@ -279,15 +276,28 @@ impl Pipeline {
                 now.saturating_duration_since(cached.decided_at)
                     .as_secs_f64(),
             );
-            self.metrics.outcomes.decided(cached.decision).increment(n);
             if cached.decision == Decision::Sampled {
                 self.metrics.early_release_sampled.increment(n);
-                late.push(&Chunk::encode(head.clone(), members));
+            } else {
+                self.metrics.early_release_not_sampled.increment(n);
+            }
+            let verdict = Verdict {
+                decision: cached.decision,
+                policy: cached.policy,
+                composite_policy: None,
+            };
+            if self.decider.exports(verdict.decision) {
+                self.metrics
+                    .outcomes
+                    .decided(Decision::Sampled)
+                    .increment(n);
+                let annotation = self.decider.annotation(&verdict, true).unwrap_or_default();
+                late.push_annotated(&Chunk::encode(head.clone(), members), &annotation);
                 if late.span_count() >= MAX_BATCH_SPANS {
                     self.exporters.enqueue(late.take());
                 }
             } else {
-                self.metrics.early_release_not_sampled.increment(n);
+                self.metrics.outcomes.decided(verdict.decision).increment(n);
             }
             return;
         }
@@ -400,20 +410,26 @@ impl Pipeline {
                     policy: c.policy,
                     composite_policy: None,
                 },
-                None => self.evaluate(&id, &entry, now),
+                None => self.decider.decide(&id, &entry, now),
             };
             self.metrics.global[verdict.decision.index()].increment(1);
-            self.metrics
-                .outcomes
-                .decided(verdict.decision)
-                .increment(entry.span_count);
-            if verdict.decision == Decision::Sampled {
+            if self.decider.exports(verdict.decision) {
+                self.metrics
+                    .outcomes
+                    .decided(Decision::Sampled)
+                    .increment(entry.span_count);
+                let annotation = self.decider.annotation(&verdict, false).unwrap_or_default();
                 for chunk in &entry.chunks {
-                    out.push(chunk);
+                    out.push_annotated(chunk, &annotation);
                 }
                 if out.span_count() >= MAX_BATCH_SPANS || out.encoded_len() >= MAX_BATCH_BYTES {
                     self.exporters.enqueue(out.take());
                 }
+            } else {
+                self.metrics
+                    .outcomes
+                    .decided(verdict.decision)
+                    .increment(entry.span_count);
             }
             self.remember(&id, verdict.decision, verdict.policy, now);
         }
@@ -421,46 +437,6 @@ impl Pipeline {
             self.exporters.enqueue(out.take());
         }
         self.update_gauges();
-    }
-
-    fn evaluate(&self, id: &TraceId, entry: &TraceEntry, now: Instant) -> Verdict {
-        let batches = if self.policies.needs_spans() {
-            entry
-                .chunks
-                .iter()
-                .map(|c| {
-                    c.decode().map(|(resource_attributes, scope_spans)| Batch {
-                        resource_attributes,
-                        scope_spans,
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .inspect_err(|e| tracing::error!(error = %e, "buffered spans do not decode"))
-                .ok()
-        } else {
-            Some(Vec::new())
-        };
-        let view = TraceView {
-            trace_id: id,
-            span_count: entry.span_count,
-            bytes: entry.bytes,
-            earliest_start: entry.earliest_start,
-            latest_end: entry.latest_end,
-            batches: batches.as_deref(),
-            now,
-        };
-        self.policies.decide(&view, |vote| {
-            let m = &self.metrics.policies[vote.policy_index];
-            m.executions.increment(1);
-            m.time_us.increment(vote.elapsed.as_micros() as u64);
-            match vote.decision {
-                Ok(d) => {
-                    m.traces[d.index()].increment(1);
-                    m.spans[d.index()].increment(entry.span_count);
-                }
-                Err(_) => self.metrics.evaluation_errors.increment(1),
-            }
-        })
     }
 
     fn update_gauges(&self) {
