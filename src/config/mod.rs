@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use crate::policy::PolicySet;
+use crate::spanmetrics::SpanMetricsConfig;
 pub use types::*;
 
 /// One problem in a config, with the dotted path of the key it concerns.
@@ -110,6 +111,8 @@ pub struct WorkerConfig {
     pub exporters: Vec<(String, ExporterConfig)>,
     pub admin: AdminConfig,
     pub shutdown: ShutdownConfig,
+    /// Span metrics; off when the section is absent.
+    pub spanmetrics: Option<SpanMetricsConfig>,
 }
 
 /// One configured exporter, by type.
@@ -130,6 +133,7 @@ struct RawWorkerConfig {
     exporters: BTreeMap<String, serde_yaml::Value>,
     admin: Option<serde_yaml::Value>,
     shutdown: Option<serde_yaml::Value>,
+    spanmetrics: Option<serde_yaml::Value>,
 }
 
 /// Reads, expands and validates a worker config file.
@@ -233,6 +237,17 @@ pub fn parse_worker(text: &str) -> Result<WorkerConfig, ConfigError> {
         check_endpoint(&a.endpoint, "admin.endpoint", &mut errors);
     }
     let shutdown: Option<ShutdownConfig> = errors.parse_section("shutdown", raw.shutdown);
+    let spanmetrics: Option<SpanMetricsConfig> = raw.spanmetrics.and_then(|v| {
+        let v = if v.is_null() {
+            serde_yaml::Value::Mapping(Default::default())
+        } else {
+            v
+        };
+        errors.parse("spanmetrics", v)
+    });
+    if let Some(sm) = &spanmetrics {
+        sm.validate(&mut errors);
+    }
     errors.check()?;
     let parsed = "every section parsed, or an error was recorded";
     Ok(WorkerConfig {
@@ -242,6 +257,7 @@ pub fn parse_worker(text: &str) -> Result<WorkerConfig, ConfigError> {
         exporters,
         admin: admin.expect(parsed),
         shutdown: shutdown.expect(parsed),
+        spanmetrics,
     })
 }
 

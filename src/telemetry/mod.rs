@@ -18,7 +18,7 @@ use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
 
-pub use admin::{serve_admin, Health};
+pub use admin::{serve_admin, ExtraMetrics, Health};
 
 pub const RECEIVER_ACCEPTED_SPANS: &str = "otelcol_receiver_accepted_spans";
 pub const RECEIVER_REFUSED_SPANS: &str = "otelcol_receiver_refused_spans";
@@ -60,6 +60,9 @@ pub const BUFFERED_SPANS: &str = "tailgate_buffered_spans";
 /// Policy reloads by `result` (success, failure).
 pub const POLICY_RELOADS: &str = "tailgate_policy_reload";
 pub const BUFFERED_BYTES: &str = "tailgate_buffered_bytes";
+pub const SPANMETRICS_ACTIVE_SERIES: &str = "tailgate_spanmetrics_active_series";
+pub const SPANMETRICS_EXPIRED_SERIES: &str = "tailgate_spanmetrics_expired_series";
+pub const SPANMETRICS_OVERFLOW_SPANS: &str = "tailgate_spanmetrics_overflow_spans";
 /// How late each decision was against its deadline.
 pub const DECISION_LATENESS: &str = "tailgate_decision_lateness";
 
@@ -108,6 +111,9 @@ const DESCRIPTIONS: &[Description] = &[
     (TS_TRACES_DROPPED_TOO_LARGE, Kind::Counter, None, "Traces released as not sampled because they exceeded maximum_trace_size_bytes."),
     (SPANS_DECIDED, Kind::Counter, None, "Every accepted span, by where it ended: sampled, not_sampled, dropped, evicted, too_large, shutdown."),
     (POLICY_RELOADS, Kind::Counter, None, "Policy reloads; a failed one keeps the previous policies."),
+    (SPANMETRICS_ACTIVE_SERIES, Kind::Gauge, None, "Span metric series held (calls/duration and events)."),
+    (SPANMETRICS_EXPIRED_SERIES, Kind::Counter, None, "Span metric series dropped after metrics_expiration idle."),
+    (SPANMETRICS_OVERFLOW_SPANS, Kind::Counter, None, "Spans counted in the overflow series because of aggregation_cardinality_limit."),
     (BUFFERED_SPANS, Kind::Gauge, None, "Spans held by pending traces."),
     (BUFFERED_BYTES, Kind::Gauge, Some(Unit::Bytes), "Span bytes held by pending traces."),
     (DECISION_LATENESS, Kind::Histogram, Some(Unit::Milliseconds), "Decision time minus the trace's deadline."),

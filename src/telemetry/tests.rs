@@ -89,6 +89,7 @@ async fn the_admin_listener_serves_metrics_health_and_readiness() {
         listener,
         registry,
         health.clone(),
+        None,
         stop.clone(),
     ));
     let get = |path: &'static str| async move {

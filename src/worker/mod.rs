@@ -25,7 +25,8 @@ use crate::buffer::{BufferConfig, TraceBuffer};
 use crate::config::WorkerConfig;
 use crate::exporter::{BuildError, ExporterSet};
 use crate::receiver::{serve_grpc, serve_http, ReceiverMetrics};
-use crate::telemetry::{serve_admin, Health, Registry};
+use crate::spanmetrics::SpanMetrics;
+use crate::telemetry::{serve_admin, ExtraMetrics, Health, Registry};
 use pipeline::{DecisionSettings, Pipeline, DECISION_TICK};
 
 /// Why a worker could not start.
@@ -39,6 +40,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Exporter(#[from] BuildError),
+    #[error("{0}")]
+    SpanMetrics(String),
 }
 
 /// A running worker.
@@ -89,7 +92,7 @@ impl Worker {
             },
             cores * 4,
         );
-        let pipeline = Arc::new(Pipeline::new(
+        let mut pipeline = Pipeline::new(
             buffer,
             DecisionSettings {
                 policies: config.policies.clone(),
@@ -101,7 +104,13 @@ impl Worker {
             },
             exporters,
             &registry,
-        ));
+        );
+        if let Some(sm) = &config.spanmetrics {
+            let sm = SpanMetrics::new(sm, &registry).map_err(StartError::SpanMetrics)?;
+            tracing::info!(identity = sm.identity(), "span metrics on");
+            pipeline = pipeline.with_span_metrics(sm);
+        }
+        let pipeline = Arc::new(pipeline);
 
         let admin_listener = bind("admin", &config.admin.endpoint).await?;
         let admin_addr = admin_listener
@@ -115,6 +124,7 @@ impl Worker {
                 admin_listener,
                 registry.clone(),
                 health.clone(),
+                Some(pipeline.clone() as Arc<dyn ExtraMetrics>),
                 admin_stop.clone(),
             ),
         ));

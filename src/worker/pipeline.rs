@@ -20,7 +20,8 @@ use crate::buffer::{AddOutcome, ChunkFacts, TraceBuffer, TraceEntry};
 use crate::exporter::ExporterSet;
 use crate::otlp::{is_root, validate_ids, Chunk, Head, RequestBuilder, TraceId};
 use crate::policy::{Decision, PolicySet, Verdict};
-use crate::telemetry::{self, Registry};
+use crate::spanmetrics::{Format, SpanMetrics};
+use crate::telemetry::{self, ExtraMetrics, Registry};
 
 /// Largest export request the decision loop builds, in spans and in bytes.
 const MAX_BATCH_SPANS: u64 = 8192;
@@ -129,6 +130,7 @@ impl Metrics {
 pub struct Pipeline {
     buffer: TraceBuffer,
     decider: Decider,
+    span_metrics: Option<SpanMetrics>,
     sampled: Option<Cache<u128, Cached>>,
     not_sampled: Option<Cache<u128, Cached>>,
     exporters: ExporterSet,
@@ -152,6 +154,30 @@ pub struct DecisionSettings {
 }
 
 impl Pipeline {
+    /// Counts every accepted span into span metrics, before buffering.
+    pub fn with_span_metrics(mut self, span_metrics: SpanMetrics) -> Self {
+        self.span_metrics = Some(span_metrics);
+        self
+    }
+
+    /// Whether the trace was kept, as far as the sampled decision cache remembers.
+    pub fn was_kept(&self, id: &TraceId) -> bool {
+        self.sampled
+            .as_ref()
+            .and_then(|c| c.get(&u128::from_be_bytes(*id)))
+            .is_some()
+    }
+}
+
+impl ExtraMetrics for Pipeline {
+    fn render(&self, out: &mut String, format: Format) {
+        if let Some(sm) = &self.span_metrics {
+            sm.render(out, format, &|id| self.was_kept(id));
+        }
+    }
+}
+
+impl Pipeline {
     pub fn new(
         buffer: TraceBuffer,
         settings: DecisionSettings,
@@ -167,6 +193,7 @@ impl Pipeline {
                 settings.dry_run,
                 registry,
             ),
+            span_metrics: None,
             sampled: cache(settings.sampled_cache_size),
             not_sampled: cache(settings.non_sampled_cache_size),
             exporters,
@@ -221,6 +248,9 @@ impl Pipeline {
         if self.block_on_overflow && self.buffer.is_full() {
             self.metrics.processor_refused.increment(total);
             return Err(IngestError::Overloaded("the trace buffer is full"));
+        }
+        if let Some(sm) = &self.span_metrics {
+            sm.record(&request, now);
         }
         let mut late = RequestBuilder::default();
         let mut keys: Vec<(TraceId, u32)> = Vec::new();

@@ -1,0 +1,320 @@
+//! Span metrics (the collector's `spanmetrics` connector, in the worker): calls, duration
+//! and optionally events per service, operation, kind, status and configured dimensions,
+//! counted for every accepted span when it arrives, before the trace buffer, and rendered
+//! for Prometheus with the worker's identity label on every series (single writer by
+//! construction).
+//!
+//! A series key is its label values, each length-prefixed (missing ones marked), built in
+//! a reusable buffer, so counting a span in an existing series allocates nothing.
+
+pub mod config;
+mod render;
+mod table;
+
+use std::fmt::Write as _;
+
+use metrics::{Counter, Gauge};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value::Value, KeyValue};
+use opentelemetry_proto::tonic::trace::v1::Span;
+use tokio::time::Instant;
+
+pub use config::SpanMetricsConfig;
+use config::{label_name, Dimension, Unit};
+pub use render::Format;
+use table::{Observation, Recorded, Table};
+
+use crate::otlp::{validate_ids, TraceId};
+use crate::telemetry::{self, Registry};
+
+/// The collector's spelling of span kinds and status codes.
+const KINDS: [&str; 6] = [
+    "SPAN_KIND_UNSPECIFIED",
+    "SPAN_KIND_INTERNAL",
+    "SPAN_KIND_SERVER",
+    "SPAN_KIND_CLIENT",
+    "SPAN_KIND_PRODUCER",
+    "SPAN_KIND_CONSUMER",
+];
+const STATUSES: [&str; 3] = ["STATUS_CODE_UNSET", "STATUS_CODE_OK", "STATUS_CODE_ERROR"];
+const UNKNOWN_SERVICE: &str = "unknown_service";
+
+struct SelfMetrics {
+    active_series: Gauge,
+    expired_series: Counter,
+    overflow_spans: Counter,
+}
+
+pub struct SpanMetrics {
+    identity_label: String,
+    identity: String,
+    expiration: std::time::Duration,
+    unit: Unit,
+    /// Which of service.name, span.name, span.kind, status.code are labels.
+    include: [bool; 4],
+    dimensions: Vec<Dimension>,
+    event_dimensions: Vec<Dimension>,
+    /// Label names of a calls/duration key, in key order.
+    labels: Vec<String>,
+    /// Label names of an events key, in key order.
+    event_labels: Vec<String>,
+    calls_name: String,
+    duration_name: String,
+    events_name: String,
+    calls: Table,
+    events: Option<Table>,
+    exemplars: bool,
+    metrics: SelfMetrics,
+}
+
+impl SpanMetrics {
+    /// Builds span metrics from a validated config; fails without a worker identity.
+    pub fn new(config: &SpanMetricsConfig, registry: &Registry) -> Result<Self, String> {
+        let identity = config.resolve_identity()?;
+        let include =
+            config::DEFAULT_DIMENSIONS.map(|d| !config.exclude_dimensions.iter().any(|e| e == d));
+        let base: Vec<String> = config::DEFAULT_DIMENSIONS
+            .iter()
+            .zip(include)
+            .filter(|(_, inc)| *inc)
+            .map(|(d, _)| label_name(d))
+            .collect();
+        let labels = base
+            .iter()
+            .cloned()
+            .chain(config.dimensions.iter().map(|d| label_name(&d.name)))
+            .collect();
+        let event_labels = base
+            .iter()
+            .cloned()
+            .chain(config.events.dimensions.iter().map(|d| label_name(&d.name)))
+            .collect();
+        let ns = label_name(&config.namespace);
+        let name = |n: &str| {
+            if ns.is_empty() {
+                n.to_owned()
+            } else {
+                format!("{ns}_{n}")
+            }
+        };
+        let unit = config.histogram.unit;
+        let bounds = (!config.histogram.disable).then(|| {
+            config
+                .histogram
+                .explicit
+                .buckets
+                .iter()
+                .map(|b| unit.of(**b))
+                .collect()
+        });
+        let max_exemplars = if config.exemplars.enabled {
+            config.exemplars.max_per_data_point
+        } else {
+            0
+        };
+        let limit = config.aggregation_cardinality_limit;
+        Ok(Self {
+            identity_label: label_name(&config.identity_label),
+            identity,
+            expiration: config.metrics_expiration,
+            unit,
+            include,
+            dimensions: config.dimensions.clone(),
+            event_dimensions: config.events.dimensions.clone(),
+            labels,
+            event_labels,
+            calls_name: name("calls"),
+            duration_name: format!("{}_{}", name("duration"), unit.suffix()),
+            events_name: name("events"),
+            calls: Table::new(limit, bounds, max_exemplars),
+            events: config.events.enabled.then(|| Table::new(limit, None, 0)),
+            exemplars: config.exemplars.enabled,
+            metrics: SelfMetrics {
+                active_series: registry.gauge(telemetry::SPANMETRICS_ACTIVE_SERIES, &[]),
+                expired_series: registry.counter(telemetry::SPANMETRICS_EXPIRED_SERIES, &[]),
+                overflow_spans: registry.counter(telemetry::SPANMETRICS_OVERFLOW_SPANS, &[]),
+            },
+        })
+    }
+
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    /// Counts every span with valid ids in `request`.
+    pub fn record(&self, request: &ExportTraceServiceRequest, now: Instant) {
+        let mut key = String::new();
+        let mut overflowed = 0;
+        let mut created = false;
+        for rs in &request.resource_spans {
+            let resource: &[KeyValue] = rs.resource.as_ref().map_or(&[], |r| &r.attributes);
+            let service = match find(resource, "service.name") {
+                Some(Value::StringValue(s)) if !s.is_empty() => s.as_str(),
+                _ => UNKNOWN_SERVICE,
+            };
+            for span in rs.scope_spans.iter().flat_map(|ss| ss.spans.iter()) {
+                let Ok(trace_id) = validate_ids(span) else {
+                    continue;
+                };
+                self.base_key(&mut key, service, span);
+                self.dimension_fields(&mut key, &self.dimensions, &span.attributes, resource);
+                let nanos = span
+                    .end_time_unix_nano
+                    .saturating_sub(span.start_time_unix_nano);
+                let observation = Observation {
+                    value: self.unit.of(std::time::Duration::from_nanos(nanos)),
+                    exemplar: self.exemplars.then(|| (trace_id, span_id(span))),
+                };
+                match self.calls.record(&key, observation, now) {
+                    Recorded::Overflow => overflowed += 1,
+                    Recorded::New => created = true,
+                    Recorded::Existing => {}
+                }
+                if let Some(events) = &self.events {
+                    for event in &span.events {
+                        self.base_key(&mut key, service, span);
+                        self.dimension_fields(
+                            &mut key,
+                            &self.event_dimensions,
+                            &event.attributes,
+                            resource,
+                        );
+                        let o = Observation {
+                            value: 0.0,
+                            exemplar: None,
+                        };
+                        match events.record(&key, o, now) {
+                            Recorded::Overflow => overflowed += 1,
+                            Recorded::New => created = true,
+                            Recorded::Existing => {}
+                        }
+                    }
+                }
+            }
+        }
+        if overflowed > 0 {
+            self.metrics.overflow_spans.increment(overflowed);
+        }
+        if created {
+            self.update_series_gauge();
+        }
+    }
+
+    fn update_series_gauge(&self) {
+        let events = self.events.as_ref().map_or(0, Table::series);
+        self.metrics
+            .active_series
+            .set((self.calls.series() + events) as f64);
+    }
+
+    fn base_key(&self, key: &mut String, service: &str, span: &Span) {
+        key.clear();
+        let kind = KINDS.get(span.kind as usize).copied().unwrap_or(KINDS[0]);
+        let status = span
+            .status
+            .as_ref()
+            .and_then(|s| STATUSES.get(s.code as usize).copied())
+            .unwrap_or(STATUSES[0]);
+        for (value, include) in [service, span.name.as_str(), kind, status]
+            .into_iter()
+            .zip(self.include)
+        {
+            if include {
+                push_field(key, Some(value));
+            }
+        }
+    }
+
+    /// Appends each dimension: the span (or event) attribute, else the resource attribute,
+    /// else the default, else marked missing (the label is then left out).
+    fn dimension_fields(
+        &self,
+        key: &mut String,
+        dims: &[Dimension],
+        own: &[KeyValue],
+        resource: &[KeyValue],
+    ) {
+        for d in dims {
+            match find(own, &d.name).or_else(|| find(resource, &d.name)) {
+                Some(Value::StringValue(s)) => push_field(key, Some(s)),
+                Some(Value::IntValue(i)) => push_field(key, Some(itoa::Buffer::new().format(*i))),
+                Some(Value::BoolValue(b)) => {
+                    push_field(key, Some(if *b { "true" } else { "false" }))
+                }
+                Some(Value::DoubleValue(f)) => push_field(key, Some(&f.to_string())),
+                Some(other) => push_field(key, Some(&format!("{other:?}"))),
+                None => push_field(key, d.default.as_deref()),
+            }
+        }
+    }
+
+    /// Drops idle series when `metrics_expiration` is set.
+    pub fn expire(&self, now: Instant) {
+        if self.expiration.is_zero() {
+            return;
+        }
+        let removed = self.calls.expire(now, self.expiration)
+            + self
+                .events
+                .as_ref()
+                .map_or(0, |t| t.expire(now, self.expiration));
+        if removed > 0 {
+            self.metrics.expired_series.increment(removed as u64);
+            self.update_series_gauge();
+        }
+    }
+
+    /// Renders every span metric in `format`; exemplars only from traces `kept` says the
+    /// worker kept.
+    pub fn render(&self, out: &mut String, format: Format, kept: &dyn Fn(&TraceId) -> bool) {
+        self.expire(Instant::now());
+        render::render(self, out, format, kept);
+    }
+}
+
+fn find<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a Value> {
+    attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|v| v.value.as_ref())
+}
+
+fn span_id(span: &Span) -> [u8; 8] {
+    span.span_id.as_slice().try_into().unwrap_or_default()
+}
+
+/// Appends one key field: `<len>:<value>` when present, `-` when missing.
+fn push_field(key: &mut String, value: Option<&str>) {
+    match value {
+        Some(v) => {
+            let _ = write!(key, "{}:", v.len());
+            key.push_str(v);
+        }
+        None => key.push('-'),
+    }
+}
+
+/// Splits a key back into its fields.
+fn fields(key: &str) -> Vec<Option<&str>> {
+    let mut out = Vec::new();
+    let mut rest = key;
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix('-') {
+            out.push(None);
+            rest = r;
+            continue;
+        }
+        let Some((len, r)) = rest.split_once(':') else {
+            break;
+        };
+        let Ok(len) = len.parse::<usize>() else { break };
+        let Some(value) = r.get(..len) else { break };
+        out.push(Some(value));
+        rest = &r[len..];
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;
