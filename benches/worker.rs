@@ -1,6 +1,7 @@
 //! Worker ingest against the decode-only baseline on the same requests (DESIGN.md's
-//! yardstick): `cargo bench --bench worker`. Throughput is in spans; the ratio of the
-//! two groups' times is the figure to compare, not the absolute numbers.
+//! yardstick), and the span metrics counting path: `cargo bench --bench worker`.
+//! Throughput is in spans; the ratio of the worker's time to the baseline's is the figure
+//! to compare, not the absolute numbers.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -10,6 +11,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 use prost::Message;
 use tailgate::config::parse_worker;
+use tailgate::spanmetrics::{SpanMetrics, SpanMetricsConfig};
+use tailgate::telemetry::Registry;
 use tailgate::testkit::{kv, request, span, trace_id};
 use tailgate::worker::Worker;
 
@@ -101,6 +104,25 @@ admin: {endpoint: "127.0.0.1:0"}
     });
     group.finish();
     runtime.block_on(worker.shutdown());
+
+    // Counting every span into span metrics, on series that already exist (steady state).
+    let decoded: Vec<ExportTraceServiceRequest> = requests
+        .iter()
+        .map(|r| ExportTraceServiceRequest::decode(&r[..]).unwrap())
+        .collect();
+    let config: SpanMetricsConfig =
+        serde_yaml::from_str("{instance_id: bench, dimensions: [{name: attr.key.1}]}").unwrap();
+    let span_metrics = SpanMetrics::new(&config, &Registry::new()).unwrap();
+    let mut group = c.benchmark_group("spanmetrics");
+    group.throughput(Throughput::Elements(spans));
+    group.bench_function("record", |b| {
+        b.iter(|| {
+            for r in &decoded {
+                span_metrics.record(r, tokio::time::Instant::now());
+            }
+        })
+    });
+    group.finish();
 }
 
 criterion_group! {
