@@ -8,6 +8,7 @@ pub mod exporter;
 pub mod otlp;
 pub mod policy;
 pub mod receiver;
+pub mod router;
 pub mod spanmetrics;
 pub mod telemetry;
 pub mod testkit;
