@@ -11,6 +11,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 use prost::Message;
 use tailgate::config::parse_worker;
+use tailgate::receiver::Ingest;
 use tailgate::spanmetrics::{SpanMetrics, SpanMetricsConfig};
 use tailgate::telemetry::Registry;
 use tailgate::testkit::{kv, request, span, trace_id};

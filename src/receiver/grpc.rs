@@ -15,11 +15,10 @@ use tonic::codec::CompressionEncoding;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
-use super::{response, span_count, ReceiverMetrics};
-use crate::worker::pipeline::{IngestError, Pipeline};
+use super::{response, span_count, Ingest, IngestError, ReceiverMetrics};
 
 struct GrpcReceiver {
-    pipeline: Arc<Pipeline>,
+    pipeline: Arc<dyn Ingest>,
     metrics: ReceiverMetrics,
 }
 
@@ -50,7 +49,7 @@ impl TraceService for GrpcReceiver {
 /// Serves OTLP/gRPC on `listener` until `stop` is cancelled, then finishes in-flight calls.
 pub async fn serve_grpc(
     listener: TcpListener,
-    pipeline: Arc<Pipeline>,
+    pipeline: Arc<dyn Ingest>,
     metrics: ReceiverMetrics,
     max_message_bytes: usize,
     stop: CancellationToken,

@@ -15,15 +15,14 @@ use prost::Message;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::{response, span_count, ReceiverMetrics};
-use crate::worker::pipeline::{IngestError, Pipeline};
+use super::{response, span_count, Ingest, IngestError, ReceiverMetrics};
 
 const PROTOBUF: &str = "application/x-protobuf";
 const JSON: &str = "application/json";
 
 #[derive(Clone)]
 struct HttpState {
-    pipeline: Arc<Pipeline>,
+    pipeline: Arc<dyn Ingest>,
     metrics: ReceiverMetrics,
     max_body: usize,
 }
@@ -46,7 +45,7 @@ pub(super) struct RpcStatus {
 /// Serves OTLP/HTTP on `listener` until `stop` is cancelled.
 pub async fn serve_http(
     listener: TcpListener,
-    pipeline: Arc<Pipeline>,
+    pipeline: Arc<dyn Ingest>,
     metrics: ReceiverMetrics,
     path: &str,
     max_body: usize,

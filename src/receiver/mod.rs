@@ -1,7 +1,7 @@
-//! OTLP receivers (gRPC and HTTP) in front of the worker pipeline: decode, hand the
-//! request to [`Pipeline::ingest`], and answer with the OTLP status a client expects.
-//! One function per protocol maps pipeline errors to statuses; nothing here panics on
-//! input.
+//! OTLP receivers (gRPC and HTTP) in front of whatever takes the spans (the worker's
+//! pipeline or the router): decode, hand the request to [`Ingest::ingest`], and answer with
+//! the OTLP status a client expects. One function per protocol maps [`IngestError`] to
+//! statuses; nothing here panics on input.
 
 mod grpc;
 mod http;
@@ -14,8 +14,64 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 pub use grpc::serve_grpc;
 pub use http::serve_http;
 
+use crate::otlp::validate_ids;
 use crate::telemetry::{self, Registry};
-use crate::worker::pipeline::{IngestError, Ingested};
+
+/// Why a request was refused as a whole.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IngestError {
+    /// Every span in the request was invalid.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The buffer or a sending queue is full; the sender should retry later.
+    #[error("{0}")]
+    Overloaded(&'static str),
+}
+
+/// What happened to an accepted request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ingested {
+    pub accepted: u64,
+    /// Invalid spans, reported to the client as OTLP partial success.
+    pub rejected: u64,
+    /// The first problem found, when `rejected > 0`.
+    pub message: String,
+}
+
+/// What receivers hand their requests to.
+pub trait Ingest: Send + Sync + 'static {
+    fn ingest(
+        &self,
+        request: ExportTraceServiceRequest,
+        now: tokio::time::Instant,
+    ) -> Result<Ingested, IngestError>;
+}
+
+/// Checks every span's ids: the counts of valid and invalid spans and the first problem,
+/// or `InvalidArgument` when no span is valid.
+pub fn check_ids(request: &ExportTraceServiceRequest) -> Result<Ingested, IngestError> {
+    let mut checked = Ingested::default();
+    for span in request
+        .resource_spans
+        .iter()
+        .flat_map(|r| r.scope_spans.iter())
+        .flat_map(|s| s.spans.iter())
+    {
+        match validate_ids(span) {
+            Ok(_) => checked.accepted += 1,
+            Err(e) => {
+                if checked.rejected == 0 {
+                    checked.message = format!("invalid span: {e}");
+                }
+                checked.rejected += 1;
+            }
+        }
+    }
+    if checked.accepted == 0 && checked.rejected > 0 {
+        return Err(IngestError::InvalidArgument(checked.message));
+    }
+    Ok(checked)
+}
 
 /// `otelcol_receiver_*` for one transport.
 #[derive(Clone)]

@@ -12,7 +12,7 @@ use std::time::Duration;
 use metrics::{Counter, Gauge, Histogram};
 use moka::sync::Cache;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
+use opentelemetry_proto::tonic::trace::v1::ScopeSpans;
 use tokio::time::Instant;
 
 use super::decider::Decider;
@@ -20,33 +20,13 @@ use crate::buffer::{AddOutcome, ChunkFacts, TraceBuffer, TraceEntry};
 use crate::exporter::ExporterSet;
 use crate::otlp::{is_root, validate_ids, Chunk, Head, RequestBuilder, TraceId};
 use crate::policy::{Decision, PolicySet, Verdict};
+use crate::receiver::{check_ids, Ingest, IngestError, Ingested};
 use crate::spanmetrics::{Format, SpanMetrics};
 use crate::telemetry::{self, ExtraMetrics, Registry};
 
 /// Largest export request the decision loop builds, in spans and in bytes.
 const MAX_BATCH_SPANS: u64 = 8192;
 const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
-
-/// Why a request was refused as a whole.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum IngestError {
-    /// Every span in the request was invalid.
-    #[error("{0}")]
-    InvalidArgument(String),
-    /// The buffer or a sending queue is full; the sender should retry later.
-    #[error("{0}")]
-    Overloaded(&'static str),
-}
-
-/// What happened to an accepted request.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Ingested {
-    pub accepted: u64,
-    /// Invalid spans, reported to the client as OTLP partial success.
-    pub rejected: u64,
-    /// The first problem found, when `rejected > 0`.
-    pub message: String,
-}
 
 /// A remembered decision, for late spans.
 #[derive(Debug, Clone)]
@@ -169,6 +149,61 @@ impl Pipeline {
     }
 }
 
+impl Ingest for Pipeline {
+    /// Takes one OTLP request. Invalid spans are rejected one by one (partial success);
+    /// the request is refused whole when every span is invalid or when the worker is full.
+    fn ingest(
+        &self,
+        request: ExportTraceServiceRequest,
+        now: Instant,
+    ) -> Result<Ingested, IngestError> {
+        let checked = check_ids(&request)?;
+        let total = checked.accepted + checked.rejected;
+        if self.exporters.is_full() {
+            self.metrics.processor_refused.increment(total);
+            return Err(IngestError::Overloaded("the sending queue is full"));
+        }
+        if self.block_on_overflow && self.buffer.is_full() {
+            self.metrics.processor_refused.increment(total);
+            return Err(IngestError::Overloaded("the trace buffer is full"));
+        }
+        if let Some(sm) = &self.span_metrics {
+            sm.record(&request, now);
+        }
+        let mut late = RequestBuilder::default();
+        let mut keys: Vec<(TraceId, u32)> = Vec::new();
+        for rs in &request.resource_spans {
+            for ss in &rs.scope_spans {
+                keys.clear();
+                keys.extend(
+                    ss.spans
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, s)| validate_ids(s).ok().map(|id| (id, i as u32))),
+                );
+                if keys.is_empty() {
+                    continue;
+                }
+                keys.sort_unstable();
+                let head = Head::new(
+                    rs.resource.as_ref(),
+                    &rs.schema_url,
+                    ss.scope.as_ref(),
+                    &ss.schema_url,
+                );
+                for group in keys.chunk_by(|a, b| a.0 == b.0) {
+                    self.take_group(group, ss, &head, &mut late, now);
+                }
+            }
+        }
+        if !late.is_empty() {
+            self.exporters.enqueue(late.take());
+        }
+        self.update_gauges();
+        Ok(checked)
+    }
+}
+
 impl ExtraMetrics for Pipeline {
     fn render(&self, out: &mut String, format: Format) {
         if let Some(sm) = &self.span_metrics {
@@ -217,76 +252,6 @@ impl Pipeline {
 
     pub fn exporters(&self) -> &ExporterSet {
         &self.exporters
-    }
-
-    /// Takes one OTLP request. Invalid spans are rejected one by one (partial success);
-    /// the request is refused whole when every span is invalid or when the worker is full.
-    pub fn ingest(
-        &self,
-        request: ExportTraceServiceRequest,
-        now: Instant,
-    ) -> Result<Ingested, IngestError> {
-        let mut total = 0u64;
-        let mut rejected = 0u64;
-        let mut message = String::new();
-        for span in spans(&request.resource_spans) {
-            total += 1;
-            if let Err(e) = validate_ids(span) {
-                if rejected == 0 {
-                    message = format!("invalid span: {e}");
-                }
-                rejected += 1;
-            }
-        }
-        if total > 0 && rejected == total {
-            return Err(IngestError::InvalidArgument(message));
-        }
-        if self.exporters.is_full() {
-            self.metrics.processor_refused.increment(total);
-            return Err(IngestError::Overloaded("the sending queue is full"));
-        }
-        if self.block_on_overflow && self.buffer.is_full() {
-            self.metrics.processor_refused.increment(total);
-            return Err(IngestError::Overloaded("the trace buffer is full"));
-        }
-        if let Some(sm) = &self.span_metrics {
-            sm.record(&request, now);
-        }
-        let mut late = RequestBuilder::default();
-        let mut keys: Vec<(TraceId, u32)> = Vec::new();
-        for rs in &request.resource_spans {
-            for ss in &rs.scope_spans {
-                keys.clear();
-                keys.extend(
-                    ss.spans
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(i, s)| validate_ids(s).ok().map(|id| (id, i as u32))),
-                );
-                if keys.is_empty() {
-                    continue;
-                }
-                keys.sort_unstable();
-                let head = Head::new(
-                    rs.resource.as_ref(),
-                    &rs.schema_url,
-                    ss.scope.as_ref(),
-                    &ss.schema_url,
-                );
-                for group in keys.chunk_by(|a, b| a.0 == b.0) {
-                    self.take_group(group, ss, &head, &mut late, now);
-                }
-            }
-        }
-        if !late.is_empty() {
-            self.exporters.enqueue(late.take());
-        }
-        self.update_gauges();
-        Ok(Ingested {
-            accepted: total - rejected,
-            rejected,
-            message,
-        })
     }
 
     /// Routes the spans of one trace from one `ScopeSpans`.
@@ -485,14 +450,6 @@ impl Pipeline {
 fn age(entry: &TraceEntry, now: Instant) -> f64 {
     now.saturating_duration_since(entry.first_arrival)
         .as_secs_f64()
-}
-
-fn spans(
-    rs: &[ResourceSpans],
-) -> impl Iterator<Item = &opentelemetry_proto::tonic::trace::v1::Span> {
-    rs.iter()
-        .flat_map(|r| r.scope_spans.iter())
-        .flat_map(|s| s.spans.iter())
 }
 
 /// How often deciders look for due traces; the bound on decision lateness under normal

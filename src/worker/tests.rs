@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::parse_worker;
+use crate::receiver::Ingest;
 use crate::testkit::{metric, request, span, trace_id};
 use crate::worker::pipeline::DECISION_TICK;
 use crate::worker::Worker;
