@@ -8,7 +8,11 @@ const BIN: &str = env!("CARGO_BIN_EXE_tailgate");
 
 #[test]
 fn check_config_accepts_the_examples() {
-    for file in ["config/worker.yaml", "config/worker-file.yaml"] {
+    for file in [
+        "config/worker.yaml",
+        "config/worker-file.yaml",
+        "config/router.yaml",
+    ] {
         let out = Command::new(BIN)
             .args(["check-config", file])
             .current_dir(env!("CARGO_MANIFEST_DIR"))

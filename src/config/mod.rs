@@ -261,7 +261,7 @@ pub fn parse_worker(text: &str) -> Result<WorkerConfig, ConfigError> {
     })
 }
 
-fn validate_receivers(r: &ReceiversConfig, errors: &mut Errors) {
+pub(crate) fn validate_receivers(r: &ReceiversConfig, errors: &mut Errors) {
     let p = &r.otlp.protocols;
     if p.grpc.is_none() && p.http.is_none() {
         errors.push("receivers.otlp.protocols", "enable grpc, http or both");

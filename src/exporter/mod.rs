@@ -20,11 +20,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use metrics::{Counter, Gauge};
+use metrics::{Counter, Gauge, Histogram};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::config::{ExporterConfig, SendingQueueConfig};
+use crate::config::{ExporterConfig, OtlpExporterConfig, SendingQueueConfig};
 use crate::otlp::EncodedRequest;
 use crate::telemetry::{self, Registry};
 
@@ -79,6 +79,14 @@ struct ExporterMetrics {
     send_failed: Counter,
     enqueue_failed: Counter,
     queue_size: Gauge,
+    /// For a router's backend: `otelcol_loadbalancer_backend_*`.
+    backend: Option<BackendMetrics>,
+}
+
+struct BackendMetrics {
+    latency: Histogram,
+    success: Counter,
+    failure: Counter,
 }
 
 struct Exporter {
@@ -102,6 +110,29 @@ impl ExporterSet {
     pub fn start(
         configs: &[(String, ExporterConfig)],
         registry: &Registry,
+    ) -> Result<Self, BuildError> {
+        Self::build(configs, registry, None)
+    }
+
+    /// One `otlp` exporter for a router's backend at `endpoint`, with the load balancer's
+    /// per-backend metrics.
+    pub fn start_backend(
+        name: &str,
+        config: OtlpExporterConfig,
+        endpoint: &str,
+        registry: &Registry,
+    ) -> Result<Self, BuildError> {
+        Self::build(
+            &[(name.to_owned(), ExporterConfig::Otlp(config))],
+            registry,
+            Some(endpoint),
+        )
+    }
+
+    fn build(
+        configs: &[(String, ExporterConfig)],
+        registry: &Registry,
+        backend: Option<&str>,
     ) -> Result<Self, BuildError> {
         let mut tasks = JoinSet::new();
         let mut exporters = Vec::with_capacity(configs.len());
@@ -132,7 +163,7 @@ impl ExporterSet {
                     None,
                 ),
             };
-            let exporter = Exporter::new(name, queue, registry);
+            let exporter = Exporter::new(name, queue, registry, backend);
             let sink = Arc::new(sink);
             let consumers = if queue.enabled {
                 queue.num_consumers
@@ -155,6 +186,20 @@ impl ExporterSet {
             exporters,
             tasks: tokio::sync::Mutex::new(tasks),
         })
+    }
+
+    /// Closes the queues and takes out what has not been sent yet, so a router can send
+    /// it elsewhere. In-flight requests finish (or fail) as usual.
+    pub fn drain_queued(&self) -> Vec<EncodedRequest> {
+        let mut out = Vec::new();
+        for e in &self.exporters {
+            e.tx.close();
+            while let Ok(request) = e.rx.try_recv() {
+                out.push(request);
+            }
+            e.metrics.queue_size.set(0.0);
+        }
+        out
     }
 
     /// Hands a request to every exporter. Never waits.
@@ -205,7 +250,12 @@ impl ExporterSet {
 }
 
 impl Exporter {
-    fn new(name: &str, queue: &SendingQueueConfig, registry: &Registry) -> Self {
+    fn new(
+        name: &str,
+        queue: &SendingQueueConfig,
+        registry: &Registry,
+        backend: Option<&str>,
+    ) -> Self {
         // A disabled queue acts as a queue of one: the receivers push back as soon as one
         // request waits, and the decision loop still never waits on a send.
         let capacity = if queue.enabled { queue.queue_size } else { 1 };
@@ -224,6 +274,20 @@ impl Exporter {
                 send_failed: registry.counter(telemetry::EXPORTER_SEND_FAILED_SPANS, &labels),
                 enqueue_failed: registry.counter(telemetry::EXPORTER_ENQUEUE_FAILED_SPANS, &labels),
                 queue_size: registry.gauge(telemetry::EXPORTER_QUEUE_SIZE, &labels),
+                backend: backend.map(|endpoint| {
+                    let outcome = |success| {
+                        registry.counter(
+                            telemetry::LB_BACKEND_OUTCOME,
+                            &[("endpoint", endpoint), ("success", success)],
+                        )
+                    };
+                    BackendMetrics {
+                        latency: registry
+                            .histogram(telemetry::LB_BACKEND_LATENCY, &[("endpoint", endpoint)]),
+                        success: outcome("true"),
+                        failure: outcome("false"),
+                    }
+                }),
             }),
             in_flight: Arc::new(AtomicU64::new(0)),
         }
@@ -241,7 +305,17 @@ async fn consume(
     while let Ok(request) = rx.recv().await {
         in_flight.fetch_add(request.spans, Ordering::SeqCst);
         metrics.queue_size.set(rx.len() as f64);
+        let started = Instant::now();
         let result = retry::send_with_retry(&sink, &request, retry.as_ref()).await;
+        if let Some(b) = &metrics.backend {
+            b.latency.record(started.elapsed().as_secs_f64() * 1000.0);
+            if result.is_ok() {
+                &b.success
+            } else {
+                &b.failure
+            }
+            .increment(1);
+        }
         // Counted and cleared together, with no await between, so an abort at shutdown
         // sees the spans either in flight or counted, never both.
         in_flight.fetch_sub(request.spans, Ordering::SeqCst);

@@ -28,6 +28,7 @@ fn status(e: &IngestError) -> Status {
     match e {
         IngestError::InvalidArgument(m) => Status::invalid_argument(m.clone()),
         IngestError::Overloaded(m) => Status::resource_exhausted(*m),
+        IngestError::Unavailable(m) => Status::unavailable(*m),
     }
 }
 

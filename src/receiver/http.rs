@@ -148,6 +148,12 @@ async fn export(State(s): State<HttpState>, headers: HeaderMap, body: Body) -> R
             }
         }
         Err(IngestError::InvalidArgument(m)) => error(encoding, StatusCode::BAD_REQUEST, m),
+        Err(IngestError::Unavailable(m)) => {
+            let mut r = error(encoding, StatusCode::SERVICE_UNAVAILABLE, m.to_owned());
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            r
+        }
         Err(IngestError::Overloaded(m)) => {
             let mut r = error(encoding, StatusCode::TOO_MANY_REQUESTS, m.to_owned());
             r.headers_mut()
@@ -179,6 +185,7 @@ fn error(encoding: Encoding, status: StatusCode, message: String) -> Response {
         StatusCode::TOO_MANY_REQUESTS | StatusCode::PAYLOAD_TOO_LARGE => {
             tonic::Code::ResourceExhausted
         }
+        StatusCode::SERVICE_UNAVAILABLE => tonic::Code::Unavailable,
         _ => tonic::Code::InvalidArgument,
     };
     let body = RpcStatus {

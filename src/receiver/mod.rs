@@ -26,6 +26,9 @@ pub enum IngestError {
     /// The buffer or a sending queue is full; the sender should retry later.
     #[error("{0}")]
     Overloaded(&'static str),
+    /// Nowhere to send to right now (a router with no live backend); retryable.
+    #[error("{0}")]
+    Unavailable(&'static str),
 }
 
 /// What happened to an accepted request.

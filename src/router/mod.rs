@@ -1,7 +1,193 @@
-//! `tailgate router`: the stateless first tier that hashes each span's routing key onto a
-//! consistent-hash ring of workers.
+//! `tailgate router`: the stateless first tier. It receives OTLP, checks span ids as the
+//! worker does, and sends every span to one backend per route, chosen by hashing the
+//! span's routing key onto a consistent-hash ring of workers found by a resolver.
+//!
+//! A request is accepted only when every backend it needs has room: otherwise it is
+//! refused whole with a retryable status, so nothing is half-sent and retried twice.
 
+pub mod config;
+mod resolver;
 pub mod ring;
+mod route;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::receiver::{
+    check_ids, serve_grpc, serve_http, Ingest, IngestError, Ingested, ReceiverMetrics,
+};
+use crate::telemetry::{self, serve_admin, Health, Registry};
+use crate::worker::StartError;
+use config::RouterConfig;
+use route::Route;
+
+/// The routes as receivers see them.
+struct Routes {
+    routes: Vec<Arc<Route>>,
+    refused: metrics::Counter,
+}
+
+impl Ingest for Routes {
+    fn ingest(
+        &self,
+        request: ExportTraceServiceRequest,
+        _now: Instant,
+    ) -> Result<Ingested, IngestError> {
+        let checked = check_ids(&request)?;
+        let plans = self
+            .routes
+            .iter()
+            .map(|r| r.plan(&request))
+            .collect::<Result<Vec<_>, _>>()?;
+        if plans.iter().any(|p| p.blocked()) {
+            self.refused.increment(checked.accepted);
+            return Err(IngestError::Overloaded("a backend's sending queue is full"));
+        }
+        for plan in plans {
+            plan.send();
+        }
+        Ok(checked)
+    }
+}
+
+/// A running router.
+pub struct Router {
+    pub grpc_addr: Option<SocketAddr>,
+    pub http_addr: Option<SocketAddr>,
+    pub admin_addr: SocketAddr,
+    pub registry: Registry,
+    health: Arc<Health>,
+    routes: Vec<Arc<Route>>,
+    receivers_stop: CancellationToken,
+    receivers: JoinSet<()>,
+    resolvers_stop: CancellationToken,
+    resolvers: JoinSet<()>,
+    admin_stop: CancellationToken,
+    admin: JoinSet<()>,
+    grace_period: std::time::Duration,
+}
+
+impl Router {
+    /// Resolves every route once, then binds the listeners. Ready when this returns.
+    pub async fn start(config: RouterConfig) -> Result<Router, StartError> {
+        let registry = Registry::new();
+        let health = Arc::new(Health::default());
+        let routes: Vec<Arc<Route>> = config
+            .routes
+            .iter()
+            .map(|r| {
+                Arc::new(Route::new(
+                    r.clone(),
+                    &registry,
+                    config.shutdown.grace_period,
+                ))
+            })
+            .collect();
+        let resolvers_stop = CancellationToken::new();
+        let mut resolvers = JoinSet::new();
+        for route in &routes {
+            resolver::start(route.clone(), resolvers_stop.clone(), &mut resolvers).await;
+        }
+        let ingest: Arc<dyn Ingest> = Arc::new(Routes {
+            routes: routes.clone(),
+            refused: registry.counter(
+                telemetry::PROCESSOR_REFUSED_SPANS,
+                &[("processor", "loadbalancer")],
+            ),
+        });
+
+        let admin_listener = crate::worker::bind("admin", &config.admin.endpoint).await?;
+        let admin_addr = admin_listener
+            .local_addr()
+            .expect("bound listener has an address");
+        let admin_stop = CancellationToken::new();
+        let mut admin = JoinSet::new();
+        admin.spawn(crate::worker::log_exit(
+            "admin",
+            serve_admin(
+                admin_listener,
+                registry.clone(),
+                health.clone(),
+                None,
+                admin_stop.clone(),
+            ),
+        ));
+
+        let receivers_stop = CancellationToken::new();
+        let mut receivers = JoinSet::new();
+        let protocols = &config.receivers.otlp.protocols;
+        let mut grpc_addr = None;
+        if let Some(grpc) = &protocols.grpc {
+            let listener = crate::worker::bind("otlp grpc", &grpc.endpoint).await?;
+            grpc_addr = listener.local_addr().ok();
+            let max =
+                usize::try_from(grpc.max_recv_msg_size_mib * 1024 * 1024).unwrap_or(usize::MAX);
+            receivers.spawn(crate::worker::log_exit(
+                "otlp grpc receiver",
+                serve_grpc(
+                    listener,
+                    ingest.clone(),
+                    ReceiverMetrics::new(&registry, "grpc"),
+                    max,
+                    receivers_stop.clone(),
+                ),
+            ));
+        }
+        let mut http_addr = None;
+        if let Some(http) = &protocols.http {
+            let listener = crate::worker::bind("otlp http", &http.endpoint).await?;
+            http_addr = listener.local_addr().ok();
+            let max = usize::try_from(http.max_request_body_size).unwrap_or(usize::MAX);
+            let path = http.traces_url_path.clone();
+            let ingest = ingest.clone();
+            let metrics = ReceiverMetrics::new(&registry, "http");
+            let stop = receivers_stop.clone();
+            receivers.spawn(crate::worker::log_exit("otlp http receiver", async move {
+                serve_http(listener, ingest, metrics, &path, max, stop).await
+            }));
+        }
+        health.set_ready(true);
+        tracing::info!(grpc = ?grpc_addr, http = ?http_addr, admin = %admin_addr, "router started");
+        Ok(Router {
+            grpc_addr,
+            http_addr,
+            admin_addr,
+            registry,
+            health,
+            routes,
+            receivers_stop,
+            receivers,
+            resolvers_stop,
+            resolvers,
+            admin_stop,
+            admin,
+            grace_period: config.shutdown.grace_period,
+        })
+    }
+
+    /// Stops taking data, then drains every backend's queue within the grace period.
+    pub async fn shutdown(mut self) {
+        let deadline = Instant::now() + self.grace_period;
+        self.health.set_ready(false);
+        self.receivers_stop.cancel();
+        while self.receivers.join_next().await.is_some() {}
+        self.resolvers_stop.cancel();
+        while self.resolvers.join_next().await.is_some() {}
+        for route in &self.routes {
+            for backend in &route.members().backends {
+                backend.exporters.shutdown(deadline).await;
+            }
+        }
+        self.admin_stop.cancel();
+        while self.admin.join_next().await.is_some() {}
+        tracing::info!("router stopped");
+    }
+}
 
 #[cfg(test)]
 mod tests;

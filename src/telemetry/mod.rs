@@ -53,6 +53,14 @@ pub const TS_TRACES_ON_MEMORY: &str = "otelcol_processor_tail_sampling_sampling_
 pub const TS_TRACES_DROPPED_TOO_LARGE: &str =
     "otelcol_processor_tail_sampling_traces_dropped_too_large";
 
+pub const LB_NUM_BACKENDS: &str = "otelcol_loadbalancer_num_backends";
+pub const LB_NUM_RESOLUTIONS: &str = "otelcol_loadbalancer_num_resolutions";
+pub const LB_NUM_BACKEND_UPDATES: &str = "otelcol_loadbalancer_num_backend_updates";
+pub const LB_BACKEND_LATENCY: &str = "otelcol_loadbalancer_backend_latency";
+pub const LB_BACKEND_OUTCOME: &str = "otelcol_loadbalancer_backend_outcome";
+/// Spans a router re-routed from a removed backend's queue onto the new ring.
+pub const ROUTER_REROUTED_SPANS: &str = "tailgate_router_rerouted_spans";
+
 /// Every accepted span's final bucket: `outcome` is sampled, not_sampled, dropped,
 /// evicted, too_large or shutdown.
 pub const SPANS_DECIDED: &str = "tailgate_spans_decided";
@@ -72,6 +80,9 @@ const TIMER_LATENCY_BUCKETS_MS: &[f64] = &[
 ];
 const AGE_BUCKETS_S: &[f64] = &[
     1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 300.0, 600.0, 1800.0,
+];
+const BACKEND_LATENCY_BUCKETS_MS: &[f64] = &[
+    5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0,
 ];
 const LATENESS_BUCKETS_MS: &[f64] = &[
     1.0, 5.0, 10.0, 20.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0,
@@ -111,6 +122,12 @@ const DESCRIPTIONS: &[Description] = &[
     (TS_TRACES_DROPPED_TOO_LARGE, Kind::Counter, None, "Traces released as not sampled because they exceeded maximum_trace_size_bytes."),
     (SPANS_DECIDED, Kind::Counter, None, "Every accepted span, by where it ended: sampled, not_sampled, dropped, evicted, too_large, shutdown."),
     (POLICY_RELOADS, Kind::Counter, None, "Policy reloads; a failed one keeps the previous policies."),
+    (LB_NUM_BACKENDS, Kind::Gauge, None, "Backends on the ring."),
+    (LB_NUM_RESOLUTIONS, Kind::Counter, None, "Resolver runs, by success."),
+    (LB_NUM_BACKEND_UPDATES, Kind::Counter, None, "Resolutions that changed the backend list."),
+    (LB_BACKEND_LATENCY, Kind::Histogram, Some(Unit::Milliseconds), "Time to send one request to a backend, retries included."),
+    (LB_BACKEND_OUTCOME, Kind::Counter, None, "Requests sent to a backend, by success."),
+    (ROUTER_REROUTED_SPANS, Kind::Counter, None, "Spans moved from a removed backend's queue onto the new ring."),
     (SPANMETRICS_ACTIVE_SERIES, Kind::Gauge, None, "Span metric series held (calls/duration and events)."),
     (SPANMETRICS_EXPIRED_SERIES, Kind::Counter, None, "Span metric series dropped after metrics_expiration idle."),
     (SPANMETRICS_OVERFLOW_SPANS, Kind::Counter, None, "Spans counted in the overflow series because of aggregation_cardinality_limit."),
@@ -133,24 +150,19 @@ impl Default for Registry {
 
 impl Registry {
     pub fn new() -> Self {
-        let builder = PrometheusBuilder::new()
-            .with_recommended_naming(true)
-            .set_buckets_for_metric(
-                Matcher::Full(TS_DECISION_TIMER_LATENCY.into()),
-                TIMER_LATENCY_BUCKETS_MS,
+        let buckets: [(&str, &[f64]); 5] = [
+            (TS_DECISION_TIMER_LATENCY, TIMER_LATENCY_BUCKETS_MS),
+            (TS_TRACE_REMOVAL_AGE, AGE_BUCKETS_S),
+            (TS_LATE_SPAN_AGE, AGE_BUCKETS_S),
+            (DECISION_LATENESS, LATENESS_BUCKETS_MS),
+            (LB_BACKEND_LATENCY, BACKEND_LATENCY_BUCKETS_MS),
+        ];
+        let builder = buckets
+            .into_iter()
+            .try_fold(
+                PrometheusBuilder::new().with_recommended_naming(true),
+                |b, (name, bounds)| b.set_buckets_for_metric(Matcher::Full(name.into()), bounds),
             )
-            .and_then(|b| {
-                b.set_buckets_for_metric(Matcher::Full(TS_TRACE_REMOVAL_AGE.into()), AGE_BUCKETS_S)
-            })
-            .and_then(|b| {
-                b.set_buckets_for_metric(Matcher::Full(TS_LATE_SPAN_AGE.into()), AGE_BUCKETS_S)
-            })
-            .and_then(|b| {
-                b.set_buckets_for_metric(
-                    Matcher::Full(DECISION_LATENESS.into()),
-                    LATENESS_BUCKETS_MS,
-                )
-            })
             .expect("bucket lists are non-empty constants");
         let recorder = builder.build_recorder();
         for (name, kind, unit, help) in DESCRIPTIONS {

@@ -29,7 +29,7 @@ use crate::spanmetrics::SpanMetrics;
 use crate::telemetry::{serve_admin, ExtraMetrics, Health, Registry};
 use pipeline::{DecisionSettings, Pipeline, DECISION_TICK};
 
-/// Why a worker could not start.
+/// Why a worker or router could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot listen on {endpoint} ({what}): {source}")]
@@ -62,7 +62,7 @@ pub struct Worker {
     grace_period: std::time::Duration,
 }
 
-async fn bind(what: &'static str, endpoint: &str) -> Result<TcpListener, StartError> {
+pub(crate) async fn bind(what: &'static str, endpoint: &str) -> Result<TcpListener, StartError> {
     TcpListener::bind(endpoint)
         .await
         .map_err(|source| StartError::Bind {
@@ -227,7 +227,7 @@ impl Worker {
     }
 }
 
-async fn log_exit<E: std::fmt::Display>(
+pub(crate) async fn log_exit<E: std::fmt::Display>(
     what: &'static str,
     task: impl std::future::Future<Output = Result<(), E>>,
 ) {

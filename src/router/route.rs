@@ -1,0 +1,321 @@
+//! One `loadbalancing` route: its ring and backends (swapped whole when membership
+//! changes, so routing never stalls), and the split of a request into one request per
+//! owning backend. Resource and scope are encoded once per received `ScopeSpans` and shared
+//! by every backend's share; nothing is copied per trace.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use metrics::{Counter, Gauge};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value::Value, KeyValue};
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message;
+use tokio::time::Instant;
+
+use super::config::{endpoint_with_port, RouteConfig, RoutingKey};
+use super::ring::Ring;
+use crate::exporter::ExporterSet;
+use crate::otlp::{validate_ids, Chunk, Head, RequestBuilder};
+use crate::receiver::IngestError;
+use crate::telemetry::{self, Registry};
+
+/// A worker the route sends to.
+pub(crate) struct Backend {
+    pub endpoint: String,
+    pub exporters: ExporterSet,
+}
+
+/// The ring and the backends, index-aligned with the ring's endpoints.
+pub(crate) struct Members {
+    pub ring: Ring,
+    pub backends: Vec<Arc<Backend>>,
+}
+
+pub(crate) struct Route {
+    config: RouteConfig,
+    members: RwLock<Arc<Members>>,
+    registry: Registry,
+    resolver_label: &'static str,
+    num_backends: Gauge,
+    backend_updates: Counter,
+    resolutions_ok: Counter,
+    resolutions_failed: Counter,
+    rerouted: Counter,
+    grace: Duration,
+}
+
+/// One request's share per backend.
+pub(crate) struct Plan {
+    members: Arc<Members>,
+    shares: Vec<RequestBuilder>,
+}
+
+impl Route {
+    pub(crate) fn new(config: RouteConfig, registry: &Registry, grace: Duration) -> Self {
+        let resolver_label = match config.resolver {
+            super::config::Resolver::Static(_) => "static",
+            super::config::Resolver::Dns(_) => "dns",
+        };
+        let resolutions = |success| {
+            registry.counter(
+                telemetry::LB_NUM_RESOLUTIONS,
+                &[("resolver", resolver_label), ("success", success)],
+            )
+        };
+        Self {
+            members: RwLock::new(Arc::new(Members {
+                ring: Ring::new(config.ring, Vec::new()),
+                backends: Vec::new(),
+            })),
+            registry: registry.clone(),
+            resolver_label,
+            num_backends: registry
+                .gauge(telemetry::LB_NUM_BACKENDS, &[("resolver", resolver_label)]),
+            backend_updates: registry.counter(
+                telemetry::LB_NUM_BACKEND_UPDATES,
+                &[("resolver", resolver_label)],
+            ),
+            resolutions_ok: resolutions("true"),
+            resolutions_failed: resolutions("false"),
+            rerouted: registry.counter(
+                telemetry::ROUTER_REROUTED_SPANS,
+                &[("exporter", &config.name)],
+            ),
+            config,
+            grace,
+        }
+    }
+
+    pub(crate) fn config(&self) -> &RouteConfig {
+        &self.config
+    }
+
+    pub(crate) fn members(&self) -> Arc<Members> {
+        self.members
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Counts a failed resolution; the current members stay.
+    pub(crate) fn resolution_failed(&self) {
+        self.resolutions_failed.increment(1);
+    }
+
+    /// Applies a resolved endpoint list (sorted, as the collector sorts it). A new ring is
+    /// swapped in at once; clients of backends that stay are kept; removed backends are
+    /// drained in the background and what they still had queued is routed again.
+    pub(crate) fn apply(self: &Arc<Self>, mut endpoints: Vec<String>) {
+        self.resolutions_ok.increment(1);
+        endpoints.sort();
+        let old = self.members();
+        if old.ring.endpoints() == endpoints.as_slice() {
+            return;
+        }
+        let existing: HashMap<&str, &Arc<Backend>> = old
+            .backends
+            .iter()
+            .map(|b| (b.endpoint.as_str(), b))
+            .collect();
+        let mut backends = Vec::with_capacity(endpoints.len());
+        let mut usable = Vec::with_capacity(endpoints.len());
+        for e in &endpoints {
+            if let Some(b) = existing.get(e.as_str()) {
+                backends.push(Arc::clone(b));
+                usable.push(e.clone());
+                continue;
+            }
+            let mut otlp = self.config.otlp.clone();
+            otlp.endpoint = endpoint_with_port(e);
+            let name = format!("{}/{e}", self.config.name);
+            match ExporterSet::start_backend(&name, otlp, e, &self.registry) {
+                Ok(exporters) => {
+                    backends.push(Arc::new(Backend {
+                        endpoint: e.clone(),
+                        exporters,
+                    }));
+                    usable.push(e.clone());
+                }
+                Err(err) => {
+                    tracing::error!(endpoint = %e, error = %err, "cannot create a client for this backend; left out of the ring")
+                }
+            }
+        }
+        let new = Arc::new(Members {
+            ring: Ring::new(self.config.ring, usable),
+            backends,
+        });
+        *self.members.write().unwrap_or_else(|p| p.into_inner()) = new.clone();
+        self.num_backends.set(new.backends.len() as f64);
+        self.backend_updates.increment(1);
+        tracing::info!(route = %self.config.name, resolver = self.resolver_label, backends = ?new.ring.endpoints(), "ring updated");
+        let removed: Vec<Arc<Backend>> = old
+            .backends
+            .iter()
+            .filter(|b| !new.ring.endpoints().contains(&b.endpoint))
+            .cloned()
+            .collect();
+        for backend in removed {
+            let route = Arc::clone(self);
+            tokio::spawn(async move { route.retire(backend).await });
+        }
+    }
+
+    /// Takes a removed backend's queued requests onto the current ring, then lets its
+    /// in-flight sends finish within the grace period.
+    async fn retire(&self, backend: Arc<Backend>) {
+        for request in backend.exporters.drain_queued() {
+            let spans = request.spans;
+            let rerouted = ExportTraceServiceRequest::decode(request.bytes)
+                .map_err(|e| IngestError::InvalidArgument(e.to_string()))
+                .and_then(|decoded| self.plan(&decoded))
+                .map(|plan| plan.send());
+            match rerouted {
+                Ok(()) => self.rerouted.increment(spans),
+                // Counted by the backend's exporter as failed: there is nowhere to send it.
+                Err(e) => {
+                    tracing::error!(endpoint = %backend.endpoint, spans, error = %e, "could not re-route a removed backend's queue")
+                }
+            }
+        }
+        backend
+            .exporters
+            .shutdown(Instant::now() + self.grace)
+            .await;
+    }
+
+    /// Splits `request`'s valid spans by owning backend.
+    pub(crate) fn plan(&self, request: &ExportTraceServiceRequest) -> Result<Plan, IngestError> {
+        let members = self.members();
+        if members.backends.is_empty() {
+            return Err(IngestError::Unavailable("no backend to route to yet"));
+        }
+        let mut shares: Vec<RequestBuilder> = (0..members.backends.len())
+            .map(|_| RequestBuilder::default())
+            .collect();
+        let mut owners: Vec<(usize, u32)> = Vec::new();
+        let mut key = String::new();
+        for rs in &request.resource_spans {
+            let resource: &[KeyValue] = rs.resource.as_ref().map_or(&[], |r| &r.attributes);
+            let service_owner = match self.config.routing_key {
+                RoutingKey::Service => {
+                    let Some(Value::StringValue(service)) = find(resource, "service.name") else {
+                        return Err(IngestError::InvalidArgument(
+                            "routing_key service: a resource has no service.name".into(),
+                        ));
+                    };
+                    members.ring.route(service.as_bytes())
+                }
+                _ => None,
+            };
+            for ss in &rs.scope_spans {
+                owners.clear();
+                let scope: &[KeyValue] = ss.scope.as_ref().map_or(&[], |s| &s.attributes);
+                for (i, span) in ss.spans.iter().enumerate() {
+                    let Ok(trace_id) = validate_ids(span) else {
+                        continue;
+                    };
+                    let owner = match self.config.routing_key {
+                        RoutingKey::TraceId => members.ring.route(&trace_id),
+                        RoutingKey::Service => service_owner,
+                        RoutingKey::Attributes => {
+                            self.attribute_key(&mut key, span, scope, resource);
+                            members.ring.route(key.as_bytes())
+                        }
+                    };
+                    if let Some(owner) = owner {
+                        owners.push((owner, i as u32));
+                    }
+                }
+                if owners.is_empty() {
+                    continue;
+                }
+                owners.sort_unstable();
+                let head = Head::new(
+                    rs.resource.as_ref(),
+                    &rs.schema_url,
+                    ss.scope.as_ref(),
+                    &ss.schema_url,
+                );
+                for group in owners.chunk_by(|a, b| a.0 == b.0) {
+                    let spans = group.iter().map(|(_, i)| &ss.spans[*i as usize]);
+                    shares[group[0].0].push(&Chunk::encode(head.clone(), spans));
+                }
+            }
+        }
+        Ok(Plan { members, shares })
+    }
+
+    /// `name=value|` for each routing attribute, in config order (the collector's key):
+    /// span, then scope, then resource attributes, plus `span.name` and `span.kind`.
+    fn attribute_key(
+        &self,
+        key: &mut String,
+        span: &Span,
+        scope: &[KeyValue],
+        resource: &[KeyValue],
+    ) {
+        use std::fmt::Write as _;
+        key.clear();
+        for name in &self.config.routing_attributes {
+            key.push_str(name);
+            key.push('=');
+            match name.as_str() {
+                "span.name" => key.push_str(&span.name),
+                "span.kind" => {
+                    let _ = write!(key, "{}", span.kind);
+                }
+                _ => match find(&span.attributes, name)
+                    .or_else(|| find(scope, name))
+                    .or_else(|| find(resource, name))
+                {
+                    Some(Value::StringValue(s)) => key.push_str(s),
+                    Some(Value::IntValue(i)) => {
+                        let _ = write!(key, "{i}");
+                    }
+                    Some(Value::DoubleValue(f)) => {
+                        let _ = write!(key, "{f}");
+                    }
+                    Some(Value::BoolValue(b)) => {
+                        let _ = write!(key, "{b}");
+                    }
+                    Some(other) => {
+                        let _ = write!(key, "{other:?}");
+                    }
+                    None => {}
+                },
+            }
+            key.push('|');
+        }
+    }
+}
+
+impl Plan {
+    /// Whether any backend this plan sends to has a full queue.
+    pub(crate) fn blocked(&self) -> bool {
+        self.shares
+            .iter()
+            .zip(&self.members.backends)
+            .any(|(share, b)| !share.is_empty() && b.exporters.is_full())
+    }
+
+    /// Hands every share to its backend's queue; each backend sends (and retries) its own
+    /// share independently.
+    pub(crate) fn send(mut self) {
+        for (share, backend) in self.shares.iter_mut().zip(&self.members.backends) {
+            if !share.is_empty() {
+                backend.exporters.enqueue(share.take());
+            }
+        }
+    }
+}
+
+fn find<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a Value> {
+    attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|v| v.value.as_ref())
+}

@@ -1,0 +1,276 @@
+//! A router in front of real workers on loopback.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use tailgate::router::config::parse_router;
+use tailgate::router::Router;
+use tailgate::testkit::{all_spans, metric, request, span, trace_id, Sink};
+use tailgate::worker::Worker;
+
+const KEEP_ALL: &str = "  decision_wait: 500ms\n  policies: [{name: all, type: always_sample}]\n";
+
+async fn router(backends: &[String], extra: &str) -> Router {
+    let hostnames: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
+    let text = format!(
+        r#"
+receivers: {{otlp: {{protocols: {{grpc: {{endpoint: "127.0.0.1:0"}}, http: {{endpoint: "127.0.0.1:0"}}}}}}}}
+exporters:
+  loadbalancing:
+{extra}
+    protocol: {{otlp: {{tls: {{insecure: true}}, retry_on_failure: {{initial_interval: 20ms, max_interval: 100ms}}}}}}
+    resolver: {{static: {{hostnames: [{}]}}}}
+admin: {{endpoint: "127.0.0.1:0"}}
+"#,
+        hostnames.join(", ")
+    );
+    Router::start(parse_router(&text).unwrap_or_else(|e| panic!("{e}\n{text}")))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_trace_lands_whole_on_one_worker() {
+    let sink = Sink::start(vec![]).await;
+    let mut workers = Vec::new();
+    for _ in 0..3 {
+        workers.push(
+            Worker::start(common::config(&sink, KEEP_ALL))
+                .await
+                .unwrap(),
+        );
+    }
+    let endpoints: Vec<String> = workers
+        .iter()
+        .map(|w| w.grpc_addr.unwrap().to_string())
+        .collect();
+    let router = router(&endpoints, "    routing_key: traceID").await;
+    let addr = format!("http://{}", router.grpc_addr.unwrap());
+    // 1000 traces of 4 spans; span k of every trace goes out in request k, over four
+    // connections, so every request mixes all traces.
+    let traces = 1000u64;
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(TraceServiceClient::connect(addr.clone()).await.unwrap());
+    }
+    for k in 0..4u64 {
+        let spans = (0..traces)
+            .map(|t| span(trace_id(t), k + 1, (k > 0).then_some(1)))
+            .collect();
+        clients[k as usize]
+            .export(request(&format!("svc-{k}"), spans))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        sink.wait_for_spans(4000, Duration::from_secs(30)).await,
+        4000
+    );
+    // Each trace was decided once, by one worker, with all its spans: one export request.
+    let mut requests_per_trace: HashMap<Vec<u8>, HashSet<usize>> = HashMap::new();
+    for (i, r) in sink.requests().iter().enumerate() {
+        for s in all_spans(r) {
+            requests_per_trace
+                .entry(s.trace_id.clone())
+                .or_default()
+                .insert(i);
+        }
+    }
+    assert_eq!(requests_per_trace.len(), traces as usize);
+    assert!(requests_per_trace.values().all(|r| r.len() == 1));
+    // Every worker got a share near a third (the collector ring's balance at 3 endpoints).
+    let mut total = 0.0;
+    for w in &workers {
+        let text = common::scrape(w.admin_addr).await;
+        let accepted = metric(&text, "otelcol_receiver_accepted_spans_total", &[]);
+        assert!(
+            (0.2..0.47).contains(&(accepted / 4000.0)),
+            "share {}",
+            accepted / 4000.0
+        );
+        total += accepted;
+    }
+    assert_eq!(total, 4000.0);
+    let text = common::scrape(router.admin_addr).await;
+    assert_eq!(metric(&text, "otelcol_loadbalancer_num_backends", &[]), 3.0);
+    assert_eq!(
+        metric(
+            &text,
+            "otelcol_loadbalancer_num_resolutions_total",
+            &[("success", "true")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(&text, "otelcol_exporter_sent_spans_total", &[]),
+        4000.0
+    );
+    let outcomes = metric(
+        &text,
+        "otelcol_loadbalancer_backend_outcome_total",
+        &[("success", "true")],
+    );
+    assert!((3.0..=12.0).contains(&outcomes), "{outcomes}");
+    router.shutdown().await;
+    for w in workers {
+        w.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_request_is_split_once_per_worker_not_per_trace() {
+    // Two fake workers (plain sinks) record exactly what the router sends.
+    let (a, b) = (Sink::start(vec![]).await, Sink::start(vec![]).await);
+    let router = router(
+        &[a.addr.to_string(), b.addr.to_string()],
+        "    ring: balanced",
+    )
+    .await;
+    let mut client = TraceServiceClient::connect(format!("http://{}", router.grpc_addr.unwrap()))
+        .await
+        .unwrap();
+    let spans = (0..200u64).map(|t| span(trace_id(t), 1, None)).collect();
+    client.export(request("svc", spans)).await.unwrap();
+    assert_eq!(
+        a.wait_for_spans(1, Duration::from_secs(10)).await
+            + b.wait_for_spans(1, Duration::from_secs(10)).await,
+        200
+    );
+    for sink in [&a, &b] {
+        let requests = sink.requests();
+        assert_eq!(requests.len(), 1, "one request per worker");
+        // One resource and scope for all its traces, exactly as received.
+        assert_eq!(requests[0].resource_spans.len(), 1);
+        assert_eq!(
+            requests[0].resource_spans[0].scope_spans[0]
+                .scope
+                .as_ref()
+                .unwrap()
+                .name,
+            "testkit"
+        );
+    }
+    router.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_failing_backend_retries_only_its_own_share() {
+    let flaky = Sink::start(vec![tonic::Code::Unavailable; 2]).await;
+    let healthy = Sink::start(vec![]).await;
+    let router = router(
+        &[flaky.addr.to_string(), healthy.addr.to_string()],
+        "    ring: balanced",
+    )
+    .await;
+    let mut client = TraceServiceClient::connect(format!("http://{}", router.grpc_addr.unwrap()))
+        .await
+        .unwrap();
+    let spans = (0..100u64).map(|t| span(trace_id(t), 1, None)).collect();
+    client.export(request("svc", spans)).await.unwrap();
+    let got = flaky.wait_for_spans(1, Duration::from_secs(10)).await
+        + healthy.wait_for_spans(1, Duration::from_secs(10)).await;
+    assert_eq!(got, 100);
+    assert_eq!(flaky.refused_calls(), 2);
+    // The healthy backend was sent its share once.
+    assert_eq!(healthy.requests().len(), 1);
+    router.shutdown().await;
+}
+
+#[tokio::test]
+async fn routing_by_service_and_bad_input() {
+    let (a, b) = (Sink::start(vec![]).await, Sink::start(vec![]).await);
+    let router = router(
+        &[a.addr.to_string(), b.addr.to_string()],
+        "    routing_key: service",
+    )
+    .await;
+    let mut client = TraceServiceClient::connect(format!("http://{}", router.grpc_addr.unwrap()))
+        .await
+        .unwrap();
+    for t in 0..20u64 {
+        client
+            .export(request("checkout", vec![span(trace_id(t), 1, None)]))
+            .await
+            .unwrap();
+    }
+    let (na, nb) = (
+        a.wait_for_spans(20, Duration::from_secs(2)).await,
+        b.wait_for_spans(20, Duration::from_secs(2)).await,
+    );
+    assert!(
+        na == 20 && nb == 0 || na == 0 && nb == 20,
+        "one service, one worker: {na} {nb}"
+    );
+    // The worker's bad-input errors apply at the router too.
+    let mut bad = request("checkout", vec![span(trace_id(1), 1, None)]);
+    bad.resource_spans[0].scope_spans[0].spans[0].trace_id = vec![0; 16];
+    assert_eq!(
+        client.export(bad).await.unwrap_err().code(),
+        tonic::Code::InvalidArgument
+    );
+    let mut nameless = request("x", vec![span(trace_id(1), 1, None)]);
+    nameless.resource_spans[0].resource = None;
+    assert_eq!(
+        client.export(nameless).await.unwrap_err().code(),
+        tonic::Code::InvalidArgument
+    );
+    router.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_full_backend_queue_pushes_back() {
+    let stuck = Sink::start(vec![tonic::Code::Unavailable; 1000]).await;
+    let text = format!(
+        r#"
+receivers: {{otlp: {{protocols: {{grpc: {{endpoint: "127.0.0.1:0"}}}}}}}}
+exporters:
+  loadbalancing:
+    protocol: {{otlp: {{tls: {{insecure: true}}, sending_queue: {{queue_size: 1, num_consumers: 1}}, retry_on_failure: {{initial_interval: 1s, max_elapsed_time: 0s}}}}}}
+    resolver: {{static: {{hostnames: ["{}"]}}}}
+admin: {{endpoint: "127.0.0.1:0"}}
+shutdown: {{grace_period: 1s}}
+"#,
+        stuck.addr
+    );
+    let router = Router::start(parse_router(&text).unwrap()).await.unwrap();
+    let mut client = TraceServiceClient::connect(format!("http://{}", router.grpc_addr.unwrap()))
+        .await
+        .unwrap();
+    let mut refused = 0;
+    for t in 0..10u64 {
+        if let Err(s) = client
+            .export(request("a", vec![span(trace_id(t), 1, None)]))
+            .await
+        {
+            assert_eq!(s.code(), tonic::Code::ResourceExhausted);
+            refused += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused > 0);
+    let metrics = common::scrape(router.admin_addr).await;
+    assert_eq!(
+        metric(&metrics, "otelcol_processor_refused_spans_total", &[]),
+        f64::from(refused)
+    );
+    let registry = router.registry.clone();
+    router.shutdown().await;
+    // What the backend never took was abandoned at shutdown and counted, not lost.
+    let accepted = metric(
+        &registry.render(),
+        "otelcol_receiver_accepted_spans_total",
+        &[],
+    );
+    assert_eq!(accepted, f64::from(10 - refused));
+    assert_eq!(
+        metric(
+            &registry.render(),
+            "otelcol_exporter_send_failed_spans_total",
+            &[]
+        ),
+        accepted
+    );
+}
