@@ -121,18 +121,27 @@ impl TraceService for SinkService {
 impl Sink {
     /// Starts a sink that first fails one call with each of `failures`, then accepts.
     pub async fn start(failures: Vec<Code>) -> Sink {
-        Self::serve(failures, None).await
+        Self::serve("127.0.0.1:0", failures, None).await
+    }
+
+    /// Starts a sink listening on `addr` (another loopback address, say).
+    pub async fn start_at(addr: &str) -> Sink {
+        Self::serve(addr, vec![], None).await
     }
 
     /// Starts a sink that accepts only TLS, with the PEM certificate chain and key given.
     pub async fn start_tls(cert_pem: &str, key_pem: &str) -> Sink {
         let tls = tonic::transport::ServerTlsConfig::new()
             .identity(tonic::transport::Identity::from_pem(cert_pem, key_pem));
-        Self::serve(vec![], Some(tls)).await
+        Self::serve("127.0.0.1:0", vec![], Some(tls)).await
     }
 
-    async fn serve(failures: Vec<Code>, tls: Option<tonic::transport::ServerTlsConfig>) -> Sink {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    async fn serve(
+        addr: &str,
+        failures: Vec<Code>,
+        tls: Option<tonic::transport::ServerTlsConfig>,
+    ) -> Sink {
+        let listener = tokio::net::TcpListener::bind(addr)
             .await
             .expect("bind sink");
         let addr = listener.local_addr().expect("sink address");

@@ -1,0 +1,188 @@
+//! The router's DNS resolver against a real DNS server on loopback whose records change
+//! while traffic flows.
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::rdata::A;
+use hickory_proto::rr::{RData, Record, RecordType};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use tailgate::router::config::parse_router;
+use tailgate::router::Router;
+use tailgate::testkit::{metric, request, span, trace_id, Sink};
+
+/// What the DNS server answers for every A query: these addresses, or SERVFAIL.
+#[derive(Clone, Default)]
+struct Zone(Arc<Mutex<Option<Vec<Ipv4Addr>>>>);
+
+impl Zone {
+    fn set(&self, answer: Option<Vec<Ipv4Addr>>) {
+        *self.0.lock().unwrap() = answer;
+    }
+}
+
+/// A DNS server over UDP on 127.0.0.1, answering from `zone` with a TTL of 1 s.
+async fn dns_server(zone: Zone) -> std::net::SocketAddr {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
+                return;
+            };
+            let Ok(query) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            let answer = zone.0.lock().unwrap().clone();
+            let mut response = match &answer {
+                Some(_) => Message::response(query.metadata.id, query.metadata.op_code),
+                None => Message::error_msg(
+                    query.metadata.id,
+                    query.metadata.op_code,
+                    ResponseCode::ServFail,
+                ),
+            };
+            response.metadata.recursion_desired = query.metadata.recursion_desired;
+            response.metadata.recursion_available = true;
+            response.metadata.authoritative = true;
+            for q in &query.queries {
+                response.add_query(q.clone());
+                if let (Some(ips), RecordType::A) = (&answer, q.query_type()) {
+                    for ip in ips {
+                        response.add_answer(Record::from_rdata(
+                            q.name().clone(),
+                            1,
+                            RData::A(A(*ip)),
+                        ));
+                    }
+                }
+            }
+            let _ = socket.send_to(&response.to_vec().unwrap(), peer).await;
+        }
+    });
+    addr
+}
+
+async fn wait_for(
+    router: &Router,
+    name: &str,
+    labels: &[(&str, &str)],
+    pred: impl Fn(f64) -> bool,
+) -> f64 {
+    let mut last = 0.0;
+    for _ in 0..200 {
+        last = metric(&common::scrape(router.admin_addr).await, name, labels);
+        if pred(last) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    last
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ring_follows_dns_and_survives_a_failed_lookup() {
+    // Two backends on two loopback addresses with the same port, as pods behind a headless
+    // Service would be.
+    let first = Sink::start_at("127.0.0.2:0").await;
+    let port = first.addr.port();
+    let second = Sink::start_at(&format!("127.0.0.3:{port}")).await;
+    let zone = Zone::default();
+    zone.set(Some(vec![Ipv4Addr::new(127, 0, 0, 2)]));
+    let nameserver = dns_server(zone.clone()).await;
+    let text = format!(
+        r#"
+receivers: {{otlp: {{protocols: {{grpc: {{endpoint: "127.0.0.1:0"}}}}}}}}
+exporters:
+  loadbalancing:
+    protocol: {{otlp: {{tls: {{insecure: true}}}}}}
+    resolver:
+      dns: {{hostname: workers.tailgate.test, port: {port}, interval: 200ms, timeout: 500ms, nameserver: "{nameserver}"}}
+admin: {{endpoint: "127.0.0.1:0"}}
+"#
+    );
+    let router = Router::start(parse_router(&text).unwrap()).await.unwrap();
+    let backends = "otelcol_loadbalancer_num_backends";
+    assert_eq!(
+        metric(&common::scrape(router.admin_addr).await, backends, &[]),
+        1.0
+    );
+    let mut client = TraceServiceClient::connect(format!("http://{}", router.grpc_addr.unwrap()))
+        .await
+        .unwrap();
+    client
+        .export(request(
+            "a",
+            (0..50).map(|t| span(trace_id(t), 1, None)).collect(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(first.wait_for_spans(50, Duration::from_secs(10)).await, 50);
+
+    // A second address appears: the ring follows while traffic flows.
+    zone.set(Some(vec![
+        Ipv4Addr::new(127, 0, 0, 2),
+        Ipv4Addr::new(127, 0, 0, 3),
+    ]));
+    assert_eq!(wait_for(&router, backends, &[], |v| v == 2.0).await, 2.0);
+    client
+        .export(request(
+            "a",
+            (100..300).map(|t| span(trace_id(t), 1, None)).collect(),
+        ))
+        .await
+        .unwrap();
+    let total = first.wait_for_spans(51, Duration::from_secs(10)).await
+        + second.wait_for_spans(1, Duration::from_secs(10)).await;
+    assert_eq!(total, 250);
+    assert!(second.span_count() > 0, "the new backend gets its share");
+
+    // A failing lookup keeps the last good list.
+    zone.set(None);
+    let failed = wait_for(
+        &router,
+        "otelcol_loadbalancer_num_resolutions_total",
+        &[("success", "false")],
+        |v| v >= 1.0,
+    )
+    .await;
+    assert!(failed >= 1.0);
+    assert_eq!(
+        metric(&common::scrape(router.admin_addr).await, backends, &[]),
+        2.0
+    );
+    client
+        .export(request("a", vec![span(trace_id(999), 1, None)]))
+        .await
+        .unwrap();
+
+    // A backend leaves: its keys move to the one that stays.
+    zone.set(Some(vec![Ipv4Addr::new(127, 0, 0, 3)]));
+    assert_eq!(wait_for(&router, backends, &[], |v| v == 1.0).await, 1.0);
+    let before = second.span_count();
+    client
+        .export(request(
+            "a",
+            (1000..1100).map(|t| span(trace_id(t), 1, None)).collect(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        second
+            .wait_for_spans(before + 100, Duration::from_secs(10))
+            .await,
+        before + 100
+    );
+    let updates = metric(
+        &common::scrape(router.admin_addr).await,
+        "otelcol_loadbalancer_num_backend_updates_total",
+        &[],
+    );
+    assert_eq!(updates, 3.0);
+    router.shutdown().await;
+}
