@@ -97,6 +97,7 @@ pub struct Sink {
     pub addr: SocketAddr,
     state: Arc<Mutex<SinkState>>,
     stop: CancellationToken,
+    server: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 struct SinkService(Arc<Mutex<SinkState>>);
@@ -158,7 +159,7 @@ impl Sink {
         if let Some(tls) = tls {
             builder = builder.tls_config(tls).expect("sink TLS config");
         }
-        tokio::spawn(async move {
+        let server = tokio::spawn(async move {
             let _ = builder
                 .add_service(service)
                 .serve_with_incoming_shutdown(
@@ -167,11 +168,22 @@ impl Sink {
                 )
                 .await;
         });
-        Sink { addr, state, stop }
+        Sink {
+            addr,
+            state,
+            stop,
+            server: Arc::new(Mutex::new(Some(server))),
+        }
     }
 
-    pub fn stop(&self) {
+    /// Stops the server and waits (at most 10 s) until its address is free again; clients
+    /// then get connection refused.
+    pub async fn stop(&self) {
         self.stop.cancel();
+        let server = self.server.lock().expect("sink lock").take();
+        if let Some(server) = server {
+            let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+        }
     }
 
     pub fn requests(&self) -> Vec<ExportTraceServiceRequest> {

@@ -21,9 +21,10 @@ receivers: {{otlp: {{protocols: {{grpc: {{endpoint: "127.0.0.1:0"}}, http: {{end
 exporters:
   loadbalancing:
 {extra}
-    protocol: {{otlp: {{tls: {{insecure: true}}, retry_on_failure: {{initial_interval: 20ms, max_interval: 100ms}}}}}}
+    protocol: {{otlp: {{tls: {{insecure: true}}, timeout: 1s, retry_on_failure: {{initial_interval: 20ms, max_interval: 100ms, max_elapsed_time: 1s}}}}}}
     resolver: {{static: {{hostnames: [{}]}}}}
 admin: {{endpoint: "127.0.0.1:0"}}
+shutdown: {{grace_period: 5s}}
 "#,
         hostnames.join(", ")
     );
@@ -272,5 +273,195 @@ shutdown: {{grace_period: 1s}}
             &[]
         ),
         accepted
+    );
+}
+
+async fn wait_metric(
+    router: &Router,
+    name: &str,
+    labels: &[(&str, &str)],
+    pred: impl Fn(f64) -> bool,
+) -> f64 {
+    let mut last = 0.0;
+    for _ in 0..400 {
+        last = metric(&common::scrape(router.admin_addr).await, name, labels);
+        if pred(last) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    last
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_backend_is_quarantined_until_it_answers_again() {
+    let (a, b) = (Sink::start(vec![]).await, Sink::start(vec![]).await);
+    let b_addr = b.addr;
+    let router = router(
+        &[a.addr.to_string(), b_addr.to_string()],
+        "    ring: balanced",
+    )
+    .await;
+    let mut client = TraceServiceClient::connect(format!("http://{}", router.grpc_addr.unwrap()))
+        .await
+        .unwrap();
+    b.stop().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Traffic keeps flowing; b's share fails until b is quarantined, then goes to a.
+    let quarantines = "tailgate_loadbalancer_backend_quarantine_total";
+    for round in 0..50u64 {
+        client
+            .export(request(
+                "a",
+                (0..20)
+                    .map(|t| span(trace_id(round * 100 + t), 1, None))
+                    .collect(),
+            ))
+            .await
+            .unwrap();
+        if metric(
+            &common::scrape(router.admin_addr).await,
+            quarantines,
+            &[("event", "quarantined")],
+        ) >= 1.0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        metric(
+            &common::scrape(router.admin_addr).await,
+            quarantines,
+            &[("event", "quarantined")]
+        ),
+        1.0
+    );
+    let before = a.span_count();
+    client
+        .export(request(
+            "a",
+            (5000..5100).map(|t| span(trace_id(t), 1, None)).collect(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        a.wait_for_spans(before + 100, Duration::from_secs(10))
+            .await,
+        before + 100,
+        "all of it to a"
+    );
+    // b comes back on the same address: a probe finds it and it gets its keys again.
+    let b = Sink::start_at(&b_addr.to_string()).await;
+    assert_eq!(
+        wait_metric(&router, quarantines, &[("event", "recovered")], |v| v
+            >= 1.0)
+        .await,
+        1.0
+    );
+    client
+        .export(request(
+            "a",
+            (6000..6100).map(|t| span(trace_id(t), 1, None)).collect(),
+        ))
+        .await
+        .unwrap();
+    assert!(b.wait_for_spans(1, Duration::from_secs(10)).await > 0);
+    router.shutdown().await;
+}
+
+#[tokio::test]
+async fn with_every_backend_down_the_router_answers_unavailable() {
+    let a = Sink::start(vec![]).await;
+    let router = router(&[a.addr.to_string()], "    routing_key: traceID").await;
+    let mut client = TraceServiceClient::connect(format!("http://{}", router.grpc_addr.unwrap()))
+        .await
+        .unwrap();
+    a.stop().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut code = tonic::Code::Ok;
+    for t in 0..100u64 {
+        match client
+            .export(request("a", vec![span(trace_id(t), 1, None)]))
+            .await
+        {
+            Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(s) => {
+                code = s.code();
+                break;
+            }
+        }
+    }
+    assert_eq!(code, tonic::Code::Unavailable);
+    router.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_run_loses_nothing_silently() {
+    let sink = Sink::start(vec![]).await;
+    let mut workers = Vec::new();
+    for _ in 0..3 {
+        workers.push(
+            Worker::start(common::config(&sink, KEEP_ALL))
+                .await
+                .unwrap(),
+        );
+    }
+    let endpoints: Vec<String> = workers
+        .iter()
+        .map(|w| w.grpc_addr.unwrap().to_string())
+        .collect();
+    let router = router(&endpoints, "    routing_key: traceID").await;
+    let mut client = TraceServiceClient::connect(format!("http://{}", router.grpc_addr.unwrap()))
+        .await
+        .unwrap();
+    let mut accepted = 0usize;
+    for round in 0..40u64 {
+        if round == 10 {
+            // Killed: it drains what it holds (decides and exports), then is gone.
+            workers.remove(1).shutdown().await;
+        }
+        let spans: Vec<_> = (0..25)
+            .map(|t| span(trace_id(round * 1000 + t), 1, None))
+            .collect();
+        match client.export(request("a", spans)).await {
+            Ok(_) => accepted += 25,
+            Err(s) => assert!(
+                matches!(
+                    s.code(),
+                    tonic::Code::Unavailable | tonic::Code::ResourceExhausted
+                ),
+                "{s:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Settle: every accepted span ends up exported by a worker, or counted as failed by
+    // the router (sent to the dead worker before it was quarantined, retries exhausted).
+    let registry = router.registry.clone();
+    router.shutdown().await;
+    let failed = metric(
+        &registry.render(),
+        "otelcol_exporter_send_failed_spans_total",
+        &[],
+    ) as usize;
+    let exported = sink
+        .wait_for_spans(accepted - failed, Duration::from_secs(20))
+        .await;
+    for w in workers {
+        w.shutdown().await;
+    }
+    let exported = exported.max(sink.span_count());
+    assert_eq!(
+        exported + failed,
+        accepted,
+        "exported {exported}, failed {failed}, accepted {accepted}"
+    );
+    assert!(
+        metric(
+            &registry.render(),
+            "tailgate_loadbalancer_backend_quarantine_total",
+            &[("event", "quarantined")]
+        ) >= 1.0
     );
 }

@@ -49,6 +49,10 @@ pub enum SendError {
     Permanent(String),
 }
 
+/// Told after every send attempt whether the backend was reachable (for health-aware
+/// routing).
+pub type AttemptObserver = Arc<dyn Fn(bool) + Send + Sync>;
+
 /// A successful send; `rejected` spans were refused by the backend's partial success.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Sent {
@@ -111,28 +115,27 @@ impl ExporterSet {
         configs: &[(String, ExporterConfig)],
         registry: &Registry,
     ) -> Result<Self, BuildError> {
-        Self::build(configs, registry, None)
+        Self::build(configs, registry, None, None)
     }
 
     /// One `otlp` exporter for a router's backend at `endpoint`, with the load balancer's
-    /// per-backend metrics.
+    /// per-backend metrics; `observe` hears about every send attempt.
     pub fn start_backend(
         name: &str,
         config: OtlpExporterConfig,
         endpoint: &str,
+        observe: AttemptObserver,
         registry: &Registry,
     ) -> Result<Self, BuildError> {
-        Self::build(
-            &[(name.to_owned(), ExporterConfig::Otlp(config))],
-            registry,
-            Some(endpoint),
-        )
+        let configs = [(name.to_owned(), ExporterConfig::Otlp(config))];
+        Self::build(&configs, registry, Some(endpoint), Some(observe))
     }
 
     fn build(
         configs: &[(String, ExporterConfig)],
         registry: &Registry,
         backend: Option<&str>,
+        observe: Option<AttemptObserver>,
     ) -> Result<Self, BuildError> {
         let mut tasks = JoinSet::new();
         let mut exporters = Vec::with_capacity(configs.len());
@@ -176,6 +179,7 @@ impl ExporterSet {
                     exporter.rx.clone(),
                     sink.clone(),
                     retry.clone(),
+                    observe.clone(),
                     exporter.metrics.clone(),
                     exporter.in_flight.clone(),
                 ));
@@ -299,6 +303,7 @@ async fn consume(
     rx: async_channel::Receiver<EncodedRequest>,
     sink: Arc<Sink>,
     retry: Option<crate::config::RetryConfig>,
+    observe: Option<AttemptObserver>,
     metrics: Arc<ExporterMetrics>,
     in_flight: Arc<AtomicU64>,
 ) {
@@ -306,7 +311,8 @@ async fn consume(
         in_flight.fetch_add(request.spans, Ordering::SeqCst);
         metrics.queue_size.set(rx.len() as f64);
         let started = Instant::now();
-        let result = retry::send_with_retry(&sink, &request, retry.as_ref()).await;
+        let result =
+            retry::send_with_retry(&sink, &request, retry.as_ref(), observe.as_ref()).await;
         if let Some(b) = &metrics.backend {
             b.latency.record(started.elapsed().as_secs_f64() * 1000.0);
             if result.is_ok() {

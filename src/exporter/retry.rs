@@ -7,19 +7,26 @@ use std::time::Duration;
 use rand::Rng;
 use tokio::time::Instant;
 
-use super::{SendError, Sent, Sink};
+use super::{AttemptObserver, SendError, Sent, Sink};
 use crate::config::RetryConfig;
 use crate::otlp::EncodedRequest;
 
+/// Sends `request`, retrying as `retry` says; `observe` sees whether each attempt reached
+/// the backend (a permanent refusal did; a retryable failure did not).
 pub(super) async fn send_with_retry(
     sink: &Sink,
     request: &EncodedRequest,
     retry: Option<&RetryConfig>,
+    observe: Option<&AttemptObserver>,
 ) -> Result<Sent, SendError> {
     let started = Instant::now();
     let mut interval = retry.map(|r| r.initial_interval).unwrap_or_default();
     loop {
-        let err = match sink.send(request).await {
+        let result = sink.send(request).await;
+        if let Some(observe) = observe {
+            observe(!matches!(result, Err(SendError::Retryable { .. })));
+        }
+        let err = match result {
             Ok(sent) => return Ok(sent),
             Err(e) => e,
         };

@@ -92,6 +92,7 @@ impl Router {
         let mut resolvers = JoinSet::new();
         for route in &routes {
             resolver::start(route.clone(), resolvers_stop.clone(), &mut resolvers).await;
+            resolvers.spawn(probe_loop(route.clone(), resolvers_stop.clone()));
         }
         let ingest: Arc<dyn Ingest> = Arc::new(Routes {
             routes: routes.clone(),
@@ -186,6 +187,20 @@ impl Router {
         self.admin_stop.cancel();
         while self.admin.join_next().await.is_some() {}
         tracing::info!("router stopped");
+    }
+}
+
+/// How often quarantined backends are probed.
+const PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+async fn probe_loop(route: Arc<Route>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(PROBE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => route.probe().await,
+        }
     }
 }
 

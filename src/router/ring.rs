@@ -114,6 +114,34 @@ impl Ring {
         &self.endpoints
     }
 
+    /// The endpoint index that owns `key`, or when `usable` rejects it, the next usable
+    /// one along the ring (the next point, or the next Maglev slot); `None` when no
+    /// endpoint is usable.
+    pub fn route_usable(&self, key: &[u8], usable: impl Fn(usize) -> bool) -> Option<usize> {
+        let first = self.route(key)?;
+        if usable(first) {
+            return Some(first);
+        }
+        if !(0..self.endpoints.len()).any(&usable) {
+            return None;
+        }
+        let h = crc32(&[key]);
+        match &self.lookup {
+            Lookup::Points(points) => {
+                let start = points.partition_point(|(p, _)| *p < h % MAX_POSITIONS);
+                (1..=points.len())
+                    .map(|k| points[(start + k) % points.len()].1)
+                    .find(|i| usable(*i))
+            }
+            Lookup::Table(table) => {
+                let start = (u64::from(h) % MAGLEV_SLOTS) as usize;
+                (1..table.len())
+                    .map(|k| table[(start + k) % table.len()] as usize)
+                    .find(|i| usable(*i))
+            }
+        }
+    }
+
     /// The endpoint index that owns `key`; `None` for an empty ring.
     pub fn route(&self, key: &[u8]) -> Option<usize> {
         let h = crc32(&[key]);

@@ -4,6 +4,7 @@
 //! by every backend's share; nothing is copied per trace.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -16,15 +17,34 @@ use tokio::time::Instant;
 
 use super::config::{endpoint_with_port, RouteConfig, RoutingKey};
 use super::ring::Ring;
-use crate::exporter::ExporterSet;
+use crate::exporter::{AttemptObserver, ExporterSet};
 use crate::otlp::{validate_ids, Chunk, Head, RequestBuilder};
 use crate::receiver::IngestError;
 use crate::telemetry::{self, Registry};
+
+/// Consecutive unreachable attempts that quarantine a backend.
+const QUARANTINE_AFTER: u32 = 3;
+/// How long a probe of a quarantined backend may take.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// A worker the route sends to.
 pub(crate) struct Backend {
     pub endpoint: String,
     pub exporters: ExporterSet,
+    health: Arc<Health>,
+}
+
+/// Whether a backend is taken out of routing, from its send attempts and probes.
+#[derive(Default)]
+struct Health {
+    quarantined: AtomicBool,
+    failures: AtomicU32,
+}
+
+impl Backend {
+    fn quarantined(&self) -> bool {
+        self.health.quarantined.load(Ordering::Relaxed)
+    }
 }
 
 /// The ring and the backends, index-aligned with the ring's endpoints.
@@ -43,6 +63,8 @@ pub(crate) struct Route {
     resolutions_ok: Counter,
     resolutions_failed: Counter,
     rerouted: Counter,
+    quarantined: Counter,
+    recovered: Counter,
     grace: Duration,
 }
 
@@ -83,6 +105,9 @@ impl Route {
                 telemetry::ROUTER_REROUTED_SPANS,
                 &[("exporter", &config.name)],
             ),
+            quarantined: registry
+                .counter(telemetry::ROUTER_QUARANTINES, &[("event", "quarantined")]),
+            recovered: registry.counter(telemetry::ROUTER_QUARANTINES, &[("event", "recovered")]),
             config,
             grace,
         }
@@ -130,11 +155,19 @@ impl Route {
             let mut otlp = self.config.otlp.clone();
             otlp.endpoint = endpoint_with_port(e);
             let name = format!("{}/{e}", self.config.name);
-            match ExporterSet::start_backend(&name, otlp, e, &self.registry) {
+            let health = Arc::new(Health::default());
+            match ExporterSet::start_backend(
+                &name,
+                otlp,
+                e,
+                self.observer(e, &health),
+                &self.registry,
+            ) {
                 Ok(exporters) => {
                     backends.push(Arc::new(Backend {
                         endpoint: e.clone(),
                         exporters,
+                        health,
                     }));
                     usable.push(e.clone());
                 }
@@ -160,6 +193,47 @@ impl Route {
         for backend in removed {
             let route = Arc::clone(self);
             tokio::spawn(async move { route.retire(backend).await });
+        }
+    }
+
+    /// Counts a backend's send attempts: after `QUARANTINE_AFTER` unreachable attempts in a
+    /// row it is quarantined, and its keys go to the next ring member until a probe
+    /// reaches it again.
+    fn observer(&self, endpoint: &str, health: &Arc<Health>) -> AttemptObserver {
+        let (health, endpoint, counter) = (
+            health.clone(),
+            endpoint.to_owned(),
+            self.quarantined.clone(),
+        );
+        Arc::new(move |reached| {
+            if reached {
+                health.failures.store(0, Ordering::Relaxed);
+            } else if health.failures.fetch_add(1, Ordering::Relaxed) + 1 >= QUARANTINE_AFTER
+                && !health.quarantined.swap(true, Ordering::Relaxed)
+            {
+                tracing::warn!(endpoint = %endpoint, "backend unreachable; quarantined, its traces go to the next ring member");
+                counter.increment(1);
+            }
+        })
+    }
+
+    /// Tries to connect to every quarantined backend; one that answers is routed to again.
+    pub(crate) async fn probe(&self) {
+        for backend in &self.members().backends {
+            if !backend.quarantined() {
+                continue;
+            }
+            let addr = endpoint_with_port(&backend.endpoint);
+            let reached =
+                tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(&addr))
+                    .await
+                    .is_ok_and(|r| r.is_ok());
+            if reached {
+                backend.health.failures.store(0, Ordering::Relaxed);
+                backend.health.quarantined.store(false, Ordering::Relaxed);
+                self.recovered.increment(1);
+                tracing::info!(endpoint = %backend.endpoint, "backend reachable again; back on the ring");
+            }
         }
     }
 
@@ -192,6 +266,10 @@ impl Route {
         if members.backends.is_empty() {
             return Err(IngestError::Unavailable("no backend to route to yet"));
         }
+        let usable = |i: usize| !members.backends[i].quarantined();
+        if !(0..members.backends.len()).any(usable) {
+            return Err(IngestError::Unavailable("every backend is unreachable"));
+        }
         let mut shares: Vec<RequestBuilder> = (0..members.backends.len())
             .map(|_| RequestBuilder::default())
             .collect();
@@ -206,7 +284,7 @@ impl Route {
                             "routing_key service: a resource has no service.name".into(),
                         ));
                     };
-                    members.ring.route(service.as_bytes())
+                    members.ring.route_usable(service.as_bytes(), usable)
                 }
                 _ => None,
             };
@@ -218,11 +296,11 @@ impl Route {
                         continue;
                     };
                     let owner = match self.config.routing_key {
-                        RoutingKey::TraceId => members.ring.route(&trace_id),
+                        RoutingKey::TraceId => members.ring.route_usable(&trace_id, usable),
                         RoutingKey::Service => service_owner,
                         RoutingKey::Attributes => {
                             self.attribute_key(&mut key, span, scope, resource);
-                            members.ring.route(key.as_bytes())
+                            members.ring.route_usable(key.as_bytes(), usable)
                         }
                     };
                     if let Some(owner) = owner {

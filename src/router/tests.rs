@@ -126,3 +126,21 @@ fn adding_one_endpoint_moves_about_one_in_n_plus_one_keys() {
         );
     }
 }
+
+#[test]
+fn unusable_endpoints_hand_their_keys_to_the_next_ring_member() {
+    for kind in [RingKind::Collector(2), RingKind::Balanced] {
+        let r = Ring::new(kind, endpoints(5));
+        let down = 2;
+        for k in 0..2_000u32 {
+            let key = k.to_le_bytes();
+            let owner = r.route(&key).unwrap();
+            let routed = r.route_usable(&key, |i| i != down).unwrap();
+            assert_ne!(routed, down);
+            if owner != down {
+                assert_eq!(routed, owner, "keys of healthy endpoints stay put");
+            }
+        }
+        assert_eq!(r.route_usable(b"k", |_| false), None);
+    }
+}

@@ -61,6 +61,9 @@ pub const LB_BACKEND_OUTCOME: &str = "otelcol_loadbalancer_backend_outcome";
 /// Spans a router re-routed from a removed backend's queue onto the new ring.
 pub const ROUTER_REROUTED_SPANS: &str = "tailgate_router_rerouted_spans";
 
+/// Backends taken out of routing (`event="quarantined"`) and back (`event="recovered"`).
+pub const ROUTER_QUARANTINES: &str = "tailgate_loadbalancer_backend_quarantine";
+
 /// Every accepted span's final bucket: `outcome` is sampled, not_sampled, dropped,
 /// evicted, too_large or shutdown.
 pub const SPANS_DECIDED: &str = "tailgate_spans_decided";
@@ -128,6 +131,7 @@ const DESCRIPTIONS: &[Description] = &[
     (LB_BACKEND_LATENCY, Kind::Histogram, Some(Unit::Milliseconds), "Time to send one request to a backend, retries included."),
     (LB_BACKEND_OUTCOME, Kind::Counter, None, "Requests sent to a backend, by success."),
     (ROUTER_REROUTED_SPANS, Kind::Counter, None, "Spans moved from a removed backend's queue onto the new ring."),
+    (ROUTER_QUARANTINES, Kind::Counter, None, "Backends quarantined after repeated unreachable sends, and recovered by a probe."),
     (SPANMETRICS_ACTIVE_SERIES, Kind::Gauge, None, "Span metric series held (calls/duration and events)."),
     (SPANMETRICS_EXPIRED_SERIES, Kind::Counter, None, "Span metric series dropped after metrics_expiration idle."),
     (SPANMETRICS_OVERFLOW_SPANS, Kind::Counter, None, "Spans counted in the overflow series because of aggregation_cardinality_limit."),
