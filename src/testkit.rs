@@ -130,6 +130,11 @@ impl Sink {
         Self::serve(addr, vec![], None).await
     }
 
+    /// Like [`Sink::start`], on `addr`.
+    pub async fn start_failing_at(addr: &str, failures: Vec<Code>) -> Sink {
+        Self::serve(addr, failures, None).await
+    }
+
     /// Starts a sink that accepts only TLS, with the PEM certificate chain and key given.
     pub async fn start_tls(cert_pem: &str, key_pem: &str) -> Sink {
         let tls = tonic::transport::ServerTlsConfig::new()

@@ -7,11 +7,14 @@ use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use tailgate::router::config::parse_router;
+use tailgate::router::ring::{Ring, RingKind};
 use tailgate::router::Router;
 use tailgate::testkit::{all_spans, metric, request, span, trace_id, Sink};
 use tailgate::worker::Worker;
 
-const KEEP_ALL: &str = "  decision_wait: 500ms\n  policies: [{name: all, type: always_sample}]\n";
+/// Long enough for every span of a trace to arrive before its decision, even in a slow
+/// debug build on a busy machine.
+const KEEP_ALL: &str = "  decision_wait: 5s\n  policies: [{name: all, type: always_sample}]\n";
 
 async fn router(backends: &[String], extra: &str) -> Router {
     let hostnames: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
@@ -50,9 +53,9 @@ async fn every_trace_lands_whole_on_one_worker() {
         .collect();
     let router = router(&endpoints, "    routing_key: traceID").await;
     let addr = format!("http://{}", router.grpc_addr.unwrap());
-    // 1000 traces of 4 spans; span k of every trace goes out in request k, over four
+    // 10 000 traces of 4 spans; span k of every trace goes out in request k, over four
     // connections, so every request mixes all traces.
-    let traces = 1000u64;
+    let traces = 10_000u64;
     let mut clients = Vec::new();
     for _ in 0..4 {
         clients.push(TraceServiceClient::connect(addr.clone()).await.unwrap());
@@ -67,8 +70,8 @@ async fn every_trace_lands_whole_on_one_worker() {
             .unwrap();
     }
     assert_eq!(
-        sink.wait_for_spans(4000, Duration::from_secs(30)).await,
-        4000
+        sink.wait_for_spans(40_000, Duration::from_secs(60)).await,
+        40_000
     );
     // Each trace was decided once, by one worker, with all its spans: one export request.
     let mut requests_per_trace: HashMap<Vec<u8>, HashSet<usize>> = HashMap::new();
@@ -82,19 +85,27 @@ async fn every_trace_lands_whole_on_one_worker() {
     }
     assert_eq!(requests_per_trace.len(), traces as usize);
     assert!(requests_per_trace.values().all(|r| r.len() == 1));
-    // Every worker got a share near a third (the collector ring's balance at 3 endpoints).
+    // Every worker got exactly the traces the collector's ring (v2) assigns it.
+    let mut sorted = endpoints.clone();
+    sorted.sort();
+    let ring = Ring::new(RingKind::Collector(2), sorted.clone());
     let mut total = 0.0;
     for w in &workers {
+        let me = sorted
+            .iter()
+            .position(|e| *e == w.grpc_addr.unwrap().to_string())
+            .unwrap();
+        let expected = (0..traces)
+            .filter(|t| ring.route(&trace_id(*t)) == Some(me))
+            .count() as f64
+            * 4.0;
         let text = common::scrape(w.admin_addr).await;
         let accepted = metric(&text, "otelcol_receiver_accepted_spans_total", &[]);
-        assert!(
-            (0.2..0.47).contains(&(accepted / 4000.0)),
-            "share {}",
-            accepted / 4000.0
-        );
+        assert_eq!(accepted, expected);
+        assert!(accepted > 0.0);
         total += accepted;
     }
-    assert_eq!(total, 4000.0);
+    assert_eq!(total, 40_000.0);
     let text = common::scrape(router.admin_addr).await;
     assert_eq!(metric(&text, "otelcol_loadbalancer_num_backends", &[]), 3.0);
     assert_eq!(
@@ -107,7 +118,7 @@ async fn every_trace_lands_whole_on_one_worker() {
     );
     assert_eq!(
         metric(&text, "otelcol_exporter_sent_spans_total", &[]),
-        4000.0
+        40_000.0
     );
     let outcomes = metric(
         &text,
@@ -464,4 +475,45 @@ async fn a_worker_killed_mid_run_loses_nothing_silently() {
             &[("event", "quarantined")]
         ) >= 1.0
     );
+}
+
+#[tokio::test]
+async fn every_route_gets_every_span() {
+    let (a, b, c) = (
+        Sink::start(vec![]).await,
+        Sink::start(vec![]).await,
+        Sink::start(vec![]).await,
+    );
+    let text = format!(
+        r#"
+receivers: {{otlp: {{protocols: {{grpc: {{endpoint: "127.0.0.1:0"}}}}}}}}
+exporters:
+  loadbalancing/sampling:
+    routing_key: traceID
+    protocol: {{otlp: {{tls: {{insecure: true}}}}}}
+    resolver: {{static: {{hostnames: ["{}", "{}"]}}}}
+  loadbalancing/metrics:
+    routing_key: service
+    protocol: {{otlp: {{tls: {{insecure: true}}}}}}
+    resolver: {{static: {{hostnames: ["{}"]}}}}
+admin: {{endpoint: "127.0.0.1:0"}}
+"#,
+        a.addr, b.addr, c.addr
+    );
+    let router = Router::start(parse_router(&text).unwrap()).await.unwrap();
+    let mut client = TraceServiceClient::connect(format!("http://{}", router.grpc_addr.unwrap()))
+        .await
+        .unwrap();
+    client
+        .export(request(
+            "svc",
+            (0..100).map(|t| span(trace_id(t), 1, None)).collect(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(c.wait_for_spans(100, Duration::from_secs(10)).await, 100);
+    let sampling = a.wait_for_spans(1, Duration::from_secs(10)).await
+        + b.wait_for_spans(1, Duration::from_secs(10)).await;
+    assert_eq!(sampling, 100);
+    router.shutdown().await;
 }

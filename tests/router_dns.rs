@@ -186,3 +186,80 @@ admin: {{endpoint: "127.0.0.1:0"}}
     assert_eq!(updates, 3.0);
     router.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_is_queued_for_a_removed_backend_is_routed_again() {
+    // The first backend refuses everything, so its queue fills while it retries slowly;
+    // the second takes anything.
+    let stuck = Sink::start_at("127.0.0.4:0").await;
+    let port = stuck.addr.port();
+    stuck.stop().await;
+    let refusing = Sink::start_failing_at(
+        &format!("127.0.0.4:{port}"),
+        vec![tonic::Code::Unavailable; 100],
+    )
+    .await;
+    let healthy = Sink::start_at(&format!("127.0.0.5:{port}")).await;
+    let zone = Zone::default();
+    zone.set(Some(vec![
+        Ipv4Addr::new(127, 0, 0, 4),
+        Ipv4Addr::new(127, 0, 0, 5),
+    ]));
+    let nameserver = dns_server(zone.clone()).await;
+    let text = format!(
+        r#"
+receivers: {{otlp: {{protocols: {{grpc: {{endpoint: "127.0.0.1:0"}}}}}}}}
+exporters:
+  loadbalancing:
+    ring: balanced
+    protocol: {{otlp: {{tls: {{insecure: true}}, sending_queue: {{num_consumers: 1}}, retry_on_failure: {{initial_interval: 30s, randomization_factor: 0}}}}}}
+    resolver:
+      dns: {{hostname: workers.tailgate.test, port: {port}, interval: 200ms, timeout: 500ms, nameserver: "{nameserver}"}}
+admin: {{endpoint: "127.0.0.1:0"}}
+shutdown: {{grace_period: 1s}}
+"#
+    );
+    let router = Router::start(parse_router(&text).unwrap()).await.unwrap();
+    let mut client = TraceServiceClient::connect(format!("http://{}", router.grpc_addr.unwrap()))
+        .await
+        .unwrap();
+    // Five requests: the refusing backend's first share is in flight (waiting 30 s to retry),
+    // its next four wait in its queue.
+    let mut sent = 0;
+    for round in 0..5u64 {
+        client
+            .export(request(
+                "a",
+                (0..40)
+                    .map(|t| span(trace_id(round * 100 + t), 1, None))
+                    .collect(),
+            ))
+            .await
+            .unwrap();
+        sent += 40;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(refusing.refused_calls(), 1);
+    // The refusing backend leaves the DNS answer: its queue moves to the healthy one.
+    zone.set(Some(vec![Ipv4Addr::new(127, 0, 0, 5)]));
+    let rerouted = wait_for(&router, "tailgate_router_rerouted_spans_total", &[], |v| {
+        v > 0.0
+    })
+    .await;
+    assert!(rerouted > 0.0);
+    let registry = router.registry.clone();
+    router.shutdown().await;
+    // Everything is accounted for: delivered, or (the one in flight) failed at shutdown.
+    let failed = metric(
+        &registry.render(),
+        "otelcol_exporter_send_failed_spans_total",
+        &[],
+    );
+    let delivered = healthy.span_count() as f64;
+    assert_eq!(
+        delivered + failed,
+        f64::from(sent),
+        "delivered {delivered} failed {failed} rerouted {rerouted}"
+    );
+    assert!(delivered > f64::from(sent) / 2.0);
+}

@@ -180,9 +180,7 @@ impl Router {
         self.resolvers_stop.cancel();
         while self.resolvers.join_next().await.is_some() {}
         for route in &self.routes {
-            for backend in &route.members().backends {
-                backend.exporters.shutdown(deadline).await;
-            }
+            route.shutdown(deadline).await;
         }
         self.admin_stop.cancel();
         while self.admin.join_next().await.is_some() {}

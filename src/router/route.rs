@@ -66,6 +66,8 @@ pub(crate) struct Route {
     quarantined: Counter,
     recovered: Counter,
     grace: Duration,
+    /// Removed backends still draining.
+    retiring: std::sync::Mutex<tokio::task::JoinSet<()>>,
 }
 
 /// One request's share per backend.
@@ -110,6 +112,7 @@ impl Route {
             recovered: registry.counter(telemetry::ROUTER_QUARANTINES, &[("event", "recovered")]),
             config,
             grace,
+            retiring: Default::default(),
         }
     }
 
@@ -190,9 +193,10 @@ impl Route {
             .filter(|b| !new.ring.endpoints().contains(&b.endpoint))
             .cloned()
             .collect();
+        let mut retiring = self.retiring.lock().unwrap_or_else(|p| p.into_inner());
         for backend in removed {
             let route = Arc::clone(self);
-            tokio::spawn(async move { route.retire(backend).await });
+            retiring.spawn(async move { route.retire(backend).await });
         }
     }
 
@@ -215,6 +219,17 @@ impl Route {
                 counter.increment(1);
             }
         })
+    }
+
+    /// Stops every backend: current ones drain until `deadline`, removed ones finish
+    /// retiring. What is left is counted as failed by each backend's exporter.
+    pub(crate) async fn shutdown(&self, deadline: Instant) {
+        for backend in &self.members().backends {
+            backend.exporters.shutdown(deadline).await;
+        }
+        let mut retiring =
+            std::mem::take(&mut *self.retiring.lock().unwrap_or_else(|p| p.into_inner()));
+        while retiring.join_next().await.is_some() {}
     }
 
     /// Tries to connect to every quarantined backend; one that answers is routed to again.
