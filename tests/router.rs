@@ -517,3 +517,83 @@ admin: {{endpoint: "127.0.0.1:0"}}
     assert_eq!(sampling, 100);
     router.shutdown().await;
 }
+
+#[tokio::test]
+async fn routing_by_attributes_keeps_equal_keys_together() {
+    let (a, b) = (Sink::start(vec![]).await, Sink::start(vec![]).await);
+    let extra = "    routing_key: attributes\n    routing_attributes: [http.route, span.kind]\n    ring: balanced";
+    let router = router(&[a.addr.to_string(), b.addr.to_string()], extra).await;
+    let mut client = TraceServiceClient::connect(format!("http://{}", router.grpc_addr.unwrap()))
+        .await
+        .unwrap();
+    let routed = |t: u64, route: &str| {
+        let mut s = span(trace_id(t), 1, None);
+        s.attributes = vec![tailgate::testkit::kv("http.route", route)];
+        s
+    };
+    // Many traces, two routes: each route's spans all land on one backend.
+    let spans = (0..100u64)
+        .map(|t| routed(t, if t % 2 == 0 { "/cart" } else { "/pay" }))
+        .collect();
+    client.export(request("svc", spans)).await.unwrap();
+    let got = a.wait_for_spans(1, Duration::from_secs(5)).await
+        + b.wait_for_spans(1, Duration::from_secs(5)).await;
+    assert_eq!(got, 100);
+    let routes_at = |sink: &Sink| -> HashSet<String> {
+        sink.requests()
+            .iter()
+            .flat_map(all_spans)
+            .map(|s| format!("{:?}", s.attributes[0].value))
+            .collect()
+    };
+    let (at_a, at_b) = (routes_at(&a), routes_at(&b));
+    assert!(
+        at_a.is_disjoint(&at_b),
+        "a route split over backends: {at_a:?} {at_b:?}"
+    );
+    assert_eq!(at_a.len() + at_b.len(), 2);
+    router.shutdown().await;
+}
+
+#[test]
+fn router_config_errors_carry_their_paths() {
+    let err = parse_router(
+        r#"
+receivers: {otlp: {protocols: {grpc: {}}}}
+exporters:
+  loadbalancing:
+    routing_key: attributes
+    ring_version: 3
+    protocol: {otlp: {endpoint: "x:1", compresion: gzip}}
+    resolver: {static: {hostnames: []}, dns: {hostname: w}}
+  otlp: {endpoint: "x:1"}
+"#,
+    )
+    .unwrap_err()
+    .to_string();
+    for want in [
+        "exporters.loadbalancing.ring_version: 3 is not a verified ring version; use 1 or 2",
+        "exporters.otlp: a router exports only through loadbalancing exporters",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+    let err = parse_router(
+        r#"
+receivers: {otlp: {protocols: {grpc: {}}}}
+exporters:
+  loadbalancing:
+    routing_key: attributes
+    protocol: {otlp: {endpoint: "x:1"}}
+    resolver: {static: {hostnames: []}, dns: {hostname: w}}
+"#,
+    )
+    .unwrap_err()
+    .to_string();
+    for want in [
+        "exporters.loadbalancing.routing_attributes: required with routing_key: attributes",
+        "exporters.loadbalancing.protocol.otlp.endpoint: is set per backend by the resolver",
+        "exporters.loadbalancing.resolver: set only one of static and dns",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+}
