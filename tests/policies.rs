@@ -183,13 +183,17 @@ async fn a_changed_policies_file_applies_to_pending_traces_and_a_bad_one_is_refu
     .unwrap();
     let reloads = "tailgate_policy_reload_total";
     assert_eq!(
-        common::wait_metric(worker.admin_addr, reloads, &[("result", "failure")], 1.0).await,
+        common::wait_metric(worker.admin_addr, reloads, &[("result", "failure")], |v| v
+            == 1.0)
+        .await,
         1.0
     );
     // The trace is still pending; the good new file decides it.
     std::fs::write(&file, "- {name: all, type: always_sample}\n").unwrap();
     assert_eq!(
-        common::wait_metric(worker.admin_addr, reloads, &[("result", "success")], 1.0).await,
+        common::wait_metric(worker.admin_addr, reloads, &[("result", "success")], |v| v
+            == 1.0)
+        .await,
         1.0
     );
     assert_eq!(sink.wait_for_spans(1, Duration::from_secs(20)).await, 1);

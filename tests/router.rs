@@ -287,23 +287,6 @@ shutdown: {{grace_period: 1s}}
     );
 }
 
-async fn wait_metric(
-    router: &Router,
-    name: &str,
-    labels: &[(&str, &str)],
-    pred: impl Fn(f64) -> bool,
-) -> f64 {
-    let mut last = 0.0;
-    for _ in 0..400 {
-        last = metric(&common::scrape(router.admin_addr).await, name, labels);
-        if pred(last) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    last
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_backend_is_quarantined_until_it_answers_again() {
     let (a, b) = (Sink::start(vec![]).await, Sink::start(vec![]).await);
@@ -365,8 +348,12 @@ async fn a_dead_backend_is_quarantined_until_it_answers_again() {
     // b comes back on the same address: a probe finds it and it gets its keys again.
     let b = Sink::start_at(&b_addr.to_string()).await;
     assert_eq!(
-        wait_metric(&router, quarantines, &[("event", "recovered")], |v| v
-            >= 1.0)
+        common::wait_metric(
+            router.admin_addr,
+            quarantines,
+            &[("event", "recovered")],
+            |v| v >= 1.0
+        )
         .await,
         1.0
     );

@@ -68,23 +68,6 @@ async fn dns_server(zone: Zone) -> std::net::SocketAddr {
     addr
 }
 
-async fn wait_for(
-    router: &Router,
-    name: &str,
-    labels: &[(&str, &str)],
-    pred: impl Fn(f64) -> bool,
-) -> f64 {
-    let mut last = 0.0;
-    for _ in 0..200 {
-        last = metric(&common::scrape(router.admin_addr).await, name, labels);
-        if pred(last) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    last
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ring_follows_dns_and_survives_a_failed_lookup() {
     // Two backends on two loopback addresses with the same port, as pods behind a headless
@@ -129,7 +112,10 @@ admin: {{endpoint: "127.0.0.1:0"}}
         Ipv4Addr::new(127, 0, 0, 2),
         Ipv4Addr::new(127, 0, 0, 3),
     ]));
-    assert_eq!(wait_for(&router, backends, &[], |v| v == 2.0).await, 2.0);
+    assert_eq!(
+        common::wait_metric(router.admin_addr, backends, &[], |v| v == 2.0).await,
+        2.0
+    );
     client
         .export(request(
             "a",
@@ -144,8 +130,8 @@ admin: {{endpoint: "127.0.0.1:0"}}
 
     // A failing lookup keeps the last good list.
     zone.set(None);
-    let failed = wait_for(
-        &router,
+    let failed = common::wait_metric(
+        router.admin_addr,
         "otelcol_loadbalancer_num_resolutions_total",
         &[("success", "false")],
         |v| v >= 1.0,
@@ -163,7 +149,10 @@ admin: {{endpoint: "127.0.0.1:0"}}
 
     // A backend leaves: its keys move to the one that stays.
     zone.set(Some(vec![Ipv4Addr::new(127, 0, 0, 3)]));
-    assert_eq!(wait_for(&router, backends, &[], |v| v == 1.0).await, 1.0);
+    assert_eq!(
+        common::wait_metric(router.admin_addr, backends, &[], |v| v == 1.0).await,
+        1.0
+    );
     let before = second.span_count();
     client
         .export(request(
@@ -242,9 +231,12 @@ shutdown: {{grace_period: 1s}}
     assert_eq!(refusing.refused_calls(), 1);
     // The refusing backend leaves the DNS answer: its queue moves to the healthy one.
     zone.set(Some(vec![Ipv4Addr::new(127, 0, 0, 5)]));
-    let rerouted = wait_for(&router, "tailgate_router_rerouted_spans_total", &[], |v| {
-        v > 0.0
-    })
+    let rerouted = common::wait_metric(
+        router.admin_addr,
+        "tailgate_router_rerouted_spans_total",
+        &[],
+        |v| v > 0.0,
+    )
     .await;
     assert!(rerouted > 0.0);
     let registry = router.registry.clone();

@@ -107,7 +107,9 @@ async fn a_trace_split_over_requests_and_connections_is_exported_whole_once() {
     );
     let sent = "otelcol_exporter_sent_spans_total";
     assert_eq!(
-        common::wait_metric(worker.admin_addr, sent, &[("exporter", "otlp")], 16.0).await,
+        common::wait_metric(worker.admin_addr, sent, &[("exporter", "otlp")], |v| v
+            == 16.0)
+        .await,
         16.0
     );
     worker.shutdown().await;
@@ -432,7 +434,7 @@ admin: {{endpoint: "127.0.0.1:0"}}
     assert_eq!(sink.refused_calls(), 3);
     let sent = "otelcol_exporter_sent_spans_total";
     assert_eq!(
-        common::wait_metric(worker.admin_addr, sent, &[], accepted as f64).await,
+        common::wait_metric(worker.admin_addr, sent, &[], |v| v == accepted as f64).await,
         accepted as f64
     );
     let metrics = common::scrape(worker.admin_addr).await;
@@ -602,14 +604,14 @@ admin: {{endpoint: "127.0.0.1:0"}}
     let sent = ("exporter", "otlp/trusted");
     let name = "otelcol_exporter_sent_spans_total";
     assert_eq!(
-        common::wait_metric(worker.admin_addr, name, &[sent], 1.0).await,
+        common::wait_metric(worker.admin_addr, name, &[sent], |v| v == 1.0).await,
         1.0
     );
     // Without the CA the handshake fails and the span is counted as failed.
     let failed = ("exporter", "otlp/untrusted");
     let name = "otelcol_exporter_send_failed_spans_total";
     assert_eq!(
-        common::wait_metric(worker.admin_addr, name, &[failed], 1.0).await,
+        common::wait_metric(worker.admin_addr, name, &[failed], |v| v == 1.0).await,
         1.0
     );
     assert_eq!(sink.span_count(), 1);

@@ -12,7 +12,7 @@ mod codec;
 use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::common::v1::{any_value::Value, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
@@ -64,6 +64,15 @@ pub fn validate_ids(span: &Span) -> Result<TraceId, IdError> {
 /// SDKs send it).
 pub fn is_root(span: &Span) -> bool {
     span.parent_span_id.iter().all(|b| *b == 0)
+}
+
+/// The value of attribute `key`, if present and set.
+pub fn attribute<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a Value> {
+    attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|v| v.value.as_ref())
 }
 
 /// The lower-case hex form of a trace id, for logs and exemplars.
@@ -155,6 +164,47 @@ impl Chunk {
         let scope_spans = ScopeSpans::decode(self.head.scope.clone().chain(self.spans.clone()))?;
         Ok((resource, scope_spans))
     }
+}
+
+/// Groups the spans of `ss` (a `ScopeSpans` of `rs`) by `key`, leaving out spans whose key
+/// is `None`, and calls `each(key, head, group)` once per key, in key order. The resource and
+/// scope are encoded once into the [`Head`] every group shares; [`members`] turns a group
+/// back into its spans. `scratch` is reused from call to call.
+pub fn split_scope<K: Ord + Copy>(
+    rs: &ResourceSpans,
+    ss: &ScopeSpans,
+    scratch: &mut Vec<(K, u32)>,
+    mut key: impl FnMut(&Span) -> Option<K>,
+    mut each: impl FnMut(K, &Arc<Head>, &[(K, u32)]),
+) {
+    scratch.clear();
+    scratch.extend(
+        ss.spans
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| key(s).map(|k| (k, i as u32))),
+    );
+    if scratch.is_empty() {
+        return;
+    }
+    scratch.sort_unstable();
+    let head = Head::new(
+        rs.resource.as_ref(),
+        &rs.schema_url,
+        ss.scope.as_ref(),
+        &ss.schema_url,
+    );
+    for group in scratch.chunk_by(|a, b| a.0 == b.0) {
+        each(group[0].0, &head, group);
+    }
+}
+
+/// The spans of one [`split_scope`] group.
+pub fn members<'a, K>(
+    ss: &'a ScopeSpans,
+    group: &'a [(K, u32)],
+) -> impl Iterator<Item = &'a Span> + Clone {
+    group.iter().map(|(_, i)| &ss.spans[*i as usize])
 }
 
 fn framed_len(span: &Span) -> usize {

@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 
 use moka::sync::Cache;
-use opentelemetry_proto::tonic::common::v1::{any_value::Value, KeyValue};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
 
 use super::composite::Composite;
@@ -14,6 +14,7 @@ use super::limiter::TokenBucket;
 use super::ottl::OttlCondition;
 use super::probabilistic::Probabilistic;
 use super::{Decision, TraceView};
+use crate::otlp::attribute as find;
 
 /// Why a policy could not decide; the policy abstains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -104,14 +105,6 @@ impl StringMatcher {
             }
         }
     }
-}
-
-fn find<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a Value> {
-    attributes
-        .iter()
-        .find(|kv| kv.key == key)
-        .and_then(|kv| kv.value.as_ref())
-        .and_then(|v| v.value.as_ref())
 }
 
 fn as_str(v: &Value) -> &str {

@@ -6,14 +6,21 @@
 mod grpc;
 mod http;
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+
 use metrics::Counter;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
-pub use grpc::serve_grpc;
-pub use http::serve_http;
+use grpc::serve_grpc;
+use http::serve_http;
 
+use crate::config::ReceiversConfig;
+use crate::lifecycle::{bind, log_exit, StartError};
 use crate::otlp::validate_ids;
 use crate::telemetry::{self, Registry};
 
@@ -76,15 +83,75 @@ pub fn check_ids(request: &ExportTraceServiceRequest) -> Result<Ingested, Ingest
     Ok(checked)
 }
 
+/// The running OTLP receivers of one process.
+pub struct Receivers {
+    pub grpc_addr: Option<SocketAddr>,
+    pub http_addr: Option<SocketAddr>,
+    stop: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl Receivers {
+    /// Binds every configured protocol and serves it, handing requests to `ingest`.
+    pub async fn start(
+        config: &ReceiversConfig,
+        ingest: Arc<dyn Ingest>,
+        registry: &Registry,
+    ) -> Result<Self, StartError> {
+        let stop = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let protocols = &config.otlp.protocols;
+        let mut grpc_addr = None;
+        if let Some(grpc) = &protocols.grpc {
+            let listener = bind("otlp grpc", &grpc.endpoint).await?;
+            grpc_addr = listener.local_addr().ok();
+            let max =
+                usize::try_from(grpc.max_recv_msg_size_mib * 1024 * 1024).unwrap_or(usize::MAX);
+            let metrics = ReceiverMetrics::new(registry, "grpc");
+            tasks.spawn(log_exit(
+                "otlp grpc receiver",
+                serve_grpc(listener, ingest.clone(), metrics, max, stop.clone()),
+            ));
+        }
+        let mut http_addr = None;
+        if let Some(http) = &protocols.http {
+            let listener = bind("otlp http", &http.endpoint).await?;
+            http_addr = listener.local_addr().ok();
+            let max = usize::try_from(http.max_request_body_size).unwrap_or(usize::MAX);
+            let path = http.traces_url_path.clone();
+            let (ingest, metrics, stop) = (
+                ingest.clone(),
+                ReceiverMetrics::new(registry, "http"),
+                stop.clone(),
+            );
+            tasks.spawn(log_exit("otlp http receiver", async move {
+                serve_http(listener, ingest, metrics, &path, max, stop).await
+            }));
+        }
+        Ok(Self {
+            grpc_addr,
+            http_addr,
+            stop,
+            tasks,
+        })
+    }
+
+    /// Stops accepting and waits for in-flight requests to finish.
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
 /// `otelcol_receiver_*` for one transport.
 #[derive(Clone)]
-pub struct ReceiverMetrics {
+struct ReceiverMetrics {
     accepted: Counter,
     refused: Counter,
 }
 
 impl ReceiverMetrics {
-    pub fn new(registry: &Registry, transport: &str) -> Self {
+    fn new(registry: &Registry, transport: &str) -> Self {
         let labels = [("receiver", "otlp"), ("transport", transport)];
         Self {
             accepted: registry.counter(telemetry::RECEIVER_ACCEPTED_SPANS, &labels),

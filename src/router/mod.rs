@@ -18,11 +18,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::receiver::{
-    check_ids, serve_grpc, serve_http, Ingest, IngestError, Ingested, ReceiverMetrics,
-};
+use crate::lifecycle::{bind, log_exit, StartError};
+use crate::receiver::{check_ids, Ingest, IngestError, Ingested, Receivers};
 use crate::telemetry::{self, serve_admin, Health, Registry};
-use crate::worker::StartError;
 use config::RouterConfig;
 use route::Route;
 
@@ -63,8 +61,7 @@ pub struct Router {
     pub registry: Registry,
     health: Arc<Health>,
     routes: Vec<Arc<Route>>,
-    receivers_stop: CancellationToken,
-    receivers: JoinSet<()>,
+    receivers: Receivers,
     resolvers_stop: CancellationToken,
     resolvers: JoinSet<()>,
     admin_stop: CancellationToken,
@@ -102,13 +99,13 @@ impl Router {
             ),
         });
 
-        let admin_listener = crate::worker::bind("admin", &config.admin.endpoint).await?;
+        let admin_listener = bind("admin", &config.admin.endpoint).await?;
         let admin_addr = admin_listener
             .local_addr()
             .expect("bound listener has an address");
         let admin_stop = CancellationToken::new();
         let mut admin = JoinSet::new();
-        admin.spawn(crate::worker::log_exit(
+        admin.spawn(log_exit(
             "admin",
             serve_admin(
                 admin_listener,
@@ -119,49 +116,16 @@ impl Router {
             ),
         ));
 
-        let receivers_stop = CancellationToken::new();
-        let mut receivers = JoinSet::new();
-        let protocols = &config.receivers.otlp.protocols;
-        let mut grpc_addr = None;
-        if let Some(grpc) = &protocols.grpc {
-            let listener = crate::worker::bind("otlp grpc", &grpc.endpoint).await?;
-            grpc_addr = listener.local_addr().ok();
-            let max =
-                usize::try_from(grpc.max_recv_msg_size_mib * 1024 * 1024).unwrap_or(usize::MAX);
-            receivers.spawn(crate::worker::log_exit(
-                "otlp grpc receiver",
-                serve_grpc(
-                    listener,
-                    ingest.clone(),
-                    ReceiverMetrics::new(&registry, "grpc"),
-                    max,
-                    receivers_stop.clone(),
-                ),
-            ));
-        }
-        let mut http_addr = None;
-        if let Some(http) = &protocols.http {
-            let listener = crate::worker::bind("otlp http", &http.endpoint).await?;
-            http_addr = listener.local_addr().ok();
-            let max = usize::try_from(http.max_request_body_size).unwrap_or(usize::MAX);
-            let path = http.traces_url_path.clone();
-            let ingest = ingest.clone();
-            let metrics = ReceiverMetrics::new(&registry, "http");
-            let stop = receivers_stop.clone();
-            receivers.spawn(crate::worker::log_exit("otlp http receiver", async move {
-                serve_http(listener, ingest, metrics, &path, max, stop).await
-            }));
-        }
+        let receivers = Receivers::start(&config.receivers, ingest, &registry).await?;
         health.set_ready(true);
-        tracing::info!(grpc = ?grpc_addr, http = ?http_addr, admin = %admin_addr, "router started");
+        tracing::info!(grpc = ?receivers.grpc_addr, http = ?receivers.http_addr, admin = %admin_addr, "router started");
         Ok(Router {
-            grpc_addr,
-            http_addr,
+            grpc_addr: receivers.grpc_addr,
+            http_addr: receivers.http_addr,
             admin_addr,
             registry,
             health,
             routes,
-            receivers_stop,
             receivers,
             resolvers_stop,
             resolvers,
@@ -175,8 +139,7 @@ impl Router {
     pub async fn shutdown(mut self) {
         let deadline = Instant::now() + self.grace_period;
         self.health.set_ready(false);
-        self.receivers_stop.cancel();
-        while self.receivers.join_next().await.is_some() {}
+        self.receivers.stop().await;
         self.resolvers_stop.cancel();
         while self.resolvers.join_next().await.is_some() {}
         for route in &self.routes {

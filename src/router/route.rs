@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use super::config::{endpoint_with_port, RouteConfig, RoutingKey};
 use super::ring::Ring;
 use crate::exporter::{AttemptObserver, ExporterSet};
-use crate::otlp::{validate_ids, Chunk, Head, RequestBuilder};
+use crate::otlp::{self, attribute as find, validate_ids, Chunk, RequestBuilder};
 use crate::receiver::IngestError;
 use crate::telemetry::{self, Registry};
 
@@ -304,38 +304,21 @@ impl Route {
                 _ => None,
             };
             for ss in &rs.scope_spans {
-                owners.clear();
                 let scope: &[KeyValue] = ss.scope.as_ref().map_or(&[], |s| &s.attributes);
-                for (i, span) in ss.spans.iter().enumerate() {
-                    let Ok(trace_id) = validate_ids(span) else {
-                        continue;
-                    };
-                    let owner = match self.config.routing_key {
+                let owner_of = |span: &Span| {
+                    let trace_id = validate_ids(span).ok()?;
+                    match self.config.routing_key {
                         RoutingKey::TraceId => members.ring.route_usable(&trace_id, usable),
                         RoutingKey::Service => service_owner,
                         RoutingKey::Attributes => {
                             self.attribute_key(&mut key, span, scope, resource);
                             members.ring.route_usable(key.as_bytes(), usable)
                         }
-                    };
-                    if let Some(owner) = owner {
-                        owners.push((owner, i as u32));
                     }
-                }
-                if owners.is_empty() {
-                    continue;
-                }
-                owners.sort_unstable();
-                let head = Head::new(
-                    rs.resource.as_ref(),
-                    &rs.schema_url,
-                    ss.scope.as_ref(),
-                    &ss.schema_url,
-                );
-                for group in owners.chunk_by(|a, b| a.0 == b.0) {
-                    let spans = group.iter().map(|(_, i)| &ss.spans[*i as usize]);
-                    shares[group[0].0].push(&Chunk::encode(head.clone(), spans));
-                }
+                };
+                otlp::split_scope(rs, ss, &mut owners, owner_of, |owner, head, group| {
+                    shares[owner].push(&Chunk::encode(head.clone(), otlp::members(ss, group)));
+                });
             }
         }
         Ok(Plan { members, shares })
@@ -403,12 +386,4 @@ impl Plan {
             }
         }
     }
-}
-
-fn find<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a Value> {
-    attributes
-        .iter()
-        .find(|kv| kv.key == key)
-        .and_then(|kv| kv.value.as_ref())
-        .and_then(|v| v.value.as_ref())
 }

@@ -24,7 +24,7 @@ use config::{label_name, Dimension, Unit};
 pub use render::Format;
 use table::{Observation, Recorded, Table};
 
-use crate::otlp::{validate_ids, TraceId};
+use crate::otlp::{attribute as find, validate_ids, TraceId};
 use crate::telemetry::{self, Registry};
 
 /// The collector's spelling of span kinds and status codes.
@@ -270,14 +270,6 @@ impl SpanMetrics {
         self.expire(Instant::now());
         render::render(self, out, format, kept);
     }
-}
-
-fn find<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a Value> {
-    attributes
-        .iter()
-        .find(|kv| kv.key == key)
-        .and_then(|kv| kv.value.as_ref())
-        .and_then(|v| v.value.as_ref())
 }
 
 fn span_id(span: &Span) -> [u8; 8] {

@@ -16,33 +16,18 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::buffer::{BufferConfig, TraceBuffer};
 use crate::config::WorkerConfig;
-use crate::exporter::{BuildError, ExporterSet};
-use crate::receiver::{serve_grpc, serve_http, ReceiverMetrics};
+use crate::exporter::ExporterSet;
+use crate::lifecycle::{bind, log_exit, StartError};
+use crate::receiver::Receivers;
 use crate::spanmetrics::SpanMetrics;
 use crate::telemetry::{serve_admin, ExtraMetrics, Health, Registry};
 use pipeline::{DecisionSettings, Pipeline, DECISION_TICK};
-
-/// Why a worker or router could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("cannot listen on {endpoint} ({what}): {source}")]
-    Bind {
-        what: &'static str,
-        endpoint: String,
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Exporter(#[from] BuildError),
-    #[error("{0}")]
-    SpanMetrics(String),
-}
 
 /// A running worker.
 pub struct Worker {
@@ -52,24 +37,13 @@ pub struct Worker {
     pub registry: Registry,
     health: Arc<Health>,
     pipeline: Arc<Pipeline>,
-    receivers_stop: CancellationToken,
-    receivers: JoinSet<()>,
+    receivers: Receivers,
     deciders_stop: CancellationToken,
     deciders: JoinSet<()>,
     admin_stop: CancellationToken,
     admin: JoinSet<()>,
     drop_pending_on_shutdown: bool,
     grace_period: std::time::Duration,
-}
-
-pub(crate) async fn bind(what: &'static str, endpoint: &str) -> Result<TcpListener, StartError> {
-    TcpListener::bind(endpoint)
-        .await
-        .map_err(|source| StartError::Bind {
-            what,
-            endpoint: endpoint.to_owned(),
-            source,
-        })
 }
 
 impl Worker {
@@ -139,39 +113,7 @@ impl Worker {
             deciders.spawn(decide_loop(pipeline.clone(), shards, deciders_stop.clone()));
         }
 
-        let receivers_stop = CancellationToken::new();
-        let mut receivers = JoinSet::new();
-        let protocols = &config.receivers.otlp.protocols;
-        let mut grpc_addr = None;
-        if let Some(grpc) = &protocols.grpc {
-            let listener = bind("otlp grpc", &grpc.endpoint).await?;
-            grpc_addr = listener.local_addr().ok();
-            let max =
-                usize::try_from(grpc.max_recv_msg_size_mib * 1024 * 1024).unwrap_or(usize::MAX);
-            receivers.spawn(log_exit(
-                "otlp grpc receiver",
-                serve_grpc(
-                    listener,
-                    pipeline.clone(),
-                    ReceiverMetrics::new(&registry, "grpc"),
-                    max,
-                    receivers_stop.clone(),
-                ),
-            ));
-        }
-        let mut http_addr = None;
-        if let Some(http) = &protocols.http {
-            let listener = bind("otlp http", &http.endpoint).await?;
-            http_addr = listener.local_addr().ok();
-            let max = usize::try_from(http.max_request_body_size).unwrap_or(usize::MAX);
-            let path = http.traces_url_path.clone();
-            let pipeline = pipeline.clone();
-            let metrics = ReceiverMetrics::new(&registry, "http");
-            let stop = receivers_stop.clone();
-            receivers.spawn(log_exit("otlp http receiver", async move {
-                serve_http(listener, pipeline, metrics, &path, max, stop).await
-            }));
-        }
+        let receivers = Receivers::start(&config.receivers, pipeline.clone(), &registry).await?;
         if let Some(file) = &ts.policies_file {
             // Installed before start returns, so a SIGHUP right after start-up reloads
             // rather than killing the process.
@@ -187,15 +129,14 @@ impl Worker {
             ));
         }
         health.set_ready(true);
-        tracing::info!(grpc = ?grpc_addr, http = ?http_addr, admin = %admin_addr, "worker started");
+        tracing::info!(grpc = ?receivers.grpc_addr, http = ?receivers.http_addr, admin = %admin_addr, "worker started");
         Ok(Worker {
-            grpc_addr,
-            http_addr,
+            grpc_addr: receivers.grpc_addr,
+            http_addr: receivers.http_addr,
             admin_addr,
             registry,
             health,
             pipeline,
-            receivers_stop,
             receivers,
             deciders_stop,
             deciders,
@@ -214,8 +155,7 @@ impl Worker {
     pub async fn shutdown(mut self) {
         let deadline = Instant::now() + self.grace_period;
         self.health.set_ready(false);
-        self.receivers_stop.cancel();
-        while self.receivers.join_next().await.is_some() {}
+        self.receivers.stop().await;
         self.deciders_stop.cancel();
         while self.deciders.join_next().await.is_some() {}
         self.pipeline
@@ -224,15 +164,6 @@ impl Worker {
         self.admin_stop.cancel();
         while self.admin.join_next().await.is_some() {}
         tracing::info!("worker stopped");
-    }
-}
-
-pub(crate) async fn log_exit<E: std::fmt::Display>(
-    what: &'static str,
-    task: impl std::future::Future<Output = Result<(), E>>,
-) {
-    if let Err(e) = task.await {
-        tracing::error!(task = what, error = %e, "task failed");
     }
 }
 

@@ -12,13 +12,15 @@ use std::time::Duration;
 use metrics::{Counter, Gauge, Histogram};
 use moka::sync::Cache;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::trace::v1::ScopeSpans;
+use opentelemetry_proto::tonic::trace::v1::Span;
 use tokio::time::Instant;
 
 use super::decider::Decider;
 use crate::buffer::{AddOutcome, ChunkFacts, TraceBuffer, TraceEntry};
 use crate::exporter::ExporterSet;
-use crate::otlp::{is_root, validate_ids, Chunk, Head, RequestBuilder, TraceId};
+use crate::otlp::{
+    is_root, members, split_scope, validate_ids, Chunk, Head, RequestBuilder, TraceId,
+};
 use crate::policy::{Decision, PolicySet, Verdict};
 use crate::receiver::{check_ids, Ingest, IngestError, Ingested};
 use crate::spanmetrics::{Format, SpanMetrics};
@@ -174,26 +176,22 @@ impl Ingest for Pipeline {
         let mut keys: Vec<(TraceId, u32)> = Vec::new();
         for rs in &request.resource_spans {
             for ss in &rs.scope_spans {
-                keys.clear();
-                keys.extend(
-                    ss.spans
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(i, s)| validate_ids(s).ok().map(|id| (id, i as u32))),
+                split_scope(
+                    rs,
+                    ss,
+                    &mut keys,
+                    |s| validate_ids(s).ok(),
+                    |id, head, group| {
+                        self.take_group(
+                            id,
+                            members(ss, group),
+                            group.len() as u64,
+                            head,
+                            &mut late,
+                            now,
+                        )
+                    },
                 );
-                if keys.is_empty() {
-                    continue;
-                }
-                keys.sort_unstable();
-                let head = Head::new(
-                    rs.resource.as_ref(),
-                    &rs.schema_url,
-                    ss.scope.as_ref(),
-                    &ss.schema_url,
-                );
-                for group in keys.chunk_by(|a, b| a.0 == b.0) {
-                    self.take_group(group, ss, &head, &mut late, now);
-                }
             }
         }
         if !late.is_empty() {
@@ -255,17 +253,15 @@ impl Pipeline {
     }
 
     /// Routes the spans of one trace from one `ScopeSpans`.
-    fn take_group(
+    fn take_group<'a>(
         &self,
-        group: &[(TraceId, u32)],
-        ss: &ScopeSpans,
+        id: TraceId,
+        members: impl Iterator<Item = &'a Span> + Clone,
+        n: u64,
         head: &Arc<Head>,
         late: &mut RequestBuilder,
         now: Instant,
     ) {
-        let id = group[0].0;
-        let members = group.iter().map(|(_, i)| &ss.spans[*i as usize]);
-        let n = group.len() as u64;
         if let Some(cached) = self.cached(&id) {
             self.metrics.late_span_age.record(
                 now.saturating_duration_since(cached.decided_at)

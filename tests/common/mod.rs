@@ -60,12 +60,18 @@ pub async fn scrape(addr: SocketAddr) -> String {
         .expect("metrics text")
 }
 
-/// Polls `/metrics` until `name{labels}` reaches `want` or 20 s pass; returns the last value.
-pub async fn wait_metric(addr: SocketAddr, name: &str, labels: &[(&str, &str)], want: f64) -> f64 {
+/// Polls `/metrics` at `addr` until `name{labels}` satisfies `done` or 20 s pass; returns the
+/// last value.
+pub async fn wait_metric(
+    addr: SocketAddr,
+    name: &str,
+    labels: &[(&str, &str)],
+    done: impl Fn(f64) -> bool,
+) -> f64 {
     let mut last = 0.0;
     for _ in 0..1000 {
         last = tailgate::testkit::metric(&scrape(addr).await, name, labels);
-        if last == want {
+        if done(last) {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;

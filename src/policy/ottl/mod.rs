@@ -247,21 +247,14 @@ impl Val<'_> {
 }
 
 fn attribute<'a>(attributes: &'a [KeyValue], key: &str) -> Val<'a> {
-    let Some(v) = attributes
-        .iter()
-        .find(|kv| kv.key == key)
-        .and_then(|kv| kv.value.as_ref())
-        .and_then(|v| v.value.as_ref())
-    else {
-        return Val::Nil;
-    };
-    match v {
-        any_value::Value::StringValue(s) => Val::Str(s),
-        any_value::Value::BoolValue(b) => Val::Bool(*b),
-        any_value::Value::IntValue(i) => Val::Int(*i),
-        any_value::Value::DoubleValue(f) => Val::Float(*f),
-        any_value::Value::BytesValue(b) => Val::Bytes(b),
-        _ => Val::Composite,
+    match crate::otlp::attribute(attributes, key) {
+        None => Val::Nil,
+        Some(any_value::Value::StringValue(s)) => Val::Str(s),
+        Some(any_value::Value::BoolValue(b)) => Val::Bool(*b),
+        Some(any_value::Value::IntValue(i)) => Val::Int(*i),
+        Some(any_value::Value::DoubleValue(f)) => Val::Float(*f),
+        Some(any_value::Value::BytesValue(b)) => Val::Bytes(b),
+        Some(_) => Val::Composite,
     }
 }
 
