@@ -18,9 +18,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::lifecycle::{bind, log_exit, StartError};
+use crate::lifecycle::StartError;
 use crate::receiver::{check_ids, Ingest, IngestError, Ingested, Receivers};
-use crate::telemetry::{self, serve_admin, Health, Registry};
+use crate::telemetry::{self, Admin, Health, Registry};
 use config::RouterConfig;
 use route::Route;
 
@@ -64,8 +64,7 @@ pub struct Router {
     receivers: Receivers,
     resolvers_stop: CancellationToken,
     resolvers: JoinSet<()>,
-    admin_stop: CancellationToken,
-    admin: JoinSet<()>,
+    admin: Admin,
     grace_period: std::time::Duration,
 }
 
@@ -99,37 +98,27 @@ impl Router {
             ),
         });
 
-        let admin_listener = bind("admin", &config.admin.endpoint).await?;
-        let admin_addr = admin_listener
-            .local_addr()
-            .expect("bound listener has an address");
-        let admin_stop = CancellationToken::new();
-        let mut admin = JoinSet::new();
-        admin.spawn(log_exit(
-            "admin",
-            serve_admin(
-                admin_listener,
-                registry.clone(),
-                health.clone(),
-                None,
-                admin_stop.clone(),
-            ),
-        ));
+        let admin = Admin::start(
+            &config.admin.endpoint,
+            registry.clone(),
+            health.clone(),
+            None,
+        )
+        .await?;
 
         let receivers = Receivers::start(&config.receivers, ingest, &registry).await?;
         health.set_ready(true);
-        tracing::info!(grpc = ?receivers.grpc_addr, http = ?receivers.http_addr, admin = %admin_addr, "router started");
+        tracing::info!(grpc = ?receivers.grpc_addr, http = ?receivers.http_addr, admin = %admin.addr, "router started");
         Ok(Router {
             grpc_addr: receivers.grpc_addr,
             http_addr: receivers.http_addr,
-            admin_addr,
+            admin_addr: admin.addr,
             registry,
             health,
             routes,
             receivers,
             resolvers_stop,
             resolvers,
-            admin_stop,
             admin,
             grace_period: config.shutdown.grace_period,
         })
@@ -145,8 +134,7 @@ impl Router {
         for route in &self.routes {
             route.shutdown(deadline).await;
         }
-        self.admin_stop.cancel();
-        while self.admin.join_next().await.is_some() {}
+        self.admin.stop().await;
         tracing::info!("router stopped");
     }
 }

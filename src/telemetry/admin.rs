@@ -2,6 +2,7 @@
 //! `/readyz` (ready for traffic: not while starting or draining). It shares nothing with
 //! the data path but the registry, so a slow scraper cannot stall ingest.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -14,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::Registry;
+use crate::lifecycle::{bind, log_exit, StartError};
 use crate::spanmetrics::Format;
 
 /// Readiness, flipped by the process's lifecycle.
@@ -44,8 +46,43 @@ struct AdminState {
     extra: Option<Arc<dyn ExtraMetrics>>,
 }
 
+/// A running admin listener.
+pub struct Admin {
+    pub addr: SocketAddr,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Admin {
+    /// Binds `endpoint` and serves `/metrics` (`extra` first, then `registry`), `/healthz`
+    /// and `/readyz`.
+    pub async fn start(
+        endpoint: &str,
+        registry: Registry,
+        health: Arc<Health>,
+        extra: Option<Arc<dyn ExtraMetrics>>,
+    ) -> Result<Admin, StartError> {
+        let listener = bind("admin", endpoint).await?;
+        let addr = listener
+            .local_addr()
+            .expect("bound listener has an address");
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(log_exit(
+            "admin",
+            serve_admin(listener, registry, health, extra, stop.clone()),
+        ));
+        Ok(Admin { addr, stop, task })
+    }
+
+    /// Stops serving, after in-flight scrapes.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
 /// Serves the admin endpoints on `listener` until `stop` is cancelled.
-pub async fn serve_admin(
+async fn serve_admin(
     listener: TcpListener,
     registry: Registry,
     health: Arc<Health>,

@@ -1,7 +1,5 @@
 use std::sync::Arc;
 
-use tokio_util::sync::CancellationToken;
-
 use super::*;
 use crate::testkit::metric;
 
@@ -82,16 +80,10 @@ async fn the_admin_listener_serves_metrics_health_and_readiness() {
         .counter(SPANS_DECIDED, &[("outcome", "sampled")])
         .increment(1);
     let health = Arc::new(Health::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop = CancellationToken::new();
-    let server = tokio::spawn(serve_admin(
-        listener,
-        registry,
-        health.clone(),
-        None,
-        stop.clone(),
-    ));
+    let admin = Admin::start("127.0.0.1:0", registry, health.clone(), None)
+        .await
+        .unwrap();
+    let addr = admin.addr;
     let get = |path: &'static str| async move {
         reqwest::get(format!("http://{addr}{path}")).await.unwrap()
     };
@@ -115,6 +107,11 @@ async fn the_admin_listener_serves_metrics_health_and_readiness() {
     health.set_ready(true);
     assert_eq!(get("/readyz").await.status(), 200);
     assert_eq!(get("/nope").await.status(), 404);
-    stop.cancel();
-    server.await.unwrap().unwrap();
+    admin.stop().await;
+    assert!(
+        reqwest::get(format!("http://{addr}/healthz"))
+            .await
+            .is_err(),
+        "stopped"
+    );
 }

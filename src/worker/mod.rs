@@ -23,10 +23,10 @@ use tokio_util::sync::CancellationToken;
 use crate::buffer::{BufferConfig, TraceBuffer};
 use crate::config::WorkerConfig;
 use crate::exporter::ExporterSet;
-use crate::lifecycle::{bind, log_exit, StartError};
+use crate::lifecycle::StartError;
 use crate::receiver::Receivers;
 use crate::spanmetrics::SpanMetrics;
-use crate::telemetry::{serve_admin, ExtraMetrics, Health, Registry};
+use crate::telemetry::{Admin, ExtraMetrics, Health, Registry};
 use pipeline::{DecisionSettings, Pipeline, DECISION_TICK};
 
 /// A running worker.
@@ -40,8 +40,7 @@ pub struct Worker {
     receivers: Receivers,
     deciders_stop: CancellationToken,
     deciders: JoinSet<()>,
-    admin_stop: CancellationToken,
-    admin: JoinSet<()>,
+    admin: Admin,
     drop_pending_on_shutdown: bool,
     grace_period: std::time::Duration,
 }
@@ -86,22 +85,13 @@ impl Worker {
         }
         let pipeline = Arc::new(pipeline);
 
-        let admin_listener = bind("admin", &config.admin.endpoint).await?;
-        let admin_addr = admin_listener
-            .local_addr()
-            .expect("bound listener has an address");
-        let admin_stop = CancellationToken::new();
-        let mut admin = JoinSet::new();
-        admin.spawn(log_exit(
-            "admin",
-            serve_admin(
-                admin_listener,
-                registry.clone(),
-                health.clone(),
-                Some(pipeline.clone() as Arc<dyn ExtraMetrics>),
-                admin_stop.clone(),
-            ),
-        ));
+        let admin = Admin::start(
+            &config.admin.endpoint,
+            registry.clone(),
+            health.clone(),
+            Some(pipeline.clone() as Arc<dyn ExtraMetrics>),
+        )
+        .await?;
 
         let deciders_stop = CancellationToken::new();
         let mut deciders = JoinSet::new();
@@ -129,18 +119,17 @@ impl Worker {
             ));
         }
         health.set_ready(true);
-        tracing::info!(grpc = ?receivers.grpc_addr, http = ?receivers.http_addr, admin = %admin_addr, "worker started");
+        tracing::info!(grpc = ?receivers.grpc_addr, http = ?receivers.http_addr, admin = %admin.addr, "worker started");
         Ok(Worker {
             grpc_addr: receivers.grpc_addr,
             http_addr: receivers.http_addr,
-            admin_addr,
+            admin_addr: admin.addr,
             registry,
             health,
             pipeline,
             receivers,
             deciders_stop,
             deciders,
-            admin_stop,
             admin,
             drop_pending_on_shutdown: ts.drop_pending_traces_on_shutdown,
             grace_period: config.shutdown.grace_period,
@@ -161,8 +150,7 @@ impl Worker {
         self.pipeline
             .drain(self.drop_pending_on_shutdown, Instant::now());
         self.pipeline.exporters().shutdown(deadline).await;
-        self.admin_stop.cancel();
-        while self.admin.join_next().await.is_some() {}
+        self.admin.stop().await;
         tracing::info!("worker stopped");
     }
 }
