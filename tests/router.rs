@@ -36,22 +36,31 @@ shutdown: {{grace_period: 5s}}
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_trace_lands_whole_on_one_worker() {
-    let sink = Sink::start(vec![]).await;
+/// Three workers exporting to `sink`, and a router in front of them routing by trace id.
+async fn fleet(sink: &Sink) -> (Vec<Worker>, Vec<String>, Router) {
     let mut workers = Vec::new();
     for _ in 0..3 {
-        workers.push(
-            Worker::start(common::config(&sink, KEEP_ALL))
-                .await
-                .unwrap(),
-        );
+        workers.push(Worker::start(common::config(sink, KEEP_ALL)).await.unwrap());
     }
     let endpoints: Vec<String> = workers
         .iter()
         .map(|w| w.grpc_addr.unwrap().to_string())
         .collect();
     let router = router(&endpoints, "    routing_key: traceID").await;
+    (workers, endpoints, router)
+}
+
+/// A client of the router's OTLP/gRPC receiver.
+async fn client(router: &Router) -> TraceServiceClient<tonic::transport::Channel> {
+    TraceServiceClient::connect(format!("http://{}", router.grpc_addr.unwrap()))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_trace_lands_whole_on_one_worker() {
+    let sink = Sink::start(vec![]).await;
+    let (workers, endpoints, router) = fleet(&sink).await;
     let addr = format!("http://{}", router.grpc_addr.unwrap());
     // 10 000 traces of 4 spans; span k of every trace goes out in request k, over four
     // connections, so every request mixes all traces.
@@ -141,9 +150,7 @@ async fn a_request_is_split_once_per_worker_not_per_trace() {
         "    ring: balanced",
     )
     .await;
-    let mut client = TraceServiceClient::connect(format!("http://{}", router.grpc_addr.unwrap()))
-        .await
-        .unwrap();
+    let mut client = client(&router).await;
     let spans = (0..200u64).map(|t| span(trace_id(t), 1, None)).collect();
     client.export(request("svc", spans)).await.unwrap();
     assert_eq!(
@@ -177,9 +184,7 @@ async fn a_failing_backend_retries_only_its_own_share() {
         "    ring: balanced",
     )
     .await;
-    let mut client = TraceServiceClient::connect(format!("http://{}", router.grpc_addr.unwrap()))
-        .await
-        .unwrap();
+    let mut client = client(&router).await;
     let spans = (0..100u64).map(|t| span(trace_id(t), 1, None)).collect();
     client.export(request("svc", spans)).await.unwrap();
     let got = flaky.wait_for_spans(1, Duration::from_secs(10)).await
@@ -199,9 +204,7 @@ async fn routing_by_service_and_bad_input() {
         "    routing_key: service",
     )
     .await;
-    let mut client = TraceServiceClient::connect(format!("http://{}", router.grpc_addr.unwrap()))
-        .await
-        .unwrap();
+    let mut client = client(&router).await;
     for t in 0..20u64 {
         client
             .export(request("checkout", vec![span(trace_id(t), 1, None)]))
@@ -248,9 +251,7 @@ shutdown: {{grace_period: 1s}}
         stuck.addr
     );
     let router = Router::start(parse_router(&text).unwrap()).await.unwrap();
-    let mut client = TraceServiceClient::connect(format!("http://{}", router.grpc_addr.unwrap()))
-        .await
-        .unwrap();
+    let mut client = client(&router).await;
     let mut refused = 0;
     for t in 0..10u64 {
         if let Err(s) = client
@@ -296,9 +297,7 @@ async fn a_dead_backend_is_quarantined_until_it_answers_again() {
         "    ring: balanced",
     )
     .await;
-    let mut client = TraceServiceClient::connect(format!("http://{}", router.grpc_addr.unwrap()))
-        .await
-        .unwrap();
+    let mut client = client(&router).await;
     b.stop().await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     // Traffic keeps flowing; b's share fails until b is quarantined, then goes to a.
@@ -372,9 +371,7 @@ async fn a_dead_backend_is_quarantined_until_it_answers_again() {
 async fn with_every_backend_down_the_router_answers_unavailable() {
     let a = Sink::start(vec![]).await;
     let router = router(&[a.addr.to_string()], "    routing_key: traceID").await;
-    let mut client = TraceServiceClient::connect(format!("http://{}", router.grpc_addr.unwrap()))
-        .await
-        .unwrap();
+    let mut client = client(&router).await;
     a.stop().await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut code = tonic::Code::Ok;
@@ -397,22 +394,8 @@ async fn with_every_backend_down_the_router_answers_unavailable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_run_loses_nothing_silently() {
     let sink = Sink::start(vec![]).await;
-    let mut workers = Vec::new();
-    for _ in 0..3 {
-        workers.push(
-            Worker::start(common::config(&sink, KEEP_ALL))
-                .await
-                .unwrap(),
-        );
-    }
-    let endpoints: Vec<String> = workers
-        .iter()
-        .map(|w| w.grpc_addr.unwrap().to_string())
-        .collect();
-    let router = router(&endpoints, "    routing_key: traceID").await;
-    let mut client = TraceServiceClient::connect(format!("http://{}", router.grpc_addr.unwrap()))
-        .await
-        .unwrap();
+    let (mut workers, _, router) = fleet(&sink).await;
+    let mut client = client(&router).await;
     let mut accepted = 0usize;
     for round in 0..40u64 {
         if round == 10 {
@@ -488,9 +471,7 @@ admin: {{endpoint: "127.0.0.1:0"}}
         a.addr, b.addr, c.addr
     );
     let router = Router::start(parse_router(&text).unwrap()).await.unwrap();
-    let mut client = TraceServiceClient::connect(format!("http://{}", router.grpc_addr.unwrap()))
-        .await
-        .unwrap();
+    let mut client = client(&router).await;
     client
         .export(request(
             "svc",
@@ -510,9 +491,7 @@ async fn routing_by_attributes_keeps_equal_keys_together() {
     let (a, b) = (Sink::start(vec![]).await, Sink::start(vec![]).await);
     let extra = "    routing_key: attributes\n    routing_attributes: [http.route, span.kind]\n    ring: balanced";
     let router = router(&[a.addr.to_string(), b.addr.to_string()], extra).await;
-    let mut client = TraceServiceClient::connect(format!("http://{}", router.grpc_addr.unwrap()))
-        .await
-        .unwrap();
+    let mut client = client(&router).await;
     let routed = |t: u64, route: &str| {
         let mut s = span(trace_id(t), 1, None);
         s.attributes = vec![tailgate::testkit::kv("http.route", route)];
