@@ -100,9 +100,8 @@ impl Router {
 
         let admin = Admin::start(
             &config.admin.endpoint,
-            registry.clone(),
+            vec![Arc::new(registry.clone())],
             health.clone(),
-            None,
         )
         .await?;
 

@@ -1,6 +1,8 @@
-//! The admin listener: `/metrics` (Prometheus text), `/healthz` (the process is alive) and
-//! `/readyz` (ready for traffic: not while starting or draining). It shares nothing with
-//! the data path but the registry, so a slow scraper cannot stall ingest.
+//! The admin listener: `/metrics` (Prometheus text or OpenMetrics), `/healthz` (the process
+//! is alive) and `/readyz` (ready for traffic: not while starting or draining). It shares
+//! nothing with the data path but the metric sources, so a slow scraper cannot stall
+//! ingest. Several sources (self-metrics of several components, span metrics) are merged
+//! into one exposition, each metric family once.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,16 +36,26 @@ impl Health {
     }
 }
 
-/// Metrics served on `/metrics` before the self-telemetry (the span metrics).
-pub trait ExtraMetrics: Send + Sync {
+/// Something that renders metrics for `/metrics`: a [`Registry`] (self-telemetry) or the
+/// span metrics.
+pub trait MetricsSource: Send + Sync {
     fn render(&self, out: &mut String, format: Format);
+}
+
+impl MetricsSource for Registry {
+    fn render(&self, out: &mut String, format: Format) {
+        let text = Registry::render(self);
+        match format {
+            Format::Text => out.push_str(&text),
+            Format::OpenMetrics => out.push_str(&openmetrics_families(&text)),
+        }
+    }
 }
 
 #[derive(Clone)]
 struct AdminState {
-    registry: Registry,
+    sources: Arc<[Arc<dyn MetricsSource>]>,
     health: Arc<Health>,
-    extra: Option<Arc<dyn ExtraMetrics>>,
 }
 
 /// A running admin listener.
@@ -54,13 +66,12 @@ pub struct Admin {
 }
 
 impl Admin {
-    /// Binds `endpoint` and serves `/metrics` (`extra` first, then `registry`), `/healthz`
-    /// and `/readyz`.
+    /// Binds `endpoint` and serves `/metrics` (every source, merged), `/healthz` and
+    /// `/readyz`.
     pub async fn start(
         endpoint: &str,
-        registry: Registry,
+        sources: Vec<Arc<dyn MetricsSource>>,
         health: Arc<Health>,
-        extra: Option<Arc<dyn ExtraMetrics>>,
     ) -> Result<Admin, StartError> {
         let listener = bind("admin", endpoint).await?;
         let addr = listener
@@ -69,7 +80,7 @@ impl Admin {
         let stop = CancellationToken::new();
         let task = tokio::spawn(log_exit(
             "admin",
-            serve_admin(listener, registry, health, extra, stop.clone()),
+            serve_admin(listener, sources.into(), health, stop.clone()),
         ));
         Ok(Admin { addr, stop, task })
     }
@@ -84,20 +95,15 @@ impl Admin {
 /// Serves the admin endpoints on `listener` until `stop` is cancelled.
 async fn serve_admin(
     listener: TcpListener,
-    registry: Registry,
+    sources: Arc<[Arc<dyn MetricsSource>]>,
     health: Arc<Health>,
-    extra: Option<Arc<dyn ExtraMetrics>>,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
-        .with_state(AdminState {
-            registry,
-            health,
-            extra,
-        });
+        .with_state(AdminState { sources, health });
     axum::serve(listener, app)
         .with_graceful_shutdown(stop.cancelled_owned())
         .await
@@ -109,19 +115,60 @@ async fn metrics(State(s): State<AdminState>, headers: HeaderMap) -> impl IntoRe
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let format = Format::from_accept(accept);
-    let mut body = String::new();
-    if let Some(extra) = &s.extra {
-        extra.render(&mut body, format);
-    }
-    let own = s.registry.render();
-    match format {
-        Format::Text => body.push_str(&own),
-        Format::OpenMetrics => {
-            body.push_str(&openmetrics_families(&own));
-            body.push_str("# EOF\n");
-        }
+    let parts: Vec<String> = s
+        .sources
+        .iter()
+        .map(|source| {
+            let mut part = String::new();
+            source.render(&mut part, format);
+            part
+        })
+        .collect();
+    let mut body = merge_families(&parts);
+    if format == Format::OpenMetrics {
+        body.push_str("# EOF\n");
     }
     ([(header::CONTENT_TYPE, format.content_type())], body)
+}
+
+/// Merges expositions so that every metric family appears once, with its `# HELP` and
+/// `# TYPE` from the first part that has it and the samples of every part, in order.
+/// Series of different parts must differ in their labels (a component or identity label).
+pub fn merge_families(parts: &[String]) -> String {
+    let mut order: Vec<String> = Vec::new();
+    let mut families: std::collections::HashMap<String, (Vec<String>, Vec<String>)> =
+        Default::default();
+    for part in parts {
+        let mut current = String::new();
+        for line in part.lines().filter(|l| !l.trim().is_empty()) {
+            let meta = line
+                .strip_prefix("# HELP ")
+                .or_else(|| line.strip_prefix("# TYPE "));
+            if let Some(rest) = meta {
+                current = rest.split(' ').next().unwrap_or("").to_owned();
+            }
+            let entry = families.entry(current.clone()).or_insert_with(|| {
+                order.push(current.clone());
+                Default::default()
+            });
+            if meta.is_some() {
+                if !entry.0.iter().any(|l| l == line) && entry.0.len() < 2 {
+                    entry.0.push(line.to_owned());
+                }
+            } else {
+                entry.1.push(line.to_owned());
+            }
+        }
+    }
+    let mut out = String::new();
+    for name in order {
+        let (meta, samples) = &families[&name];
+        for line in meta.iter().chain(samples) {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// Adapts the self-telemetry's classic text to OpenMetrics: a counter family is named

@@ -18,7 +18,7 @@ use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
 
-pub use admin::{Admin, ExtraMetrics, Health};
+pub use admin::{merge_families, Admin, Health, MetricsSource};
 
 pub const RECEIVER_ACCEPTED_SPANS: &str = "otelcol_receiver_accepted_spans";
 pub const RECEIVER_REFUSED_SPANS: &str = "otelcol_receiver_refused_spans";

@@ -80,7 +80,7 @@ async fn the_admin_listener_serves_metrics_health_and_readiness() {
         .counter(SPANS_DECIDED, &[("outcome", "sampled")])
         .increment(1);
     let health = Arc::new(Health::default());
-    let admin = Admin::start("127.0.0.1:0", registry, health.clone(), None)
+    let admin = Admin::start("127.0.0.1:0", vec![Arc::new(registry)], health.clone())
         .await
         .unwrap();
     let addr = admin.addr;
@@ -114,4 +114,18 @@ async fn the_admin_listener_serves_metrics_health_and_readiness() {
             .is_err(),
         "stopped"
     );
+}
+
+#[test]
+fn merged_expositions_name_each_family_once() {
+    let a = "# HELP x_total X.\n# TYPE x_total counter\nx_total{c=\"a\"} 1\n\n# TYPE g gauge\ng{c=\"a\"} 2\n".to_string();
+    let b = "# HELP x_total X.\n# TYPE x_total counter\nx_total{c=\"b\"} 3\n".to_string();
+    let merged = merge_families(&[a, b]);
+    assert_eq!(
+        merged,
+        "# HELP x_total X.\n# TYPE x_total counter\nx_total{c=\"a\"} 1\nx_total{c=\"b\"} 3\n# TYPE g gauge\ng{c=\"a\"} 2\n"
+    );
+    let lines = merged.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
+    assert_eq!(scrape.samples.len(), 3);
 }

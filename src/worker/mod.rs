@@ -26,7 +26,7 @@ use crate::exporter::ExporterSet;
 use crate::lifecycle::StartError;
 use crate::receiver::Receivers;
 use crate::spanmetrics::SpanMetrics;
-use crate::telemetry::{Admin, ExtraMetrics, Health, Registry};
+use crate::telemetry::{Admin, Health, MetricsSource, Registry};
 use pipeline::{DecisionSettings, Pipeline, DECISION_TICK};
 
 /// A running worker.
@@ -85,13 +85,9 @@ impl Worker {
         }
         let pipeline = Arc::new(pipeline);
 
-        let admin = Admin::start(
-            &config.admin.endpoint,
-            registry.clone(),
-            health.clone(),
-            Some(pipeline.clone() as Arc<dyn ExtraMetrics>),
-        )
-        .await?;
+        let sources: Vec<Arc<dyn MetricsSource>> =
+            vec![pipeline.clone(), Arc::new(registry.clone())];
+        let admin = Admin::start(&config.admin.endpoint, sources, health.clone()).await?;
 
         let deciders_stop = CancellationToken::new();
         let mut deciders = JoinSet::new();

@@ -24,7 +24,7 @@ use crate::otlp::{
 use crate::policy::{Decision, PolicySet, Verdict};
 use crate::receiver::{check_ids, Ingest, IngestError, Ingested};
 use crate::spanmetrics::{Format, SpanMetrics};
-use crate::telemetry::{self, ExtraMetrics, Registry};
+use crate::telemetry::{self, MetricsSource, Registry};
 
 /// Largest export request the decision loop builds, in spans and in bytes.
 const MAX_BATCH_SPANS: u64 = 8192;
@@ -202,7 +202,7 @@ impl Ingest for Pipeline {
     }
 }
 
-impl ExtraMetrics for Pipeline {
+impl MetricsSource for Pipeline {
     fn render(&self, out: &mut String, format: Format) {
         if let Some(sm) = &self.span_metrics {
             sm.render(out, format, &|id| self.was_kept(id));
