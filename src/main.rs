@@ -1,5 +1,5 @@
-//! The `tailgate` command line: `worker --config FILE`, `router --config FILE` and
-//! `check-config FILE`.
+//! The `tailgate` command line: `local` (the default), `worker --config FILE`,
+//! `router --config FILE` and `check-config FILE`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -17,12 +17,19 @@ const EXIT_CONFIG: u8 = 64;
     about = "Tail sampling for OpenTelemetry traces"
 )]
 struct Cli {
+    /// What to run; without one, `local` with the embedded config.
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a router and two workers in this process, on this machine (the default).
+    Local {
+        /// A local-mode config instead of the embedded one.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Run a worker: receive OTLP, buffer, decide, export kept traces.
     Worker {
         #[arg(long, short)]
@@ -39,12 +46,34 @@ enum Command {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let cli = Cli::parse();
-    match cli.command {
+    match cli.command.unwrap_or(Command::Local { config: None }) {
+        Command::Local { config } => {
+            let text = match &config {
+                Some(path) => read(path),
+                None => Ok(tailgate::local::DEFAULT_CONFIG.to_owned()),
+            };
+            serve(
+                text.and_then(|t| tailgate::local::parse_local(&t)),
+                |c| async {
+                    let local = tailgate::local::Local::start(c).await?;
+                    print!("{}", local.banner());
+                    Ok(local)
+                },
+            )
+        }
+        Command::Worker { config } => serve(tailgate::config::load_worker(&config), |c| async {
+            Ok(tailgate::worker::Worker::start(c).await?)
+        }),
+        Command::Router { config } => serve(
+            read(&config).and_then(|t| tailgate::router::config::parse_router(&t)),
+            |c| async { Ok(tailgate::router::Router::start(c).await?) },
+        ),
         Command::CheckConfig { file } => match load(&file) {
             Ok(kind) => {
                 println!("{}: ok ({kind} config)", file.display());
@@ -55,33 +84,61 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
-        Command::Worker { config } => match tailgate::config::load_worker(&config) {
-            Ok(c) => exit(run(async move {
-                let worker = tailgate::worker::Worker::start(c).await?;
+    }
+}
+
+/// What `serve` runs: stopped on SIGTERM or SIGINT.
+trait Service {
+    async fn shutdown(self);
+}
+
+impl Service for tailgate::local::Local {
+    async fn shutdown(self) {
+        tailgate::local::Local::shutdown(self).await
+    }
+}
+
+impl Service for tailgate::worker::Worker {
+    async fn shutdown(self) {
+        tailgate::worker::Worker::shutdown(self).await
+    }
+}
+
+impl Service for tailgate::router::Router {
+    async fn shutdown(self) {
+        tailgate::router::Router::shutdown(self).await
+    }
+}
+
+/// Starts a service from its config (exit 64 on a config error) and runs it until SIGTERM or
+/// SIGINT, then shuts it down.
+fn serve<C, S: Service, F: std::future::Future<Output = anyhow::Result<S>>>(
+    config: Result<C, tailgate::config::ConfigError>,
+    start: impl FnOnce(C) -> F,
+) -> ExitCode {
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let result = tokio::runtime::Runtime::new()
+        .context("starting the runtime")
+        .and_then(|runtime| {
+            runtime.block_on(async {
+                let service = start(config).await?;
                 shutdown_signal().await?;
                 tracing::info!("shutting down");
-                worker.shutdown().await;
+                service.shutdown().await;
                 Ok(())
-            })),
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(EXIT_CONFIG)
-            }
-        },
-        Command::Router { config } => {
-            match read(&config).and_then(|t| tailgate::router::config::parse_router(&t)) {
-                Ok(c) => exit(run(async move {
-                    let router = tailgate::router::Router::start(c).await?;
-                    shutdown_signal().await?;
-                    tracing::info!("shutting down");
-                    router.shutdown().await;
-                    Ok(())
-                })),
-                Err(e) => {
-                    eprintln!("{e}");
-                    ExitCode::from(EXIT_CONFIG)
-                }
-            }
+            })
+        });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -96,32 +153,18 @@ fn read(path: &Path) -> Result<String, tailgate::config::ConfigError> {
     })
 }
 
-/// Validates a config as a worker's (it has `tail_sampling`) or a router's.
+/// Validates a config as a local one (it has `local`), a worker's (`tail_sampling`) or a
+/// router's.
 fn load(path: &Path) -> Result<&'static str, tailgate::config::ConfigError> {
     let text = read(path)?;
-    let is_worker = tailgate::config::read_yaml(&text)?
-        .get("tail_sampling")
-        .is_some();
-    if is_worker {
+    let yaml = tailgate::config::read_yaml(&text)?;
+    if yaml.get("local").is_some() {
+        tailgate::local::parse_local(&text).map(|_| "local")
+    } else if yaml.get("tail_sampling").is_some() {
         tailgate::config::parse_worker(&text).map(|_| "worker")
     } else {
         tailgate::router::config::parse_router(&text).map(|_| "router")
     }
-}
-
-fn exit(result: anyhow::Result<()>) -> ExitCode {
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn run(task: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
-    runtime.block_on(task)
 }
 
 async fn shutdown_signal() -> anyhow::Result<()> {

@@ -85,14 +85,14 @@ admin: {endpoint: "127.0.0.1:0"}
         .args(["worker", "--config"])
         .arg(&path)
         .current_dir(dir.path())
-        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     // Log lines arrive on a channel, so each wait below is bounded.
-    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let stderr = BufReader::new(child.stderr.take().unwrap());
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        for line in stdout.lines().map_while(Result::ok) {
+        for line in stderr.lines().map_while(Result::ok) {
             let _ = tx.send(line);
         }
     });
@@ -116,4 +116,19 @@ admin: {endpoint: "127.0.0.1:0"}
     signal("-TERM");
     wait_for("worker stopped");
     assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn check_config_accepts_a_local_config() {
+    let out = Command::new(BIN)
+        .args(["check-config", "config/local.yaml"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("local config"));
 }

@@ -192,7 +192,11 @@ pub fn read_yaml(text: &str) -> Result<serde_yaml::Value, ConfigError> {
 
 /// Parses and validates worker config text.
 pub fn parse_worker(text: &str) -> Result<WorkerConfig, ConfigError> {
-    let value = read_yaml(text)?;
+    worker_from_yaml(read_yaml(text)?)
+}
+
+/// Validates an already expanded and parsed worker config.
+pub fn worker_from_yaml(value: serde_yaml::Value) -> Result<WorkerConfig, ConfigError> {
     let mut errors = Errors::default();
     let Some(raw) = errors.parse::<RawWorkerConfig>("", value) else {
         return Err(errors.check().expect_err("a parse failure is recorded"));

@@ -185,13 +185,11 @@ fn example_configs_and_policy_sets_load() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "yaml") {
             let text = std::fs::read_to_string(&path).unwrap();
-            let result = if path
-                .file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("router")
-            {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let result = if name.starts_with("router") {
                 crate::router::config::parse_router(&text).map(drop)
+            } else if name.starts_with("local") {
+                crate::local::parse_local(&text).map(drop)
             } else {
                 parse_worker(&text).map(drop)
             };

@@ -71,7 +71,14 @@ pub struct Router {
 impl Router {
     /// Resolves every route once, then binds the listeners. Ready when this returns.
     pub async fn start(config: RouterConfig) -> Result<Router, StartError> {
-        let registry = Registry::new();
+        Self::start_with(config, Registry::new()).await
+    }
+
+    /// Like `start`, recording into `registry` (local mode labels each component's).
+    pub async fn start_with(
+        config: RouterConfig,
+        registry: Registry,
+    ) -> Result<Router, StartError> {
         let health = Arc::new(Health::default());
         let routes: Vec<Arc<Route>> = config
             .routes

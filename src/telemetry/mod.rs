@@ -154,6 +154,16 @@ impl Default for Registry {
 
 impl Registry {
     pub fn new() -> Self {
+        Self::labelled(None)
+    }
+
+    /// A registry whose every series carries `label` (for several components behind one
+    /// `/metrics`).
+    pub fn with_label(key: &str, value: &str) -> Self {
+        Self::labelled(Some((key, value)))
+    }
+
+    fn labelled(label: Option<(&str, &str)>) -> Self {
         let buckets: [(&str, &[f64]); 5] = [
             (TS_DECISION_TIMER_LATENCY, TIMER_LATENCY_BUCKETS_MS),
             (TS_TRACE_REMOVAL_AGE, AGE_BUCKETS_S),
@@ -161,12 +171,15 @@ impl Registry {
             (DECISION_LATENESS, LATENESS_BUCKETS_MS),
             (LB_BACKEND_LATENCY, BACKEND_LATENCY_BUCKETS_MS),
         ];
+        let mut base = PrometheusBuilder::new().with_recommended_naming(true);
+        if let Some((key, value)) = label {
+            base = base.add_global_label(key, value);
+        }
         let builder = buckets
             .into_iter()
-            .try_fold(
-                PrometheusBuilder::new().with_recommended_naming(true),
-                |b, (name, bounds)| b.set_buckets_for_metric(Matcher::Full(name.into()), bounds),
-            )
+            .try_fold(base, |b, (name, bounds)| {
+                b.set_buckets_for_metric(Matcher::Full(name.into()), bounds)
+            })
             .expect("bucket lists are non-empty constants");
         let recorder = builder.build_recorder();
         for (name, kind, unit, help) in DESCRIPTIONS {

@@ -48,7 +48,14 @@ pub struct Worker {
 impl Worker {
     /// Binds every listener and starts every task. Ready when this returns.
     pub async fn start(config: WorkerConfig) -> Result<Worker, StartError> {
-        let registry = Registry::new();
+        Self::start_with(config, Registry::new()).await
+    }
+
+    /// Like `start`, recording into `registry` (local mode labels each component's).
+    pub async fn start_with(
+        config: WorkerConfig,
+        registry: Registry,
+    ) -> Result<Worker, StartError> {
         let health = Arc::new(Health::default());
         let ts = &config.tail_sampling;
         let exporters = ExporterSet::start(&config.exporters, &registry)?;
