@@ -53,3 +53,143 @@ fn recording_rules_sum_across_workers() {
     }
     assert!(records >= 6);
 }
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)).unwrap()
+}
+
+#[test]
+fn the_embedded_tailgate_configs_are_valid() {
+    // Kubernetes ConfigMaps: the worker's policies file goes where its config points.
+    let dir = tempfile::tempdir().unwrap();
+    let worker_cm: serde_yaml::Value =
+        serde_yaml::from_str(&read("deploy/k8s/worker-config.yaml")).unwrap();
+    let policies = dir.path().join("policies.yaml");
+    std::fs::write(
+        &policies,
+        worker_cm["data"]["policies.yaml"].as_str().unwrap(),
+    )
+    .unwrap();
+    let worker = worker_cm["data"]["worker.yaml"].as_str().unwrap().replace(
+        "/etc/tailgate/policies.yaml",
+        &policies.display().to_string(),
+    );
+    let worker =
+        tailgate::config::parse_worker(&worker).unwrap_or_else(|e| panic!("k8s worker: {e}"));
+    assert_eq!(worker.policies.policies().len(), 4);
+    let router_cm: serde_yaml::Value =
+        serde_yaml::from_str(&read("deploy/k8s/router-config.yaml")).unwrap();
+    tailgate::router::config::parse_router(router_cm["data"]["router.yaml"].as_str().unwrap())
+        .unwrap_or_else(|e| panic!("k8s router: {e}"));
+    // docker compose.
+    tailgate::config::parse_worker(&read("deploy/docker/worker.yaml"))
+        .unwrap_or_else(|e| panic!("docker worker: {e}"));
+    tailgate::router::config::parse_router(&read("deploy/docker/router.yaml"))
+        .unwrap_or_else(|e| panic!("docker router: {e}"));
+}
+
+#[test]
+fn workers_drain_before_kubernetes_kills_them() {
+    let sts: serde_yaml::Value =
+        serde_yaml::from_str(&read("deploy/k8s/worker-statefulset.yaml")).unwrap();
+    let grace = sts["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        .as_u64()
+        .unwrap();
+    let cm: serde_yaml::Value =
+        serde_yaml::from_str(&read("deploy/k8s/worker-config.yaml")).unwrap();
+    let config: serde_yaml::Value =
+        serde_yaml::from_str(cm["data"]["worker.yaml"].as_str().unwrap()).unwrap();
+    let secs = |v: &serde_yaml::Value| {
+        humantime::parse_duration(v.as_str().unwrap())
+            .unwrap()
+            .as_secs()
+    };
+    let needed =
+        secs(&config["tail_sampling"]["decision_wait"]) + secs(&config["shutdown"]["grace_period"]);
+    assert!(
+        grace > needed,
+        "terminationGracePeriodSeconds {grace} <= {needed}"
+    );
+    // The span metrics identity comes from the pod name.
+    let env = &sts["spec"]["template"]["spec"]["containers"][0]["env"][0];
+    assert_eq!(env["name"], "POD_NAME");
+    assert_eq!(env["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name");
+}
+
+/// Every metric a dashboard, alert or recording rule uses is one tailgate exposes: a local
+/// deployment is started, sent a trace, and scraped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboards_and_alerts_use_only_metrics_that_exist() {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+    let dir = tempfile::tempdir().unwrap();
+    let text = tailgate::local::DEFAULT_CONFIG
+        .replace("localhost:4317", "127.0.0.1:0")
+        .replace("localhost:4318", "127.0.0.1:0")
+        .replace("localhost:8888", "127.0.0.1:0")
+        .replace(
+            "./data/traces.jsonl",
+            &dir.path().join("t.jsonl").display().to_string(),
+        );
+    let local = tailgate::local::Local::start(tailgate::local::parse_local(&text).unwrap())
+        .await
+        .unwrap();
+    let mut client = TraceServiceClient::connect(format!("http://{}", local.grpc_addr.unwrap()))
+        .await
+        .unwrap();
+    let mut span = tailgate::testkit::span(tailgate::testkit::trace_id(1), 1, None);
+    span.status = Some(opentelemetry_proto::tonic::trace::v1::Status {
+        code: 2,
+        ..Default::default()
+    });
+    client
+        .export(tailgate::testkit::request("svc", vec![span]))
+        .await
+        .unwrap();
+    // Wait for the decision so the decision metrics have samples too.
+    let mut exposed = String::new();
+    for _ in 0..200 {
+        exposed = reqwest::get(format!("http://{}/metrics", local.admin_addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if tailgate::testkit::metric(
+            &exposed,
+            "tailgate_spans_decided_total",
+            &[("outcome", "sampled")],
+        ) > 0.0
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let families: std::collections::HashSet<&str> = exposed
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.split(['{', ' ']).next().unwrap())
+        .collect();
+    let pattern =
+        regex::Regex::new(r"\b(?:otelcol|tailgate|traces_span_metrics)_[a-z_]+\b").unwrap();
+    for file in [
+        "deploy/grafana/tailgate.json",
+        "deploy/k8s/prometheusrule.yaml",
+        "deploy/prometheus/recording-rules.yaml",
+    ] {
+        let content = read(file);
+        let mut used = 0;
+        for name in pattern.find_iter(&content).map(|m| m.as_str()) {
+            // Recording rules define new series names (tailgate:...): only raw metrics count.
+            if content.contains(&format!("{name}:")) || content.contains(&format!(":{name}")) {
+                continue;
+            }
+            assert!(
+                families.contains(name),
+                "{file} uses {name}, which is not exposed"
+            );
+            used += 1;
+        }
+        assert!(used > 0, "{file}");
+    }
+    local.shutdown().await;
+}
