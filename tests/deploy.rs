@@ -1,5 +1,7 @@
 //! The files in deploy/ parse, and the Prometheus rules have the shape Prometheus loads.
 
+mod common;
+
 use std::path::Path;
 
 fn yaml_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
@@ -122,17 +124,7 @@ fn workers_drain_before_kubernetes_kills_them() {
 async fn dashboards_and_alerts_use_only_metrics_that_exist() {
     use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
     let dir = tempfile::tempdir().unwrap();
-    let text = tailgate::local::DEFAULT_CONFIG
-        .replace("localhost:4317", "127.0.0.1:0")
-        .replace("localhost:4318", "127.0.0.1:0")
-        .replace("localhost:8888", "127.0.0.1:0")
-        .replace(
-            "./data/traces.jsonl",
-            &dir.path().join("t.jsonl").display().to_string(),
-        );
-    let local = tailgate::local::Local::start(tailgate::local::parse_local(&text).unwrap())
-        .await
-        .unwrap();
+    let local = common::local(dir.path()).await;
     let mut client = TraceServiceClient::connect(format!("http://{}", local.grpc_addr.unwrap()))
         .await
         .unwrap();

@@ -9,23 +9,12 @@ use std::time::Duration;
 use opentelemetry::trace::{Span as _, Tracer, TracerProvider as _};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use tailgate::local::{parse_local, Local};
 use tailgate::testkit::{all_spans, metric};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traces_sent_to_local_mode_are_written_to_the_files() {
     let dir = tempfile::tempdir().unwrap();
-    // The embedded config with test ports and a temporary data directory.
-    let text = tailgate::local::DEFAULT_CONFIG
-        .replace("localhost:4317", "127.0.0.1:0")
-        .replace("localhost:4318", "127.0.0.1:0")
-        .replace("localhost:8888", "127.0.0.1:0")
-        .replace("decision_wait: 5s", "decision_wait: 2s")
-        .replace(
-            "./data/traces.jsonl",
-            &dir.path().join("traces.jsonl").display().to_string(),
-        );
-    let local = Local::start(parse_local(&text).unwrap()).await.unwrap();
+    let local = common::local(dir.path()).await;
     let banner = local.banner();
     assert!(
         banner.contains("send OTLP/gRPC to") && banner.contains("traces-1.jsonl"),

@@ -78,3 +78,18 @@ pub async fn wait_metric(
     }
     last
 }
+
+/// Local mode from the embedded config, on test ports, writing kept traces under `dir`.
+pub async fn local(dir: &std::path::Path) -> tailgate::local::Local {
+    let text = tailgate::local::DEFAULT_CONFIG
+        .replace("localhost:4317", "127.0.0.1:0")
+        .replace("localhost:4318", "127.0.0.1:0")
+        .replace("localhost:8888", "127.0.0.1:0")
+        .replace("decision_wait: 5s", "decision_wait: 2s")
+        .replace(
+            "./data/traces.jsonl",
+            &dir.join("traces.jsonl").display().to_string(),
+        );
+    let config = tailgate::local::parse_local(&text).unwrap_or_else(|e| panic!("{e}"));
+    tailgate::local::Local::start(config).await.unwrap()
+}
