@@ -6,6 +6,7 @@ pub mod buffer;
 pub mod config;
 pub mod exporter;
 pub mod lifecycle;
+pub mod limiter;
 pub mod local;
 pub mod otlp;
 pub mod policy;

@@ -198,6 +198,7 @@ impl Local {
                 endpoint: "127.0.0.1:0".into(),
             },
             shutdown: config.shutdown,
+            memory_limiter: None,
         };
         let router =
             Router::start_with(router_config, Registry::with_label("component", "router")).await?;

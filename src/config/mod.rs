@@ -13,6 +13,7 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+use crate::limiter::MemoryLimiterConfig;
 use crate::policy::PolicySet;
 use crate::spanmetrics::SpanMetricsConfig;
 pub use types::*;
@@ -113,6 +114,8 @@ pub struct WorkerConfig {
     pub shutdown: ShutdownConfig,
     /// Span metrics; off when the section is absent.
     pub spanmetrics: Option<SpanMetricsConfig>,
+    /// Off when the section is absent.
+    pub memory_limiter: Option<MemoryLimiterConfig>,
 }
 
 /// One configured exporter, by type.
@@ -134,6 +137,7 @@ struct RawWorkerConfig {
     admin: Option<serde_yaml::Value>,
     shutdown: Option<serde_yaml::Value>,
     spanmetrics: Option<serde_yaml::Value>,
+    memory_limiter: Option<serde_yaml::Value>,
 }
 
 /// Reads, expands and validates a worker config file.
@@ -252,6 +256,7 @@ pub fn worker_from_yaml(value: serde_yaml::Value) -> Result<WorkerConfig, Config
     if let Some(sm) = &spanmetrics {
         sm.validate(&mut errors);
     }
+    let memory_limiter = parse_memory_limiter(raw.memory_limiter, &mut errors);
     errors.check()?;
     let parsed = "every section parsed, or an error was recorded";
     Ok(WorkerConfig {
@@ -262,7 +267,19 @@ pub fn worker_from_yaml(value: serde_yaml::Value) -> Result<WorkerConfig, Config
         admin: admin.expect(parsed),
         shutdown: shutdown.expect(parsed),
         spanmetrics,
+        memory_limiter,
     })
+}
+
+/// The optional `memory_limiter` section, parsed and checked.
+pub fn parse_memory_limiter(
+    value: Option<serde_yaml::Value>,
+    errors: &mut Errors,
+) -> Option<MemoryLimiterConfig> {
+    let config: MemoryLimiterConfig =
+        errors.parse("memory_limiter", value.filter(|v| !v.is_null())?)?;
+    config.validate(errors);
+    Some(config)
 }
 
 pub(crate) fn validate_receivers(r: &ReceiversConfig, errors: &mut Errors) {

@@ -11,6 +11,7 @@ use crate::config::{
     check_endpoint, read_yaml, AdminConfig, ConfigError, Errors, OtlpExporterConfig,
     ReceiversConfig, ShutdownConfig,
 };
+use crate::limiter::MemoryLimiterConfig;
 use crate::router::ring::RingKind;
 
 /// A validated router config.
@@ -21,6 +22,7 @@ pub struct RouterConfig {
     pub routes: Vec<RouteConfig>,
     pub admin: AdminConfig,
     pub shutdown: ShutdownConfig,
+    pub memory_limiter: Option<MemoryLimiterConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -95,6 +97,7 @@ struct RawRouterConfig {
     exporters: BTreeMap<String, serde_yaml::Value>,
     admin: Option<serde_yaml::Value>,
     shutdown: Option<serde_yaml::Value>,
+    memory_limiter: Option<serde_yaml::Value>,
 }
 
 #[derive(Deserialize)]
@@ -172,6 +175,7 @@ pub fn parse_router(text: &str) -> Result<RouterConfig, ConfigError> {
         check_endpoint(&a.endpoint, "admin.endpoint", &mut errors);
     }
     let shutdown: Option<ShutdownConfig> = errors.parse_section("shutdown", raw.shutdown);
+    let memory_limiter = crate::config::parse_memory_limiter(raw.memory_limiter, &mut errors);
     errors.check()?;
     let parsed = "every section parsed, or an error was recorded";
     Ok(RouterConfig {
@@ -179,6 +183,7 @@ pub fn parse_router(text: &str) -> Result<RouterConfig, ConfigError> {
         routes,
         admin: admin.expect(parsed),
         shutdown: shutdown.expect(parsed),
+        memory_limiter,
     })
 }
 

@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::lifecycle::StartError;
+use crate::limiter::MemoryLimiter;
 use crate::receiver::{check_ids, Ingest, IngestError, Ingested, Receivers};
 use crate::telemetry::{self, Admin, Health, Registry};
 use config::RouterConfig;
@@ -97,7 +98,7 @@ impl Router {
             resolver::start(route.clone(), resolvers_stop.clone(), &mut resolvers).await;
             resolvers.spawn(probe_loop(route.clone(), resolvers_stop.clone()));
         }
-        let ingest: Arc<dyn Ingest> = Arc::new(Routes {
+        let mut ingest: Arc<dyn Ingest> = Arc::new(Routes {
             routes: routes.clone(),
             refused: registry.counter(
                 telemetry::PROCESSOR_REFUSED_SPANS,
@@ -112,6 +113,11 @@ impl Router {
         )
         .await?;
 
+        if let Some(limits) = &config.memory_limiter {
+            let limiter = MemoryLimiter::new(limits, &registry);
+            resolvers.spawn(limiter.clone().run(resolvers_stop.clone()));
+            ingest = limiter.guard(ingest);
+        }
         let receivers = Receivers::start(&config.receivers, ingest, &registry).await?;
         health.set_ready(true);
         tracing::info!(grpc = ?receivers.grpc_addr, http = ?receivers.http_addr, admin = %admin.addr, "router started");

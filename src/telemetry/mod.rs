@@ -64,6 +64,9 @@ pub const ROUTER_REROUTED_SPANS: &str = "tailgate_router_rerouted_spans";
 /// Backends taken out of routing (`event="quarantined"`) and back (`event="recovered"`).
 pub const ROUTER_QUARANTINES: &str = "tailgate_loadbalancer_backend_quarantine";
 
+/// Resident memory as the memory limiter last saw it.
+pub const PROCESS_RESIDENT_MEMORY: &str = "tailgate_process_resident_memory";
+
 /// Every accepted span's final bucket: `outcome` is sampled, not_sampled, dropped,
 /// evicted, too_large or shutdown.
 pub const SPANS_DECIDED: &str = "tailgate_spans_decided";
@@ -132,6 +135,7 @@ const DESCRIPTIONS: &[Description] = &[
     (LB_BACKEND_OUTCOME, Kind::Counter, None, "Requests sent to a backend, by success."),
     (ROUTER_REROUTED_SPANS, Kind::Counter, None, "Spans moved from a removed backend's queue onto the new ring."),
     (ROUTER_QUARANTINES, Kind::Counter, None, "Backends quarantined after repeated unreachable sends, and recovered by a probe."),
+    (PROCESS_RESIDENT_MEMORY, Kind::Gauge, Some(Unit::Bytes), "Resident memory as the memory limiter last measured it."),
     (SPANMETRICS_ACTIVE_SERIES, Kind::Gauge, None, "Span metric series held (calls/duration and events)."),
     (SPANMETRICS_EXPIRED_SERIES, Kind::Counter, None, "Span metric series dropped after metrics_expiration idle."),
     (SPANMETRICS_OVERFLOW_SPANS, Kind::Counter, None, "Spans counted in the overflow series because of aggregation_cardinality_limit."),

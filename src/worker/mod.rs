@@ -24,6 +24,7 @@ use crate::buffer::{BufferConfig, TraceBuffer};
 use crate::config::WorkerConfig;
 use crate::exporter::ExporterSet;
 use crate::lifecycle::StartError;
+use crate::limiter::MemoryLimiter;
 use crate::receiver::Receivers;
 use crate::spanmetrics::SpanMetrics;
 use crate::telemetry::{Admin, Health, MetricsSource, Registry};
@@ -106,7 +107,13 @@ impl Worker {
             deciders.spawn(decide_loop(pipeline.clone(), shards, deciders_stop.clone()));
         }
 
-        let receivers = Receivers::start(&config.receivers, pipeline.clone(), &registry).await?;
+        let mut ingest: Arc<dyn crate::receiver::Ingest> = pipeline.clone();
+        if let Some(limits) = &config.memory_limiter {
+            let limiter = MemoryLimiter::new(limits, &registry);
+            deciders.spawn(limiter.clone().run(deciders_stop.clone()));
+            ingest = limiter.guard(ingest);
+        }
+        let receivers = Receivers::start(&config.receivers, ingest, &registry).await?;
         if let Some(file) = &ts.policies_file {
             // Installed before start returns, so a SIGHUP right after start-up reloads
             // rather than killing the process.

@@ -1,0 +1,231 @@
+//! The memory limiter, as the collector's `memory_limiter` processor: a task samples the
+//! process's resident memory every `check_interval`; above the soft limit (`limit` minus
+//! `spike_limit`) new data is refused with a retryable status until usage falls below it
+//! again, so the process is not killed for memory while senders back off and retry.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::{Counter, Gauge};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use serde::Deserialize;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Errors;
+use crate::receiver::{Ingest, IngestError, Ingested};
+use crate::telemetry::{self, Registry};
+
+const MIB: u64 = 1024 * 1024;
+
+/// `memory_limiter`, the collector's keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryLimiterConfig {
+    #[serde(default = "default_check_interval", with = "humantime_serde")]
+    pub check_interval: Duration,
+    #[serde(default)]
+    pub limit_mib: u64,
+    /// Default: 20 % of the limit.
+    #[serde(default)]
+    pub spike_limit_mib: Option<u64>,
+    /// Of the container's memory limit (cgroups), else of the machine's memory.
+    #[serde(default)]
+    pub limit_percentage: u64,
+    #[serde(default)]
+    pub spike_limit_percentage: Option<u64>,
+}
+
+fn default_check_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
+impl MemoryLimiterConfig {
+    pub fn validate(&self, errors: &mut Errors) {
+        let p = "memory_limiter";
+        match (self.limit_mib, self.limit_percentage) {
+            (0, 0) => errors.push(p, "set limit_mib or limit_percentage"),
+            (a, b) if a > 0 && b > 0 => {
+                errors.push(p, "set only one of limit_mib and limit_percentage")
+            }
+            _ => {}
+        }
+        if self.limit_percentage > 100 {
+            errors.push(format!("{p}.limit_percentage"), "must be at most 100");
+        }
+        if self
+            .spike_limit_mib
+            .is_some_and(|s| self.limit_mib > 0 && s >= self.limit_mib)
+        {
+            errors.push(
+                format!("{p}.spike_limit_mib"),
+                "must be less than limit_mib",
+            );
+        }
+        if self
+            .spike_limit_percentage
+            .is_some_and(|s| self.limit_percentage > 0 && s >= self.limit_percentage)
+        {
+            errors.push(
+                format!("{p}.spike_limit_percentage"),
+                "must be less than limit_percentage",
+            );
+        }
+        if self.check_interval.is_zero() {
+            errors.push(format!("{p}.check_interval"), "must be greater than 0");
+        }
+    }
+
+    /// (hard limit, soft limit) in bytes.
+    fn limits(&self) -> (u64, u64) {
+        let (limit, spike) = if self.limit_mib > 0 {
+            let limit = self.limit_mib * MIB;
+            (limit, self.spike_limit_mib.map_or(limit / 5, |s| s * MIB))
+        } else {
+            let total = memory_available();
+            let limit = total / 100 * self.limit_percentage;
+            (
+                limit,
+                self.spike_limit_percentage
+                    .map_or(limit / 5, |s| total / 100 * s),
+            )
+        };
+        (limit, limit.saturating_sub(spike))
+    }
+}
+
+/// The container's memory limit (cgroup v2, then v1), else the machine's memory.
+fn memory_available() -> u64 {
+    let read = |path: &str| {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+    };
+    let meminfo = || {
+        std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .map(|kb| kb * 1024)
+        })
+    };
+    let machine = meminfo().unwrap_or(u64::MAX);
+    read("/sys/fs/cgroup/memory.max")
+        .or_else(|| read("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
+        .filter(|l| *l < machine)
+        .unwrap_or(machine)
+}
+
+/// Resident memory of this process, from `/proc/self/status`.
+pub fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// Whether the limiter refuses data now, kept current by [`MemoryLimiter::run`].
+pub struct MemoryLimiter {
+    soft: u64,
+    refusing: AtomicBool,
+    resident: AtomicU64,
+    refused: Counter,
+    resident_gauge: Gauge,
+    interval: Duration,
+}
+
+impl MemoryLimiter {
+    pub fn new(config: &MemoryLimiterConfig, registry: &Registry) -> Arc<Self> {
+        let (hard, soft) = config.limits();
+        tracing::info!(
+            hard_mib = hard / MIB,
+            soft_mib = soft / MIB,
+            "memory limiter on"
+        );
+        Arc::new(Self {
+            soft,
+            refusing: AtomicBool::new(false),
+            resident: AtomicU64::new(0),
+            refused: registry.counter(
+                telemetry::PROCESSOR_REFUSED_SPANS,
+                &[("processor", "memory_limiter")],
+            ),
+            resident_gauge: registry.gauge(telemetry::PROCESS_RESIDENT_MEMORY, &[]),
+            interval: config.check_interval,
+        })
+    }
+
+    /// One check: refuse while resident memory is above the soft limit.
+    pub fn check(&self) {
+        let Some(rss) = resident_bytes() else { return };
+        self.resident.store(rss, Ordering::Relaxed);
+        self.resident_gauge.set(rss as f64);
+        let over = rss > self.soft;
+        if over != self.refusing.swap(over, Ordering::Relaxed) {
+            if over {
+                tracing::warn!(
+                    resident_mib = rss / MIB,
+                    soft_mib = self.soft / MIB,
+                    "over the memory limit: refusing data"
+                );
+            } else {
+                tracing::info!(
+                    resident_mib = rss / MIB,
+                    "back under the memory limit: accepting data"
+                );
+            }
+        }
+    }
+
+    /// Checks every `check_interval` until `stop`.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => self.check(),
+            }
+        }
+    }
+
+    /// Puts the limiter in front of `inner`.
+    pub fn guard(self: &Arc<Self>, inner: Arc<dyn Ingest>) -> Arc<dyn Ingest> {
+        Arc::new(Guarded {
+            limiter: self.clone(),
+            inner,
+        })
+    }
+}
+
+struct Guarded {
+    limiter: Arc<MemoryLimiter>,
+    inner: Arc<dyn Ingest>,
+}
+
+impl Ingest for Guarded {
+    fn ingest(
+        &self,
+        request: ExportTraceServiceRequest,
+        now: Instant,
+    ) -> Result<Ingested, IngestError> {
+        if self.limiter.refusing.load(Ordering::Relaxed) {
+            let spans = request
+                .resource_spans
+                .iter()
+                .flat_map(|r| r.scope_spans.iter())
+                .map(|s| s.spans.len() as u64)
+                .sum();
+            self.limiter.refused.increment(spans);
+            return Err(IngestError::Overloaded("memory limit reached"));
+        }
+        self.inner.ingest(request, now)
+    }
+}
