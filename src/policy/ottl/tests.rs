@@ -257,3 +257,27 @@ fn syntax_errors_and_unknown_paths_carry_their_column() {
         "{text}"
     );
 }
+
+proptest::proptest! {
+    /// Any text, however broken, parses or fails with a positioned error; never a panic.
+    #[test]
+    fn arbitrary_conditions_never_panic(src in ".{0,80}") {
+        for ctx in [Ctx::Span, Ctx::SpanEvent] {
+            if let Err(e) = parse::parse(&src, ctx) {
+                proptest::prop_assert!(e.column >= 1 && e.column <= src.chars().count() + 1);
+            }
+        }
+    }
+
+    /// Conditions built from the grammar's own pieces parse.
+    #[test]
+    fn well_formed_conditions_parse(
+        path in proptest::sample::select(vec!["name", "kind", "status.code", "attributes[\"k\"]", "resource.attributes[\"service.name\"]"]),
+        op in proptest::sample::select(vec!["==", "!=", "<", "<=", ">", ">="]),
+        value in proptest::sample::select(vec!["\"x\"", "1", "2.5", "true", "nil", "SPAN_KIND_SERVER"]),
+        negate in proptest::bool::ANY,
+    ) {
+        let src = format!("{}{path} {op} {value}", if negate { "not " } else { "" });
+        proptest::prop_assert!(parse::parse(&src, Ctx::Span).is_ok(), "{}", src);
+    }
+}
