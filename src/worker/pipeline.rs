@@ -135,22 +135,6 @@ pub struct DecisionSettings {
     pub dry_run: bool,
 }
 
-impl Pipeline {
-    /// Counts every accepted span into span metrics, before buffering.
-    pub fn with_span_metrics(mut self, span_metrics: SpanMetrics) -> Self {
-        self.span_metrics = Some(span_metrics);
-        self
-    }
-
-    /// Whether the trace was kept, as far as the sampled decision cache remembers.
-    pub fn was_kept(&self, id: &TraceId) -> bool {
-        self.sampled
-            .as_ref()
-            .and_then(|c| c.get(&u128::from_be_bytes(*id)))
-            .is_some()
-    }
-}
-
 impl Ingest for Pipeline {
     /// Takes one OTLP request. Invalid spans are rejected one by one (partial success);
     /// the request is refused whole when every span is invalid or when the worker is full.
@@ -232,6 +216,20 @@ impl Pipeline {
             exporters,
             block_on_overflow: settings.block_on_overflow,
         }
+    }
+
+    /// Counts every accepted span into span metrics, before buffering.
+    pub fn with_span_metrics(mut self, span_metrics: SpanMetrics) -> Self {
+        self.span_metrics = Some(span_metrics);
+        self
+    }
+
+    /// Whether the trace was kept, as far as the sampled decision cache remembers.
+    pub fn was_kept(&self, id: &TraceId) -> bool {
+        self.sampled
+            .as_ref()
+            .and_then(|c| c.get(&u128::from_be_bytes(*id)))
+            .is_some()
     }
 
     /// Decides pending and future traces with `policies` (hot reload).
