@@ -102,15 +102,7 @@ fn memory_available() -> u64 {
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok())
     };
-    let meminfo = || {
-        std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                .map(|kb| kb * 1024)
-        })
-    };
-    let machine = meminfo().unwrap_or(u64::MAX);
+    let machine = proc_kib("/proc/meminfo", "MemTotal:").map_or(u64::MAX, |kb| kb * 1024);
     read("/sys/fs/cgroup/memory.max")
         .or_else(|| read("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
         .filter(|l| *l < machine)
@@ -119,16 +111,20 @@ fn memory_available() -> u64 {
 
 /// Resident memory of this process, from `/proc/self/status`.
 pub fn resident_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb = status
+    proc_kib("/proc/self/status", "VmRSS:").map(|kb| kb * 1024)
+}
+
+/// The `<key> <n> kB` value of a `/proc` file, in KiB.
+fn proc_kib(path: &str, key: &str) -> Option<u64> {
+    std::fs::read_to_string(path)
+        .ok()?
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .find_map(|l| l.strip_prefix(key))?
         .trim()
         .trim_end_matches("kB")
         .trim()
-        .parse::<u64>()
-        .ok()?;
-    Some(kb * 1024)
+        .parse()
+        .ok()
 }
 
 /// Whether the limiter refuses data now, kept current by [`MemoryLimiter::run`].
