@@ -14,7 +14,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Errors;
-use crate::receiver::{Ingest, IngestError, Ingested};
+use crate::receiver::{span_count, Ingest, IngestError, Ingested};
 use crate::telemetry::{self, Registry};
 
 const MIB: u64 = 1024 * 1024;
@@ -213,12 +213,7 @@ impl Ingest for Guarded {
         now: Instant,
     ) -> Result<Ingested, IngestError> {
         if self.limiter.refusing.load(Ordering::Relaxed) {
-            let spans = request
-                .resource_spans
-                .iter()
-                .flat_map(|r| r.scope_spans.iter())
-                .map(|s| s.spans.len() as u64)
-                .sum();
+            let spans = span_count(&request);
             self.limiter.refused.increment(spans);
             return Err(IngestError::Overloaded("memory limit reached"));
         }

@@ -75,12 +75,14 @@ pub fn request(service: &str, spans: Vec<Span>) -> ExportTraceServiceRequest {
 }
 
 /// Every span in a request.
-pub fn all_spans(request: &ExportTraceServiceRequest) -> impl Iterator<Item = &Span> {
-    request
-        .resource_spans
-        .iter()
-        .flat_map(|r| r.scope_spans.iter())
-        .flat_map(|s| s.spans.iter())
+pub use crate::otlp::spans as all_spans;
+
+/// One root span (span id 1) for each trace number in `traces`.
+pub fn roots(traces: impl IntoIterator<Item = u64>) -> Vec<Span> {
+    traces
+        .into_iter()
+        .map(|t| span(trace_id(t), 1, None))
+        .collect()
 }
 
 #[derive(Default)]

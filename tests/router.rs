@@ -9,7 +9,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::Trac
 use tailgate::router::config::parse_router;
 use tailgate::router::ring::{Ring, RingKind};
 use tailgate::router::Router;
-use tailgate::testkit::{all_spans, metric, request, span, trace_id, Sink};
+use tailgate::testkit::{all_spans, metric, request, roots, span, trace_id, Sink};
 use tailgate::worker::Worker;
 
 /// Long enough for every span of a trace to arrive before its decision, even in a slow
@@ -151,7 +151,7 @@ async fn a_request_is_split_once_per_worker_not_per_trace() {
     )
     .await;
     let mut client = client(&router).await;
-    let spans = (0..200u64).map(|t| span(trace_id(t), 1, None)).collect();
+    let spans = roots(0..200u64);
     client.export(request("svc", spans)).await.unwrap();
     assert_eq!(
         a.wait_for_spans(1, Duration::from_secs(10)).await
@@ -185,7 +185,7 @@ async fn a_failing_backend_retries_only_its_own_share() {
     )
     .await;
     let mut client = client(&router).await;
-    let spans = (0..100u64).map(|t| span(trace_id(t), 1, None)).collect();
+    let spans = roots(0..100u64);
     client.export(request("svc", spans)).await.unwrap();
     let got = flaky.wait_for_spans(1, Duration::from_secs(10)).await
         + healthy.wait_for_spans(1, Duration::from_secs(10)).await;
@@ -332,10 +332,7 @@ async fn a_dead_backend_is_quarantined_until_it_answers_again() {
     );
     let before = a.span_count();
     client
-        .export(request(
-            "a",
-            (5000..5100).map(|t| span(trace_id(t), 1, None)).collect(),
-        ))
+        .export(request("a", roots(5000..5100)))
         .await
         .unwrap();
     assert_eq!(
@@ -357,10 +354,7 @@ async fn a_dead_backend_is_quarantined_until_it_answers_again() {
         1.0
     );
     client
-        .export(request(
-            "a",
-            (6000..6100).map(|t| span(trace_id(t), 1, None)).collect(),
-        ))
+        .export(request("a", roots(6000..6100)))
         .await
         .unwrap();
     assert!(b.wait_for_spans(1, Duration::from_secs(10)).await > 0);
@@ -472,13 +466,7 @@ admin: {{endpoint: "127.0.0.1:0"}}
     );
     let router = Router::start(parse_router(&text).unwrap()).await.unwrap();
     let mut client = client(&router).await;
-    client
-        .export(request(
-            "svc",
-            (0..100).map(|t| span(trace_id(t), 1, None)).collect(),
-        ))
-        .await
-        .unwrap();
+    client.export(request("svc", roots(0..100))).await.unwrap();
     assert_eq!(c.wait_for_spans(100, Duration::from_secs(10)).await, 100);
     let sampling = a.wait_for_spans(1, Duration::from_secs(10)).await
         + b.wait_for_spans(1, Duration::from_secs(10)).await;

@@ -13,7 +13,7 @@ use hickory_proto::rr::{RData, Record, RecordType};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use tailgate::router::config::parse_router;
 use tailgate::router::Router;
-use tailgate::testkit::{metric, request, span, trace_id, Sink};
+use tailgate::testkit::{metric, request, roots, span, trace_id, Sink};
 
 /// What the DNS server answers for every A query: these addresses, or SERVFAIL.
 #[derive(Clone, Default)]
@@ -98,13 +98,7 @@ admin: {{endpoint: "127.0.0.1:0"}}
     let mut client = TraceServiceClient::connect(format!("http://{}", router.grpc_addr.unwrap()))
         .await
         .unwrap();
-    client
-        .export(request(
-            "a",
-            (0..50).map(|t| span(trace_id(t), 1, None)).collect(),
-        ))
-        .await
-        .unwrap();
+    client.export(request("a", roots(0..50))).await.unwrap();
     assert_eq!(first.wait_for_spans(50, Duration::from_secs(10)).await, 50);
 
     // A second address appears: the ring follows while traffic flows.
@@ -116,13 +110,7 @@ admin: {{endpoint: "127.0.0.1:0"}}
         common::wait_metric(router.admin_addr, backends, &[], |v| v == 2.0).await,
         2.0
     );
-    client
-        .export(request(
-            "a",
-            (100..300).map(|t| span(trace_id(t), 1, None)).collect(),
-        ))
-        .await
-        .unwrap();
+    client.export(request("a", roots(100..300))).await.unwrap();
     let total = first.wait_for_spans(51, Duration::from_secs(10)).await
         + second.wait_for_spans(1, Duration::from_secs(10)).await;
     assert_eq!(total, 250);
@@ -155,10 +143,7 @@ admin: {{endpoint: "127.0.0.1:0"}}
     );
     let before = second.span_count();
     client
-        .export(request(
-            "a",
-            (1000..1100).map(|t| span(trace_id(t), 1, None)).collect(),
-        ))
+        .export(request("a", roots(1000..1100)))
         .await
         .unwrap();
     assert_eq!(

@@ -12,6 +12,7 @@ mod codec;
 use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value::Value, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
@@ -64,6 +65,15 @@ pub fn validate_ids(span: &Span) -> Result<TraceId, IdError> {
 /// SDKs send it).
 pub fn is_root(span: &Span) -> bool {
     span.parent_span_id.iter().all(|b| *b == 0)
+}
+
+/// Every span of a request, in order.
+pub fn spans(request: &ExportTraceServiceRequest) -> impl Iterator<Item = &Span> {
+    request
+        .resource_spans
+        .iter()
+        .flat_map(|r| r.scope_spans.iter())
+        .flat_map(|s| s.spans.iter())
 }
 
 /// The value of attribute `key`, if present and set.

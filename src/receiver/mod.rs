@@ -21,7 +21,7 @@ use http::serve_http;
 
 use crate::config::ReceiversConfig;
 use crate::lifecycle::{bind, log_exit, StartError};
-use crate::otlp::validate_ids;
+use crate::otlp::{spans, validate_ids};
 use crate::telemetry::{self, Registry};
 
 /// Why a request was refused as a whole.
@@ -61,12 +61,7 @@ pub trait Ingest: Send + Sync + 'static {
 /// or `InvalidArgument` when no span is valid.
 pub fn check_ids(request: &ExportTraceServiceRequest) -> Result<Ingested, IngestError> {
     let mut checked = Ingested::default();
-    for span in request
-        .resource_spans
-        .iter()
-        .flat_map(|r| r.scope_spans.iter())
-        .flat_map(|s| s.spans.iter())
-    {
+    for span in spans(request) {
         match validate_ids(span) {
             Ok(_) => checked.accepted += 1,
             Err(e) => {
@@ -180,13 +175,9 @@ fn response(ingested: Ingested) -> ExportTraceServiceResponse {
     ExportTraceServiceResponse { partial_success }
 }
 
-fn span_count(request: &ExportTraceServiceRequest) -> u64 {
-    request
-        .resource_spans
-        .iter()
-        .flat_map(|r| r.scope_spans.iter())
-        .map(|s| s.spans.len() as u64)
-        .sum()
+/// How many spans a request holds.
+pub fn span_count(request: &ExportTraceServiceRequest) -> u64 {
+    spans(request).count() as u64
 }
 
 #[cfg(test)]
