@@ -7,6 +7,7 @@ pub mod config;
 pub mod exporter;
 pub mod lifecycle;
 pub mod limiter;
+pub mod loadgen;
 pub mod local;
 pub mod otlp;
 pub mod policy;

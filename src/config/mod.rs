@@ -155,22 +155,35 @@ pub fn load_worker(path: &Path) -> Result<WorkerConfig, ConfigError> {
 /// `policies/default.yaml[2].latency.threshold_ms`.
 pub fn load_policies(path: &Path, sample_on_first_match: bool) -> Result<PolicySet, ConfigError> {
     let shown = path.display().to_string();
-    let fail = |message: String| ConfigError {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         errors: vec![FieldError {
             path: shown.clone(),
+            message: format!("cannot read: {e}"),
+        }],
+    })?;
+    parse_policies(&text, &shown, sample_on_first_match)
+}
+
+/// Compiles a policy list given as YAML text; `shown` prefixes error paths.
+pub fn parse_policies(
+    text: &str,
+    shown: &str,
+    sample_on_first_match: bool,
+) -> Result<PolicySet, ConfigError> {
+    let fail = |message: String| ConfigError {
+        errors: vec![FieldError {
+            path: shown.to_owned(),
             message,
         }],
     };
-    let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read: {e}")))?;
-    let value = read_yaml(&text)?;
-    let serde_yaml::Value::Sequence(values) = value else {
+    let serde_yaml::Value::Sequence(values) = read_yaml(text)? else {
         return Err(fail("must be a YAML list of policies".into()));
     };
     if values.is_empty() {
         return Err(fail("at least one policy is required".into()));
     }
     let mut errors = Errors::default();
-    let set = PolicySet::compile(&values, &shown, sample_on_first_match, &mut errors);
+    let set = PolicySet::compile(&values, shown, sample_on_first_match, &mut errors);
     errors.check()?;
     Ok(set)
 }

@@ -134,6 +134,14 @@ pub struct Policy {
     rule: rules::Rule,
 }
 
+impl Policy {
+    /// Whether the vote depends on more than the trace (rate and byte budgets, composite
+    /// allocations), so it cannot be predicted from the trace alone.
+    pub fn is_stateful(&self) -> bool {
+        self.rule.is_stateful()
+    }
+}
+
 impl PolicySet {
     pub fn policies(&self) -> &[Policy] {
         &self.policies
@@ -148,12 +156,26 @@ impl PolicySet {
     /// precedence: Dropped > InvertNotSampled > Sampled > InvertSampled (only if no policy
     /// said NotSampled) > NotSampled. An erroring policy abstains. `on_vote` sees each
     /// vote with the time it took.
-    pub fn decide(&self, trace: &TraceView<'_>, mut on_vote: impl FnMut(Vote)) -> Verdict {
+    pub fn decide(&self, trace: &TraceView<'_>, on_vote: impl FnMut(Vote)) -> Verdict {
+        self.decide_with(trace, |_| true, on_vote)
+    }
+
+    /// [`decide`](Self::decide) with only the policies `include` accepts taking part (the
+    /// load generator's verifier leaves out the stateful ones to predict the rest).
+    pub fn decide_with(
+        &self,
+        trace: &TraceView<'_>,
+        include: impl Fn(&Policy) -> bool,
+        mut on_vote: impl FnMut(Vote),
+    ) -> Verdict {
         let mut sampled: Option<(&Arc<str>, Option<Arc<str>>)> = None;
         let mut invert_sampled: Option<&Arc<str>> = None;
         let mut invert_not_sampled: Option<&Arc<str>> = None;
         let mut any_not_sampled = false;
         for (policy_index, policy) in self.policies.iter().enumerate() {
+            if !include(policy) {
+                continue;
+            }
             let started = std::time::Instant::now();
             let result = policy.rule.evaluate_named(trace);
             on_vote(Vote {

@@ -148,6 +148,16 @@ impl Rule {
         }
     }
 
+    /// Whether the vote depends on state beyond the trace (budgets).
+    pub(super) fn is_stateful(&self) -> bool {
+        match self {
+            Rule::RateLimiting(_) | Rule::BytesLimiting(_) | Rule::Composite(_) => true,
+            Rule::And(subs) | Rule::Drop(subs) => subs.iter().any(Rule::is_stateful),
+            Rule::Not(sub) => sub.is_stateful(),
+            _ => false,
+        }
+    }
+
     pub(super) fn is_drop(&self) -> bool {
         matches!(self, Rule::Drop(_))
     }

@@ -1,0 +1,492 @@
+//! `tailgate bench`: the end-to-end benchmark. Runs the decode-only baseline, then a router
+//! and workers, as child processes of this binary, drives both with the same generated
+//! requests, and reports spans per CPU-second of each process (from /proc), resident memory
+//! per buffered span against wire bytes, decision lateness and the completeness check.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+use super::{drive, progress_bar, Expectations, Generator, Protocol, Report, Sender, VerifySink};
+use super::{Outgoing, WorkloadConfig, WORKER_HEADER};
+use crate::config::{parse_policies, parse_worker};
+use crate::telemetry::{self, LATENESS_BUCKETS_MS};
+use crate::testkit::metric;
+
+/// What `tailgate bench` runs.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub spans: u64,
+    pub workers: usize,
+    pub workload: WorkloadConfig,
+    pub connections: usize,
+    pub decision_wait: Duration,
+    /// Where the child processes' configs and logs go.
+    pub dir: PathBuf,
+}
+
+/// The benchmark's policy set (issue 7's "realistic" set).
+pub const POLICIES: &str = r#"
+    - name: health-checks
+      type: drop
+      drop:
+        drop_sub_policy:
+          - name: probe-routes
+            type: string_attribute
+            string_attribute: {key: url.path, values: ['^/(healthz?|readyz|livez)$'], enabled_regex_matching: true}
+    - name: errors
+      type: status_code
+      status_code: {status_codes: [ERROR]}
+    - name: slow
+      type: latency
+      latency: {threshold_ms: 500}
+    - name: ten-percent
+      type: probabilistic
+      probabilistic: {sampling_percentage: 10}
+    - name: volume-cap
+      type: rate_limiting
+      rate_limiting: {spans_per_second: 2000}
+"#;
+
+const LATENESS_QUANTILES: [f64; 2] = [0.5, 0.99];
+
+/// Serves OTLP/gRPC and only decodes each request: the baseline process.
+pub async fn decode_sink(endpoint: &str) -> anyhow::Result<()> {
+    struct Decode;
+    #[tonic::async_trait]
+    impl TraceService for Decode {
+        async fn export(
+            &self,
+            request: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            std::hint::black_box(request.into_inner());
+            Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+        }
+    }
+    let listener = tokio::net::TcpListener::bind(endpoint).await?;
+    tonic::transport::Server::builder()
+        .add_service(TraceServiceServer::new(Decode).max_decoding_message_size(64 << 20))
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener),
+            async {
+                let _ = tokio::signal::ctrl_c().await;
+            },
+        )
+        .await?;
+    Ok(())
+}
+
+/// A child process of this binary and its CPU time and memory from /proc.
+struct Proc {
+    name: String,
+    child: Child,
+    pid: i32,
+}
+
+impl Proc {
+    async fn spawn(name: &str, args: &[&str], dir: &Path) -> anyhow::Result<Proc> {
+        let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
+        let child = Command::new(std::env::current_exe()?)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()?;
+        let pid = child
+            .id()
+            .and_then(|p| i32::try_from(p).ok())
+            .ok_or_else(|| anyhow::anyhow!("{name} exited at once"))?;
+        Ok(Proc {
+            name: name.into(),
+            child,
+            pid,
+        })
+    }
+
+    /// User plus system CPU time so far.
+    fn cpu(&self) -> anyhow::Result<Duration> {
+        let stat = procfs::process::Process::new(self.pid)?.stat()?;
+        let ticks = stat.utime + stat.stime;
+        Ok(Duration::from_secs_f64(
+            ticks as f64 / procfs::ticks_per_second() as f64,
+        ))
+    }
+
+    fn rss(&self) -> anyhow::Result<u64> {
+        let stat = procfs::process::Process::new(self.pid)?.stat()?;
+        Ok(stat.rss * procfs::page_size())
+    }
+
+    async fn stop(mut self) {
+        // SIGTERM first so the process drains; the kill is the backstop.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status()
+            .await;
+        if tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(process = %self.name, "did not stop in time; killing it");
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+fn free_addr() -> anyhow::Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+async fn wait_listening(addr: SocketAddr, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "{what} did not listen on {addr}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+async fn scrape(admin: SocketAddr) -> anyhow::Result<String> {
+    Ok(reqwest::get(format!("http://{admin}/metrics"))
+        .await?
+        .text()
+        .await?)
+}
+
+async fn send_all(
+    requests: &[Outgoing],
+    endpoint: SocketAddr,
+    connections: usize,
+    late_after: Duration,
+) -> anyhow::Result<(u64, std::sync::Arc<super::SendStats>)> {
+    let sender = Sender::start(&endpoint.to_string(), Protocol::Grpc, connections)?;
+    let total = requests.iter().map(|r| u64::from(r.spans)).sum();
+    let bar = progress_bar(Some(total));
+    let handed = drive(requests.iter().cloned(), &sender, None, late_after, &bar).await;
+    bar.finish_and_clear();
+    Ok((handed, sender.finish().await))
+}
+
+/// One measured figure.
+pub struct Results {
+    pub spans: u64,
+    pub wire_bytes_per_span: f64,
+    pub baseline_spans_per_cpu_second: f64,
+    pub router_spans_per_cpu_second: f64,
+    pub worker_spans_per_cpu_second: f64,
+    pub peak_buffered_spans: u64,
+    pub rss_bytes_per_buffered_span: f64,
+    pub lateness_ms: [f64; 2],
+    pub decision_wait: Duration,
+    pub report: Report,
+}
+
+/// Runs the benchmark.
+pub async fn run(options: BenchOptions) -> anyhow::Result<Results> {
+    std::fs::create_dir_all(&options.dir)?;
+    let policies = parse_policies(POLICIES, "bench policies", false)?;
+    eprintln!("generating {} spans ...", options.spans);
+    let mut generator = Generator::new(options.workload.clone(), options.spans, None)
+        .with_expectations(Expectations::new(policies));
+    let requests: Vec<Outgoing> = generator.by_ref().collect();
+    let expectations = generator.expectations.take().expect("set above");
+    let spans: u64 = requests.iter().map(|r| u64::from(r.spans)).sum();
+    let wire: u64 = requests.iter().map(|r| r.body.len() as u64).sum();
+
+    // 1. The decode-only baseline on the same requests.
+    let addr = free_addr()?;
+    let baseline = Proc::spawn(
+        "baseline",
+        &["decode-sink", "--endpoint", &addr.to_string()],
+        &options.dir,
+    )
+    .await?;
+    wait_listening(addr, "the baseline").await?;
+    eprintln!("baseline: decode only");
+    let before = baseline.cpu()?;
+    let (_, stats) = send_all(&requests, addr, options.connections, Duration::ZERO).await?;
+    let baseline_cpu = baseline.cpu()? - before;
+    baseline.stop().await;
+    let delivered = super::SendStats::get(&stats.delivered);
+    anyhow::ensure!(
+        delivered == spans,
+        "the baseline took {delivered} of {spans} spans"
+    );
+
+    // 2. Router and workers, exporting to the verify sink.
+    let sink = VerifySink::start("127.0.0.1:0").await?;
+    let mut workers = Vec::new();
+    let mut worker_admins = Vec::new();
+    let mut worker_endpoints = Vec::new();
+    for i in 0..options.workers {
+        let (grpc, admin) = (free_addr()?, free_addr()?);
+        let config = worker_config(i, grpc, admin, sink.addr, options.decision_wait);
+        parse_worker(&config)?;
+        let path = options.dir.join(format!("worker-{i}.yaml"));
+        std::fs::write(&path, config)?;
+        let path = path.display().to_string();
+        workers.push(
+            Proc::spawn(
+                &format!("worker-{i}"),
+                &["worker", "--config", &path],
+                &options.dir,
+            )
+            .await?,
+        );
+        worker_admins.push(admin);
+        worker_endpoints.push(grpc);
+    }
+    let (router_grpc, router_admin) = (free_addr()?, free_addr()?);
+    let router_path = options.dir.join("router.yaml");
+    std::fs::write(
+        &router_path,
+        router_config(router_grpc, router_admin, &worker_endpoints),
+    )?;
+    let router = Proc::spawn(
+        "router",
+        &["router", "--config", &router_path.display().to_string()],
+        &options.dir,
+    )
+    .await?;
+    for (i, addr) in worker_endpoints.iter().enumerate() {
+        wait_listening(*addr, &format!("worker-{i}")).await?;
+    }
+    wait_listening(router_grpc, "the router").await?;
+
+    let idle_rss: u64 = workers.iter().map(Proc::rss).sum::<anyhow::Result<u64>>()?;
+    let router_before = router.cpu()?;
+    let workers_before: Duration = workers.iter().map(Proc::cpu).sum::<anyhow::Result<_>>()?;
+    eprintln!("router and {} worker(s)", options.workers);
+
+    // Memory is sampled while the load runs: the peak of buffered spans, and the resident
+    // memory the workers had then.
+    let stop_sampling = tokio_util::sync::CancellationToken::new();
+    let sampler = {
+        let admins = worker_admins.clone();
+        let pids: Vec<i32> = workers.iter().map(|w| w.pid).collect();
+        let stop = stop_sampling.clone();
+        tokio::spawn(async move {
+            let mut peak = (0u64, 0u64);
+            while !stop.is_cancelled() {
+                let mut buffered = 0.0;
+                for admin in &admins {
+                    if let Ok(text) = scrape(*admin).await {
+                        buffered += metric(&text, telemetry::BUFFERED_SPANS, &[]);
+                    }
+                }
+                let rss: u64 = pids
+                    .iter()
+                    .filter_map(|p| procfs::process::Process::new(*p).ok()?.stat().ok())
+                    .map(|s| s.rss * procfs::page_size())
+                    .sum();
+                if buffered as u64 > peak.0 {
+                    peak = (buffered as u64, rss);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            peak
+        })
+    };
+    let late_after = options.decision_wait + Duration::from_secs(2);
+    let (_, stats) = send_all(&requests, router_grpc, options.connections, late_after).await?;
+    let refused = super::SendStats::get(&stats.refused);
+
+    // Wait for every decision and export, then read the books.
+    eprintln!("waiting for decisions ...");
+    let deadline = Instant::now() + options.decision_wait + Duration::from_secs(60);
+    while !sink.settled(&expectations, Duration::from_secs(2)) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    stop_sampling.cancel();
+    let (peak_buffered, peak_rss) = sampler.await?;
+    let router_cpu = router.cpu()? - router_before;
+    let workers_cpu = workers
+        .iter()
+        .map(Proc::cpu)
+        .sum::<anyhow::Result<Duration>>()?
+        - workers_before;
+
+    let mut lateness = vec![0.0; LATENESS_BUCKETS_MS.len() + 1];
+    for admin in &worker_admins {
+        let text = scrape(*admin).await?;
+        for (i, le) in LATENESS_BUCKETS_MS.iter().enumerate() {
+            lateness[i] += metric(
+                &text,
+                &format!("{}_milliseconds_bucket", telemetry::DECISION_LATENESS),
+                &[("le", &le.to_string())],
+            );
+        }
+        lateness[LATENESS_BUCKETS_MS.len()] += metric(
+            &text,
+            &format!("{}_milliseconds_bucket", telemetry::DECISION_LATENESS),
+            &[("le", "+Inf")],
+        );
+    }
+    let report = sink.report(&expectations);
+    sink.stop();
+    router.stop().await;
+    for w in workers {
+        w.stop().await;
+    }
+    anyhow::ensure!(refused == 0, "the router refused {refused} spans");
+
+    let per_cpu = |cpu: Duration| spans as f64 / cpu.as_secs_f64().max(1e-9);
+    Ok(Results {
+        spans,
+        wire_bytes_per_span: wire as f64 / spans as f64,
+        baseline_spans_per_cpu_second: per_cpu(baseline_cpu),
+        router_spans_per_cpu_second: per_cpu(router_cpu),
+        worker_spans_per_cpu_second: per_cpu(workers_cpu),
+        peak_buffered_spans: peak_buffered,
+        rss_bytes_per_buffered_span: peak_rss.saturating_sub(idle_rss) as f64
+            / peak_buffered.max(1) as f64,
+        lateness_ms: LATENESS_QUANTILES.map(|q| quantile(&lateness, q)),
+        decision_wait: options.decision_wait,
+        report,
+    })
+}
+
+/// The q-quantile of a cumulative histogram (counts per `LATENESS_BUCKETS_MS` bound, then
+/// +Inf), interpolated linearly inside the bucket as Prometheus' histogram_quantile does.
+fn quantile(cumulative: &[f64], q: f64) -> f64 {
+    let total = *cumulative.last().unwrap_or(&0.0);
+    if total == 0.0 {
+        return f64::NAN;
+    }
+    let rank = q * total;
+    let mut lower = (0.0, 0.0);
+    for (i, &upper) in LATENESS_BUCKETS_MS.iter().enumerate() {
+        if cumulative[i] >= rank {
+            let in_bucket = cumulative[i] - lower.1;
+            let share = if in_bucket > 0.0 {
+                (rank - lower.1) / in_bucket
+            } else {
+                0.0
+            };
+            return lower.0 + (upper - lower.0) * share;
+        }
+        lower = (upper, cumulative[i]);
+    }
+    lower.0
+}
+
+fn worker_config(
+    i: usize,
+    grpc: SocketAddr,
+    admin: SocketAddr,
+    sink: SocketAddr,
+    decision_wait: Duration,
+) -> String {
+    format!(
+        r#"# Written by `tailgate bench`.
+receivers:
+  otlp:
+    protocols:
+      grpc: {{endpoint: "{grpc}", max_recv_msg_size_mib: 64}}
+tail_sampling:
+  decision_wait: {wait}ms
+  num_traces: 2000000
+  max_buffered_bytes: 4294967296
+  decision_cache: {{sampled_cache_size: 200000, non_sampled_cache_size: 1000000}}
+  record_policy: true
+  policies:{POLICIES}
+spanmetrics:
+  instance_id: worker-{i}
+  dimensions: [{{name: http.request.method}}]
+exporters:
+  otlp:
+    endpoint: "{sink}"
+    tls: {{insecure: true}}
+    headers: {{{WORKER_HEADER}: worker-{i}}}
+    sending_queue: {{queue_size: 10000, num_consumers: 4}}
+admin:
+  endpoint: "{admin}"
+shutdown:
+  grace_period: 10s
+"#,
+        wait = decision_wait.as_millis(),
+    )
+}
+
+fn router_config(grpc: SocketAddr, admin: SocketAddr, workers: &[SocketAddr]) -> String {
+    let hostnames: Vec<String> = workers.iter().map(|w| format!("\"{w}\"")).collect();
+    format!(
+        r#"# Written by `tailgate bench`.
+receivers:
+  otlp:
+    protocols:
+      grpc: {{endpoint: "{grpc}", max_recv_msg_size_mib: 64}}
+exporters:
+  loadbalancing:
+    routing_key: traceID
+    protocol:
+      otlp:
+        tls: {{insecure: true}}
+        sending_queue: {{queue_size: 10000, num_consumers: 4}}
+    resolver:
+      static: {{hostnames: [{}]}}
+admin:
+  endpoint: "{admin}"
+"#,
+        hostnames.join(", ")
+    )
+}
+
+impl Results {
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let ratio = |x: f64| x / self.baseline_spans_per_cpu_second;
+        let _ = writeln!(
+            out,
+            "spans: {}, wire bytes per span: {:.0}\n",
+            self.spans, self.wire_bytes_per_span
+        );
+        let _ = writeln!(
+            out,
+            "  {:<32}{:>16}{:>10}{:>10}",
+            "process", "spans/CPU-s", "ratio", "target"
+        );
+        for (name, value, target) in [
+            (
+                "decode-only baseline",
+                self.baseline_spans_per_cpu_second,
+                None,
+            ),
+            ("router", self.router_spans_per_cpu_second, Some(1.0)),
+            ("worker(s)", self.worker_spans_per_cpu_second, Some(0.5)),
+        ] {
+            let target = target.map_or_else(String::new, |t| {
+                format!("{}{t}", if ratio(value) >= t { ">= " } else { "MISS " })
+            });
+            let _ = writeln!(
+                out,
+                "  {name:<32}{value:>16.0}{:>10.2}{target:>10}",
+                ratio(value)
+            );
+        }
+        let memory_ratio = self.rss_bytes_per_buffered_span / self.wire_bytes_per_span;
+        let _ = writeln!(
+            out,
+            "\n  resident memory per buffered span: {:.0} B = {:.2} x wire ({} spans buffered at peak; target <= 1.5 x)",
+            self.rss_bytes_per_buffered_span, memory_ratio, self.peak_buffered_spans
+        );
+        let _ = writeln!(
+            out,
+            "  decision lateness: p50 {:.1} ms, p99 {:.1} ms after a decision_wait of {:?} (target p99 <= 50 ms)\n",
+            self.lateness_ms[0], self.lateness_ms[1], self.decision_wait
+        );
+        out.push_str(&self.report.render());
+        out
+    }
+}

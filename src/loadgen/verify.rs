@@ -1,0 +1,489 @@
+//! The completeness check of `tailgate loadgen --verify`: what the policies should keep
+//! for each generated trace (predicted from the spans sent on time), an OTLP/gRPC sink that
+//! records what the workers export (by trace, span and exporting worker), and the report
+//! that compares the two.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value;
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::ScopeSpans;
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use super::workload::GeneratedTrace;
+use crate::otlp::TraceId;
+use crate::policy::{Batch, Decision, PolicySet, TraceView};
+
+/// The request header a worker's exporter can set (`headers:` of the `otlp` exporter) to
+/// name itself; without it the sink tells workers apart by their connection's address.
+pub const WORKER_HEADER: &str = "x-tailgate-worker";
+
+/// What the policies must do with a trace, judged without the stateful policies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Must {
+    Keep,
+    Drop,
+    /// Only a stateful policy (a rate or byte budget, a composite) could keep it.
+    Either,
+}
+
+struct Expected {
+    spans: u32,
+    must: Must,
+    /// Bit i: policy i of the set, alone, samples the trace.
+    matched: u64,
+}
+
+/// Predictions for every generated trace.
+pub struct Expectations {
+    policies: PolicySet,
+    has_stateful: bool,
+    traces: HashMap<TraceId, Expected>,
+    spans: u64,
+}
+
+impl Expectations {
+    pub fn new(policies: PolicySet) -> Expectations {
+        let has_stateful = policies.policies().iter().any(|p| p.is_stateful());
+        Expectations {
+            policies,
+            has_stateful,
+            traces: HashMap::new(),
+            spans: 0,
+        }
+    }
+
+    /// Predicts the decision for `trace` from its on-time spans (the late ones arrive
+    /// after the decision and cannot change it).
+    pub fn record(&mut self, trace: &GeneratedTrace, resources: &[Resource]) {
+        let mut batches: Vec<Batch> = Vec::new();
+        let mut instances: Vec<usize> = Vec::new();
+        let (mut earliest, mut latest, mut bytes, mut count) = (u64::MAX, 0, 0, 0);
+        for s in trace.spans.iter().filter(|s| !s.late) {
+            earliest = earliest.min(s.span.start_time_unix_nano);
+            latest = latest.max(s.span.end_time_unix_nano);
+            bytes += s.span.encoded_len() as u64;
+            count += 1;
+            let i = match instances.iter().position(|&i| i == s.instance) {
+                Some(i) => i,
+                None => {
+                    instances.push(s.instance);
+                    batches.push(Batch {
+                        resource_attributes: resources[s.instance].attributes.clone(),
+                        scope_spans: ScopeSpans::default(),
+                    });
+                    batches.len() - 1
+                }
+            };
+            batches[i].scope_spans.spans.push(s.span.clone());
+        }
+        let view = TraceView {
+            trace_id: &trace.trace_id,
+            span_count: count,
+            bytes,
+            earliest_start: earliest,
+            latest_end: latest,
+            batches: Some(&batches),
+            now: tokio::time::Instant::now(),
+        };
+        let mut matched = 0u64;
+        let verdict = self.policies.decide_with(
+            &view,
+            |p| !p.is_stateful(),
+            |vote| {
+                if matches!(
+                    vote.decision,
+                    Ok(Decision::Sampled | Decision::InvertSampled)
+                ) && vote.policy_index < 64
+                {
+                    matched |= 1 << vote.policy_index;
+                }
+            },
+        );
+        let must = match verdict.decision {
+            Decision::Sampled => Must::Keep,
+            Decision::Dropped => Must::Drop,
+            _ if self.has_stateful => Must::Either,
+            _ => Must::Drop,
+        };
+        self.spans += trace.spans.len() as u64;
+        self.traces.insert(
+            trace.trace_id,
+            Expected {
+                spans: trace.spans.len() as u32,
+                must,
+                matched,
+            },
+        );
+    }
+}
+
+#[derive(Default)]
+struct Seen {
+    span_ids: Vec<u64>,
+    duplicates: u32,
+    /// Indexes into `Received::workers`.
+    workers: Vec<u16>,
+    /// The `tailsampling.policy` scope attribute, when the workers record it.
+    policy: Option<String>,
+}
+
+#[derive(Default)]
+struct Received {
+    traces: HashMap<TraceId, Seen>,
+    workers: Vec<String>,
+    spans: u64,
+    last_change: Option<std::time::Instant>,
+}
+
+/// An OTLP/gRPC endpoint for the workers' exporters.
+#[derive(Clone)]
+pub struct VerifySink {
+    received: Arc<Mutex<Received>>,
+    pub addr: SocketAddr,
+    stop: CancellationToken,
+}
+
+struct SinkService(Arc<Mutex<Received>>);
+
+#[tonic::async_trait]
+impl TraceService for SinkService {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let worker = match request.metadata().get(WORKER_HEADER) {
+            Some(v) => v.to_str().unwrap_or("invalid").to_owned(),
+            None => request
+                .remote_addr()
+                .map_or_else(|| "unknown".into(), |a| a.to_string()),
+        };
+        let request = request.into_inner();
+        let mut received = self.0.lock().expect("sink lock");
+        let worker = match received.workers.iter().position(|w| *w == worker) {
+            Some(i) => i as u16,
+            None => {
+                received.workers.push(worker);
+                (received.workers.len() - 1) as u16
+            }
+        };
+        for rs in &request.resource_spans {
+            for ss in &rs.scope_spans {
+                let policy = ss.scope.as_ref().and_then(|scope| {
+                    scope.attributes.iter().find_map(|kv| {
+                        match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                            Some(any_value::Value::StringValue(s))
+                                if kv.key == "tailsampling.policy" =>
+                            {
+                                Some(s.clone())
+                            }
+                            _ => None,
+                        }
+                    })
+                });
+                for span in &ss.spans {
+                    let (Ok(trace_id), Ok(span_id)) = (
+                        TraceId::try_from(span.trace_id.as_slice()),
+                        <[u8; 8]>::try_from(span.span_id.as_slice()),
+                    ) else {
+                        continue;
+                    };
+                    received.spans += 1;
+                    let seen = received.traces.entry(trace_id).or_default();
+                    let span_id = u64::from_be_bytes(span_id);
+                    if seen.span_ids.contains(&span_id) {
+                        seen.duplicates += 1;
+                    } else {
+                        seen.span_ids.push(span_id);
+                    }
+                    if !seen.workers.contains(&worker) {
+                        seen.workers.push(worker);
+                    }
+                    if seen.policy.is_none() {
+                        seen.policy.clone_from(&policy);
+                    }
+                }
+            }
+        }
+        received.last_change = Some(std::time::Instant::now());
+        Ok(Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+impl VerifySink {
+    /// Serves OTLP/gRPC on `endpoint` (`127.0.0.1:0` for any free port).
+    pub async fn start(endpoint: &str) -> anyhow::Result<VerifySink> {
+        let listener = tokio::net::TcpListener::bind(endpoint).await?;
+        let addr = listener.local_addr()?;
+        let received = Arc::new(Mutex::new(Received::default()));
+        let stop = CancellationToken::new();
+        let service = TraceServiceServer::new(SinkService(received.clone()))
+            .max_decoding_message_size(64 * 1024 * 1024)
+            .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let shutdown = stop.clone();
+        tokio::spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "verify sink stopped");
+            }
+        });
+        Ok(VerifySink {
+            received,
+            addr,
+            stop,
+        })
+    }
+
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// Spans received so far.
+    pub fn spans(&self) -> u64 {
+        self.received.lock().expect("sink lock").spans
+    }
+
+    /// Whether every trace the policies must keep has arrived whole and nothing arrived
+    /// for `quiet`.
+    pub fn settled(&self, expected: &Expectations, quiet: std::time::Duration) -> bool {
+        let received = self.received.lock().expect("sink lock");
+        if received.last_change.is_some_and(|t| t.elapsed() < quiet) {
+            return false;
+        }
+        expected.traces.iter().all(|(id, e)| {
+            e.must != Must::Keep
+                || received
+                    .traces
+                    .get(id)
+                    .is_some_and(|s| s.span_ids.len() as u32 >= e.spans)
+        })
+    }
+
+    /// Compares what arrived with what was expected.
+    pub fn report(&self, expected: &Expectations) -> Report {
+        let received = self.received.lock().expect("sink lock");
+        let names: Vec<&str> = expected
+            .policies
+            .policies()
+            .iter()
+            .map(|p| &*p.name)
+            .collect();
+        let mut r = Report {
+            generated_traces: expected.traces.len() as u64,
+            generated_spans: expected.spans,
+            received_spans: received.spans,
+            workers: received.workers.len(),
+            policies: names
+                .iter()
+                .zip(expected.policies.policies())
+                .map(|(name, p)| PolicyShare {
+                    name: (*name).to_owned(),
+                    stateful: p.is_stateful(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        for (id, e) in &expected.traces {
+            let seen = received.traces.get(id);
+            for (i, share) in r.policies.iter_mut().enumerate() {
+                if e.matched & (1 << i) != 0 {
+                    share.should_keep += 1;
+                    share.kept_of_those += u64::from(seen.is_some());
+                }
+            }
+            match (seen, e.must) {
+                (None, Must::Keep) => {
+                    r.must_keep_missing += 1;
+                    r.lost_spans += u64::from(e.spans);
+                }
+                (None, _) => {}
+                (Some(s), must) => {
+                    r.kept_traces += 1;
+                    let distinct = s.span_ids.len() as u64;
+                    if distinct >= u64::from(e.spans) {
+                        r.complete_traces += 1;
+                    }
+                    r.lost_spans += u64::from(e.spans).saturating_sub(distinct);
+                    r.duplicate_spans += u64::from(s.duplicates);
+                    r.split_traces += u64::from(s.workers.len() > 1);
+                    match must {
+                        Must::Drop => r.kept_must_drop += 1,
+                        Must::Either => r.kept_by_budget += 1,
+                        Must::Keep => {}
+                    }
+                    if let Some(share) = s
+                        .policy
+                        .as_deref()
+                        .and_then(|p| r.policies.iter_mut().find(|share| share.name == p))
+                    {
+                        share.decided += 1;
+                    }
+                }
+            }
+        }
+        r.unexpected_spans = received
+            .traces
+            .iter()
+            .filter(|(id, _)| !expected.traces.contains_key(*id))
+            .map(|(_, s)| s.span_ids.len() as u64 + u64::from(s.duplicates))
+            .sum();
+        r
+    }
+}
+
+/// One policy's share of the workload.
+#[derive(Debug, Default, Clone)]
+pub struct PolicyShare {
+    pub name: String,
+    pub stateful: bool,
+    /// Traces this policy alone samples (not predicted for stateful policies).
+    pub should_keep: u64,
+    /// Of those, traces that arrived.
+    pub kept_of_those: u64,
+    /// Kept traces whose `tailsampling.policy` names this policy (with `record_policy`).
+    pub decided: u64,
+}
+
+/// The outcome of a verified run.
+#[derive(Debug, Default, Clone)]
+pub struct Report {
+    pub generated_traces: u64,
+    pub generated_spans: u64,
+    pub received_spans: u64,
+    pub workers: usize,
+    pub kept_traces: u64,
+    pub complete_traces: u64,
+    pub split_traces: u64,
+    pub duplicate_spans: u64,
+    /// Spans of kept traces that never arrived, plus every span of missing must-keep traces.
+    pub lost_spans: u64,
+    pub must_keep_missing: u64,
+    pub kept_must_drop: u64,
+    /// Kept traces only a stateful policy could have kept.
+    pub kept_by_budget: u64,
+    pub unexpected_spans: u64,
+    pub policies: Vec<PolicyShare>,
+}
+
+impl Report {
+    /// Whether every span is accounted for and every trace was decided whole, once.
+    pub fn passed(&self) -> bool {
+        self.lost_spans == 0
+            && self.duplicate_spans == 0
+            && self.split_traces == 0
+            && self.kept_must_drop == 0
+    }
+
+    pub fn render(&self) -> String {
+        let pct = |n: u64, of: u64| {
+            if of == 0 {
+                0.0
+            } else {
+                100.0 * n as f64 / of as f64
+            }
+        };
+        let mut out = String::new();
+        let mut line = |label: &str, value: u64, note: String| {
+            let _ = writeln!(out, "  {label:<34}{value:>12}  {note}");
+        };
+        line(
+            "traces generated",
+            self.generated_traces,
+            format!("{} spans", self.generated_spans),
+        );
+        line(
+            "traces kept",
+            self.kept_traces,
+            format!(
+                "{:.2} % of traces, from {} worker(s)",
+                pct(self.kept_traces, self.generated_traces),
+                self.workers
+            ),
+        );
+        line(
+            "kept traces with every span",
+            self.complete_traces,
+            String::new(),
+        );
+        line(
+            "traces split across workers",
+            self.split_traces,
+            String::new(),
+        );
+        line("spans exported twice", self.duplicate_spans, String::new());
+        line(
+            "spans lost",
+            self.lost_spans,
+            format!(
+                "incl. {} must-keep trace(s) missing",
+                self.must_keep_missing
+            ),
+        );
+        line(
+            "kept though the policies drop them",
+            self.kept_must_drop,
+            String::new(),
+        );
+        line(
+            "kept by a budget policy only",
+            self.kept_by_budget,
+            String::new(),
+        );
+        line(
+            "spans of traces not generated here",
+            self.unexpected_spans,
+            String::new(),
+        );
+        let _ = writeln!(
+            out,
+            "\n  {:<24}{:>14}{:>14}{:>14}",
+            "policy", "should keep", "kept", "decided by"
+        );
+        for p in &self.policies {
+            let should = if p.stateful {
+                "(budget)".to_owned()
+            } else {
+                format!("{:.2} %", pct(p.should_keep, self.generated_traces))
+            };
+            let kept = if p.stateful {
+                "-".to_owned()
+            } else {
+                format!("{:.2} %", pct(p.kept_of_those, self.generated_traces))
+            };
+            let _ = writeln!(
+                out,
+                "  {:<24}{:>14}{:>14}{:>14}",
+                p.name,
+                should,
+                kept,
+                format!("{:.2} %", pct(p.decided, self.generated_traces))
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\n  {}",
+            if self.passed() {
+                "PASS: every span accounted for"
+            } else {
+                "FAIL: spans unaccounted for, split, duplicated or wrongly kept"
+            }
+        );
+        out
+    }
+}
