@@ -433,6 +433,7 @@ exporters:
     protocol:
       otlp:
         tls: {{insecure: true}}
+        compression: none
         sending_queue: {{queue_size: 10000, num_consumers: 4}}
     resolver:
       static: {{hostnames: [{}]}}
