@@ -359,7 +359,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<Results> {
 
 /// The q-quantile of a cumulative histogram (counts per `LATENESS_BUCKETS_MS` bound, then
 /// +Inf), interpolated linearly inside the bucket as Prometheus' histogram_quantile does.
-fn quantile(cumulative: &[f64], q: f64) -> f64 {
+pub(super) fn quantile(cumulative: &[f64], q: f64) -> f64 {
     let total = *cumulative.last().unwrap_or(&0.0);
     if total == 0.0 {
         return f64::NAN;

@@ -221,3 +221,6 @@ pub async fn run(options: LoadgenOptions) -> anyhow::Result<Outcome> {
     };
     Ok(Outcome { summary, report })
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,206 @@
+//! The load generator against a real worker, and the completeness check catching loss,
+//! duplicates and split traces.
+
+mod common;
+
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use tailgate::config::{parse_policies, parse_worker};
+use tailgate::loadgen::{
+    drive, progress_bar, Expectations, Generator, Protocol, Sender, VerifySink, WorkloadConfig,
+    WORKER_HEADER,
+};
+use tailgate::testkit::request;
+use tailgate::worker::Worker;
+
+const POLICIES: &str = r#"
+- name: health-checks
+  type: drop
+  drop:
+    drop_sub_policy:
+      - {name: probes, type: string_attribute, string_attribute: {key: url.path, values: [/healthz]}}
+- {name: errors, type: status_code, status_code: {status_codes: [ERROR]}}
+- {name: slow, type: latency, latency: {threshold_ms: 500}}
+- {name: ten-percent, type: probabilistic, probabilistic: {sampling_percentage: 10}}
+"#;
+
+fn worker_config(sink: std::net::SocketAddr, name: &str) -> String {
+    let policies: String = POLICIES.lines().map(|l| format!("    {l}\n")).collect();
+    format!(
+        r#"
+receivers: {{otlp: {{protocols: {{grpc: {{endpoint: "127.0.0.1:0"}}, http: {{endpoint: "127.0.0.1:0"}}}}}}}}
+tail_sampling:
+  decision_wait: 1s
+  record_policy: true
+  policies:
+{policies}
+exporters:
+  otlp:
+    endpoint: "{sink}"
+    tls: {{insecure: true}}
+    headers: {{{WORKER_HEADER}: {name}}}
+    retry_on_failure: {{initial_interval: 10ms, max_interval: 100ms}}
+admin: {{endpoint: "127.0.0.1:0"}}
+"#
+    )
+}
+
+fn workload(seed: u64) -> WorkloadConfig {
+    WorkloadConfig {
+        seed,
+        late_rate: 0.05,
+        batch_size: 64,
+        ..WorkloadConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kept_trace_comes_back_whole_from_a_real_worker() {
+    let sink = VerifySink::start("127.0.0.1:0").await.unwrap();
+    let worker = Worker::start(parse_worker(&worker_config(sink.addr, "w0")).unwrap())
+        .await
+        .unwrap();
+    let policies = parse_policies(POLICIES, "test", false).unwrap();
+    for protocol in [Protocol::Grpc, Protocol::Http] {
+        let mut generator = Generator::new(workload(protocol as u64 + 11), 6_000, None)
+            .with_expectations(Expectations::new(policies.clone()));
+        let endpoint = match protocol {
+            Protocol::Grpc => worker.grpc_addr,
+            Protocol::Http => worker.http_addr,
+        }
+        .unwrap()
+        .to_string();
+        let sender = Sender::start(&endpoint, protocol, 6).unwrap();
+        let handed = drive(
+            generator.by_ref(),
+            &sender,
+            None,
+            Duration::from_millis(2500),
+            &progress_bar(None),
+        )
+        .await;
+        let stats = sender.finish().await;
+        assert_eq!(
+            stats.delivered.load(std::sync::atomic::Ordering::Relaxed),
+            handed
+        );
+        let expected = generator.expectations.take().unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !sink.settled(&expected, Duration::from_millis(500))
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let report = sink.report(&expected);
+        assert!(report.passed(), "{protocol:?}:\n{}", report.render());
+        assert!(report.kept_traces > 10, "{}", report.render());
+        assert_eq!(report.complete_traces, report.kept_traces);
+        assert_eq!(report.must_keep_missing, 0);
+        // No budget policy: the prediction is exact, trace by trace.
+        assert_eq!(report.kept_by_budget, 0);
+        for p in &report.policies {
+            assert_eq!(p.should_keep, p.kept_of_those, "{}", report.render());
+        }
+        let errors = report.policies.iter().find(|p| p.name == "errors").unwrap();
+        assert!(errors.should_keep > 0 && errors.decided > 0);
+        // The second run's traces are new; the first run's stay counted as not generated.
+        if protocol == Protocol::Http {
+            assert!(report.unexpected_spans > 0);
+        }
+    }
+    worker.shutdown().await;
+    sink.stop();
+}
+
+#[tokio::test]
+async fn the_check_catches_lost_duplicated_and_split_traces() {
+    let sink = VerifySink::start("127.0.0.1:0").await.unwrap();
+    let policies = parse_policies("[{name: all, type: always_sample}]", "test", false).unwrap();
+    let mut expected = Expectations::new(policies);
+    let mut workload = tailgate::loadgen::Workload::new(WorkloadConfig {
+        health_check_rate: 0.0,
+        late_rate: 0.0,
+        ..WorkloadConfig::default()
+    });
+    let traces: Vec<_> = (0..3).map(|_| workload.next_trace()).collect();
+    for t in &traces {
+        expected.record(t, workload.resources());
+    }
+    let mut client = TraceServiceClient::connect(format!("http://{}", sink.addr))
+        .await
+        .unwrap();
+    let mut export = async |worker: &str, spans: Vec<_>| {
+        let mut r = tonic::Request::new(request("svc", spans));
+        r.metadata_mut()
+            .insert(WORKER_HEADER, worker.parse().unwrap());
+        client.export(r).await.unwrap();
+    };
+    let spans = |i: usize| -> Vec<_> { traces[i].spans.iter().map(|s| s.span.clone()).collect() };
+    // Trace 0 whole; trace 1 missing one span; trace 2 from two workers, one span twice.
+    export("a", spans(0)).await;
+    export("a", spans(1)[1..].to_vec()).await;
+    let whole = spans(2);
+    export("a", whole[..1].to_vec()).await;
+    export("b", whole).await;
+
+    let report = sink.report(&expected);
+    assert_eq!(report.kept_traces, 3);
+    assert_eq!(report.complete_traces, 2);
+    assert_eq!(report.lost_spans, 1);
+    assert_eq!(report.duplicate_spans, 1);
+    assert_eq!(report.split_traces, 1);
+    assert_eq!(report.workers, 2);
+    assert!(!report.passed());
+    assert!(report.render().contains("FAIL"));
+    sink.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_verifies_a_worker_and_exits_zero() {
+    let sink = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let worker = Worker::start(parse_worker(&worker_config(sink, "w0")).unwrap())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies.yaml");
+    std::fs::write(&policies, POLICIES).unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tailgate"))
+        .args([
+            "loadgen",
+            "--spans",
+            "3000",
+            "--verify",
+            "--late-after",
+            "2500ms",
+        ])
+        .args(["--endpoint", &worker.grpc_addr.unwrap().to_string()])
+        .args([
+            "--sink",
+            &sink.to_string(),
+            "--seed",
+            "42",
+            "--batch-size",
+            "50",
+        ])
+        .arg("--policies")
+        .arg(&policies)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("PASS: every span accounted for"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("refused 0"), "{stdout}");
+    worker.shutdown().await;
+}
