@@ -1,57 +1,43 @@
-//! Worker ingest against the decode-only baseline on the same requests (DESIGN.md's
-//! yardstick), and the span metrics counting path: `cargo bench --bench worker`.
-//! Throughput is in spans; the ratio of the worker's time to the baseline's is the figure
-//! to compare, not the absolute numbers.
+//! In-process benches on the load generator's requests (`cargo bench --bench worker`):
+//! the decode-only baseline (DESIGN.md's yardstick), worker ingest into the buffer, span
+//! metrics counting, policy evaluation with the benchmark's policy set, ring lookup, and
+//! the router's request splitting. Compare each to the baseline on the same requests;
+//! absolute times on shared machines are noise.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 use prost::Message;
-use tailgate::config::parse_worker;
+use tailgate::config::{parse_policies, parse_worker};
+use tailgate::loadgen::{bench::POLICIES, Generator, PolicyInput, Workload, WorkloadConfig};
+use tailgate::otlp::{self, validate_ids, Chunk, RequestBuilder};
 use tailgate::receiver::Ingest;
+use tailgate::router::ring::{Ring, RingKind};
 use tailgate::spanmetrics::{SpanMetrics, SpanMetricsConfig};
 use tailgate::telemetry::Registry;
-use tailgate::testkit::{kv, request, span, trace_id};
 use tailgate::worker::Worker;
 
-const RESOURCES: u64 = 5;
-const SPANS_PER_RESOURCE: u64 = 100;
-const SPANS_PER_TRACE: u64 = 10;
+const SPANS: u64 = 20_000;
 
-/// 5 resources x 100 spans, 10 spans per trace, 10 attributes per span.
-fn realistic_request(seed: u64) -> Vec<u8> {
-    let resource_spans: Vec<ResourceSpans> = (0..RESOURCES)
-        .map(|r| {
-            let spans = (0..SPANS_PER_RESOURCE)
-                .map(|i| {
-                    let n = seed * 1000 + r * SPANS_PER_RESOURCE + i;
-                    let mut s = span(
-                        trace_id(n / SPANS_PER_TRACE),
-                        n % SPANS_PER_TRACE + 1,
-                        Some(1),
-                    );
-                    s.name = format!("GET /api/v1/items/{}", i % 7);
-                    s.attributes = (0..10)
-                        .map(|a| kv(&format!("attr.key.{a}"), &format!("value-{}", (n + a) % 13)))
-                        .collect();
-                    s
-                })
-                .collect();
-            request(&format!("service-{r}"), spans)
-                .resource_spans
-                .remove(0)
-        })
-        .collect();
-    ExportTraceServiceRequest { resource_spans }.encode_to_vec()
+fn workload() -> WorkloadConfig {
+    WorkloadConfig {
+        late_rate: 0.0,
+        ..WorkloadConfig::default()
+    }
 }
 
 fn bench(c: &mut Criterion) {
-    let requests: Vec<Vec<u8>> = (0..20).map(realistic_request).collect();
-    let spans = requests.len() as u64 * RESOURCES * SPANS_PER_RESOURCE;
-    let wire: usize = requests.iter().map(Vec::len).sum();
+    let requests: Vec<bytes::Bytes> = Generator::new(workload(), SPANS, None)
+        .map(|o| o.body)
+        .collect();
+    let decoded: Vec<ExportTraceServiceRequest> = requests
+        .iter()
+        .map(|r| ExportTraceServiceRequest::decode(r.clone()).unwrap())
+        .collect();
+    let spans = decoded.iter().map(|r| otlp::spans(r).count() as u64).sum();
+    let wire: usize = requests.iter().map(|r| r.len()).sum();
     eprintln!(
         "{} requests, {spans} spans, {} wire bytes per span",
         requests.len(),
@@ -63,24 +49,24 @@ fn bench(c: &mut Criterion) {
     group.bench_function("decode_only_baseline", |b| {
         b.iter(|| {
             for r in &requests {
-                black_box(ExportTraceServiceRequest::decode(&r[..]).unwrap());
+                black_box(ExportTraceServiceRequest::decode(r.clone()).unwrap());
             }
         })
     });
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let worker = runtime.block_on(async {
-        let config = parse_worker(
+        let config = parse_worker(&format!(
             r#"
-receivers: {otlp: {protocols: {grpc: {endpoint: "127.0.0.1:0"}}}}
+receivers: {{otlp: {{protocols: {{grpc: {{endpoint: "127.0.0.1:0"}}}}}}}}
 tail_sampling:
   decision_wait: 1h
   num_traces: 1000000
-  policies: [{name: ten, type: probabilistic, probabilistic: {sampling_percentage: 10}}]
-exporters: {debug: {}}
-admin: {endpoint: "127.0.0.1:0"}
-"#,
-        )
+  policies:{POLICIES}
+exporters: {{debug: {{}}}}
+admin: {{endpoint: "127.0.0.1:0"}}
+"#
+        ))
         .unwrap();
         Worker::start(config).await.unwrap()
     });
@@ -91,7 +77,7 @@ admin: {endpoint: "127.0.0.1:0"}
             for _ in 0..iters {
                 let started = Instant::now();
                 for r in &requests {
-                    let decoded = ExportTraceServiceRequest::decode(&r[..]).unwrap();
+                    let decoded = ExportTraceServiceRequest::decode(r.clone()).unwrap();
                     pipeline
                         .ingest(decoded, tokio::time::Instant::now())
                         .unwrap();
@@ -107,12 +93,10 @@ admin: {endpoint: "127.0.0.1:0"}
     runtime.block_on(worker.shutdown());
 
     // Counting every span into span metrics, on series that already exist (steady state).
-    let decoded: Vec<ExportTraceServiceRequest> = requests
-        .iter()
-        .map(|r| ExportTraceServiceRequest::decode(&r[..]).unwrap())
-        .collect();
-    let config: SpanMetricsConfig =
-        serde_yaml::from_str("{instance_id: bench, dimensions: [{name: attr.key.1}]}").unwrap();
+    let config: SpanMetricsConfig = serde_yaml::from_str(
+        "{instance_id: bench, dimensions: [{name: http.request.method}, {name: http.response.status_code}]}",
+    )
+    .unwrap();
     let span_metrics = SpanMetrics::new(&config, &Registry::new()).unwrap();
     let mut group = c.benchmark_group("spanmetrics");
     group.throughput(Throughput::Elements(spans));
@@ -120,6 +104,78 @@ admin: {endpoint: "127.0.0.1:0"}
         b.iter(|| {
             for r in &decoded {
                 span_metrics.record(r, tokio::time::Instant::now());
+            }
+        })
+    });
+    group.finish();
+
+    // The benchmark's policy set on whole traces, as a worker evaluates them at decision time.
+    let policies = parse_policies(POLICIES, "bench", false).unwrap();
+    let mut generator = Workload::new(workload());
+    let inputs: Vec<([u8; 16], PolicyInput)> = (0..1_000)
+        .map(|_| {
+            let trace = generator.next_trace();
+            (
+                trace.trace_id,
+                PolicyInput::on_time(&trace, generator.resources()),
+            )
+        })
+        .collect();
+    let mut group = c.benchmark_group("policy");
+    group.throughput(Throughput::Elements(inputs.len() as u64));
+    group.bench_function("decide_trace", |b| {
+        b.iter(|| {
+            let now = tokio::time::Instant::now();
+            for (id, input) in &inputs {
+                black_box(policies.decide(&input.view(id, now), |_| {}));
+            }
+        })
+    });
+    group.finish();
+
+    // Ring lookups and the router's split of a request by owning worker.
+    let endpoints: Vec<String> = (0..12).map(|i| format!("worker-{i}:4317")).collect();
+    let ids: Vec<[u8; 16]> = decoded
+        .iter()
+        .flat_map(|r| otlp::spans(r).filter_map(|s| validate_ids(s).ok()))
+        .collect();
+    let mut group = c.benchmark_group("router");
+    group.throughput(Throughput::Elements(ids.len() as u64));
+    for (name, kind) in [
+        ("ring_v2_lookup", RingKind::Collector(2)),
+        ("ring_balanced_lookup", RingKind::Balanced),
+    ] {
+        let ring = Ring::new(kind, endpoints.clone());
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                for id in &ids {
+                    black_box(ring.route(id));
+                }
+            })
+        });
+    }
+    let ring = Ring::new(RingKind::Collector(2), endpoints.clone());
+    group.bench_function("decode_and_split", |b| {
+        let mut owners = Vec::new();
+        let mut shares: Vec<RequestBuilder> = endpoints
+            .iter()
+            .map(|_| RequestBuilder::default())
+            .collect();
+        b.iter(|| {
+            for r in &requests {
+                let request = ExportTraceServiceRequest::decode(r.clone()).unwrap();
+                for rs in &request.resource_spans {
+                    for ss in &rs.scope_spans {
+                        let owner = |s: &_| ring.route(&validate_ids(s).ok()?);
+                        otlp::split_scope(rs, ss, &mut owners, owner, |owner, head, group| {
+                            shares[owner]
+                                .push(&Chunk::encode(head.clone(), otlp::members(ss, group)));
+                        });
+                    }
+                }
+                for share in &mut shares {
+                    black_box(share.take());
+                }
             }
         })
     });

@@ -15,7 +15,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::time::Instant;
 
 pub use send::{Protocol, SendStats, Sender};
-pub use verify::{Expectations, PolicyShare, Report, VerifySink, WORKER_HEADER};
+pub use verify::{Expectations, PolicyInput, PolicyShare, Report, VerifySink, WORKER_HEADER};
 pub use workload::{Batcher, GeneratedSpan, GeneratedTrace, Outgoing, Workload, WorkloadConfig};
 
 /// Generated requests, until a span count or a deadline is reached; every trace started

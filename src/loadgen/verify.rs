@@ -45,6 +45,60 @@ struct Expected {
     matched: u64,
 }
 
+/// What a worker's policies see of a generated trace: its on-time spans grouped by
+/// emitting instance, and the trace's counters.
+pub struct PolicyInput {
+    batches: Vec<Batch>,
+    spans: u64,
+    bytes: u64,
+    earliest_start: u64,
+    latest_end: u64,
+}
+
+impl PolicyInput {
+    pub fn on_time(trace: &GeneratedTrace, resources: &[Resource]) -> PolicyInput {
+        let mut input = PolicyInput {
+            batches: Vec::new(),
+            spans: 0,
+            bytes: 0,
+            earliest_start: u64::MAX,
+            latest_end: 0,
+        };
+        let mut instances: Vec<usize> = Vec::new();
+        for s in trace.spans.iter().filter(|s| !s.late) {
+            input.earliest_start = input.earliest_start.min(s.span.start_time_unix_nano);
+            input.latest_end = input.latest_end.max(s.span.end_time_unix_nano);
+            input.bytes += s.span.encoded_len() as u64;
+            input.spans += 1;
+            let i = match instances.iter().position(|&i| i == s.instance) {
+                Some(i) => i,
+                None => {
+                    instances.push(s.instance);
+                    input.batches.push(Batch {
+                        resource_attributes: resources[s.instance].attributes.clone(),
+                        scope_spans: ScopeSpans::default(),
+                    });
+                    input.batches.len() - 1
+                }
+            };
+            input.batches[i].scope_spans.spans.push(s.span.clone());
+        }
+        input
+    }
+
+    pub fn view<'a>(&'a self, trace_id: &'a TraceId, now: tokio::time::Instant) -> TraceView<'a> {
+        TraceView {
+            trace_id,
+            span_count: self.spans,
+            bytes: self.bytes,
+            earliest_start: self.earliest_start,
+            latest_end: self.latest_end,
+            batches: Some(&self.batches),
+            now,
+        }
+    }
+}
+
 /// Predictions for every generated trace.
 pub struct Expectations {
     policies: PolicySet,
@@ -67,36 +121,8 @@ impl Expectations {
     /// Predicts the decision for `trace` from its on-time spans (the late ones arrive
     /// after the decision and cannot change it).
     pub fn record(&mut self, trace: &GeneratedTrace, resources: &[Resource]) {
-        let mut batches: Vec<Batch> = Vec::new();
-        let mut instances: Vec<usize> = Vec::new();
-        let (mut earliest, mut latest, mut bytes, mut count) = (u64::MAX, 0, 0, 0);
-        for s in trace.spans.iter().filter(|s| !s.late) {
-            earliest = earliest.min(s.span.start_time_unix_nano);
-            latest = latest.max(s.span.end_time_unix_nano);
-            bytes += s.span.encoded_len() as u64;
-            count += 1;
-            let i = match instances.iter().position(|&i| i == s.instance) {
-                Some(i) => i,
-                None => {
-                    instances.push(s.instance);
-                    batches.push(Batch {
-                        resource_attributes: resources[s.instance].attributes.clone(),
-                        scope_spans: ScopeSpans::default(),
-                    });
-                    batches.len() - 1
-                }
-            };
-            batches[i].scope_spans.spans.push(s.span.clone());
-        }
-        let view = TraceView {
-            trace_id: &trace.trace_id,
-            span_count: count,
-            bytes,
-            earliest_start: earliest,
-            latest_end: latest,
-            batches: Some(&batches),
-            now: tokio::time::Instant::now(),
-        };
+        let input = PolicyInput::on_time(trace, resources);
+        let view = input.view(&trace.trace_id, tokio::time::Instant::now());
         let mut matched = 0u64;
         let verdict = self.policies.decide_with(
             &view,
