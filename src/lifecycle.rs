@@ -18,6 +18,11 @@ pub enum StartError {
     Exporter(#[from] BuildError),
     #[error("{0}")]
     SpanMetrics(String),
+    #[error("otlp {protocol} receiver TLS or auth: {message}")]
+    Security {
+        protocol: &'static str,
+        message: String,
+    },
 }
 
 pub async fn bind(what: &'static str, endpoint: &str) -> Result<TcpListener, StartError> {

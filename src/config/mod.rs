@@ -138,6 +138,8 @@ struct RawWorkerConfig {
     shutdown: Option<serde_yaml::Value>,
     spanmetrics: Option<serde_yaml::Value>,
     memory_limiter: Option<serde_yaml::Value>,
+    #[serde(default)]
+    extensions: BTreeMap<String, serde_yaml::Value>,
 }
 
 /// Reads, expands and validates a worker config file.
@@ -218,9 +220,9 @@ pub fn worker_from_yaml(value: serde_yaml::Value) -> Result<WorkerConfig, Config
     let Some(raw) = errors.parse::<RawWorkerConfig>("", value) else {
         return Err(errors.check().expect_err("a parse failure is recorded"));
     };
-    let receivers: Option<ReceiversConfig> = errors.parse_section("receivers", raw.receivers);
-    if let Some(r) = &receivers {
-        validate_receivers(r, &mut errors);
+    let mut receivers: Option<ReceiversConfig> = errors.parse_section("receivers", raw.receivers);
+    if let Some(r) = &mut receivers {
+        validate_receivers(r, &raw.extensions, &mut errors);
     }
     let tail_sampling: Option<TailSamplingConfig> = match raw.tail_sampling {
         None | Some(serde_yaml::Value::Null) => {
@@ -295,8 +297,56 @@ pub fn parse_memory_limiter(
     Some(config)
 }
 
-pub(crate) fn validate_receivers(r: &ReceiversConfig, errors: &mut Errors) {
+/// Checks the receivers and attaches the `bearertokenauth` extensions their `auth`
+/// blocks name.
+pub(crate) fn validate_receivers(
+    r: &mut ReceiversConfig,
+    extensions: &BTreeMap<String, serde_yaml::Value>,
+    errors: &mut Errors,
+) {
+    for (name, value) in extensions {
+        let path = format!("extensions.{name}");
+        if name != "bearertokenauth" && !name.starts_with("bearertokenauth/") {
+            errors.push(path, "unsupported extension; tailgate has bearertokenauth");
+            continue;
+        }
+        let Some(config) = errors.parse::<BearerTokenConfig>(&path, value.clone()) else {
+            continue;
+        };
+        match (&config.token, &config.filename) {
+            (Some(t), None) if t.is_empty() => errors.push(format!("{path}.token"), "is empty"),
+            (Some(_), None) | (None, Some(_)) => {
+                r.authenticators.insert(name.clone(), config);
+            }
+            _ => errors.push(path, "set exactly one of token and filename"),
+        }
+    }
     let p = &r.otlp.protocols;
+    let protocols = [
+        ("grpc", p.grpc.as_ref().map(|g| (&g.tls, &g.auth))),
+        ("http", p.http.as_ref().map(|h| (&h.tls, &h.auth))),
+    ];
+    for (protocol, (tls, auth)) in protocols
+        .into_iter()
+        .filter_map(|(name, blocks)| Some((name, blocks?)))
+    {
+        let path = format!("receivers.otlp.protocols.{protocol}");
+        if let Some(auth) = auth {
+            if !extensions.contains_key(&auth.authenticator) {
+                errors.push(
+                    format!("{path}.auth.authenticator"),
+                    format!("no extension {:?} is configured", auth.authenticator),
+                );
+            }
+        }
+        if tls
+            .as_ref()
+            .and_then(|t| t.reload_interval)
+            .is_some_and(|i| i.is_zero())
+        {
+            errors.push(format!("{path}.tls.reload_interval"), "must be positive");
+        }
+    }
     if p.grpc.is_none() && p.http.is_none() {
         errors.push("receivers.otlp.protocols", "enable grpc, http or both");
     }

@@ -13,6 +13,47 @@ use serde::{Deserialize, Deserializer};
 pub struct ReceiversConfig {
     #[serde(default)]
     pub otlp: OtlpReceiverConfig,
+    /// The `bearertokenauth` extensions of the config's `extensions:` section, by name,
+    /// for the protocols' `auth.authenticator` to refer to.
+    #[serde(skip)]
+    pub authenticators: BTreeMap<String, BearerTokenConfig>,
+}
+
+/// `extensions.bearertokenauth[/name]`: the token a client must present, given inline
+/// (`${ENV}` works) or read from a file that is re-read when it changes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BearerTokenConfig {
+    #[serde(default)]
+    pub token: Option<String>,
+    #[serde(default)]
+    pub filename: Option<PathBuf>,
+    #[serde(default = "default_bearer_scheme")]
+    pub scheme: String,
+}
+
+fn default_bearer_scheme() -> String {
+    "Bearer".into()
+}
+
+/// A protocol's `tls:` block: the server certificate, and a client CA for mTLS. Files
+/// are re-read every `reload_interval` when they changed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde")]
+    pub reload_interval: Option<Duration>,
+}
+
+/// A protocol's `auth:` block.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiverAuthConfig {
+    pub authenticator: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -49,6 +90,10 @@ pub struct GrpcReceiverConfig {
     /// Largest accepted request, in MiB (the collector's key).
     #[serde(default = "default_max_request_mib")]
     pub max_recv_msg_size_mib: u64,
+    #[serde(default)]
+    pub tls: Option<ServerTlsConfig>,
+    #[serde(default)]
+    pub auth: Option<ReceiverAuthConfig>,
 }
 
 impl Default for GrpcReceiverConfig {
@@ -56,6 +101,8 @@ impl Default for GrpcReceiverConfig {
         Self {
             endpoint: default_grpc_endpoint(),
             max_recv_msg_size_mib: default_max_request_mib(),
+            tls: None,
+            auth: None,
         }
     }
 }
@@ -71,6 +118,10 @@ pub struct HttpReceiverConfig {
     /// Path of the trace endpoint.
     #[serde(default = "default_traces_url_path")]
     pub traces_url_path: String,
+    #[serde(default)]
+    pub tls: Option<ServerTlsConfig>,
+    #[serde(default)]
+    pub auth: Option<ReceiverAuthConfig>,
 }
 
 impl Default for HttpReceiverConfig {
@@ -79,6 +130,8 @@ impl Default for HttpReceiverConfig {
             endpoint: default_http_endpoint(),
             max_request_body_size: default_max_request_bytes(),
             traces_url_path: default_traces_url_path(),
+            tls: None,
+            auth: None,
         }
     }
 }

@@ -15,6 +15,11 @@ use tonic::codec::CompressionEncoding;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
+use http::header::AUTHORIZATION;
+use tokio_stream::StreamExt;
+use tonic::service::interceptor::InterceptedService;
+
+use super::security::{tls_incoming, Security};
 use super::{response, span_count, Ingest, IngestError, ReceiverMetrics};
 
 struct GrpcReceiver {
@@ -53,19 +58,40 @@ pub async fn serve_grpc(
     pipeline: Arc<dyn Ingest>,
     metrics: ReceiverMetrics,
     max_message_bytes: usize,
+    security: Security,
     stop: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
-    let service = TraceServiceServer::new(GrpcReceiver { pipeline, metrics })
+    let server = TraceServiceServer::new(GrpcReceiver { pipeline, metrics })
         .max_decoding_message_size(max_message_bytes)
         .accept_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Gzip);
-    tonic::transport::Server::builder()
+    let auth = security.auth;
+    let service = InterceptedService::new(server, move |request: Request<()>| match &auth {
+        Some(auth) if !auth.allows(request.metadata().as_ref().get(AUTHORIZATION)) => {
+            Err(Status::unauthenticated("missing or invalid bearer token"))
+        }
+        _ => Ok(request),
+    });
+    let router = tonic::transport::Server::builder()
         .layer(tower::util::MapResponseLayer::new(
             codec_errors_as_otlp_statuses,
         ))
-        .add_service(service)
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), stop.cancelled_owned())
-        .await
+        .add_service(service);
+    match security.tls {
+        Some(tls) => {
+            let incoming = tls_incoming(listener, tls, stop.clone());
+            let incoming = tokio_stream::wrappers::ReceiverStream::new(incoming)
+                .map(|accepted| accepted.map(|(stream, _)| stream));
+            router
+                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                .await
+        }
+        None => {
+            router
+                .serve_with_incoming_shutdown(TcpIncoming::from(listener), stop.cancelled_owned())
+                .await
+        }
+    }
 }
 
 /// tonic answers two kinds of bad input before our handler runs, with codes OTLP clients

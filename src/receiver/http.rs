@@ -2,6 +2,7 @@
 //! optionally gzipped. Errors carry a `google.rpc.Status` body in the request's encoding.
 
 use std::io::Read;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
@@ -12,9 +13,10 @@ use axum::routing::post;
 use axum::Router;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use super::security::{tls_incoming, BearerAuth, Security};
 use super::{response, span_count, Ingest, IngestError, ReceiverMetrics};
 
 const PROTOBUF: &str = "application/x-protobuf";
@@ -25,6 +27,7 @@ struct HttpState {
     pipeline: Arc<dyn Ingest>,
     metrics: ReceiverMetrics,
     max_body: usize,
+    auth: Option<BearerAuth>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -49,6 +52,7 @@ pub async fn serve_http(
     metrics: ReceiverMetrics,
     path: &str,
     max_body: usize,
+    security: Security,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     let app = Router::new()
@@ -59,10 +63,53 @@ pub async fn serve_http(
             pipeline,
             metrics,
             max_body,
+            auth: security.auth,
         });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
+    match security.tls {
+        Some(tls) => {
+            let local = listener.local_addr()?;
+            let incoming = TlsListener {
+                incoming: tls_incoming(listener, tls, stop.clone()),
+                local,
+            };
+            axum::serve(incoming, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        }
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        }
+    }
+}
+
+/// TLS connections, handshakes done, as axum serves them.
+struct TlsListener {
+    incoming: tokio::sync::mpsc::Receiver<
+        std::io::Result<(tokio_rustls::server::TlsStream<TcpStream>, SocketAddr)>,
+    >,
+    local: SocketAddr,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, SocketAddr) {
+        loop {
+            match self.incoming.recv().await {
+                Some(Ok(accepted)) => return accepted,
+                Some(Err(_)) => continue,
+                // The acceptor stopped: shutdown is under way; wait for it.
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.local)
+    }
 }
 
 async fn export(State(s): State<HttpState>, headers: HeaderMap, body: Body) -> Response {
@@ -81,6 +128,16 @@ async fn export(State(s): State<HttpState>, headers: HeaderMap, body: Body) -> R
             )
         }
     };
+    if s.auth
+        .as_ref()
+        .is_some_and(|auth| !auth.allows(headers.get(header::AUTHORIZATION)))
+    {
+        return error(
+            encoding,
+            StatusCode::UNAUTHORIZED,
+            "missing or invalid bearer token".into(),
+        );
+    }
     let body = match axum::body::to_bytes(body, s.max_body).await {
         Ok(b) => b,
         Err(_) => return too_large(encoding, s.max_body),

@@ -5,6 +5,7 @@
 
 mod grpc;
 mod http;
+mod security;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use grpc::serve_grpc;
 use http::serve_http;
+use security::Security;
 
 use crate::config::ReceiversConfig;
 use crate::lifecycle::{bind, log_exit, StartError};
@@ -103,9 +105,17 @@ impl Receivers {
             let max =
                 usize::try_from(grpc.max_recv_msg_size_mib * 1024 * 1024).unwrap_or(usize::MAX);
             let metrics = ReceiverMetrics::new(registry, "grpc");
+            let security = security(config, "grpc", grpc.tls.as_ref(), &grpc.auth, &stop)?;
             tasks.spawn(log_exit(
                 "otlp grpc receiver",
-                serve_grpc(listener, ingest.clone(), metrics, max, stop.clone()),
+                serve_grpc(
+                    listener,
+                    ingest.clone(),
+                    metrics,
+                    max,
+                    security,
+                    stop.clone(),
+                ),
             ));
         }
         let mut http_addr = None;
@@ -114,13 +124,14 @@ impl Receivers {
             http_addr = listener.local_addr().ok();
             let max = usize::try_from(http.max_request_body_size).unwrap_or(usize::MAX);
             let path = http.traces_url_path.clone();
+            let security = security(config, "http", http.tls.as_ref(), &http.auth, &stop)?;
             let (ingest, metrics, stop) = (
                 ingest.clone(),
                 ReceiverMetrics::new(registry, "http"),
                 stop.clone(),
             );
             tasks.spawn(log_exit("otlp http receiver", async move {
-                serve_http(listener, ingest, metrics, &path, max, stop).await
+                serve_http(listener, ingest, metrics, &path, max, security, stop).await
             }));
         }
         Ok(Self {
@@ -136,6 +147,20 @@ impl Receivers {
         self.stop.cancel();
         while self.tasks.join_next().await.is_some() {}
     }
+}
+
+/// A protocol's TLS and `auth` (the authenticator is known to exist: the config checked).
+fn security(
+    config: &ReceiversConfig,
+    protocol: &'static str,
+    tls: Option<&crate::config::ServerTlsConfig>,
+    auth: &Option<crate::config::ReceiverAuthConfig>,
+    stop: &CancellationToken,
+) -> Result<Security, StartError> {
+    let auth = auth
+        .as_ref()
+        .and_then(|a| config.authenticators.get(&a.authenticator));
+    Security::new(tls, auth, stop).map_err(|message| StartError::Security { protocol, message })
 }
 
 /// `otelcol_receiver_*` for one transport.

@@ -98,6 +98,8 @@ struct RawRouterConfig {
     admin: Option<serde_yaml::Value>,
     shutdown: Option<serde_yaml::Value>,
     memory_limiter: Option<serde_yaml::Value>,
+    #[serde(default)]
+    extensions: BTreeMap<String, serde_yaml::Value>,
 }
 
 #[derive(Deserialize)]
@@ -145,9 +147,9 @@ pub fn parse_router(text: &str) -> Result<RouterConfig, ConfigError> {
     let Some(raw) = errors.parse::<RawRouterConfig>("", value) else {
         return Err(errors.check().expect_err("a parse failure is recorded"));
     };
-    let receivers: Option<ReceiversConfig> = errors.parse_section("receivers", raw.receivers);
-    if let Some(r) = &receivers {
-        crate::config::validate_receivers(r, &mut errors);
+    let mut receivers: Option<ReceiversConfig> = errors.parse_section("receivers", raw.receivers);
+    if let Some(r) = &mut receivers {
+        crate::config::validate_receivers(r, &raw.extensions, &mut errors);
     }
     if raw.exporters.is_empty() {
         errors.push(

@@ -1,0 +1,263 @@
+//! Receiver security: TLS termination with rustls (server certificate, optional client CA
+//! for mTLS) and the `bearertokenauth` check, with certificate, key, CA and token files
+//! re-read when they change, without a restart.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use http::HeaderValue;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{BearerTokenConfig, ServerTlsConfig};
+
+/// How often certificate files are checked for changes when `reload_interval` is not set.
+const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
+/// How often a token file is checked for changes.
+const TOKEN_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
+/// A client that has not finished its TLS handshake by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A value loaded from files, replaced when they change.
+pub struct Reloading<T> {
+    current: RwLock<Arc<T>>,
+}
+
+impl<T: Send + Sync + 'static> Reloading<T> {
+    /// Loads now (an error fails the start), then every `interval` re-loads when any of
+    /// `files` changed; a failed reload keeps the previous value and is logged.
+    fn watch(
+        what: &'static str,
+        files: Vec<PathBuf>,
+        interval: Duration,
+        load: impl Fn() -> Result<T, String> + Send + 'static,
+        stop: CancellationToken,
+    ) -> Result<Arc<Self>, String> {
+        let reloading = Arc::new(Reloading {
+            current: RwLock::new(Arc::new(load()?)),
+        });
+        if files.is_empty() {
+            return Ok(reloading);
+        }
+        let target = reloading.clone();
+        let mut seen = modified(&files);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let now = modified(&files);
+                if now == seen {
+                    continue;
+                }
+                match load() {
+                    Ok(value) => {
+                        *target.current.write().expect("reload lock") = Arc::new(value);
+                        seen = now;
+                        tracing::info!(what, "reloaded");
+                    }
+                    Err(error) => {
+                        tracing::error!(what, %error, "reload failed; keeping the previous one")
+                    }
+                }
+            }
+        });
+        Ok(reloading)
+    }
+
+    pub fn get(&self) -> Arc<T> {
+        self.current.read().expect("reload lock").clone()
+    }
+}
+
+fn modified(files: &[PathBuf]) -> Vec<Option<SystemTime>> {
+    files
+        .iter()
+        .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+        .collect()
+}
+
+/// A receiver's TLS and authentication, both optional.
+#[derive(Clone, Default)]
+pub struct Security {
+    pub tls: Option<Arc<Reloading<ServerConfig>>>,
+    pub auth: Option<BearerAuth>,
+}
+
+impl Security {
+    pub fn new(
+        tls: Option<&ServerTlsConfig>,
+        auth: Option<&BearerTokenConfig>,
+        stop: &CancellationToken,
+    ) -> Result<Security, String> {
+        let tls = match tls {
+            Some(config) => Some(load_tls(config, stop)?),
+            None => None,
+        };
+        let auth = match auth {
+            Some(config) => Some(BearerAuth::new(config, stop)?),
+            None => None,
+        };
+        Ok(Security { tls, auth })
+    }
+}
+
+fn load_tls(
+    config: &ServerTlsConfig,
+    stop: &CancellationToken,
+) -> Result<Arc<Reloading<ServerConfig>>, String> {
+    let mut files = vec![config.cert_file.clone(), config.key_file.clone()];
+    files.extend(config.client_ca_file.clone());
+    let config = config.clone();
+    Reloading::watch(
+        "receiver TLS certificate",
+        files,
+        config.reload_interval.unwrap_or(DEFAULT_RELOAD_INTERVAL),
+        move || server_config(&config),
+        stop.clone(),
+    )
+}
+
+fn server_config(config: &ServerTlsConfig) -> Result<ServerConfig, String> {
+    let certs = read_certs(&config.cert_file)?;
+    let key = PrivateKeyDer::from_pem_file(&config.key_file)
+        .map_err(|e| format!("{}: {e}", config.key_file.display()))?;
+    let builder =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?;
+    let builder = match &config.client_ca_file {
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            for cert in read_certs(ca)? {
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("{}: {e}", ca.display()))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                Arc::new(rustls::crypto::ring::default_provider()),
+            )
+            .build()
+            .map_err(|e| format!("{}: {e}", ca.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut server = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("{}: {e}", config.cert_file.display()))?;
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(server)
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate", path.display()));
+    }
+    Ok(certs)
+}
+
+/// Accepts on `listener` and completes TLS handshakes concurrently (a slow client does
+/// not hold up others), handing finished connections to the receiver.
+pub fn tls_incoming(
+    listener: TcpListener,
+    tls: Arc<Reloading<ServerConfig>>,
+    stop: CancellationToken,
+) -> mpsc::Receiver<io::Result<(TlsStream<TcpStream>, SocketAddr)>> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = tokio::select! {
+                _ = stop.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        continue;
+                    }
+                },
+            };
+            let acceptor = TlsAcceptor::from(tls.get());
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(Ok((stream, peer))).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    rx
+}
+
+/// `bearertokenauth`: requests must carry `authorization: <scheme> <token>`.
+#[derive(Clone)]
+pub struct BearerAuth {
+    expected: Arc<Reloading<Vec<u8>>>,
+}
+
+impl BearerAuth {
+    fn new(config: &BearerTokenConfig, stop: &CancellationToken) -> Result<BearerAuth, String> {
+        let scheme = config.scheme.clone();
+        let (files, token) = match (&config.filename, &config.token) {
+            (Some(file), _) => (vec![file.clone()], None),
+            (None, token) => (Vec::new(), token.clone()),
+        };
+        let file = config.filename.clone();
+        let expected = Reloading::watch(
+            "bearer token",
+            files,
+            TOKEN_RELOAD_INTERVAL,
+            move || {
+                let token = match (&file, &token) {
+                    (Some(file), _) => std::fs::read_to_string(file)
+                        .map_err(|e| format!("{}: {e}", file.display()))?
+                        .trim()
+                        .to_owned(),
+                    (None, Some(token)) => token.clone(),
+                    (None, None) => return Err("no token".into()),
+                };
+                if token.is_empty() {
+                    return Err("the token is empty".into());
+                }
+                Ok(format!("{scheme} {token}").into_bytes())
+            },
+            stop.clone(),
+        )?;
+        Ok(BearerAuth { expected })
+    }
+
+    /// Whether the `authorization` header carries the token (compared in constant time).
+    pub fn allows(&self, header: Option<&HeaderValue>) -> bool {
+        let Some(given) = header.map(HeaderValue::as_bytes) else {
+            return false;
+        };
+        let expected = self.expected.get();
+        given.len() == expected.len()
+            && given
+                .iter()
+                .zip(expected.iter())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+}
