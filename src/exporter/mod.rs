@@ -16,6 +16,8 @@ mod otlp_grpc;
 mod otlp_http;
 mod retry;
 
+pub use otlp_grpc::retryable;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;

@@ -82,21 +82,31 @@ impl GrpcSink {
     }
 }
 
-/// The collector's retryable codes; everything else is permanent.
+/// The collector's retryable codes: the ones the OTLP specification calls retryable, plus
+/// RESOURCE_EXHAUSTED, which tailgate's and the collector's push back use.
+pub fn retryable(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Cancelled
+            | Code::DeadlineExceeded
+            | Code::Aborted
+            | Code::OutOfRange
+            | Code::Unavailable
+            | Code::DataLoss
+            | Code::ResourceExhausted
+    )
+}
+
+/// Retryable codes (see [`retryable`]) are retried; everything else is permanent.
 fn classify(status: &Status) -> SendError {
     let message = format!("{:?}: {}", status.code(), status.message());
-    match status.code() {
-        Code::Cancelled
-        | Code::DeadlineExceeded
-        | Code::Aborted
-        | Code::OutOfRange
-        | Code::Unavailable
-        | Code::DataLoss
-        | Code::ResourceExhausted => SendError::Retryable {
+    if retryable(status.code()) {
+        SendError::Retryable {
             message,
             after: None,
-        },
-        _ => SendError::Permanent(message),
+        }
+    } else {
+        SendError::Permanent(message)
     }
 }
 

@@ -13,9 +13,9 @@ use prost::Message;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
-use tonic::Code;
 
 use super::workload::Outgoing;
+use crate::exporter::retryable;
 use crate::otlp::{RawExportCodec, EXPORT_PATH};
 
 /// How requests reach the target.
@@ -179,17 +179,10 @@ async fn export(target: &Target, body: Bytes) -> Attempt {
                 },
                 Err(status) => {
                     let why = format!("{:?}: {}", status.code(), status.message());
-                    // The codes the OTLP specification calls retryable, plus
-                    // RESOURCE_EXHAUSTED, which tailgate's push back uses.
-                    match status.code() {
-                        Code::Cancelled
-                        | Code::DeadlineExceeded
-                        | Code::Aborted
-                        | Code::OutOfRange
-                        | Code::Unavailable
-                        | Code::DataLoss
-                        | Code::ResourceExhausted => Attempt::Retry(why),
-                        _ => Attempt::Refused(why),
+                    if retryable(status.code()) {
+                        Attempt::Retry(why)
+                    } else {
+                        Attempt::Refused(why)
                     }
                 }
             }

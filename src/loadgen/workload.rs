@@ -544,22 +544,17 @@ impl Batcher {
                 out.push(self.flush(s.instance, s.late));
             }
         }
-        for late in [false, true] {
-            for instance in 0..self.resources.len() {
-                let pending = if late {
-                    &self.late[instance]
-                } else {
-                    &self.on_time[instance]
-                };
-                if !pending.spans.is_empty() && self.generated - pending.first >= self.max_age {
-                    out.push(self.flush(instance, late));
-                }
-            }
-        }
+        let (generated, max_age) = (self.generated, self.max_age);
+        self.flush_where(out, |p| generated - p.first >= max_age);
     }
 
     /// Every span still held.
     pub fn finish(&mut self, out: &mut Vec<Outgoing>) {
+        self.flush_where(out, |_| true);
+    }
+
+    /// Flushes every non-empty batch (on-time ones first) that `due` selects.
+    fn flush_where(&mut self, out: &mut Vec<Outgoing>, due: impl Fn(&Pending) -> bool) {
         for late in [false, true] {
             for instance in 0..self.resources.len() {
                 let pending = if late {
@@ -567,7 +562,7 @@ impl Batcher {
                 } else {
                     &self.on_time[instance]
                 };
-                if !pending.spans.is_empty() {
+                if !pending.spans.is_empty() && due(pending) {
                     out.push(self.flush(instance, late));
                 }
             }
