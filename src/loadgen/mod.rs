@@ -3,6 +3,7 @@
 //! every kept trace came back whole, once, from one worker. Also the pieces the
 //! end-to-end benchmark (`tailgate bench`) reuses.
 
+pub mod batch;
 pub mod bench;
 mod send;
 mod verify;
@@ -14,9 +15,10 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::time::Instant;
 
+pub use batch::Batcher;
 pub use send::{Protocol, SendStats, Sender};
 pub use verify::{Expectations, PolicyInput, PolicyShare, Report, VerifySink, WORKER_HEADER};
-pub use workload::{Batcher, GeneratedSpan, GeneratedTrace, Outgoing, Workload, WorkloadConfig};
+pub use workload::{GeneratedSpan, GeneratedTrace, Outgoing, Workload, WorkloadConfig};
 
 /// Generated requests, until a span count or a deadline is reached; every trace started
 /// is sent whole. With expectations, records what the policies should do with each trace.
