@@ -178,7 +178,7 @@ async fn send_all(
     Ok((handed, sender.finish().await))
 }
 
-/// One measured figure.
+/// What the benchmark measured.
 pub struct Results {
     pub spans: u64,
     pub wire_bytes_per_span: f64,
