@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use metrics::{Counter, Gauge};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use procfs::Current as _;
 use serde::Deserialize;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -102,29 +103,21 @@ fn memory_available() -> u64 {
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok())
     };
-    let machine = proc_kib("/proc/meminfo", "MemTotal:").map_or(u64::MAX, |kb| kb * 1024);
+    let machine = procfs::Meminfo::current().map_or(u64::MAX, |m| m.mem_total);
     read("/sys/fs/cgroup/memory.max")
         .or_else(|| read("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
         .filter(|l| *l < machine)
         .unwrap_or(machine)
 }
 
-/// Resident memory of this process, from `/proc/self/status`.
+/// Resident memory of this process (`VmRSS` of `/proc/self/status`).
 pub fn resident_bytes() -> Option<u64> {
-    proc_kib("/proc/self/status", "VmRSS:").map(|kb| kb * 1024)
+    resident_bytes_of(procfs::process::Process::myself().ok()?)
 }
 
-/// The `<key> <n> kB` value of a `/proc` file, in KiB.
-fn proc_kib(path: &str, key: &str) -> Option<u64> {
-    std::fs::read_to_string(path)
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix(key))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
+/// Resident memory of `process`.
+pub fn resident_bytes_of(process: procfs::process::Process) -> Option<u64> {
+    Some(process.status().ok()?.vmrss? * 1024)
 }
 
 /// Whether the limiter refuses data now, kept current by [`MemoryLimiter::run`].

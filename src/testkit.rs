@@ -74,6 +74,14 @@ pub fn request(service: &str, spans: Vec<Span>) -> ExportTraceServiceRequest {
     }
 }
 
+/// The Prometheus text an admin listener at `addr` serves on `/metrics`.
+pub async fn scrape(addr: SocketAddr) -> reqwest::Result<String> {
+    reqwest::get(format!("http://{addr}/metrics"))
+        .await?
+        .text()
+        .await
+}
+
 /// Every span in a request.
 pub use crate::otlp::spans as all_spans;
 

@@ -21,8 +21,9 @@ use tokio::time::Instant;
 use super::{drive, progress_bar, Expectations, Generator, Protocol, Report, Sender, VerifySink};
 use super::{Outgoing, WorkloadConfig, WORKER_HEADER};
 use crate::config::{parse_policies, parse_worker};
+use crate::limiter::resident_bytes_of;
 use crate::telemetry::{self, LATENESS_BUCKETS_MS};
-use crate::testkit::metric;
+use crate::testkit::{metric, scrape};
 
 /// What `tailgate bench` runs.
 #[derive(Debug, Clone)]
@@ -124,8 +125,7 @@ impl Proc {
     }
 
     fn rss(&self) -> anyhow::Result<u64> {
-        let stat = procfs::process::Process::new(self.pid)?.stat()?;
-        Ok(stat.rss * procfs::page_size())
+        rss_of(self.pid)
     }
 
     async fn stop(mut self) {
@@ -144,6 +144,11 @@ impl Proc {
     }
 }
 
+fn rss_of(pid: i32) -> anyhow::Result<u64> {
+    resident_bytes_of(procfs::process::Process::new(pid)?)
+        .ok_or_else(|| anyhow::anyhow!("no resident memory for process {pid}"))
+}
+
 fn free_addr() -> anyhow::Result<SocketAddr> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
@@ -155,13 +160,6 @@ async fn wait_listening(addr: SocketAddr, what: &str) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(())
-}
-
-async fn scrape(admin: SocketAddr) -> anyhow::Result<String> {
-    Ok(reqwest::get(format!("http://{admin}/metrics"))
-        .await?
-        .text()
-        .await?)
 }
 
 async fn send_all(
@@ -285,11 +283,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<Results> {
                         buffered += metric(&text, telemetry::BUFFERED_SPANS, &[]);
                     }
                 }
-                let rss: u64 = pids
-                    .iter()
-                    .filter_map(|p| procfs::process::Process::new(*p).ok()?.stat().ok())
-                    .map(|s| s.rss * procfs::page_size())
-                    .sum();
+                let rss: u64 = pids.iter().filter_map(|p| rss_of(*p).ok()).sum();
                 if buffered as u64 > peak.0 {
                     peak = (buffered as u64, rss);
                 }

@@ -52,12 +52,7 @@ pub fn http_url(worker: &Worker) -> String {
 }
 
 pub async fn scrape(addr: SocketAddr) -> String {
-    reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("metrics text")
+    tailgate::testkit::scrape(addr).await.expect("scrape")
 }
 
 /// Polls `/metrics` at `addr` until `name{labels}` satisfies `done` or 20 s pass; returns the
