@@ -1,7 +1,7 @@
 //! In-process benches on the load generator's requests (`cargo bench --bench worker`):
 //! the decode-only baseline (DESIGN.md's yardstick), worker ingest into the buffer, span
 //! metrics counting, policy evaluation with the benchmark's policy set, ring lookup, and
-//! the router's request splitting. Compare each to the baseline on the same requests;
+//! the router's request scanning and splitting. Compare each to the baseline on the same requests;
 //! absolute times on shared machines are noise.
 
 use std::hint::black_box;
@@ -12,8 +12,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use tailgate::config::{parse_policies, parse_worker};
 use tailgate::loadgen::{bench::POLICIES, Generator, PolicyInput, Workload, WorkloadConfig};
-use tailgate::otlp::{self, validate_ids, Chunk, RequestBuilder};
-use tailgate::receiver::Ingest;
+use tailgate::otlp::{self, scan, validate_ids, RequestBuilder};
+use tailgate::receiver::{Ingest, Payload};
 use tailgate::router::ring::{Ring, RingKind};
 use tailgate::spanmetrics::{SpanMetrics, SpanMetricsConfig};
 use tailgate::telemetry::Registry;
@@ -77,9 +77,8 @@ admin: {{endpoint: "127.0.0.1:0"}}
             for _ in 0..iters {
                 let started = Instant::now();
                 for r in &requests {
-                    let decoded = ExportTraceServiceRequest::decode(r.clone()).unwrap();
                     pipeline
-                        .ingest(decoded, tokio::time::Instant::now())
+                        .ingest(Payload::Protobuf(r.clone()), tokio::time::Instant::now())
                         .unwrap();
                 }
                 timed += started.elapsed();
@@ -154,8 +153,15 @@ admin: {{endpoint: "127.0.0.1:0"}}
             })
         });
     }
+    group.bench_function("scan_only", |b| {
+        b.iter(|| {
+            for r in &requests {
+                black_box(scan::scan(r.clone()).unwrap());
+            }
+        })
+    });
     let ring = Ring::new(RingKind::Collector(2), endpoints.clone());
-    group.bench_function("decode_and_split", |b| {
+    group.bench_function("scan_and_split", |b| {
         let mut owners = Vec::new();
         let mut shares: Vec<RequestBuilder> = endpoints
             .iter()
@@ -163,15 +169,13 @@ admin: {{endpoint: "127.0.0.1:0"}}
             .collect();
         b.iter(|| {
             for r in &requests {
-                let request = ExportTraceServiceRequest::decode(r.clone()).unwrap();
-                for rs in &request.resource_spans {
-                    for ss in &rs.scope_spans {
-                        let owner = |s: &_| ring.route(&validate_ids(s).ok()?);
-                        otlp::split_scope(rs, ss, &mut owners, owner, |owner, head, group| {
-                            shares[owner]
-                                .push(&Chunk::encode(head.clone(), otlp::members(ss, group)));
-                        });
-                    }
+                let request = scan::scan(r.clone()).unwrap();
+                for scope in &request.scopes {
+                    request
+                        .split_scope(scope, &mut owners, &mut shares, |_, id| {
+                            Ok::<_, ()>(ring.route(id))
+                        })
+                        .unwrap();
                 }
                 for share in &mut shares {
                     black_box(share.take());

@@ -8,14 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use metrics::{Counter, Gauge};
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use procfs::Current as _;
 use serde::Deserialize;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Errors;
-use crate::receiver::{span_count, Ingest, IngestError, Ingested};
+use crate::receiver::{Ingest, IngestError, Ingested, Payload};
 use crate::telemetry::{self, Registry};
 
 const MIB: u64 = 1024 * 1024;
@@ -200,13 +199,9 @@ struct Guarded {
 }
 
 impl Ingest for Guarded {
-    fn ingest(
-        &self,
-        request: ExportTraceServiceRequest,
-        now: Instant,
-    ) -> Result<Ingested, IngestError> {
+    fn ingest(&self, request: Payload, now: Instant) -> Result<Ingested, IngestError> {
         if self.limiter.refusing.load(Ordering::Relaxed) {
-            let spans = span_count(&request);
+            let spans = request.span_count();
             self.limiter.refused.increment(spans);
             return Err(IngestError::Overloaded("memory limit reached"));
         }

@@ -255,3 +255,53 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         })
         .sum()
 }
+
+/// Panics unless the router's scan ([`crate::otlp::scan`]) and prost agree on `bytes`: both
+/// accept or both refuse; when they accept, the same spans with the same id verdicts, and
+/// the scanned spans reassembled under their scanned resource and scope decode to the
+/// request prost decoded (one `ResourceSpans` per non-empty `ScopeSpans`). Shared by the
+/// property tests and the fuzz target.
+pub fn assert_scan_agrees_with_prost(bytes: &[u8]) {
+    use crate::otlp::{scan, validate_ids, RequestBuilder};
+    use prost::Message;
+    let scanned = scan::scan(bytes::Bytes::copy_from_slice(bytes));
+    let decoded = ExportTraceServiceRequest::decode(bytes);
+    let (scanned, decoded) = match (scanned, decoded) {
+        (Ok(s), Ok(d)) => (s, d),
+        (Err(_), Err(_)) => return,
+        (s, d) => panic!(
+            "scan and prost disagree: scan {:?}, prost {:?}",
+            s.err(),
+            d.err()
+        ),
+    };
+    let spans: Vec<&Span> = crate::otlp::spans(&decoded).collect();
+    assert_eq!(scanned.spans.len(), spans.len(), "span count");
+    for (s, d) in scanned.spans.iter().zip(&spans) {
+        assert_eq!(s.ids, validate_ids(d), "id verdict");
+        assert_eq!(&Span::decode(scanned.body(s)).unwrap(), *d, "span bytes");
+    }
+    let mut rebuilt = RequestBuilder::default();
+    for scope in &scanned.scopes {
+        let framed = scanned.spans[scope.spans.clone()]
+            .iter()
+            .map(|s| scanned.framed(s));
+        rebuilt.push_framed(&scope.head, framed);
+    }
+    let rebuilt = ExportTraceServiceRequest::decode(rebuilt.take().bytes).unwrap();
+    let expected: Vec<ResourceSpans> = decoded
+        .resource_spans
+        .iter()
+        .flat_map(|rs| {
+            rs.scope_spans
+                .iter()
+                .filter(|ss| !ss.spans.is_empty())
+                .map(|ss| ResourceSpans {
+                    resource: rs.resource.clone(),
+                    scope_spans: vec![ss.clone()],
+                    schema_url: rs.schema_url.clone(),
+                })
+        })
+        .collect();
+    assert_eq!(rebuilt.resource_spans, expected, "resources and scopes");
+}

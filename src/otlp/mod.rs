@@ -8,6 +8,7 @@
 //! `ScopeSpans` body.
 
 mod codec;
+pub mod scan;
 
 use std::sync::Arc;
 
@@ -19,7 +20,7 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
 use prost::Message;
 
-pub use codec::{RawExportCodec, EXPORT_PATH};
+pub use codec::{RawExportCodec, RawExportServerCodec, EXPORT_PATH, TRACE_SERVICE};
 
 /// A 128-bit trace id, as the 16 raw bytes of the wire format.
 pub type TraceId = [u8; 16];
@@ -41,22 +42,29 @@ pub enum IdError {
 
 /// Checks a span's ids as the OTLP specification defines them and returns its trace id.
 pub fn validate_ids(span: &Span) -> Result<TraceId, IdError> {
-    let trace_id: TraceId = span
-        .trace_id
-        .as_slice()
+    validate_id_fields(&span.trace_id, &span.span_id, &span.parent_span_id)
+}
+
+/// [`validate_ids`] on the raw id fields.
+pub fn validate_id_fields(
+    trace_id: &[u8],
+    span_id: &[u8],
+    parent_span_id: &[u8],
+) -> Result<TraceId, IdError> {
+    let trace_id: TraceId = trace_id
         .try_into()
-        .map_err(|_| IdError::TraceIdLength(span.trace_id.len()))?;
+        .map_err(|_| IdError::TraceIdLength(trace_id.len()))?;
     if trace_id == [0; 16] {
         return Err(IdError::TraceIdZero);
     }
-    if span.span_id.len() != 8 {
-        return Err(IdError::SpanIdLength(span.span_id.len()));
+    if span_id.len() != 8 {
+        return Err(IdError::SpanIdLength(span_id.len()));
     }
-    if span.span_id.iter().all(|b| *b == 0) {
+    if span_id.iter().all(|b| *b == 0) {
         return Err(IdError::SpanIdZero);
     }
-    if !span.parent_span_id.is_empty() && span.parent_span_id.len() != 8 {
-        return Err(IdError::ParentSpanIdLength(span.parent_span_id.len()));
+    if !parent_span_id.is_empty() && parent_span_id.len() != 8 {
+        return Err(IdError::ParentSpanIdLength(parent_span_id.len()));
     }
     Ok(trace_id)
 }
@@ -117,6 +125,22 @@ impl Head {
     pub fn size(&self) -> usize {
         self.resource.len() + self.scope.len()
     }
+
+    /// The resource's attributes, decoded.
+    pub fn resource_attributes(&self) -> Result<Vec<KeyValue>, prost::DecodeError> {
+        Ok(ResourceSpans::decode(self.resource.clone())?
+            .resource
+            .map(|r| r.attributes)
+            .unwrap_or_default())
+    }
+
+    /// The instrumentation scope's attributes, decoded.
+    pub fn scope_attributes(&self) -> Result<Vec<KeyValue>, prost::DecodeError> {
+        Ok(ScopeSpans::decode(self.scope.clone())?
+            .scope
+            .map(|s| s.attributes)
+            .unwrap_or_default())
+    }
 }
 
 /// Encodes `message` as field 1 and `schema_url` as field 3, each only when present.
@@ -167,10 +191,7 @@ impl Chunk {
     /// Decodes the resource attributes and the `ScopeSpans` (scope and spans) again, for
     /// policies that read span contents.
     pub fn decode(&self) -> Result<(Vec<KeyValue>, ScopeSpans), prost::DecodeError> {
-        let resource = ResourceSpans::decode(self.head.resource.clone())?
-            .resource
-            .map(|r| r.attributes)
-            .unwrap_or_default();
+        let resource = self.head.resource_attributes()?;
         let scope_spans = ScopeSpans::decode(self.head.scope.clone().chain(self.spans.clone()))?;
         Ok((resource, scope_spans))
     }
@@ -250,8 +271,30 @@ impl RequestBuilder {
 
     /// Like [`RequestBuilder::push`], adding a [`scope_attributes_fragment`] to the scope.
     pub fn push_annotated(&mut self, chunk: &Chunk, scope_fragment: &[u8]) {
-        let head = &chunk.head;
-        let scope_spans_len = head.scope.len() + scope_fragment.len() + chunk.spans.len();
+        self.push_parts(
+            &chunk.head,
+            scope_fragment,
+            std::iter::once(&chunk.spans[..]),
+            chunk.span_count,
+        );
+    }
+
+    /// Adds one `ResourceSpans` of `head` holding `spans`, each already framed as field 2
+    /// of `ScopeSpans` (as [`scan::Scanned::framed`] gives them).
+    pub fn push_framed<'a>(&mut self, head: &Head, spans: impl Iterator<Item = &'a [u8]> + Clone) {
+        let count = spans.clone().count() as u32;
+        self.push_parts(head, &[], spans, count);
+    }
+
+    fn push_parts<'a>(
+        &mut self,
+        head: &Head,
+        scope_fragment: &[u8],
+        spans: impl Iterator<Item = &'a [u8]> + Clone,
+        span_count: u32,
+    ) {
+        let spans_len: usize = spans.clone().map(<[u8]>::len).sum();
+        let scope_spans_len = head.scope.len() + scope_fragment.len() + spans_len;
         let resource_spans_len =
             head.resource.len() + 1 + encoded_len_varint(scope_spans_len as u64) + scope_spans_len;
         self.buf
@@ -263,8 +306,10 @@ impl RequestBuilder {
         encode_varint(scope_spans_len as u64, &mut self.buf);
         self.buf.put_slice(&head.scope);
         self.buf.put_slice(scope_fragment);
-        self.buf.put_slice(&chunk.spans);
-        self.spans += u64::from(chunk.span_count);
+        for span in spans {
+            self.buf.put_slice(span);
+        }
+        self.spans += u64::from(span_count);
     }
 
     pub fn span_count(&self) -> u64 {

@@ -89,3 +89,207 @@ fn a_head_without_resource_or_scope_is_empty() {
     assert_eq!(decoded.resource_spans[0].resource, None);
     assert_eq!(decoded.resource_spans[0].scope_spans[0].spans.len(), 1);
 }
+
+mod scan {
+    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue, KeyValueList};
+    use proptest::prelude::*;
+    use prost::encoding::{encode_key, encode_varint, WireType};
+
+    use super::super::scan::{count_spans, scan};
+    use super::*;
+    use crate::loadgen::{Generator, WorkloadConfig};
+    use crate::testkit::assert_scan_agrees_with_prost;
+
+    fn generated(spans: u64, seed: u64) -> Vec<bytes::Bytes> {
+        let config = WorkloadConfig {
+            seed,
+            ..WorkloadConfig::default()
+        };
+        Generator::new(config, spans, None)
+            .map(|o| o.body)
+            .collect()
+    }
+
+    /// `body` framed as length-delimited field `tag`.
+    fn field(tag: u32, body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_key(tag, WireType::LengthDelimited, &mut out);
+        encode_varint(body.len() as u64, &mut out);
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// A request holding one span whose encoding is `span` followed by `extra` raw fields.
+    fn with_span_fields(extra: &[u8]) -> Vec<u8> {
+        let mut body = span(trace_id(1), 1, None).encode_to_vec();
+        body.extend_from_slice(extra);
+        field(1, &field(2, &field(2, &body)))
+    }
+
+    /// `depth` unknown groups (field 100) nested inside each other.
+    fn groups(depth: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for _ in 0..depth {
+            encode_key(100, WireType::StartGroup, &mut out);
+        }
+        out.extend_from_slice(&[0x08, 0x01]);
+        for _ in 0..depth {
+            encode_key(100, WireType::EndGroup, &mut out);
+        }
+        out
+    }
+
+    fn nested(depth: usize) -> AnyValue {
+        let mut v = AnyValue {
+            value: Some(any_value::Value::StringValue("leaf".into())),
+        };
+        for _ in 0..depth {
+            v = AnyValue {
+                value: Some(any_value::Value::KvlistValue(KeyValueList {
+                    values: vec![KeyValue {
+                        key: "k".into(),
+                        value: Some(v),
+                        ..Default::default()
+                    }],
+                })),
+            };
+        }
+        v
+    }
+
+    #[test]
+    fn scan_finds_every_span_of_generated_requests_as_received() {
+        for body in generated(2_000, 7) {
+            assert_scan_agrees_with_prost(&body);
+            let decoded = ExportTraceServiceRequest::decode(body.clone()).unwrap();
+            assert_eq!(count_spans(&body), spans(&decoded).count() as u64);
+            assert!(!scan(body).unwrap().spans.is_empty());
+        }
+    }
+
+    #[test]
+    fn scan_refuses_what_prost_refuses_and_accepts_what_it_accepts() {
+        let good = request("a", vec![span(trace_id(1), 1, None)]).encode_to_vec();
+        let mut bad_utf8 = good.clone();
+        let at = bad_utf8.windows(4).position(|w| w == b"op-1").unwrap();
+        bad_utf8[at] = 0xff;
+        let mut varint_kind_as_len = Vec::new();
+        encode_key(6, WireType::LengthDelimited, &mut varint_kind_as_len);
+        varint_kind_as_len.push(0);
+        let mut unknown_fixed = Vec::new();
+        encode_key(99, WireType::SixtyFourBit, &mut unknown_fixed);
+        unknown_fixed.extend_from_slice(&[0; 8]);
+        let mut stray_end_group = Vec::new();
+        encode_key(100, WireType::EndGroup, &mut stray_end_group);
+        let mut mismatched_group = Vec::new();
+        encode_key(100, WireType::StartGroup, &mut mismatched_group);
+        encode_key(101, WireType::EndGroup, &mut mismatched_group);
+        // A second `resource` field after the scope spans: prost merges the two.
+        let rs = &request("a", vec![span(trace_id(1), 1, None)]).resource_spans[0];
+        let mut two_resources = rs.encode_to_vec();
+        prost::encoding::message::encode(1, rs.resource.as_ref().unwrap(), &mut two_resources);
+        let two_resources = field(1, &two_resources);
+        let mut invalid_ids = span(trace_id(1), 1, None);
+        invalid_ids.span_id = vec![0; 8];
+
+        let cases: Vec<(&str, Vec<u8>, bool)> = vec![
+            ("good", good.clone(), true),
+            ("empty", Vec::new(), true),
+            ("truncated varint", vec![0x0a, 0xff], false),
+            (
+                "length past the end",
+                vec![0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f],
+                false,
+            ),
+            (
+                "nested length past the end",
+                vec![0x0a, 0x05, 0x12, 0x7f, 0, 0, 0],
+                false,
+            ),
+            ("unknown wire type", vec![0x0f, 0x00], false),
+            ("tag 0", vec![0x02, 0x00], false),
+            (
+                "eleven-byte varint",
+                vec![
+                    0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+                ],
+                false,
+            ),
+            ("invalid UTF-8", bad_utf8, false),
+            (
+                "known varint field sent as bytes",
+                with_span_fields(&varint_kind_as_len),
+                false,
+            ),
+            (
+                "unknown fixed64 field",
+                with_span_fields(&unknown_fixed),
+                true,
+            ),
+            ("unknown group", with_span_fields(&groups(3)), true),
+            ("stray end group", with_span_fields(&stray_end_group), false),
+            (
+                "mismatched end group",
+                with_span_fields(&mismatched_group),
+                false,
+            ),
+            ("resource sent twice", two_resources, true),
+            (
+                "invalid span ids",
+                request("a", vec![invalid_ids]).encode_to_vec(),
+                true,
+            ),
+        ];
+        for (what, bytes, accepted) in cases {
+            assert_eq!(scan(bytes.clone().into()).is_ok(), accepted, "{what}");
+            assert_scan_agrees_with_prost(&bytes);
+        }
+    }
+
+    /// prost refuses messages nested more than 100 deep, and counts groups as nesting;
+    /// the scan must draw the line at the same place.
+    #[test]
+    fn scan_draws_the_recursion_limit_where_prost_does() {
+        let mut verdicts = Vec::new();
+        for depth in 25..40 {
+            let mut deep = span(trace_id(1), 1, None);
+            deep.attributes = vec![KeyValue {
+                key: "deep".into(),
+                value: Some(nested(depth)),
+                ..Default::default()
+            }];
+            let bytes = request("a", vec![deep]).encode_to_vec();
+            assert_scan_agrees_with_prost(&bytes);
+            verdicts.push(scan(bytes.into()).is_ok());
+        }
+        for depth in 90..100 {
+            let bytes = with_span_fields(&groups(depth));
+            assert_scan_agrees_with_prost(&bytes);
+            verdicts.push(scan(bytes.into()).is_ok());
+        }
+        assert!(verdicts.contains(&true) && verdicts.contains(&false));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Realistic requests with a few bytes overwritten, cut short or extended: the scan
+        /// and prost agree on every one.
+        #[test]
+        fn scan_agrees_with_prost_on_damaged_requests(
+            seed in 0u64..1_000,
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+            cut in proptest::option::of(any::<prop::sample::Index>()),
+        ) {
+            let mut bytes = generated(20, seed)[0].to_vec();
+            for (at, value) in edits {
+                let i = at.index(bytes.len());
+                bytes[i] = value;
+            }
+            if let Some(cut) = cut {
+                bytes.truncate(cut.index(bytes.len() + 1));
+            }
+            assert_scan_agrees_with_prost(&bytes);
+        }
+    }
+}

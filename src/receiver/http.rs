@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::security::{tls_incoming, BearerAuth, Security};
-use super::{response, span_count, Ingest, IngestError, ReceiverMetrics};
+use super::{response, Ingest, IngestError, Payload, ReceiverMetrics};
 
 const PROTOBUF: &str = "application/x-protobuf";
 const JSON: &str = "application/json";
@@ -172,22 +172,19 @@ async fn export(State(s): State<HttpState>, headers: HeaderMap, body: Body) -> R
         body
     };
     let request = match encoding {
-        Encoding::Protobuf => ExportTraceServiceRequest::decode(body).map_err(|e| e.to_string()),
-        Encoding::Json => {
-            serde_json::from_slice::<ExportTraceServiceRequest>(&body).map_err(|e| e.to_string())
-        }
+        Encoding::Protobuf => Payload::Protobuf(body),
+        Encoding::Json => match serde_json::from_slice::<ExportTraceServiceRequest>(&body) {
+            Ok(request) => Payload::Decoded(request),
+            Err(e) => {
+                return error(
+                    encoding,
+                    StatusCode::BAD_REQUEST,
+                    format!("invalid OTLP request: {e}"),
+                )
+            }
+        },
     };
-    let request = match request {
-        Ok(r) => r,
-        Err(e) => {
-            return error(
-                encoding,
-                StatusCode::BAD_REQUEST,
-                format!("invalid OTLP request: {e}"),
-            )
-        }
-    };
-    let total = span_count(&request);
+    let total = request.span_count();
     let result = s.pipeline.ingest(request, tokio::time::Instant::now());
     s.metrics.record(&result, total);
     match result {

@@ -1,7 +1,8 @@
 //! OTLP receivers (gRPC and HTTP) in front of whatever takes the spans (the worker's
-//! pipeline or the router): decode, hand the request to [`Ingest::ingest`], and answer with
-//! the OTLP status a client expects. One function per protocol maps [`IngestError`] to
-//! statuses; nothing here panics on input.
+//! pipeline or the router): hand the request to [`Ingest::ingest`] as a [`Payload`] —
+//! protobuf bodies undecoded, so the taker decodes or scans them as it needs — and answer
+//! with the OTLP status a client expects. One function per protocol maps [`IngestError`]
+//! to statuses; nothing here panics on input.
 
 mod grpc;
 mod http;
@@ -10,10 +11,12 @@ mod security;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use metrics::Counter;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
+use prost::Message;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -23,6 +26,7 @@ use security::Security;
 
 use crate::config::ReceiversConfig;
 use crate::lifecycle::{bind, log_exit, StartError};
+use crate::otlp::scan::{self, Scanned};
 use crate::otlp::{spans, validate_ids};
 use crate::telemetry::{self, Registry};
 
@@ -50,21 +54,66 @@ pub struct Ingested {
     pub message: String,
 }
 
+/// A request as a receiver got it.
+#[derive(Debug, Clone)]
+pub enum Payload {
+    /// The protobuf encoding, not decoded yet (gRPC, and OTLP/HTTP with a protobuf body).
+    Protobuf(Bytes),
+    /// Decoded already (OTLP/HTTP with a JSON body).
+    Decoded(ExportTraceServiceRequest),
+}
+
+impl Payload {
+    /// How many spans the request holds (0 for protobuf that does not frame).
+    pub fn span_count(&self) -> u64 {
+        match self {
+            Payload::Protobuf(bytes) => scan::count_spans(bytes),
+            Payload::Decoded(request) => spans(request).count() as u64,
+        }
+    }
+
+    /// The request as structs.
+    pub fn decode(self) -> Result<ExportTraceServiceRequest, IngestError> {
+        match self {
+            Payload::Protobuf(bytes) => ExportTraceServiceRequest::decode(bytes)
+                .map_err(|e| IngestError::InvalidArgument(format!("invalid OTLP request: {e}"))),
+            Payload::Decoded(request) => Ok(request),
+        }
+    }
+
+    /// The request scanned: spans located and validated, not decoded.
+    pub fn scan(self) -> Result<Scanned, IngestError> {
+        let bytes = match self {
+            Payload::Protobuf(bytes) => bytes,
+            Payload::Decoded(request) => request.encode_to_vec().into(),
+        };
+        scan::scan(bytes)
+            .map_err(|e| IngestError::InvalidArgument(format!("invalid OTLP request: {e}")))
+    }
+}
+
 /// What receivers hand their requests to.
 pub trait Ingest: Send + Sync + 'static {
-    fn ingest(
-        &self,
-        request: ExportTraceServiceRequest,
-        now: tokio::time::Instant,
-    ) -> Result<Ingested, IngestError>;
+    fn ingest(&self, request: Payload, now: tokio::time::Instant) -> Result<Ingested, IngestError>;
 }
 
 /// Checks every span's ids: the counts of valid and invalid spans and the first problem,
 /// or `InvalidArgument` when no span is valid.
 pub fn check_ids(request: &ExportTraceServiceRequest) -> Result<Ingested, IngestError> {
+    tally(spans(request).map(validate_ids))
+}
+
+/// [`check_ids`] for a scanned request.
+pub fn check_scanned_ids(request: &Scanned) -> Result<Ingested, IngestError> {
+    tally(request.spans.iter().map(|s| s.ids))
+}
+
+fn tally<T>(
+    results: impl Iterator<Item = Result<T, crate::otlp::IdError>>,
+) -> Result<Ingested, IngestError> {
     let mut checked = Ingested::default();
-    for span in spans(request) {
-        match validate_ids(span) {
+    for result in results {
+        match result {
             Ok(_) => checked.accepted += 1,
             Err(e) => {
                 if checked.rejected == 0 {
@@ -198,11 +247,6 @@ fn response(ingested: Ingested) -> ExportTraceServiceResponse {
         error_message: ingested.message,
     });
     ExportTraceServiceResponse { partial_success }
-}
-
-/// How many spans a request holds.
-pub fn span_count(request: &ExportTraceServiceRequest) -> u64 {
-    spans(request).count() as u64
 }
 
 #[cfg(test)]

@@ -13,14 +13,13 @@ mod route;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::lifecycle::StartError;
 use crate::limiter::MemoryLimiter;
-use crate::receiver::{check_ids, Ingest, IngestError, Ingested, Receivers};
+use crate::receiver::{check_scanned_ids, Ingest, IngestError, Ingested, Payload, Receivers};
 use crate::telemetry::{self, Admin, Health, Registry};
 use config::RouterConfig;
 use route::Route;
@@ -32,12 +31,9 @@ struct Routes {
 }
 
 impl Ingest for Routes {
-    fn ingest(
-        &self,
-        request: ExportTraceServiceRequest,
-        _now: Instant,
-    ) -> Result<Ingested, IngestError> {
-        let checked = check_ids(&request)?;
+    fn ingest(&self, request: Payload, _now: Instant) -> Result<Ingested, IngestError> {
+        let request = request.scan()?;
+        let checked = check_scanned_ids(&request)?;
         let plans = self
             .routes
             .iter()

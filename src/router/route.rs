@@ -1,7 +1,8 @@
 //! One `loadbalancing` route: its ring and backends (swapped whole when membership
-//! changes, so routing never stalls), and the split of a request into one request per
-//! owning backend. Resource and scope are encoded once per received `ScopeSpans` and shared
-//! by every backend's share; nothing is copied per trace.
+//! changes, so routing never stalls), and the split of a scanned request into one request
+//! per owning backend. Spans are copied as received, never decoded and encoded again
+//! (only routing by attributes decodes the span it needs); resource and scope bytes are
+//! shared by every backend's share.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -9,7 +10,6 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use metrics::{Counter, Gauge};
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value::Value, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
@@ -18,8 +18,9 @@ use tokio::time::Instant;
 use super::config::{endpoint_with_port, RouteConfig, RoutingKey};
 use super::ring::Ring;
 use crate::exporter::{AttemptObserver, ExporterSet};
-use crate::otlp::{self, attribute as find, validate_ids, Chunk, RequestBuilder};
-use crate::receiver::IngestError;
+use crate::otlp::scan::{Scanned, ScannedScope};
+use crate::otlp::{attribute as find, RequestBuilder};
+use crate::receiver::{IngestError, Payload};
 use crate::telemetry::{self, Registry};
 
 /// Consecutive unreachable attempts that quarantine a backend.
@@ -257,9 +258,9 @@ impl Route {
     async fn retire(&self, backend: Arc<Backend>) {
         for request in backend.exporters.drain_queued() {
             let spans = request.spans;
-            let rerouted = ExportTraceServiceRequest::decode(request.bytes)
-                .map_err(|e| IngestError::InvalidArgument(e.to_string()))
-                .and_then(|decoded| self.plan(&decoded))
+            let rerouted = Payload::Protobuf(request.bytes)
+                .scan()
+                .and_then(|scanned| self.plan(&scanned))
                 .map(|plan| plan.send());
             match rerouted {
                 Ok(()) => self.rerouted.increment(spans),
@@ -276,7 +277,7 @@ impl Route {
     }
 
     /// Splits `request`'s valid spans by owning backend.
-    pub(crate) fn plan(&self, request: &ExportTraceServiceRequest) -> Result<Plan, IngestError> {
+    pub(crate) fn plan(&self, request: &Scanned) -> Result<Plan, IngestError> {
         let members = self.members();
         if members.backends.is_empty() {
             return Err(IngestError::Unavailable("no backend to route to yet"));
@@ -290,35 +291,34 @@ impl Route {
             .collect();
         let mut owners: Vec<(usize, u32)> = Vec::new();
         let mut key = String::new();
-        for rs in &request.resource_spans {
-            let resource: &[KeyValue] = rs.resource.as_ref().map_or(&[], |r| &r.attributes);
-            let service_owner = match self.config.routing_key {
+        // Resource attributes, decoded once per resource, only for keys that read them.
+        let mut resource: Option<(usize, Vec<KeyValue>)> = None;
+        for scope in &request.scopes {
+            match self.config.routing_key {
+                RoutingKey::TraceId => {
+                    request.split_scope(scope, &mut owners, &mut shares, |_, id| {
+                        Ok(members.ring.route_usable(id, usable))
+                    })?;
+                }
                 RoutingKey::Service => {
+                    let resource = resource_attributes(scope, &mut resource)?;
                     let Some(Value::StringValue(service)) = find(resource, "service.name") else {
                         return Err(IngestError::InvalidArgument(
                             "routing_key service: a resource has no service.name".into(),
                         ));
                     };
-                    members.ring.route_usable(service.as_bytes(), usable)
+                    let owner = members.ring.route_usable(service.as_bytes(), usable);
+                    request.split_scope(scope, &mut owners, &mut shares, |_, _| Ok(owner))?;
                 }
-                _ => None,
-            };
-            for ss in &rs.scope_spans {
-                let scope: &[KeyValue] = ss.scope.as_ref().map_or(&[], |s| &s.attributes);
-                let owner_of = |span: &Span| {
-                    let trace_id = validate_ids(span).ok()?;
-                    match self.config.routing_key {
-                        RoutingKey::TraceId => members.ring.route_usable(&trace_id, usable),
-                        RoutingKey::Service => service_owner,
-                        RoutingKey::Attributes => {
-                            self.attribute_key(&mut key, span, scope, resource);
-                            members.ring.route_usable(key.as_bytes(), usable)
-                        }
-                    }
-                };
-                otlp::split_scope(rs, ss, &mut owners, owner_of, |owner, head, group| {
-                    shares[owner].push(&Chunk::encode(head.clone(), otlp::members(ss, group)));
-                });
+                RoutingKey::Attributes => {
+                    let scope_attributes = decode(scope.head.scope_attributes())?;
+                    let resource = resource_attributes(scope, &mut resource)?;
+                    request.split_scope(scope, &mut owners, &mut shares, |span, _| {
+                        let span = decode(Span::decode(request.body(span)))?;
+                        self.attribute_key(&mut key, &span, &scope_attributes, resource);
+                        Ok(members.ring.route_usable(key.as_bytes(), usable))
+                    })?;
+                }
             }
         }
         Ok(Plan { members, shares })
@@ -366,6 +366,26 @@ impl Route {
             key.push('|');
         }
     }
+}
+
+/// The resource attributes of `scope`, decoded when `cache` holds another resource's.
+fn resource_attributes<'a>(
+    scope: &ScannedScope,
+    cache: &'a mut Option<(usize, Vec<KeyValue>)>,
+) -> Result<&'a [KeyValue], IngestError> {
+    if cache
+        .as_ref()
+        .is_none_or(|(index, _)| *index != scope.resource)
+    {
+        *cache = Some((scope.resource, decode(scope.head.resource_attributes())?));
+    }
+    Ok(cache.as_ref().map_or(&[], |(_, a)| a))
+}
+
+/// A decode of bytes the scan has validated; an error would be a bug, reported as the
+/// client's.
+fn decode<T>(result: Result<T, prost::DecodeError>) -> Result<T, IngestError> {
+    result.map_err(|e| IngestError::InvalidArgument(format!("invalid OTLP request: {e}")))
 }
 
 impl Plan {

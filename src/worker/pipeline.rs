@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram};
 use moka::sync::Cache;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use tokio::time::Instant;
 
@@ -22,7 +21,7 @@ use crate::otlp::{
     is_root, members, split_scope, validate_ids, Chunk, Head, RequestBuilder, TraceId,
 };
 use crate::policy::{Decision, PolicySet, Verdict};
-use crate::receiver::{check_ids, Ingest, IngestError, Ingested};
+use crate::receiver::{check_ids, Ingest, IngestError, Ingested, Payload};
 use crate::spanmetrics::{Format, SpanMetrics};
 use crate::telemetry::{self, MetricsSource, Registry};
 
@@ -138,11 +137,8 @@ pub struct DecisionSettings {
 impl Ingest for Pipeline {
     /// Takes one OTLP request. Invalid spans are rejected one by one (partial success);
     /// the request is refused whole when every span is invalid or when the worker is full.
-    fn ingest(
-        &self,
-        request: ExportTraceServiceRequest,
-        now: Instant,
-    ) -> Result<Ingested, IngestError> {
+    fn ingest(&self, request: Payload, now: Instant) -> Result<Ingested, IngestError> {
+        let request = request.decode()?;
         let checked = check_ids(&request)?;
         let total = checked.accepted + checked.rejected;
         if self.exporters.is_full() {

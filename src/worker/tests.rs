@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::parse_worker;
-use crate::receiver::Ingest;
+use crate::receiver::{Ingest, Payload};
 use crate::testkit::{metric, request, span, trace_id};
 use crate::worker::pipeline::DECISION_TICK;
 use crate::worker::Worker;
@@ -30,12 +30,15 @@ async fn traces_are_decided_within_one_tick_of_their_deadline() {
     let w = worker("  decision_wait: 30s\n  policies: [{name: all, type: always_sample}]").await;
     let p = w.pipeline().clone();
     let t0 = Instant::now();
-    p.ingest(request("a", vec![span(trace_id(1), 2, Some(1))]), t0)
-        .unwrap();
+    p.ingest(
+        Payload::Decoded(request("a", vec![span(trace_id(1), 2, Some(1))])),
+        t0,
+    )
+    .unwrap();
     tokio::time::sleep(Duration::from_secs(20)).await;
     // A second trace arriving later keeps its own deadline.
     p.ingest(
-        request("a", vec![span(trace_id(2), 2, Some(1))]),
+        Payload::Decoded(request("a", vec![span(trace_id(2), 2, Some(1))])),
         Instant::now(),
     )
     .unwrap();
@@ -77,11 +80,14 @@ async fn a_root_span_brings_the_decision_forward() {
     let w = worker("  decision_wait: 30s\n  decision_wait_after_root_received: 1s\n  policies: [{name: all, type: always_sample}]").await;
     let p = w.pipeline().clone();
     let t0 = Instant::now();
-    p.ingest(request("a", vec![span(trace_id(1), 2, Some(1))]), t0)
-        .unwrap();
+    p.ingest(
+        Payload::Decoded(request("a", vec![span(trace_id(1), 2, Some(1))])),
+        t0,
+    )
+    .unwrap();
     tokio::time::sleep(Duration::from_secs(5)).await;
     p.ingest(
-        request("a", vec![span(trace_id(1), 1, None)]),
+        Payload::Decoded(request("a", vec![span(trace_id(1), 1, None)])),
         Instant::now(),
     )
     .unwrap();
@@ -111,7 +117,8 @@ async fn heavy_ingest_does_not_delay_decisions() {
                 let spans = (0..10)
                     .map(|s| span(trace_id(n), s + 1, Some(99)))
                     .collect();
-                p.ingest(request("a", spans), Instant::now()).unwrap();
+                p.ingest(Payload::Decoded(request("a", spans)), Instant::now())
+                    .unwrap();
                 if n % 10 == 0 {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }

@@ -1,0 +1,498 @@
+//! A validating walk over an encoded `ExportTraceServiceRequest` that finds every span's
+//! byte range and ids without decoding into structs: the router's path (DESIGN.md
+//! decision 1: spans stay encoded). It accepts exactly what prost's decoder accepts —
+//! wire types of known fields, UTF-8 of strings, lengths, varints, and prost's recursion
+//! limit of 100 nested messages, unknown fields skipped — so a request the router forwards
+//! never fails to decode at the worker.
+//!
+//! Written by hand because prost offers no way to validate a message without building it,
+//! and building it (every attribute a `String` and a `Vec`) is most of the router's cost.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::{validate_id_fields, Head, IdError, RequestBuilder, TraceId};
+
+/// prost's recursion limit: how deep messages may nest below the request.
+const RECURSION_LIMIT: u32 = 100;
+
+/// Why an encoded request is not a valid `ExportTraceServiceRequest`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid protobuf at byte {offset}: {reason}")]
+pub struct ScanError {
+    pub offset: usize,
+    pub reason: &'static str,
+}
+
+/// A scanned request: the spans in order, each with the scope it arrived in.
+#[derive(Debug)]
+pub struct Scanned {
+    bytes: Bytes,
+    pub scopes: Vec<ScannedScope>,
+    pub spans: Vec<ScannedSpan>,
+}
+
+/// One `ScopeSpans` with at least one span.
+#[derive(Debug)]
+pub struct ScannedScope {
+    /// Which `ResourceSpans` with spans it came in, counting from 0.
+    pub resource: usize,
+    pub head: Arc<Head>,
+    /// Its spans, as a range of [`Scanned::spans`].
+    pub spans: Range<usize>,
+}
+
+/// One span: where it is and its checked ids.
+#[derive(Debug)]
+pub struct ScannedSpan {
+    /// The span framed as field 2 of `ScopeSpans`, as received.
+    framed: Range<usize>,
+    /// Where the span's own fields start inside `framed`.
+    body: usize,
+    pub ids: Result<TraceId, IdError>,
+}
+
+impl Scanned {
+    /// The span framed as field 2 of `ScopeSpans`, ready to be copied into a request.
+    pub fn framed(&self, span: &ScannedSpan) -> &[u8] {
+        &self.bytes[span.framed.clone()]
+    }
+
+    /// The span's encoded fields, a `Span` message body.
+    pub fn body(&self, span: &ScannedSpan) -> &[u8] {
+        &self.bytes[span.body..span.framed.end]
+    }
+
+    /// Groups the valid spans of `scope` by `owner` (an index into `shares`; `None` leaves
+    /// the span out) and adds each group to its share as one `ResourceSpans`, the spans
+    /// copied as received. `scratch` is reused from call to call.
+    pub fn split_scope<E>(
+        &self,
+        scope: &ScannedScope,
+        scratch: &mut Vec<(usize, u32)>,
+        shares: &mut [RequestBuilder],
+        mut owner: impl FnMut(&ScannedSpan, &TraceId) -> Result<Option<usize>, E>,
+    ) -> Result<(), E> {
+        let spans = &self.spans[scope.spans.clone()];
+        scratch.clear();
+        for (i, span) in spans.iter().enumerate() {
+            if let Ok(id) = &span.ids {
+                if let Some(o) = owner(span, id)? {
+                    scratch.push((o, i as u32));
+                }
+            }
+        }
+        scratch.sort_unstable();
+        for group in scratch.chunk_by(|a, b| a.0 == b.0) {
+            let framed = group.iter().map(|(_, i)| self.framed(&spans[*i as usize]));
+            shares[group[0].0].push_framed(&scope.head, framed);
+        }
+        Ok(())
+    }
+}
+
+/// Counts the spans of an encoded request without validating them: field-2 entries of
+/// every `ScopeSpans`, each skipped by its length. 0 for bytes that do not frame.
+pub fn count_spans(bytes: &[u8]) -> u64 {
+    let mut total = 0;
+    let all = RECURSION_LIMIT;
+    let _ = each_field(bytes, 0..bytes.len(), all, |tag, field| {
+        if let (1, Value::Len(rs)) = (tag, field.value) {
+            each_field(bytes, rs, all, |tag, field| {
+                if let (2, Value::Len(ss)) = (tag, field.value) {
+                    each_field(bytes, ss, all, |tag, field| {
+                        if let (2, Value::Len(_)) = (tag, field.value) {
+                            total += 1;
+                        }
+                        Ok(())
+                    })?;
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
+    });
+    total
+}
+
+/// Walks and validates `bytes` as an `ExportTraceServiceRequest`.
+pub fn scan(bytes: Bytes) -> Result<Scanned, ScanError> {
+    let mut out = Scanned {
+        bytes: Bytes::new(),
+        scopes: Vec::new(),
+        spans: Vec::new(),
+    };
+    let b = &bytes[..];
+    let top = RECURSION_LIMIT;
+    each_field(b, 0..b.len(), top, |tag, value| match tag {
+        1 => {
+            let rs = message(value, top)?;
+            resource_spans(b, rs, top - 1, &mut out)
+        }
+        _ => skip(value, top),
+    })?;
+    out.bytes = bytes;
+    Ok(out)
+}
+
+fn resource_spans(
+    b: &[u8],
+    range: Range<usize>,
+    count: u32,
+    out: &mut Scanned,
+) -> Result<(), ScanError> {
+    let mut own = BytesMut::new();
+    let mut scopes = Vec::new();
+    each_field(b, range, count, |tag, value| {
+        let field = value.framed.clone();
+        match tag {
+            1 => check(b, Msg::Resource, message(value, count)?, count - 1)?,
+            2 => {
+                scopes.push(message(value, count)?);
+                return Ok(());
+            }
+            3 => string(b, value)?,
+            _ => skip(value, count)?,
+        }
+        own.put_slice(&b[field]);
+        Ok(())
+    })?;
+    let resource = own.freeze();
+    let index = out.scopes.last().map_or(0, |s| s.resource + 1);
+    for ss in scopes {
+        scope_spans(b, ss, count - 1, index, &resource, out)?;
+    }
+    Ok(())
+}
+
+/// Scans one `ScopeSpans`, recorded when it has spans.
+fn scope_spans(
+    b: &[u8],
+    range: Range<usize>,
+    count: u32,
+    resource_index: usize,
+    resource: &Bytes,
+    out: &mut Scanned,
+) -> Result<(), ScanError> {
+    let mut own = BytesMut::new();
+    let first = out.spans.len();
+    each_field(b, range, count, |tag, value| {
+        let field = value.framed.clone();
+        match tag {
+            1 => check(b, Msg::Scope, message(value, count)?, count - 1)?,
+            2 => {
+                let body = message(value, count)?;
+                let ids = span(b, body.clone(), count - 1)?;
+                out.spans.push(ScannedSpan {
+                    framed: field,
+                    body: body.start,
+                    ids,
+                });
+                return Ok(());
+            }
+            3 => string(b, value)?,
+            _ => skip(value, count)?,
+        }
+        own.put_slice(&b[field]);
+        Ok(())
+    })?;
+    if out.spans.len() == first {
+        return Ok(());
+    }
+    out.scopes.push(ScannedScope {
+        resource: resource_index,
+        head: Arc::new(Head {
+            resource: resource.clone(),
+            scope: own.freeze(),
+        }),
+        spans: first..out.spans.len(),
+    });
+    Ok(())
+}
+
+/// Validates a `Span` and checks its ids (the last occurrence of each wins, as in prost).
+fn span(b: &[u8], range: Range<usize>, count: u32) -> Result<Result<TraceId, IdError>, ScanError> {
+    let (mut trace_id, mut span_id, mut parent): (&[u8], &[u8], &[u8]) = (&[], &[], &[]);
+    each_field(b, range, count, |tag, value| {
+        match tag {
+            1 => trace_id = &b[bytes(value)?],
+            2 => span_id = &b[bytes(value)?],
+            4 => parent = &b[bytes(value)?],
+            _ => field(b, Msg::Span, tag, value, count)?,
+        }
+        Ok(())
+    })?;
+    Ok(validate_id_fields(trace_id, span_id, parent))
+}
+
+/// The messages nested inside spans, resources and scopes.
+#[derive(Clone, Copy)]
+enum Msg {
+    Resource,
+    EntityRef,
+    Scope,
+    Span,
+    Event,
+    Link,
+    Status,
+    KeyValue,
+    AnyValue,
+    ArrayValue,
+    KeyValueList,
+}
+
+/// The wire shape of a known field.
+enum Kind {
+    Varint,
+    Fixed32,
+    Fixed64,
+    Bytes,
+    Str,
+    Message(Msg),
+}
+
+/// The schema: the kind of field `tag` of `msg`, `None` for unknown fields.
+fn kind(msg: Msg, tag: u32) -> Option<Kind> {
+    use Kind::*;
+    Some(match (msg, tag) {
+        (Msg::Resource, 1) => Message(Msg::KeyValue),
+        (Msg::Resource, 2) => Varint,
+        (Msg::Resource, 3) => Message(Msg::EntityRef),
+        (Msg::EntityRef, 1..=4) => Str,
+        (Msg::Scope, 1 | 2) => Str,
+        (Msg::Scope, 3) => Message(Msg::KeyValue),
+        (Msg::Scope, 4) => Varint,
+        (Msg::Span, 1 | 2 | 4) => Bytes,
+        (Msg::Span, 3 | 5) => Str,
+        (Msg::Span, 6 | 10 | 12 | 14) => Varint,
+        (Msg::Span, 7 | 8) => Fixed64,
+        (Msg::Span, 9) => Message(Msg::KeyValue),
+        (Msg::Span, 11) => Message(Msg::Event),
+        (Msg::Span, 13) => Message(Msg::Link),
+        (Msg::Span, 15) => Message(Msg::Status),
+        (Msg::Span, 16) => Fixed32,
+        (Msg::Event, 1) => Fixed64,
+        (Msg::Event, 2) => Str,
+        (Msg::Event, 3) => Message(Msg::KeyValue),
+        (Msg::Event, 4) => Varint,
+        (Msg::Link, 1 | 2) => Bytes,
+        (Msg::Link, 3) => Str,
+        (Msg::Link, 4) => Message(Msg::KeyValue),
+        (Msg::Link, 5) => Varint,
+        (Msg::Link, 6) => Fixed32,
+        (Msg::Status, 2) => Str,
+        (Msg::Status, 3) => Varint,
+        (Msg::KeyValue, 1) => Str,
+        (Msg::KeyValue, 2) => Message(Msg::AnyValue),
+        (Msg::KeyValue, 3) => Varint,
+        (Msg::AnyValue, 1) => Str,
+        (Msg::AnyValue, 2 | 3 | 8) => Varint,
+        (Msg::AnyValue, 4) => Fixed64,
+        (Msg::AnyValue, 5) => Message(Msg::ArrayValue),
+        (Msg::AnyValue, 6) => Message(Msg::KeyValueList),
+        (Msg::AnyValue, 7) => Bytes,
+        (Msg::ArrayValue, 1) => Message(Msg::AnyValue),
+        (Msg::KeyValueList, 1) => Message(Msg::KeyValue),
+        _ => return None,
+    })
+}
+
+/// Validates the message `msg` whose fields span `range`; `count` is prost's recursion
+/// budget for its fields.
+fn check(b: &[u8], msg: Msg, range: Range<usize>, count: u32) -> Result<(), ScanError> {
+    each_field(b, range, count, |tag, value| {
+        field(b, msg, tag, value, count)
+    })
+}
+
+/// Validates one field of `msg`.
+fn field(b: &[u8], msg: Msg, tag: u32, value: Field, count: u32) -> Result<(), ScanError> {
+    let at = value.framed.start;
+    let wrong = || Err(err(at, "invalid wire type for a known field"));
+    match (kind(msg, tag), &value.value) {
+        (None, _) => skip(value, count),
+        (Some(Kind::Varint), Value::Varint) => Ok(()),
+        (Some(Kind::Fixed32), Value::Fixed32) => Ok(()),
+        (Some(Kind::Fixed64), Value::Fixed64) => Ok(()),
+        (Some(Kind::Bytes), Value::Len(_)) => Ok(()),
+        (Some(Kind::Str), Value::Len(_)) => string(b, value),
+        (Some(Kind::Message(inner)), Value::Len(_)) => {
+            let range = message(value, count)?;
+            check(b, inner, range, count - 1)
+        }
+        _ => wrong(),
+    }
+}
+
+/// One field as [`each_field`] reads it.
+struct Field {
+    /// Key and value, as received.
+    framed: Range<usize>,
+    value: Value,
+}
+
+enum Value {
+    Varint,
+    Fixed32,
+    Fixed64,
+    /// The payload of a length-delimited field.
+    Len(Range<usize>),
+    /// A group's start tag; its content is still to be read.
+    StartGroup,
+    EndGroup,
+}
+
+/// Calls `each(tag, field)` for every field in `range` of `b`, in order; `count` is
+/// prost's recursion budget for these fields. A group is read to its end tag first (only
+/// unknown fields may be groups; a known one is refused by the caller).
+fn each_field(
+    b: &[u8],
+    range: Range<usize>,
+    count: u32,
+    mut each: impl FnMut(u32, Field) -> Result<(), ScanError>,
+) -> Result<(), ScanError> {
+    let mut pos = range.start;
+    while pos < range.end {
+        let (tag, mut field, mut next) = read_field(b, pos, range.end)?;
+        if let Value::StartGroup = field.value {
+            next = skip_group(b, tag, next, range.end, count)?;
+            field.framed.end = next;
+        }
+        each(tag, field)?;
+        pos = next;
+    }
+    Ok(())
+}
+
+/// Reads the field starting at `pos` (not past `end`): its tag, shape and where the next
+/// field starts.
+fn read_field(b: &[u8], pos: usize, end: usize) -> Result<(u32, Field, usize), ScanError> {
+    let (key, mut next) = varint(b, pos, end)?;
+    if key > u64::from(u32::MAX) {
+        return Err(err(pos, "invalid key"));
+    }
+    let tag = (key >> 3) as u32;
+    if tag == 0 {
+        return Err(err(pos, "invalid tag 0"));
+    }
+    let value = match key & 7 {
+        0 => {
+            next = varint(b, next, end)?.1;
+            Value::Varint
+        }
+        1 => {
+            next = advance(next, 8, end)?;
+            Value::Fixed64
+        }
+        2 => {
+            let (len, start) = varint(b, next, end)?;
+            let len = usize::try_from(len).map_err(|_| err(next, "buffer underflow"))?;
+            next = advance(start, len, end)?;
+            Value::Len(start..next)
+        }
+        3 => Value::StartGroup,
+        4 => Value::EndGroup,
+        5 => {
+            next = advance(next, 4, end)?;
+            Value::Fixed32
+        }
+        _ => return Err(err(pos, "invalid wire type")),
+    };
+    Ok((
+        tag,
+        Field {
+            framed: pos..next,
+            value,
+        },
+        next,
+    ))
+}
+
+/// Skips a group whose start tag `tag` ended at `pos`; where it ends. As prost skips it:
+/// the group takes one from the recursion budget, and so does every level inside it.
+fn skip_group(
+    b: &[u8],
+    tag: u32,
+    mut pos: usize,
+    end: usize,
+    count: u32,
+) -> Result<usize, ScanError> {
+    if count == 0 {
+        return Err(err(pos, "recursion limit reached"));
+    }
+    loop {
+        if pos >= end {
+            return Err(err(pos, "buffer underflow"));
+        }
+        let (inner, field, next) = read_field(b, pos, end)?;
+        match field.value {
+            Value::EndGroup if inner == tag => return Ok(next),
+            Value::EndGroup => return Err(err(pos, "unexpected end group tag")),
+            _ if count == 1 => return Err(err(pos, "recursion limit reached")),
+            Value::StartGroup => pos = skip_group(b, inner, next, end, count - 1)?,
+            _ => pos = next,
+        }
+    }
+}
+
+/// Skips an unknown field as prost does: refused once the recursion budget is spent, and
+/// an end-group tag out of place is an error.
+fn skip(value: Field, count: u32) -> Result<(), ScanError> {
+    if count == 0 {
+        return Err(err(value.framed.start, "recursion limit reached"));
+    }
+    match value.value {
+        Value::EndGroup => Err(err(value.framed.start, "unexpected end group tag")),
+        _ => Ok(()),
+    }
+}
+
+/// The payload of a length-delimited field.
+fn bytes(value: Field) -> Result<Range<usize>, ScanError> {
+    match value.value {
+        Value::Len(r) => Ok(r),
+        _ => Err(err(
+            value.framed.start,
+            "invalid wire type for a known field",
+        )),
+    }
+}
+
+/// The body of a nested message, refused once the recursion budget is spent.
+fn message(value: Field, count: u32) -> Result<Range<usize>, ScanError> {
+    let at = value.framed.start;
+    let range = bytes(value)?;
+    if count == 0 {
+        return Err(err(at, "recursion limit reached"));
+    }
+    Ok(range)
+}
+
+fn string(b: &[u8], value: Field) -> Result<(), ScanError> {
+    let at = value.framed.start;
+    let range = bytes(value)?;
+    std::str::from_utf8(&b[range]).map_err(|_| err(at, "string is not UTF-8"))?;
+    Ok(())
+}
+
+/// A varint at `pos` as prost decodes it (at most 10 bytes, no overflow); its value and
+/// where it ends.
+fn varint(b: &[u8], pos: usize, end: usize) -> Result<(u64, usize), ScanError> {
+    let mut slice = &b[pos..end];
+    let before = slice.len();
+    let v = prost::encoding::decode_varint(&mut slice).map_err(|_| err(pos, "invalid varint"))?;
+    Ok((v, pos + before - slice.len()))
+}
+
+fn advance(pos: usize, len: usize, end: usize) -> Result<usize, ScanError> {
+    match pos.checked_add(len) {
+        Some(next) if next <= end => Ok(next),
+        _ => Err(err(pos, "buffer underflow")),
+    }
+}
+
+fn err(offset: usize, reason: &'static str) -> ScanError {
+    ScanError { offset, reason }
+}
