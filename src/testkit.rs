@@ -257,10 +257,11 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 }
 
 /// Panics unless the router's scan ([`crate::otlp::scan`]) and prost agree on `bytes`: both
-/// accept or both refuse; when they accept, the same spans with the same id verdicts, and
-/// the scanned spans reassembled under their scanned resource and scope decode to the
-/// request prost decoded (one `ResourceSpans` per non-empty `ScopeSpans`). Shared by the
-/// property tests and the fuzz target.
+/// accept or both refuse; when they accept, the same spans with the same id verdicts, the
+/// scanned spans reassembled under their scanned resource and scope decode to the request
+/// prost decoded (one `ResourceSpans` per non-empty `ScopeSpans`), and the worker's
+/// framing-only walk finds what the scan found. Shared by the property tests and the fuzz
+/// target.
 pub fn assert_scan_agrees_with_prost(bytes: &[u8]) {
     use crate::otlp::{scan, validate_ids, RequestBuilder};
     use prost::Message;
@@ -277,6 +278,15 @@ pub fn assert_scan_agrees_with_prost(bytes: &[u8]) {
     };
     let spans: Vec<&Span> = crate::otlp::spans(&decoded).collect();
     assert_eq!(scanned.spans.len(), spans.len(), "span count");
+    let framed = scan::frame(bytes::Bytes::copy_from_slice(bytes)).unwrap();
+    assert_eq!(framed.spans.len(), spans.len(), "framed span count");
+    for (f, s) in framed.spans.iter().zip(&scanned.spans) {
+        assert_eq!(
+            (f.ids, framed.framed(f)),
+            (s.ids, scanned.framed(s)),
+            "framing"
+        );
+    }
     for (s, d) in scanned.spans.iter().zip(&spans) {
         assert_eq!(s.ids, validate_ids(d), "id verdict");
         assert_eq!(&Span::decode(scanned.body(s)).unwrap(), *d, "span bytes");
@@ -286,7 +296,7 @@ pub fn assert_scan_agrees_with_prost(bytes: &[u8]) {
         let framed = scanned.spans[scope.spans.clone()]
             .iter()
             .map(|s| scanned.framed(s));
-        rebuilt.push_framed(&scope.head, framed);
+        rebuilt.push_spans(&scope.head, &[], framed);
     }
     let rebuilt = ExportTraceServiceRequest::decode(rebuilt.take().bytes).unwrap();
     let expected: Vec<ResourceSpans> = decoded
@@ -304,4 +314,22 @@ pub fn assert_scan_agrees_with_prost(bytes: &[u8]) {
         })
         .collect();
     assert_eq!(rebuilt.resource_spans, expected, "resources and scopes");
+}
+
+/// `spans` as one chunk under no resource and no scope, as a worker buffers them.
+pub fn chunk(spans: Vec<Span>) -> crate::otlp::Chunk {
+    use prost::Message;
+    let request = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let framed = crate::otlp::scan::frame(request.encode_to_vec().into()).unwrap();
+    let scope = &framed.scopes[0];
+    let spans = framed.spans_of(scope).iter().map(|s| framed.framed(s));
+    crate::otlp::Chunk::from_framed(scope.head.clone(), spans)
 }

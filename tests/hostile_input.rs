@@ -6,6 +6,7 @@ mod common;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue, KeyValueList};
 use prost::Message;
+use tailgate::receiver::Payload;
 use tailgate::testkit::{kv, metric, request, span, trace_id, Sink};
 use tailgate::worker::Worker;
 
@@ -120,9 +121,10 @@ proptest::proptest! {
     /// checks accept or reject; never a panic.
     #[test]
     fn arbitrary_bytes_never_panic_the_decoders(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
-        if let Ok(request) = ExportTraceServiceRequest::decode(&bytes[..]) {
-            let _ = tailgate::receiver::check_ids(&request);
+        if let Ok((_, framed)) = Payload::Protobuf(bytes.clone().into()).decode_and_frame() {
+            let _ = tailgate::receiver::check_ids(&framed);
         }
+        tailgate::testkit::assert_scan_agrees_with_prost(&bytes);
         let _ = serde_json::from_slice::<ExportTraceServiceRequest>(&bytes);
     }
 

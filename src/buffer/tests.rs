@@ -3,8 +3,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::*;
-use crate::otlp::Head;
-use crate::testkit::{span, trace_id};
+use crate::testkit::{self, span, trace_id};
 
 fn config() -> BufferConfig {
     BufferConfig {
@@ -18,11 +17,12 @@ fn config() -> BufferConfig {
 }
 
 fn chunk(trace: u64, span_ids: &[u64]) -> Chunk {
-    let spans: Vec<_> = span_ids
-        .iter()
-        .map(|s| span(trace_id(trace), *s, Some(1)))
-        .collect();
-    Chunk::encode(Head::new(None, "", None, ""), spans.iter())
+    testkit::chunk(
+        span_ids
+            .iter()
+            .map(|s| span(trace_id(trace), *s, Some(1)))
+            .collect(),
+    )
 }
 
 const CHILD: ChunkFacts = ChunkFacts {

@@ -8,8 +8,8 @@ use prost::Message;
 
 use super::*;
 use crate::config::{parse_worker, ExporterConfig};
-use crate::otlp::{Chunk, Head, RequestBuilder};
-use crate::testkit::{metric, span, trace_id};
+use crate::otlp::RequestBuilder;
+use crate::testkit::{self, metric, span, trace_id};
 
 fn exporters(yaml: &str) -> Vec<(String, ExporterConfig)> {
     let text = format!(
@@ -19,11 +19,11 @@ fn exporters(yaml: &str) -> Vec<(String, ExporterConfig)> {
 }
 
 fn encoded(trace: u64, spans: u64) -> EncodedRequest {
-    let spans: Vec<_> = (1..=spans)
+    let spans = (1..=spans)
         .map(|s| span(trace_id(trace), s, None))
         .collect();
     let mut b = RequestBuilder::default();
-    b.push(&Chunk::encode(Head::new(None, "", None, ""), spans.iter()));
+    b.push(&testkit::chunk(spans));
     b.take()
 }
 

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value::Value, InstrumentationScope, KeyValue};
-use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
 use prost::Message;
@@ -98,29 +97,17 @@ pub fn trace_id_hex(id: &TraceId) -> String {
     id.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The resource and instrumentation scope of one received `ScopeSpans`, encoded once and
-/// shared by every chunk cut from it.
+/// The resource and instrumentation scope of one received `ScopeSpans`, as received and
+/// shared by every chunk cut from it ([`scan`] makes them).
 #[derive(Debug)]
 pub struct Head {
-    /// Fields 1 (resource) and 3 (schema_url) of `ResourceSpans`, framed.
+    /// The fields of `ResourceSpans` other than its scope spans, framed.
     resource: Bytes,
-    /// Fields 1 (scope) and 3 (schema_url) of `ScopeSpans`, framed.
+    /// The fields of `ScopeSpans` other than its spans, framed.
     scope: Bytes,
 }
 
 impl Head {
-    pub fn new(
-        resource: Option<&Resource>,
-        resource_schema_url: &str,
-        scope: Option<&InstrumentationScope>,
-        scope_schema_url: &str,
-    ) -> Arc<Head> {
-        Arc::new(Head {
-            resource: encode_pair(resource, resource_schema_url),
-            scope: encode_pair(scope, scope_schema_url),
-        })
-    }
-
     /// Bytes held by this head.
     pub fn size(&self) -> usize {
         self.resource.len() + self.scope.len()
@@ -143,18 +130,6 @@ impl Head {
     }
 }
 
-/// Encodes `message` as field 1 and `schema_url` as field 3, each only when present.
-fn encode_pair<M: Message>(message: Option<&M>, schema_url: &str) -> Bytes {
-    let mut buf = BytesMut::new();
-    if let Some(m) = message {
-        prost::encoding::message::encode(1, m, &mut buf);
-    }
-    if !schema_url.is_empty() {
-        prost::encoding::string::encode(3, &schema_url.to_owned(), &mut buf);
-    }
-    buf.freeze()
-}
-
 /// Spans of one trace that arrived in one `ScopeSpans`, kept encoded.
 #[derive(Debug, Clone)]
 pub struct Chunk {
@@ -165,14 +140,17 @@ pub struct Chunk {
 }
 
 impl Chunk {
-    /// Encodes `spans` (all of one trace, all under `head`) into one chunk, allocating
-    /// exactly once.
-    pub fn encode<'a>(head: Arc<Head>, spans: impl Iterator<Item = &'a Span> + Clone) -> Chunk {
-        let size: usize = spans.clone().map(framed_len).sum();
+    /// Copies `spans` (all of one trace, all under `head`, each framed as field 2 of
+    /// `ScopeSpans` as received) into one chunk, allocating exactly once.
+    pub fn from_framed<'a>(
+        head: Arc<Head>,
+        spans: impl Iterator<Item = &'a [u8]> + Clone,
+    ) -> Chunk {
+        let size: usize = spans.clone().map(<[u8]>::len).sum();
         let mut buf = BytesMut::with_capacity(size);
         let mut span_count = 0;
         for span in spans {
-            prost::encoding::message::encode(2, span, &mut buf);
+            buf.put_slice(span);
             span_count += 1;
         }
         Chunk {
@@ -195,52 +173,6 @@ impl Chunk {
         let scope_spans = ScopeSpans::decode(self.head.scope.clone().chain(self.spans.clone()))?;
         Ok((resource, scope_spans))
     }
-}
-
-/// Groups the spans of `ss` (a `ScopeSpans` of `rs`) by `key`, leaving out spans whose key
-/// is `None`, and calls `each(key, head, group)` once per key, in key order. The resource and
-/// scope are encoded once into the [`Head`] every group shares; [`members`] turns a group
-/// back into its spans. `scratch` is reused from call to call.
-pub fn split_scope<K: Ord + Copy>(
-    rs: &ResourceSpans,
-    ss: &ScopeSpans,
-    scratch: &mut Vec<(K, u32)>,
-    mut key: impl FnMut(&Span) -> Option<K>,
-    mut each: impl FnMut(K, &Arc<Head>, &[(K, u32)]),
-) {
-    scratch.clear();
-    scratch.extend(
-        ss.spans
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| key(s).map(|k| (k, i as u32))),
-    );
-    if scratch.is_empty() {
-        return;
-    }
-    scratch.sort_unstable();
-    let head = Head::new(
-        rs.resource.as_ref(),
-        &rs.schema_url,
-        ss.scope.as_ref(),
-        &ss.schema_url,
-    );
-    for group in scratch.chunk_by(|a, b| a.0 == b.0) {
-        each(group[0].0, &head, group);
-    }
-}
-
-/// The spans of one [`split_scope`] group.
-pub fn members<'a, K>(
-    ss: &'a ScopeSpans,
-    group: &'a [(K, u32)],
-) -> impl Iterator<Item = &'a Span> + Clone {
-    group.iter().map(|(_, i)| &ss.spans[*i as usize])
-}
-
-fn framed_len(span: &Span) -> usize {
-    let len = span.encoded_len();
-    1 + encoded_len_varint(len as u64) + len
 }
 
 /// Builds an encoded `ExportTraceServiceRequest` from chunks, one `ResourceSpans` per
@@ -279,11 +211,17 @@ impl RequestBuilder {
         );
     }
 
-    /// Adds one `ResourceSpans` of `head` holding `spans`, each already framed as field 2
-    /// of `ScopeSpans` (as [`scan::Scanned::framed`] gives them).
-    pub fn push_framed<'a>(&mut self, head: &Head, spans: impl Iterator<Item = &'a [u8]> + Clone) {
-        let count = spans.clone().count() as u32;
-        self.push_parts(head, &[], spans, count);
+    /// Adds one `ResourceSpans` of `head` holding `spans`, each framed as field 2 of
+    /// `ScopeSpans` (as [`scan::Scanned::framed`] gives them), with a
+    /// [`scope_attributes_fragment`] (or nothing) added to the scope.
+    pub fn push_spans<'a>(
+        &mut self,
+        head: &Head,
+        scope_fragment: &[u8],
+        spans: impl Iterator<Item = &'a [u8]> + Clone,
+    ) {
+        let span_count = spans.clone().count() as u32;
+        self.push_parts(head, scope_fragment, spans, span_count);
     }
 
     fn push_parts<'a>(

@@ -1,9 +1,13 @@
-//! A validating walk over an encoded `ExportTraceServiceRequest` that finds every span's
-//! byte range and ids without decoding into structs: the router's path (DESIGN.md
-//! decision 1: spans stay encoded). It accepts exactly what prost's decoder accepts —
-//! wire types of known fields, UTF-8 of strings, lengths, varints, and prost's recursion
-//! limit of 100 nested messages, unknown fields skipped — so a request the router forwards
-//! never fails to decode at the worker.
+//! A walk over an encoded `ExportTraceServiceRequest` that finds every span's byte range
+//! and ids, and each scope's resource and scope bytes, without decoding into structs
+//! (DESIGN.md decision 1: spans stay encoded).
+//!
+//! [`scan`] validates as it walks, the router's path: it accepts exactly what prost's
+//! decoder accepts — wire types of known fields, UTF-8 of strings, lengths, varints, and
+//! prost's recursion limit of 100 nested messages, unknown fields skipped — so a request
+//! the router forwards never fails to decode at the worker. [`frame`] only frames, for
+//! bytes prost has already accepted: the worker decodes a request for its span metrics
+//! and policies, and keeps the spans' received bytes instead of encoding them again.
 //!
 //! Written by hand because prost offers no way to validate a message without building it,
 //! and building it (every attribute a `String` and a `Vec`) is most of the router's cost.
@@ -65,31 +69,59 @@ impl Scanned {
         &self.bytes[span.body..span.framed.end]
     }
 
-    /// Groups the valid spans of `scope` by `owner` (an index into `shares`; `None` leaves
-    /// the span out) and adds each group to its share as one `ResourceSpans`, the spans
-    /// copied as received. `scratch` is reused from call to call.
-    pub fn split_scope<E>(
+    /// The spans of `scope`.
+    pub fn spans_of(&self, scope: &ScannedScope) -> &[ScannedSpan] {
+        &self.spans[scope.spans.clone()]
+    }
+
+    /// Groups the valid spans of `scope` by `key` (`None` leaves a span out) and calls
+    /// `each(key, group)` once per key, in key order; a group holds indexes into
+    /// [`Scanned::spans_of`]. `scratch` is reused from call to call.
+    pub fn group_scope<K: Ord + Copy, E>(
         &self,
         scope: &ScannedScope,
-        scratch: &mut Vec<(usize, u32)>,
-        shares: &mut [RequestBuilder],
-        mut owner: impl FnMut(&ScannedSpan, &TraceId) -> Result<Option<usize>, E>,
+        scratch: &mut Vec<(K, u32)>,
+        mut key: impl FnMut(&ScannedSpan, &TraceId) -> Result<Option<K>, E>,
+        mut each: impl FnMut(K, &[(K, u32)]),
     ) -> Result<(), E> {
-        let spans = &self.spans[scope.spans.clone()];
         scratch.clear();
-        for (i, span) in spans.iter().enumerate() {
+        for (i, span) in self.spans_of(scope).iter().enumerate() {
             if let Ok(id) = &span.ids {
-                if let Some(o) = owner(span, id)? {
-                    scratch.push((o, i as u32));
+                if let Some(k) = key(span, id)? {
+                    scratch.push((k, i as u32));
                 }
             }
         }
         scratch.sort_unstable();
         for group in scratch.chunk_by(|a, b| a.0 == b.0) {
-            let framed = group.iter().map(|(_, i)| self.framed(&spans[*i as usize]));
-            shares[group[0].0].push_framed(&scope.head, framed);
+            each(group[0].0, group);
         }
         Ok(())
+    }
+
+    /// The received bytes of a [`Scanned::group_scope`] group's spans.
+    pub fn framed_group<'a, K>(
+        &'a self,
+        scope: &'a ScannedScope,
+        group: &'a [(K, u32)],
+    ) -> impl Iterator<Item = &'a [u8]> + Clone {
+        let spans = self.spans_of(scope);
+        group.iter().map(|(_, i)| self.framed(&spans[*i as usize]))
+    }
+
+    /// Groups the valid spans of `scope` by `owner` (an index into `shares`; `None` leaves
+    /// the span out) and adds each group to its share as one `ResourceSpans`, the spans
+    /// copied as received.
+    pub fn split_scope<E>(
+        &self,
+        scope: &ScannedScope,
+        scratch: &mut Vec<(usize, u32)>,
+        shares: &mut [RequestBuilder],
+        owner: impl FnMut(&ScannedSpan, &TraceId) -> Result<Option<usize>, E>,
+    ) -> Result<(), E> {
+        self.group_scope(scope, scratch, owner, |owner, group| {
+            shares[owner].push_spans(&scope.head, &[], self.framed_group(scope, group));
+        })
     }
 }
 
@@ -119,6 +151,16 @@ pub fn count_spans(bytes: &[u8]) -> u64 {
 
 /// Walks and validates `bytes` as an `ExportTraceServiceRequest`.
 pub fn scan(bytes: Bytes) -> Result<Scanned, ScanError> {
+    walk::<true>(bytes)
+}
+
+/// Walks `bytes` that prost has decoded already, validating only the framing it reads.
+pub fn frame(bytes: Bytes) -> Result<Scanned, ScanError> {
+    walk::<false>(bytes)
+}
+
+/// The walk; `V`: whether to validate everything, not only what it reads.
+fn walk<const V: bool>(bytes: Bytes) -> Result<Scanned, ScanError> {
     let mut out = Scanned {
         bytes: Bytes::new(),
         scopes: Vec::new(),
@@ -129,7 +171,7 @@ pub fn scan(bytes: Bytes) -> Result<Scanned, ScanError> {
     each_field(b, 0..b.len(), top, |tag, value| match tag {
         1 => {
             let rs = message(value, top)?;
-            resource_spans(b, rs, top - 1, &mut out)
+            resource_spans::<V>(b, rs, top - 1, &mut out)
         }
         _ => skip(value, top),
     })?;
@@ -137,7 +179,7 @@ pub fn scan(bytes: Bytes) -> Result<Scanned, ScanError> {
     Ok(out)
 }
 
-fn resource_spans(
+fn resource_spans<const V: bool>(
     b: &[u8],
     range: Range<usize>,
     count: u32,
@@ -148,12 +190,13 @@ fn resource_spans(
     each_field(b, range, count, |tag, value| {
         let field = value.framed.clone();
         match tag {
-            1 => check(b, Msg::Resource, message(value, count)?, count - 1)?,
+            1 if V => check(b, Msg::Resource, message(value, count)?, count - 1)?,
             2 => {
                 scopes.push(message(value, count)?);
                 return Ok(());
             }
-            3 => string(b, value)?,
+            3 if V => string(b, value)?,
+            1 | 3 => {}
             _ => skip(value, count)?,
         }
         own.put_slice(&b[field]);
@@ -162,13 +205,13 @@ fn resource_spans(
     let resource = own.freeze();
     let index = out.scopes.last().map_or(0, |s| s.resource + 1);
     for ss in scopes {
-        scope_spans(b, ss, count - 1, index, &resource, out)?;
+        scope_spans::<V>(b, ss, count - 1, index, &resource, out)?;
     }
     Ok(())
 }
 
 /// Scans one `ScopeSpans`, recorded when it has spans.
-fn scope_spans(
+fn scope_spans<const V: bool>(
     b: &[u8],
     range: Range<usize>,
     count: u32,
@@ -181,10 +224,10 @@ fn scope_spans(
     each_field(b, range, count, |tag, value| {
         let field = value.framed.clone();
         match tag {
-            1 => check(b, Msg::Scope, message(value, count)?, count - 1)?,
+            1 if V => check(b, Msg::Scope, message(value, count)?, count - 1)?,
             2 => {
                 let body = message(value, count)?;
-                let ids = span(b, body.clone(), count - 1)?;
+                let ids = span::<V>(b, body.clone(), count - 1)?;
                 out.spans.push(ScannedSpan {
                     framed: field,
                     body: body.start,
@@ -192,7 +235,8 @@ fn scope_spans(
                 });
                 return Ok(());
             }
-            3 => string(b, value)?,
+            3 if V => string(b, value)?,
+            1 | 3 => {}
             _ => skip(value, count)?,
         }
         own.put_slice(&b[field]);
@@ -213,14 +257,19 @@ fn scope_spans(
 }
 
 /// Validates a `Span` and checks its ids (the last occurrence of each wins, as in prost).
-fn span(b: &[u8], range: Range<usize>, count: u32) -> Result<Result<TraceId, IdError>, ScanError> {
+fn span<const V: bool>(
+    b: &[u8],
+    range: Range<usize>,
+    count: u32,
+) -> Result<Result<TraceId, IdError>, ScanError> {
     let (mut trace_id, mut span_id, mut parent): (&[u8], &[u8], &[u8]) = (&[], &[], &[]);
     each_field(b, range, count, |tag, value| {
         match tag {
             1 => trace_id = &b[bytes(value)?],
             2 => span_id = &b[bytes(value)?],
             4 => parent = &b[bytes(value)?],
-            _ => field(b, Msg::Span, tag, value, count)?,
+            _ if V => field(b, Msg::Span, tag, value, count)?,
+            _ => {}
         }
         Ok(())
     })?;

@@ -48,16 +48,11 @@ fn assembled_requests_decode_to_what_was_received() {
         "checkout",
         vec![span(trace_id(1), 1, None), span(trace_id(1), 2, Some(1))],
     );
-    let rs = &original.resource_spans[0];
-    let ss = &rs.scope_spans[0];
-    let head = Head::new(
-        rs.resource.as_ref(),
-        &rs.schema_url,
-        ss.scope.as_ref(),
-        &ss.schema_url,
-    );
-    let first = Chunk::encode(head.clone(), ss.spans[..1].iter());
-    let second = Chunk::encode(head, ss.spans[1..].iter());
+    let framed = scan::frame(original.encode_to_vec().into()).unwrap();
+    let scope = &framed.scopes[0];
+    let spans = framed.spans_of(scope);
+    let first = Chunk::from_framed(scope.head.clone(), [framed.framed(&spans[0])].into_iter());
+    let second = Chunk::from_framed(scope.head.clone(), [framed.framed(&spans[1])].into_iter());
     assert_eq!(first.span_count, 1);
     let mut builder = RequestBuilder::default();
     builder.push(&first);
@@ -68,6 +63,8 @@ fn assembled_requests_decode_to_what_was_received() {
     assert_eq!(encoded.spans, 2);
     let decoded = ExportTraceServiceRequest::decode(encoded.bytes).unwrap();
     // One ResourceSpans per chunk, each with the resource, scope and schema URL as sent.
+    let rs = &original.resource_spans[0];
+    let ss = &rs.scope_spans[0];
     assert_eq!(decoded.resource_spans.len(), 2);
     for (i, got) in decoded.resource_spans.iter().enumerate() {
         assert_eq!(got.resource, rs.resource);
@@ -80,9 +77,8 @@ fn assembled_requests_decode_to_what_was_received() {
 
 #[test]
 fn a_head_without_resource_or_scope_is_empty() {
-    let head = Head::new(None, "", None, "");
-    assert_eq!(head.size(), 0);
-    let chunk = Chunk::encode(head, [span(trace_id(3), 1, None)].iter());
+    let chunk = crate::testkit::chunk(vec![span(trace_id(3), 1, None)]);
+    assert_eq!(chunk.head.size(), 0);
     let mut builder = RequestBuilder::default();
     builder.push(&chunk);
     let decoded = ExportTraceServiceRequest::decode(builder.take().bytes).unwrap();
@@ -90,7 +86,7 @@ fn a_head_without_resource_or_scope_is_empty() {
     assert_eq!(decoded.resource_spans[0].scope_spans[0].spans.len(), 1);
 }
 
-mod scan {
+mod scanning {
     use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue, KeyValueList};
     use proptest::prelude::*;
     use prost::encoding::{encode_key, encode_varint, WireType};

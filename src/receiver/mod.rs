@@ -27,7 +27,7 @@ use security::Security;
 use crate::config::ReceiversConfig;
 use crate::lifecycle::{bind, log_exit, StartError};
 use crate::otlp::scan::{self, Scanned};
-use crate::otlp::{spans, validate_ids};
+use crate::otlp::spans;
 use crate::telemetry::{self, Registry};
 
 /// Why a request was refused as a whole.
@@ -75,10 +75,28 @@ impl Payload {
     /// The request as structs.
     pub fn decode(self) -> Result<ExportTraceServiceRequest, IngestError> {
         match self {
-            Payload::Protobuf(bytes) => ExportTraceServiceRequest::decode(bytes)
-                .map_err(|e| IngestError::InvalidArgument(format!("invalid OTLP request: {e}"))),
+            Payload::Protobuf(bytes) => ExportTraceServiceRequest::decode(bytes).map_err(invalid),
             Payload::Decoded(request) => Ok(request),
         }
+    }
+
+    /// The request as structs, and where its spans are in its protobuf encoding (encoded
+    /// here for a JSON request).
+    pub fn decode_and_frame(self) -> Result<(ExportTraceServiceRequest, Scanned), IngestError> {
+        let (request, bytes) = match self {
+            Payload::Protobuf(bytes) => (Payload::Protobuf(bytes.clone()).decode()?, bytes),
+            Payload::Decoded(request) => {
+                let bytes = request.encode_to_vec().into();
+                (request, bytes)
+            }
+        };
+        let framed = scan::frame(bytes).map_err(invalid)?;
+        // The same bytes: prost and the walk find the same spans in the same order. Were
+        // they ever to differ, the request is refused rather than spans lost.
+        if framed.spans.len() != spans(&request).count() {
+            return Err(invalid("its framing disagrees with its decoding"));
+        }
+        Ok((request, framed))
     }
 
     /// The request scanned: spans located and validated, not decoded.
@@ -87,9 +105,12 @@ impl Payload {
             Payload::Protobuf(bytes) => bytes,
             Payload::Decoded(request) => request.encode_to_vec().into(),
         };
-        scan::scan(bytes)
-            .map_err(|e| IngestError::InvalidArgument(format!("invalid OTLP request: {e}")))
+        scan::scan(bytes).map_err(invalid)
     }
+}
+
+fn invalid(e: impl std::fmt::Display) -> IngestError {
+    IngestError::InvalidArgument(format!("invalid OTLP request: {e}"))
 }
 
 /// What receivers hand their requests to.
@@ -97,23 +118,12 @@ pub trait Ingest: Send + Sync + 'static {
     fn ingest(&self, request: Payload, now: tokio::time::Instant) -> Result<Ingested, IngestError>;
 }
 
-/// Checks every span's ids: the counts of valid and invalid spans and the first problem,
-/// or `InvalidArgument` when no span is valid.
-pub fn check_ids(request: &ExportTraceServiceRequest) -> Result<Ingested, IngestError> {
-    tally(spans(request).map(validate_ids))
-}
-
-/// [`check_ids`] for a scanned request.
-pub fn check_scanned_ids(request: &Scanned) -> Result<Ingested, IngestError> {
-    tally(request.spans.iter().map(|s| s.ids))
-}
-
-fn tally<T>(
-    results: impl Iterator<Item = Result<T, crate::otlp::IdError>>,
-) -> Result<Ingested, IngestError> {
+/// Tallies the id checks of a request's spans: the counts of valid and invalid spans and
+/// the first problem, or `InvalidArgument` when no span is valid.
+pub fn check_ids(request: &Scanned) -> Result<Ingested, IngestError> {
     let mut checked = Ingested::default();
-    for result in results {
-        match result {
+    for span in &request.spans {
+        match span.ids {
             Ok(_) => checked.accepted += 1,
             Err(e) => {
                 if checked.rejected == 0 {

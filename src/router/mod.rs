@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::lifecycle::StartError;
 use crate::limiter::MemoryLimiter;
-use crate::receiver::{check_scanned_ids, Ingest, IngestError, Ingested, Payload, Receivers};
+use crate::receiver::{check_ids, Ingest, IngestError, Ingested, Payload, Receivers};
 use crate::telemetry::{self, Admin, Health, Registry};
 use config::RouterConfig;
 use route::Route;
@@ -33,7 +33,7 @@ struct Routes {
 impl Ingest for Routes {
     fn ingest(&self, request: Payload, _now: Instant) -> Result<Ingested, IngestError> {
         let request = request.scan()?;
-        let checked = check_scanned_ids(&request)?;
+        let checked = check_ids(&request)?;
         let plans = self
             .routes
             .iter()

@@ -6,6 +6,7 @@
 //! `tailgate_spans_decided{outcome}` (sampled, not_sampled, dropped, evicted, too_large,
 //! shutdown) or is still in the buffer (`tailgate_buffered_spans`).
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,9 +18,7 @@ use tokio::time::Instant;
 use super::decider::Decider;
 use crate::buffer::{AddOutcome, ChunkFacts, TraceBuffer, TraceEntry};
 use crate::exporter::ExporterSet;
-use crate::otlp::{
-    is_root, members, split_scope, validate_ids, Chunk, Head, RequestBuilder, TraceId,
-};
+use crate::otlp::{is_root, Chunk, Head, RequestBuilder, TraceId};
 use crate::policy::{Decision, PolicySet, Verdict};
 use crate::receiver::{check_ids, Ingest, IngestError, Ingested, Payload};
 use crate::spanmetrics::{Format, SpanMetrics};
@@ -138,8 +137,8 @@ impl Ingest for Pipeline {
     /// Takes one OTLP request. Invalid spans are rejected one by one (partial success);
     /// the request is refused whole when every span is invalid or when the worker is full.
     fn ingest(&self, request: Payload, now: Instant) -> Result<Ingested, IngestError> {
-        let request = request.decode()?;
-        let checked = check_ids(&request)?;
+        let (request, framed) = request.decode_and_frame()?;
+        let checked = check_ids(&framed)?;
         let total = checked.accepted + checked.rejected;
         if self.exporters.is_full() {
             self.metrics.processor_refused.increment(total);
@@ -154,25 +153,19 @@ impl Ingest for Pipeline {
         }
         let mut late = RequestBuilder::default();
         let mut keys: Vec<(TraceId, u32)> = Vec::new();
-        for rs in &request.resource_spans {
-            for ss in &rs.scope_spans {
-                split_scope(
-                    rs,
-                    ss,
-                    &mut keys,
-                    |s| validate_ids(s).ok(),
-                    |id, head, group| {
-                        self.take_group(
-                            id,
-                            members(ss, group),
-                            group.len() as u64,
-                            head,
-                            &mut late,
-                            now,
-                        )
-                    },
-                );
-            }
+        // The decoded scopes with spans, in order, are the framed scopes.
+        let decoded = request
+            .resource_spans
+            .iter()
+            .flat_map(|rs| &rs.scope_spans)
+            .filter(|ss| !ss.spans.is_empty());
+        for (ss, scope) in decoded.zip(&framed.scopes) {
+            let by_trace = |_: &_, id: &TraceId| Ok::<_, Infallible>(Some(*id));
+            let Ok(()) = framed.group_scope(scope, &mut keys, by_trace, |id, group| {
+                let spans = group.iter().map(|(_, i)| &ss.spans[*i as usize]);
+                let bytes = framed.framed_group(scope, group);
+                self.take_group(id, spans, bytes, &scope.head, &mut late, now)
+            });
         }
         if !late.is_empty() {
             self.exporters.enqueue(late.take());
@@ -246,16 +239,17 @@ impl Pipeline {
         &self.exporters
     }
 
-    /// Routes the spans of one trace from one `ScopeSpans`.
+    /// Routes the spans of one trace from one `ScopeSpans`, given decoded and as received.
     fn take_group<'a>(
         &self,
         id: TraceId,
         members: impl Iterator<Item = &'a Span> + Clone,
-        n: u64,
+        bytes: impl Iterator<Item = &'a [u8]> + Clone,
         head: &Arc<Head>,
         late: &mut RequestBuilder,
         now: Instant,
     ) {
+        let n = members.clone().count() as u64;
         if let Some(cached) = self.cached(&id) {
             self.metrics.late_span_age.record(
                 now.saturating_duration_since(cached.decided_at)
@@ -277,7 +271,7 @@ impl Pipeline {
                     .decided(Decision::Sampled)
                     .increment(n);
                 let annotation = self.decider.annotation(&verdict, true).unwrap_or_default();
-                late.push_annotated(&Chunk::encode(head.clone(), members), &annotation);
+                late.push_spans(head, &annotation, bytes);
                 if late.span_count() >= MAX_BATCH_SPANS {
                     self.exporters.enqueue(late.take());
                 }
@@ -298,7 +292,7 @@ impl Pipeline {
                 latest_end: f.latest_end.max(s.end_time_unix_nano),
             },
         );
-        let chunk = Chunk::encode(head.clone(), members);
+        let chunk = Chunk::from_framed(head.clone(), bytes);
         let AddOutcome {
             new_trace,
             too_large,
