@@ -357,6 +357,7 @@ fn check(b: &[u8], msg: Msg, range: Range<usize>, count: u32) -> Result<(), Scan
 }
 
 /// Validates one field of `msg`.
+#[inline]
 fn field(b: &[u8], msg: Msg, tag: u32, value: Field, count: u32) -> Result<(), ScanError> {
     let at = value.framed.start;
     let wrong = || Err(err(at, "invalid wire type for a known field"));
@@ -417,6 +418,7 @@ fn each_field(
 
 /// Reads the field starting at `pos` (not past `end`): its tag, shape and where the next
 /// field starts.
+#[inline(always)]
 fn read_field(b: &[u8], pos: usize, end: usize) -> Result<(u32, Field, usize), ScanError> {
     let (key, mut next) = varint(b, pos, end)?;
     if key > u64::from(u32::MAX) {
@@ -521,14 +523,23 @@ fn message(value: Field, count: u32) -> Result<Range<usize>, ScanError> {
 
 fn string(b: &[u8], value: Field) -> Result<(), ScanError> {
     let at = value.framed.start;
-    let range = bytes(value)?;
-    std::str::from_utf8(&b[range]).map_err(|_| err(at, "string is not UTF-8"))?;
-    Ok(())
+    let s = &b[bytes(value)?];
+    // Most strings are short and ASCII: the word-at-a-time check is cheaper than a call
+    // into the full UTF-8 validation.
+    if s.is_ascii() || std::str::from_utf8(s).is_ok() {
+        return Ok(());
+    }
+    Err(err(at, "string is not UTF-8"))
 }
 
 /// A varint at `pos` as prost decodes it (at most 10 bytes, no overflow); its value and
 /// where it ends.
+#[inline(always)]
 fn varint(b: &[u8], pos: usize, end: usize) -> Result<(u64, usize), ScanError> {
+    // Keys, lengths and most values fit one byte.
+    if pos < end && b[pos] < 0x80 {
+        return Ok((u64::from(b[pos]), pos + 1));
+    }
     let mut slice = &b[pos..end];
     let before = slice.len();
     let v = prost::encoding::decode_varint(&mut slice).map_err(|_| err(pos, "invalid varint"))?;
