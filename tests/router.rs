@@ -387,14 +387,47 @@ async fn with_every_backend_down_the_router_answers_unavailable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_run_loses_nothing_silently() {
+    worker_lost_under_load(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_restarted_under_load_rejoins_and_loses_nothing_silently() {
+    worker_lost_under_load(true).await;
+}
+
+/// Sends 40 rounds of 25 traces through a router in front of three workers. At round 10
+/// the second worker is killed (it drains what it holds, then is gone); with `restart`, a
+/// new worker starts on its address at round 20 and must get its traces back. Every span
+/// the router accepted is exported by a worker or counted as failed by the router.
+async fn worker_lost_under_load(restart: bool) {
     let sink = Sink::start(vec![]).await;
-    let (mut workers, _, router) = fleet(&sink).await;
+    let (mut workers, endpoints, router) = fleet(&sink).await;
     let mut client = client(&router).await;
+    let quarantines = "tailgate_loadbalancer_backend_quarantine_total";
     let mut accepted = 0usize;
+    let mut restarted = None;
     for round in 0..40u64 {
         if round == 10 {
-            // Killed: it drains what it holds (decides and exports), then is gone.
             workers.remove(1).shutdown().await;
+        }
+        if round == 20 && restart {
+            let mut config = common::config(&sink, KEEP_ALL);
+            config
+                .receivers
+                .otlp
+                .protocols
+                .grpc
+                .as_mut()
+                .unwrap()
+                .endpoint = endpoints[1].clone();
+            restarted = Some(Worker::start(config).await.unwrap());
+            common::wait_metric(
+                router.admin_addr,
+                quarantines,
+                &[("event", "recovered")],
+                |v| v >= 1.0,
+            )
+            .await;
         }
         let spans: Vec<_> = (0..25)
             .map(|t| span(trace_id(round * 1000 + t), 1, None))
@@ -423,6 +456,19 @@ async fn a_worker_killed_mid_run_loses_nothing_silently() {
     let exported = sink
         .wait_for_spans(accepted - failed, Duration::from_secs(20))
         .await;
+    if let Some(worker) = restarted {
+        // Back on the ring: the twenty rounds after its restart gave it its share.
+        let taken = metric(
+            &common::scrape(worker.admin_addr).await,
+            "otelcol_receiver_accepted_spans_total",
+            &[],
+        );
+        assert!(
+            taken >= 20.0 * 25.0 / 6.0,
+            "the restarted worker took {taken} spans"
+        );
+        workers.push(worker);
+    }
     for w in workers {
         w.shutdown().await;
     }
@@ -432,13 +478,7 @@ async fn a_worker_killed_mid_run_loses_nothing_silently() {
         accepted,
         "exported {exported}, failed {failed}, accepted {accepted}"
     );
-    assert!(
-        metric(
-            &registry.render(),
-            "tailgate_loadbalancer_backend_quarantine_total",
-            &[("event", "quarantined")]
-        ) >= 1.0
-    );
+    assert!(metric(&registry.render(), quarantines, &[("event", "quarantined")]) >= 1.0);
 }
 
 #[tokio::test]
