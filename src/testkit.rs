@@ -333,3 +333,24 @@ pub fn chunk(spans: Vec<Span>) -> crate::otlp::Chunk {
     let spans = framed.spans_of(scope).iter().map(|s| framed.framed(s));
     crate::otlp::Chunk::from_framed(scope.head.clone(), spans)
 }
+
+/// An attribute value nested `depth` key-value lists deep, for the decoders' recursion limit.
+pub fn nested_value(depth: usize) -> AnyValue {
+    let mut v = AnyValue {
+        value: Some(any_value::Value::StringValue("leaf".into())),
+    };
+    for _ in 0..depth {
+        v = AnyValue {
+            value: Some(any_value::Value::KvlistValue(
+                opentelemetry_proto::tonic::common::v1::KeyValueList {
+                    values: vec![KeyValue {
+                        key: "k".into(),
+                        value: Some(v),
+                        ..Default::default()
+                    }],
+                },
+            )),
+        };
+    }
+    v
+}

@@ -4,10 +4,10 @@
 mod common;
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue, KeyValueList};
+use opentelemetry_proto::tonic::common::v1::KeyValue;
 use prost::Message;
 use tailgate::receiver::Payload;
-use tailgate::testkit::{kv, metric, request, span, trace_id, Sink};
+use tailgate::testkit::{kv, metric, nested_value, request, span, trace_id, Sink};
 use tailgate::worker::Worker;
 
 const KEEP_ALL: &str = "  decision_wait: 100ms\n  policies: [{name: all, type: always_sample}]\n";
@@ -22,24 +22,6 @@ async fn post(worker: &Worker, body: Vec<u8>) -> u16 {
         .unwrap()
         .status()
         .as_u16()
-}
-
-fn nested(depth: usize) -> AnyValue {
-    let mut v = AnyValue {
-        value: Some(any_value::Value::StringValue("leaf".into())),
-    };
-    for _ in 0..depth {
-        v = AnyValue {
-            value: Some(any_value::Value::KvlistValue(KeyValueList {
-                values: vec![KeyValue {
-                    key: "k".into(),
-                    value: Some(v),
-                    ..Default::default()
-                }],
-            })),
-        };
-    }
-    v
 }
 
 #[tokio::test]
@@ -65,7 +47,7 @@ async fn hostile_protobuf_is_refused_precisely_and_the_worker_keeps_serving() {
     let mut deep = span(trace_id(2), 1, None);
     deep.attributes = vec![KeyValue {
         key: "deep".into(),
-        value: Some(nested(200)),
+        value: Some(nested_value(200)),
         ..Default::default()
     }];
     let corpus: Vec<(&str, Vec<u8>, u16)> = vec![

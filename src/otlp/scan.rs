@@ -187,20 +187,12 @@ fn resource_spans<const V: bool>(
 ) -> Result<(), ScanError> {
     let mut own = BytesMut::new();
     let mut scopes = Vec::new();
-    each_field(b, range, count, |tag, value| {
-        let field = value.framed.clone();
-        match tag {
-            1 if V => check(b, Msg::Resource, message(value, count)?, count - 1)?,
-            2 => {
-                scopes.push(message(value, count)?);
-                return Ok(());
-            }
-            3 if V => string(b, value)?,
-            1 | 3 => {}
-            _ => skip(value, count)?,
+    each_field(b, range, count, |tag, value| match tag {
+        2 => {
+            scopes.push(message(value, count)?);
+            Ok(())
         }
-        own.put_slice(&b[field]);
-        Ok(())
+        _ => head_field::<V>(b, Msg::Resource, tag, value, count, &mut own),
     })?;
     let resource = own.freeze();
     let index = out.scopes.last().map_or(0, |s| s.resource + 1);
@@ -221,26 +213,19 @@ fn scope_spans<const V: bool>(
 ) -> Result<(), ScanError> {
     let mut own = BytesMut::new();
     let first = out.spans.len();
-    each_field(b, range, count, |tag, value| {
-        let field = value.framed.clone();
-        match tag {
-            1 if V => check(b, Msg::Scope, message(value, count)?, count - 1)?,
-            2 => {
-                let body = message(value, count)?;
-                let ids = span::<V>(b, body.clone(), count - 1)?;
-                out.spans.push(ScannedSpan {
-                    framed: field,
-                    body: body.start,
-                    ids,
-                });
-                return Ok(());
-            }
-            3 if V => string(b, value)?,
-            1 | 3 => {}
-            _ => skip(value, count)?,
+    each_field(b, range, count, |tag, value| match tag {
+        2 => {
+            let framed = value.framed.clone();
+            let body = message(value, count)?;
+            let ids = span::<V>(b, body.clone(), count - 1)?;
+            out.spans.push(ScannedSpan {
+                framed,
+                body: body.start,
+                ids,
+            });
+            Ok(())
         }
-        own.put_slice(&b[field]);
-        Ok(())
+        _ => head_field::<V>(b, Msg::Scope, tag, value, count, &mut own),
     })?;
     if out.spans.len() == first {
         return Ok(());
@@ -253,6 +238,27 @@ fn scope_spans<const V: bool>(
         }),
         spans: first..out.spans.len(),
     });
+    Ok(())
+}
+
+/// A field of `ResourceSpans` or `ScopeSpans` other than its children (field 2): validated
+/// when `V` (`first` is the message type of field 1) and kept, framed, in `own` for the head.
+fn head_field<const V: bool>(
+    b: &[u8],
+    first: Msg,
+    tag: u32,
+    value: Field,
+    count: u32,
+    own: &mut BytesMut,
+) -> Result<(), ScanError> {
+    let framed = value.framed.clone();
+    match tag {
+        1 if V => check(b, first, message(value, count)?, count - 1)?,
+        3 if V => string(b, value)?,
+        1 | 3 => {}
+        _ => skip(value, count)?,
+    }
+    own.put_slice(&b[framed]);
     Ok(())
 }
 

@@ -87,14 +87,14 @@ fn a_head_without_resource_or_scope_is_empty() {
 }
 
 mod scanning {
-    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue, KeyValueList};
+    use opentelemetry_proto::tonic::common::v1::KeyValue;
     use proptest::prelude::*;
     use prost::encoding::{encode_key, encode_varint, WireType};
 
     use super::super::scan::{count_spans, scan};
     use super::*;
     use crate::loadgen::{Generator, WorkloadConfig};
-    use crate::testkit::assert_scan_agrees_with_prost;
+    use crate::testkit::{assert_scan_agrees_with_prost, nested_value};
 
     fn generated(spans: u64, seed: u64) -> Vec<bytes::Bytes> {
         let config = WorkloadConfig {
@@ -133,24 +133,6 @@ mod scanning {
             encode_key(100, WireType::EndGroup, &mut out);
         }
         out
-    }
-
-    fn nested(depth: usize) -> AnyValue {
-        let mut v = AnyValue {
-            value: Some(any_value::Value::StringValue("leaf".into())),
-        };
-        for _ in 0..depth {
-            v = AnyValue {
-                value: Some(any_value::Value::KvlistValue(KeyValueList {
-                    values: vec![KeyValue {
-                        key: "k".into(),
-                        value: Some(v),
-                        ..Default::default()
-                    }],
-                })),
-            };
-        }
-        v
     }
 
     #[test]
@@ -251,7 +233,7 @@ mod scanning {
             let mut deep = span(trace_id(1), 1, None);
             deep.attributes = vec![KeyValue {
                 key: "deep".into(),
-                value: Some(nested(depth)),
+                value: Some(nested_value(depth)),
                 ..Default::default()
             }];
             let bytes = request("a", vec![deep]).encode_to_vec();
