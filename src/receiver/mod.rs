@@ -72,19 +72,14 @@ impl Payload {
         }
     }
 
-    /// The request as structs.
-    pub fn decode(self) -> Result<ExportTraceServiceRequest, IngestError> {
-        match self {
-            Payload::Protobuf(bytes) => ExportTraceServiceRequest::decode(bytes).map_err(invalid),
-            Payload::Decoded(request) => Ok(request),
-        }
-    }
-
     /// The request as structs, and where its spans are in its protobuf encoding (encoded
     /// here for a JSON request).
     pub fn decode_and_frame(self) -> Result<(ExportTraceServiceRequest, Scanned), IngestError> {
         let (request, bytes) = match self {
-            Payload::Protobuf(bytes) => (Payload::Protobuf(bytes.clone()).decode()?, bytes),
+            Payload::Protobuf(bytes) => (
+                ExportTraceServiceRequest::decode(bytes.clone()).map_err(invalid)?,
+                bytes,
+            ),
             Payload::Decoded(request) => {
                 let bytes = request.encode_to_vec().into();
                 (request, bytes)
