@@ -126,7 +126,8 @@ impl Scanned {
 }
 
 /// Counts the spans of an encoded request without validating them: field-2 entries of
-/// every `ScopeSpans`, each skipped by its length. 0 for bytes that do not frame.
+/// every `ScopeSpans`, each skipped by its length; counting stops where the bytes stop
+/// framing.
 pub fn count_spans(bytes: &[u8]) -> u64 {
     let mut total = 0;
     let all = RECURSION_LIMIT;
