@@ -1,7 +1,7 @@
 //! In-process benches on the load generator's requests (`cargo bench --bench worker`):
 //! the decode-only baseline (DESIGN.md's yardstick), worker ingest into the buffer, span
-//! metrics counting, policy evaluation with the benchmark's policy set, ring lookup, and
-//! the router's request scanning and splitting. Compare each to the baseline on the same requests;
+//! metrics counting, policy evaluation with the benchmark's policy set (reading the
+//! buffered spans included), ring lookup, and the router's request scanning and splitting. Compare each to the baseline on the same requests;
 //! absolute times on shared machines are noise.
 
 use std::hint::black_box;
@@ -12,7 +12,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use tailgate::config::{parse_policies, parse_worker};
 use tailgate::loadgen::{bench::POLICIES, Generator, PolicyInput, Workload, WorkloadConfig};
-use tailgate::otlp::{self, scan, validate_ids, RequestBuilder};
+use tailgate::otlp::view::SpanView;
+use tailgate::otlp::{scan, RequestBuilder};
 use tailgate::receiver::{Ingest, Payload};
 use tailgate::router::ring::{Ring, RingKind};
 use tailgate::spanmetrics::{SpanMetrics, SpanMetricsConfig};
@@ -32,11 +33,11 @@ fn bench(c: &mut Criterion) {
     let requests: Vec<bytes::Bytes> = Generator::new(workload(), SPANS, None)
         .map(|o| o.body)
         .collect();
-    let decoded: Vec<ExportTraceServiceRequest> = requests
+    let scanned: Vec<scan::Scanned> = requests
         .iter()
-        .map(|r| ExportTraceServiceRequest::decode(r.clone()).unwrap())
+        .map(|r| scan::scan(r.clone()).unwrap())
         .collect();
-    let spans = decoded.iter().map(|r| otlp::spans(r).count() as u64).sum();
+    let spans = scanned.iter().map(|r| r.spans.len() as u64).sum();
     let wire: usize = requests.iter().map(|r| r.len()).sum();
     eprintln!(
         "{} requests, {spans} spans, {} wire bytes per span",
@@ -71,7 +72,7 @@ admin: {{endpoint: "127.0.0.1:0"}}
         Worker::start(config).await.unwrap()
     });
     let pipeline = worker.pipeline().clone();
-    group.bench_function("decode_and_buffer", |b| {
+    group.bench_function("ingest_and_buffer", |b| {
         b.iter_custom(|iters| {
             let mut timed = Duration::ZERO;
             for _ in 0..iters {
@@ -99,10 +100,14 @@ admin: {{endpoint: "127.0.0.1:0"}}
     let span_metrics = SpanMetrics::new(&config, &Registry::new()).unwrap();
     let mut group = c.benchmark_group("spanmetrics");
     group.throughput(Throughput::Elements(spans));
+    let views: Vec<Vec<SpanView<'_>>> = scanned
+        .iter()
+        .map(|r| r.spans.iter().map(|s| SpanView::parse(r.body(s))).collect())
+        .collect();
     group.bench_function("record", |b| {
         b.iter(|| {
-            for r in &decoded {
-                span_metrics.record(r, tokio::time::Instant::now());
+            for (r, spans) in scanned.iter().zip(&views) {
+                span_metrics.record(r, spans, tokio::time::Instant::now());
             }
         })
     });
@@ -126,7 +131,8 @@ admin: {{endpoint: "127.0.0.1:0"}}
         b.iter(|| {
             let now = tokio::time::Instant::now();
             for (id, input) in &inputs {
-                black_box(policies.decide(&input.view(id, now), |_| {}));
+                let batches = input.batches();
+                black_box(policies.decide(&input.view(id, &batches, now), |_| {}));
             }
         })
     });
@@ -134,9 +140,9 @@ admin: {{endpoint: "127.0.0.1:0"}}
 
     // Ring lookups and the router's split of a request by owning worker.
     let endpoints: Vec<String> = (0..12).map(|i| format!("worker-{i}:4317")).collect();
-    let ids: Vec<[u8; 16]> = decoded
+    let ids: Vec<[u8; 16]> = scanned
         .iter()
-        .flat_map(|r| otlp::spans(r).filter_map(|s| validate_ids(s).ok()))
+        .flat_map(|r| r.spans.iter().filter_map(|s| s.ids.ok()))
         .collect();
     let mut group = c.benchmark_group("router");
     group.throughput(Throughput::Elements(ids.len() as u64));

@@ -18,6 +18,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::codec::CompressionEncoding;
 use tonic::{Code, Request, Response, Status};
 
+use crate::otlp::view::{AnyValueView, Attributes, SpanView};
+
 /// A trace id whose every byte is derived from `n` (never all zero).
 pub fn trace_id(n: u64) -> [u8; 16] {
     let mut id = [0u8; 16];
@@ -259,11 +261,11 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 /// Panics unless the router's scan ([`crate::otlp::scan`]) and prost agree on `bytes`: both
 /// accept or both refuse; when they accept, the same spans with the same id verdicts, the
 /// scanned spans reassembled under their scanned resource and scope decode to the request
-/// prost decoded (one `ResourceSpans` per non-empty `ScopeSpans`), and the worker's
-/// framing-only walk finds what the scan found. Shared by the property tests and the fuzz
-/// target.
+/// prost decoded (one `ResourceSpans` per non-empty `ScopeSpans`), and the views
+/// ([`crate::otlp::view`]) read every span, resource and scope as prost decoded it.
+/// Shared by the property tests and the fuzz target.
 pub fn assert_scan_agrees_with_prost(bytes: &[u8]) {
-    use crate::otlp::{scan, validate_ids, RequestBuilder};
+    use crate::otlp::{scan, RequestBuilder};
     use prost::Message;
     let scanned = scan::scan(bytes::Bytes::copy_from_slice(bytes));
     let decoded = ExportTraceServiceRequest::decode(bytes);
@@ -278,18 +280,10 @@ pub fn assert_scan_agrees_with_prost(bytes: &[u8]) {
     };
     let spans: Vec<&Span> = crate::otlp::spans(&decoded).collect();
     assert_eq!(scanned.spans.len(), spans.len(), "span count");
-    let framed = scan::frame(bytes::Bytes::copy_from_slice(bytes)).unwrap();
-    assert_eq!(framed.spans.len(), spans.len(), "framed span count");
-    for (f, s) in framed.spans.iter().zip(&scanned.spans) {
-        assert_eq!(
-            (f.ids, framed.framed(f)),
-            (s.ids, scanned.framed(s)),
-            "framing"
-        );
-    }
     for (s, d) in scanned.spans.iter().zip(&spans) {
         assert_eq!(s.ids, validate_ids(d), "id verdict");
         assert_eq!(&Span::decode(scanned.body(s)).unwrap(), *d, "span bytes");
+        assert_view_reads(&SpanView::parse(scanned.body(s)), d);
     }
     let mut rebuilt = RequestBuilder::default();
     for scope in &scanned.scopes {
@@ -314,11 +308,108 @@ pub fn assert_scan_agrees_with_prost(bytes: &[u8]) {
         })
         .collect();
     assert_eq!(rebuilt.resource_spans, expected, "resources and scopes");
+    for (scope, rs) in scanned.scopes.iter().zip(&expected) {
+        let resource = rs.resource.as_ref().map_or(&[][..], |r| &r.attributes);
+        assert_attributes_read(scope.head.resource_attributes(), resource);
+        let decoded = rs.scope_spans[0].scope.clone().unwrap_or_default();
+        let view = scope.head.scope();
+        assert_eq!(
+            (view.name(), view.version()),
+            (&*decoded.name, &*decoded.version)
+        );
+        assert_attributes_read(view.attributes(), &decoded.attributes);
+    }
+}
+
+/// Panics unless `view` reads every field of `span` as prost decoded it.
+fn assert_view_reads(view: &SpanView<'_>, span: &Span) {
+    let status = span.status.clone().unwrap_or_default();
+    assert_eq!(
+        (view.trace_id, view.span_id, view.parent_span_id),
+        (&*span.trace_id, &*span.span_id, &*span.parent_span_id),
+        "ids"
+    );
+    assert_eq!(
+        (view.name(), view.kind, view.trace_state(), view.flags),
+        (&*span.name, span.kind, &*span.trace_state, span.flags),
+        "name, kind, trace state, flags"
+    );
+    assert_eq!(
+        (view.start_time_unix_nano, view.end_time_unix_nano),
+        (span.start_time_unix_nano, span.end_time_unix_nano),
+        "times"
+    );
+    assert_eq!(
+        (view.status_code, view.status_message()),
+        (status.code, &*status.message),
+        "status"
+    );
+    assert_eq!(
+        view.dropped_attributes_count, span.dropped_attributes_count,
+        "dropped attributes"
+    );
+    assert_attributes_read(view.attributes(), &span.attributes);
+    let events: Vec<_> = view.events().collect();
+    assert_eq!(events.len(), span.events.len(), "events");
+    for (e, d) in events.iter().zip(&span.events) {
+        assert_eq!((e.name(), e.time_unix_nano), (&*d.name, d.time_unix_nano));
+        assert_attributes_read(e.attributes(), &d.attributes);
+    }
+}
+
+/// Checks a decoded span's ids as the worker checks them in the scan.
+pub fn validate_ids(span: &Span) -> Result<[u8; 16], crate::otlp::IdError> {
+    crate::otlp::validate_id_fields(&span.trace_id, &span.span_id, &span.parent_span_id)
+}
+
+/// The value of attribute `key` of decoded attributes, as pdata's `Get` finds it: the
+/// first attribute with that key, if its value is set.
+fn attribute<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a any_value::Value> {
+    attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|v| v.value.as_ref())
+}
+
+/// Panics unless `view` holds `decoded`'s attributes in order and finds each key's value
+/// as [`attribute`] finds it in the decoded ones.
+fn assert_attributes_read(view: Attributes<'_>, decoded: &[KeyValue]) {
+    let keys: Vec<&str> = view.iter().map(|kv| kv.key()).collect();
+    let expected: Vec<&str> = decoded.iter().map(|kv| kv.key.as_str()).collect();
+    assert_eq!(keys, expected, "attribute keys");
+    for kv in decoded {
+        let found = view.get(&kv.key);
+        let want = attribute(decoded, &kv.key);
+        let same = match (found, want) {
+            (None, None) => true,
+            (Some(AnyValueView::Str(a)), Some(any_value::Value::StringValue(b))) => a == b,
+            (Some(AnyValueView::Bool(a)), Some(any_value::Value::BoolValue(b))) => a == *b,
+            (Some(AnyValueView::Int(a)), Some(any_value::Value::IntValue(b))) => a == *b,
+            (Some(AnyValueView::Double(a)), Some(any_value::Value::DoubleValue(b))) => {
+                a.to_bits() == b.to_bits()
+            }
+            (Some(AnyValueView::Bytes(a)), Some(any_value::Value::BytesValue(b))) => a == &b[..],
+            (
+                Some(v @ AnyValueView::Composite(_)),
+                Some(w @ (any_value::Value::ArrayValue(_) | any_value::Value::KvlistValue(_))),
+            ) => {
+                let mut shown = String::new();
+                v.write_to(&mut shown);
+                shown == format!("{w:?}")
+            }
+            _ => false,
+        };
+        assert!(
+            same,
+            "attribute {:?}: view {found:?}, prost {want:?}",
+            kv.key
+        );
+    }
 }
 
 /// `spans` as one chunk under no resource and no scope, as a worker buffers them.
 pub fn chunk(spans: Vec<Span>) -> crate::otlp::Chunk {
-    use prost::Message;
     let request = ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
             scope_spans: vec![ScopeSpans {
@@ -328,10 +419,9 @@ pub fn chunk(spans: Vec<Span>) -> crate::otlp::Chunk {
             ..Default::default()
         }],
     };
-    let framed = crate::otlp::scan::frame(request.encode_to_vec().into()).unwrap();
-    let scope = &framed.scopes[0];
-    let spans = framed.spans_of(scope).iter().map(|s| framed.framed(s));
-    crate::otlp::Chunk::from_framed(scope.head.clone(), spans)
+    let mut chunks = crate::otlp::chunks_of(&request).unwrap();
+    assert_eq!(chunks.len(), 1, "one scope with spans");
+    chunks.remove(0)
 }
 
 /// An attribute value nested `depth` key-value lists deep, for the decoders' recursion limit.

@@ -1,6 +1,6 @@
-//! OTLP/JSON request bodies: serde's decode, then the worker's path (encoded again and
-//! framed, ids checked); the encoding must scan as prost decodes it, since that is how
-//! the router takes JSON.
+//! OTLP/JSON request bodies: serde's decode, then the path of the router and the worker
+//! (encoded again, scanned, ids checked); the encoding must scan and read as prost decodes
+//! it.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -11,8 +11,8 @@ use tailgate::receiver::{check_ids, Payload};
 fuzz_target!(|data: &[u8]| {
     if let Ok(request) = serde_json::from_slice::<ExportTraceServiceRequest>(data) {
         tailgate::testkit::assert_scan_agrees_with_prost(&request.encode_to_vec());
-        if let Ok((_, framed)) = Payload::Decoded(request).decode_and_frame() {
-            let _ = check_ids(&framed);
+        if let Ok(scanned) = Payload::Decoded(request).scan() {
+            let _ = check_ids(&scanned);
         }
     }
 });

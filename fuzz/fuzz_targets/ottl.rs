@@ -31,9 +31,8 @@ fuzz_target!(|data: &[u8]| {
     for _ in 0..4 {
         let trace = workload.next_trace();
         let input = PolicyInput::on_time(&trace, workload.resources());
-        policies.decide(
-            &input.view(&trace.trace_id, tokio::time::Instant::now()),
-            |_| {},
-        );
+        let batches = input.batches();
+        let now = tokio::time::Instant::now();
+        policies.decide(&input.view(&trace.trace_id, &batches, now), |_| {});
     }
 });

@@ -5,7 +5,8 @@ use prost::Message;
 
 use super::bench::quantile;
 use super::*;
-use crate::otlp::{spans, validate_ids};
+use crate::otlp::spans;
+use crate::testkit::validate_ids;
 
 fn config(seed: u64) -> WorkloadConfig {
     WorkloadConfig {

@@ -16,13 +16,13 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use opentelemetry_proto::tonic::common::v1::any_value;
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::ScopeSpans;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use super::workload::GeneratedTrace;
-use crate::otlp::TraceId;
+use crate::otlp::{chunks_of, Chunk, TraceId};
 use crate::policy::{Batch, Decision, PolicySet, TraceView};
 
 /// The request header a worker's exporter can set (`headers:` of the `otlp` exporter) to
@@ -46,9 +46,9 @@ struct Expected {
 }
 
 /// What a worker's policies see of a generated trace: its on-time spans grouped by
-/// emitting instance, and the trace's counters.
+/// emitting instance, encoded as a worker buffers them, and the trace's counters.
 pub struct PolicyInput {
-    batches: Vec<Batch>,
+    chunks: Vec<Chunk>,
     spans: u64,
     bytes: u64,
     earliest_start: u64,
@@ -57,8 +57,9 @@ pub struct PolicyInput {
 
 impl PolicyInput {
     pub fn on_time(trace: &GeneratedTrace, resources: &[Resource]) -> PolicyInput {
+        let mut request = ExportTraceServiceRequest::default();
         let mut input = PolicyInput {
-            batches: Vec::new(),
+            chunks: Vec::new(),
             spans: 0,
             bytes: 0,
             earliest_start: u64::MAX,
@@ -74,26 +75,40 @@ impl PolicyInput {
                 Some(i) => i,
                 None => {
                     instances.push(s.instance);
-                    input.batches.push(Batch {
-                        resource_attributes: resources[s.instance].attributes.clone(),
-                        scope_spans: ScopeSpans::default(),
+                    request.resource_spans.push(ResourceSpans {
+                        resource: Some(resources[s.instance].clone()),
+                        scope_spans: vec![ScopeSpans::default()],
+                        ..Default::default()
                     });
-                    input.batches.len() - 1
+                    instances.len() - 1
                 }
             };
-            input.batches[i].scope_spans.spans.push(s.span.clone());
+            request.resource_spans[i].scope_spans[0]
+                .spans
+                .push(s.span.clone());
         }
+        input.chunks = chunks_of(&request).expect("generated spans encode to valid OTLP");
         input
     }
 
-    pub fn view<'a>(&'a self, trace_id: &'a TraceId, now: tokio::time::Instant) -> TraceView<'a> {
+    /// The spans as policies read them.
+    pub fn batches(&self) -> Vec<Batch<'_>> {
+        self.chunks.iter().map(Batch::of).collect()
+    }
+
+    pub fn view<'a>(
+        &'a self,
+        trace_id: &'a TraceId,
+        batches: &'a [Batch<'a>],
+        now: tokio::time::Instant,
+    ) -> TraceView<'a> {
         TraceView {
             trace_id,
             span_count: self.spans,
             bytes: self.bytes,
             earliest_start: self.earliest_start,
             latest_end: self.latest_end,
-            batches: Some(&self.batches),
+            batches,
             now,
         }
     }
@@ -122,7 +137,8 @@ impl Expectations {
     /// after the decision and cannot change it).
     pub fn record(&mut self, trace: &GeneratedTrace, resources: &[Resource]) {
         let input = PolicyInput::on_time(trace, resources);
-        let view = input.view(&trace.trace_id, tokio::time::Instant::now());
+        let batches = input.batches();
+        let view = input.view(&trace.trace_id, &batches, tokio::time::Instant::now());
         let mut matched = 0u64;
         let verdict = self.policies.decide_with(
             &view,

@@ -9,17 +9,19 @@
 
 mod codec;
 pub mod scan;
+pub mod view;
 
 use std::sync::Arc;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value::Value, InstrumentationScope, KeyValue};
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
 use prost::Message;
 
 pub use codec::{RawExportCodec, RawExportServerCodec, EXPORT_PATH, TRACE_SERVICE};
+use view::{Attributes, ScopeView, SpanView};
 
 /// A 128-bit trace id, as the 16 raw bytes of the wire format.
 pub type TraceId = [u8; 16];
@@ -39,12 +41,7 @@ pub enum IdError {
     ParentSpanIdLength(usize),
 }
 
-/// Checks a span's ids as the OTLP specification defines them and returns its trace id.
-pub fn validate_ids(span: &Span) -> Result<TraceId, IdError> {
-    validate_id_fields(&span.trace_id, &span.span_id, &span.parent_span_id)
-}
-
-/// [`validate_ids`] on the raw id fields.
+/// Checks a span's ids, as the OTLP specification defines them, and returns its trace id.
 pub fn validate_id_fields(
     trace_id: &[u8],
     span_id: &[u8],
@@ -68,12 +65,6 @@ pub fn validate_id_fields(
     Ok(trace_id)
 }
 
-/// Whether a span is a trace's root: its parent span id is empty (or all zeros, as some
-/// SDKs send it).
-pub fn is_root(span: &Span) -> bool {
-    span.parent_span_id.iter().all(|b| *b == 0)
-}
-
 /// Every span of a request, in order.
 pub fn spans(request: &ExportTraceServiceRequest) -> impl Iterator<Item = &Span> {
     request
@@ -81,15 +72,6 @@ pub fn spans(request: &ExportTraceServiceRequest) -> impl Iterator<Item = &Span>
         .iter()
         .flat_map(|r| r.scope_spans.iter())
         .flat_map(|s| s.spans.iter())
-}
-
-/// The value of attribute `key`, if present and set.
-pub fn attribute<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a Value> {
-    attributes
-        .iter()
-        .find(|kv| kv.key == key)
-        .and_then(|kv| kv.value.as_ref())
-        .and_then(|v| v.value.as_ref())
 }
 
 /// The lower-case hex form of a trace id, for logs and exemplars.
@@ -113,20 +95,14 @@ impl Head {
         self.resource.len() + self.scope.len()
     }
 
-    /// The resource's attributes, decoded.
-    pub fn resource_attributes(&self) -> Result<Vec<KeyValue>, prost::DecodeError> {
-        Ok(ResourceSpans::decode(self.resource.clone())?
-            .resource
-            .map(|r| r.attributes)
-            .unwrap_or_default())
+    /// The resource's attributes, read in place.
+    pub fn resource_attributes(&self) -> Attributes<'_> {
+        Attributes::of_resource(&self.resource)
     }
 
-    /// The instrumentation scope's attributes, decoded.
-    pub fn scope_attributes(&self) -> Result<Vec<KeyValue>, prost::DecodeError> {
-        Ok(ScopeSpans::decode(self.scope.clone())?
-            .scope
-            .map(|s| s.attributes)
-            .unwrap_or_default())
+    /// The instrumentation scope, read in place.
+    pub fn scope(&self) -> ScopeView<'_> {
+        ScopeView::parse(&self.scope)
     }
 }
 
@@ -166,13 +142,28 @@ impl Chunk {
         self.spans.len()
     }
 
-    /// Decodes the resource attributes and the `ScopeSpans` (scope and spans) again, for
-    /// policies that read span contents.
-    pub fn decode(&self) -> Result<(Vec<KeyValue>, ScopeSpans), prost::DecodeError> {
-        let resource = self.head.resource_attributes()?;
-        let scope_spans = ScopeSpans::decode(self.head.scope.clone().chain(self.spans.clone()))?;
-        Ok((resource, scope_spans))
+    /// The spans, read in place.
+    pub fn spans(&self) -> impl Iterator<Item = SpanView<'_>> {
+        scan::fields(&self.spans).filter_map(|(_, wire)| match wire {
+            scan::Wire::Len(body) => Some(SpanView::parse(body)),
+            _ => None,
+        })
     }
+}
+
+/// Every non-empty `ScopeSpans` of `request` as one chunk, as a worker would buffer it were
+/// its spans one trace's: for callers that hold spans as structs (the load generator's
+/// predictions, tests).
+pub fn chunks_of(request: &ExportTraceServiceRequest) -> Result<Vec<Chunk>, scan::ScanError> {
+    let scanned = scan::scan(request.encode_to_vec().into())?;
+    Ok(scanned
+        .scopes
+        .iter()
+        .map(|scope| {
+            let spans = scanned.spans_of(scope).iter().map(|s| scanned.framed(s));
+            Chunk::from_framed(scope.head.clone(), spans)
+        })
+        .collect())
 }
 
 /// Builds an encoded `ExportTraceServiceRequest` from chunks, one `ResourceSpans` per

@@ -2,15 +2,15 @@
 //! and ids, and each scope's resource and scope bytes, without decoding into structs
 //! (DESIGN.md decision 1: spans stay encoded).
 //!
-//! [`scan`] validates as it walks, the router's path: it accepts exactly what prost's
-//! decoder accepts — wire types of known fields, UTF-8 of strings, lengths, varints, and
-//! prost's recursion limit of 100 nested messages, unknown fields skipped — so a request
-//! the router forwards never fails to decode at the worker. [`frame`] only frames, for
-//! bytes prost has already accepted: the worker decodes a request for its span metrics
-//! and policies, and keeps the spans' received bytes instead of encoding them again.
+//! [`scan`] validates as it walks: it accepts exactly what prost's decoder accepts — wire
+//! types of known fields, UTF-8 of strings, lengths, varints, and prost's recursion limit
+//! of 100 nested messages, unknown fields skipped — so bytes it accepted can be read by
+//! the views ([`super::view`]) and decode anywhere downstream. The router forwards the
+//! spans' received bytes; the worker buffers them.
 //!
 //! Written by hand because prost offers no way to validate a message without building it,
-//! and building it (every attribute a `String` and a `Vec`) is most of the router's cost.
+//! and building it (every attribute a `String` and a `Vec`) was most of the router's and
+//! the worker's cost.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -152,16 +152,6 @@ pub fn count_spans(bytes: &[u8]) -> u64 {
 
 /// Walks and validates `bytes` as an `ExportTraceServiceRequest`.
 pub fn scan(bytes: Bytes) -> Result<Scanned, ScanError> {
-    walk::<true>(bytes)
-}
-
-/// Walks `bytes` that prost has decoded already, validating only the framing it reads.
-pub fn frame(bytes: Bytes) -> Result<Scanned, ScanError> {
-    walk::<false>(bytes)
-}
-
-/// The walk; `V`: whether to validate everything, not only what it reads.
-fn walk<const V: bool>(bytes: Bytes) -> Result<Scanned, ScanError> {
     let mut out = Scanned {
         bytes: Bytes::new(),
         scopes: Vec::new(),
@@ -172,7 +162,7 @@ fn walk<const V: bool>(bytes: Bytes) -> Result<Scanned, ScanError> {
     each_field(b, 0..b.len(), top, |tag, value| match tag {
         1 => {
             let rs = message(value, top)?;
-            resource_spans::<V>(b, rs, top - 1, &mut out)
+            resource_spans(b, rs, top - 1, &mut out)
         }
         _ => skip(value, top),
     })?;
@@ -180,7 +170,7 @@ fn walk<const V: bool>(bytes: Bytes) -> Result<Scanned, ScanError> {
     Ok(out)
 }
 
-fn resource_spans<const V: bool>(
+fn resource_spans(
     b: &[u8],
     range: Range<usize>,
     count: u32,
@@ -193,18 +183,18 @@ fn resource_spans<const V: bool>(
             scopes.push(message(value, count)?);
             Ok(())
         }
-        _ => head_field::<V>(b, Msg::Resource, tag, value, count, &mut own),
+        _ => head_field(b, Msg::Resource, tag, value, count, &mut own),
     })?;
     let resource = own.freeze();
     let index = out.scopes.last().map_or(0, |s| s.resource + 1);
     for ss in scopes {
-        scope_spans::<V>(b, ss, count - 1, index, &resource, out)?;
+        scope_spans(b, ss, count - 1, index, &resource, out)?;
     }
     Ok(())
 }
 
 /// Scans one `ScopeSpans`, recorded when it has spans.
-fn scope_spans<const V: bool>(
+fn scope_spans(
     b: &[u8],
     range: Range<usize>,
     count: u32,
@@ -218,7 +208,7 @@ fn scope_spans<const V: bool>(
         2 => {
             let framed = value.framed.clone();
             let body = message(value, count)?;
-            let ids = span::<V>(b, body.clone(), count - 1)?;
+            let ids = span(b, body.clone(), count - 1)?;
             out.spans.push(ScannedSpan {
                 framed,
                 body: body.start,
@@ -226,7 +216,7 @@ fn scope_spans<const V: bool>(
             });
             Ok(())
         }
-        _ => head_field::<V>(b, Msg::Scope, tag, value, count, &mut own),
+        _ => head_field(b, Msg::Scope, tag, value, count, &mut own),
     })?;
     if out.spans.len() == first {
         return Ok(());
@@ -243,8 +233,8 @@ fn scope_spans<const V: bool>(
 }
 
 /// A field of `ResourceSpans` or `ScopeSpans` other than its children (field 2): validated
-/// when `V` (`first` is the message type of field 1) and kept, framed, in `own` for the head.
-fn head_field<const V: bool>(
+/// (`first` is the message type of field 1) and kept, framed, in `own` for the head.
+fn head_field(
     b: &[u8],
     first: Msg,
     tag: u32,
@@ -254,9 +244,8 @@ fn head_field<const V: bool>(
 ) -> Result<(), ScanError> {
     let framed = value.framed.clone();
     match tag {
-        1 if V => check(b, first, message(value, count)?, count - 1)?,
-        3 if V => string(b, value)?,
-        1 | 3 => {}
+        1 => check(b, first, message(value, count)?, count - 1)?,
+        3 => string(b, value)?,
         _ => skip(value, count)?,
     }
     own.put_slice(&b[framed]);
@@ -264,19 +253,14 @@ fn head_field<const V: bool>(
 }
 
 /// Validates a `Span` and checks its ids (the last occurrence of each wins, as in prost).
-fn span<const V: bool>(
-    b: &[u8],
-    range: Range<usize>,
-    count: u32,
-) -> Result<Result<TraceId, IdError>, ScanError> {
+fn span(b: &[u8], range: Range<usize>, count: u32) -> Result<Result<TraceId, IdError>, ScanError> {
     let (mut trace_id, mut span_id, mut parent): (&[u8], &[u8], &[u8]) = (&[], &[], &[]);
     each_field(b, range, count, |tag, value| {
         match tag {
             1 => trace_id = &b[bytes(value)?],
             2 => span_id = &b[bytes(value)?],
             4 => parent = &b[bytes(value)?],
-            _ if V => field(b, Msg::Span, tag, value, count)?,
-            _ => {}
+            _ => field(b, Msg::Span, tag, value, count)?,
         }
         Ok(())
     })?;
@@ -370,9 +354,9 @@ fn field(b: &[u8], msg: Msg, tag: u32, value: Field, count: u32) -> Result<(), S
     let wrong = || Err(err(at, "invalid wire type for a known field"));
     match (kind(msg, tag), &value.value) {
         (None, _) => skip(value, count),
-        (Some(Kind::Varint), Value::Varint) => Ok(()),
-        (Some(Kind::Fixed32), Value::Fixed32) => Ok(()),
-        (Some(Kind::Fixed64), Value::Fixed64) => Ok(()),
+        (Some(Kind::Varint), Value::Varint(_)) => Ok(()),
+        (Some(Kind::Fixed32), Value::Fixed32(_)) => Ok(()),
+        (Some(Kind::Fixed64), Value::Fixed64(_)) => Ok(()),
         (Some(Kind::Bytes), Value::Len(_)) => Ok(()),
         (Some(Kind::Str), Value::Len(_)) => string(b, value),
         (Some(Kind::Message(inner)), Value::Len(_)) => {
@@ -391,9 +375,9 @@ struct Field {
 }
 
 enum Value {
-    Varint,
-    Fixed32,
-    Fixed64,
+    Varint(u64),
+    Fixed32(u32),
+    Fixed64(u64),
     /// The payload of a length-delimited field.
     Len(Range<usize>),
     /// A group's start tag; its content is still to be read.
@@ -423,6 +407,63 @@ fn each_field(
     Ok(())
 }
 
+/// A field as the views read it.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Wire<'a> {
+    Varint(u64),
+    Fixed32(u32),
+    Fixed64(u64),
+    Len(&'a [u8]),
+    /// An unknown field sent as a group, skipped whole.
+    Group,
+}
+
+/// The fields of a message body [`scan`] has accepted, in order, for the views. Reading
+/// stops where the bytes stop framing, which accepted bytes never do.
+pub(super) fn fields(b: &[u8]) -> Fields<'_> {
+    Fields { b, pos: 0 }
+}
+
+pub(super) struct Fields<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Iterator for Fields<'a> {
+    type Item = (u32, Wire<'a>);
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        let end = self.b.len();
+        if self.pos >= end {
+            return None;
+        }
+        let read = read_field(self.b, self.pos, end).and_then(|(tag, field, next)| {
+            Ok(match field.value {
+                Value::Varint(v) => (tag, Wire::Varint(v), next),
+                Value::Fixed32(v) => (tag, Wire::Fixed32(v), next),
+                Value::Fixed64(v) => (tag, Wire::Fixed64(v), next),
+                Value::Len(r) => (tag, Wire::Len(&self.b[r]), next),
+                Value::StartGroup => {
+                    let next = skip_group(self.b, tag, next, end, RECURSION_LIMIT)?;
+                    (tag, Wire::Group, next)
+                }
+                Value::EndGroup => return Err(err(self.pos, "unexpected end group tag")),
+            })
+        });
+        match read {
+            Ok((tag, wire, next)) => {
+                self.pos = next;
+                Some((tag, wire))
+            }
+            Err(_) => {
+                self.pos = end;
+                None
+            }
+        }
+    }
+}
+
 /// Reads the field starting at `pos` (not past `end`): its tag, shape and where the next
 /// field starts.
 #[inline(always)]
@@ -437,12 +478,14 @@ fn read_field(b: &[u8], pos: usize, end: usize) -> Result<(u32, Field, usize), S
     }
     let value = match key & 7 {
         0 => {
-            next = varint(b, next, end)?.1;
-            Value::Varint
+            let (v, after) = varint(b, next, end)?;
+            next = after;
+            Value::Varint(v)
         }
         1 => {
+            let start = next;
             next = advance(next, 8, end)?;
-            Value::Fixed64
+            Value::Fixed64(u64::from_le_bytes(fixed(&b[start..next])))
         }
         2 => {
             let (len, start) = varint(b, next, end)?;
@@ -453,8 +496,9 @@ fn read_field(b: &[u8], pos: usize, end: usize) -> Result<(u32, Field, usize), S
         3 => Value::StartGroup,
         4 => Value::EndGroup,
         5 => {
+            let start = next;
             next = advance(next, 4, end)?;
-            Value::Fixed32
+            Value::Fixed32(u32::from_le_bytes(fixed(&b[start..next])))
         }
         _ => return Err(err(pos, "invalid wire type")),
     };
@@ -551,6 +595,14 @@ fn varint(b: &[u8], pos: usize, end: usize) -> Result<(u64, usize), ScanError> {
     let before = slice.len();
     let v = prost::encoding::decode_varint(&mut slice).map_err(|_| err(pos, "invalid varint"))?;
     Ok((v, pos + before - slice.len()))
+}
+
+/// The bytes of a fixed-width value `read_field` has bounds-checked.
+#[inline(always)]
+fn fixed<const N: usize>(bytes: &[u8]) -> [u8; N] {
+    let mut out = [0; N];
+    out.copy_from_slice(bytes);
+    out
 }
 
 fn advance(pos: usize, len: usize, end: usize) -> Result<usize, ScanError> {

@@ -2,7 +2,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 
 use super::*;
-use crate::testkit::{request, span, trace_id};
+use crate::testkit::{request, span, trace_id, validate_ids};
 
 #[test]
 fn ids_are_checked_as_otlp_defines_them() {
@@ -35,11 +35,12 @@ fn ids_are_checked_as_otlp_defines_them() {
 
 #[test]
 fn roots_have_an_empty_or_zero_parent() {
-    assert!(is_root(&span(trace_id(1), 1, None)));
-    assert!(!is_root(&span(trace_id(1), 2, Some(1))));
+    let is_root = |span: Span| view::SpanView::parse(&span.encode_to_vec()).is_root();
+    assert!(is_root(span(trace_id(1), 1, None)));
+    assert!(!is_root(span(trace_id(1), 2, Some(1))));
     let mut zero_parent = span(trace_id(1), 3, None);
     zero_parent.parent_span_id = vec![0; 8];
-    assert!(is_root(&zero_parent));
+    assert!(is_root(zero_parent));
 }
 
 #[test]
@@ -48,7 +49,7 @@ fn assembled_requests_decode_to_what_was_received() {
         "checkout",
         vec![span(trace_id(1), 1, None), span(trace_id(1), 2, Some(1))],
     );
-    let framed = scan::frame(original.encode_to_vec().into()).unwrap();
+    let framed = scan::scan(original.encode_to_vec().into()).unwrap();
     let scope = &framed.scopes[0];
     let spans = framed.spans_of(scope);
     let first = Chunk::from_framed(scope.head.clone(), [framed.framed(&spans[0])].into_iter());
@@ -222,6 +223,115 @@ mod scanning {
             assert_eq!(scan(bytes.clone().into()).is_ok(), accepted, "{what}");
             assert_scan_agrees_with_prost(&bytes);
         }
+    }
+
+    /// Protobuf merges a singular message sent twice and lets the last scalar and the last
+    /// oneof member win; the views must read such bytes as prost decodes them.
+    #[test]
+    fn views_read_repeated_and_merged_fields_as_prost_decodes_them() {
+        use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope};
+        use opentelemetry_proto::tonic::resource::v1::Resource;
+        use opentelemetry_proto::tonic::trace::v1::span::Event;
+        use opentelemetry_proto::tonic::trace::v1::Status;
+        let attr = |key: &str, v: Option<any_value::Value>| KeyValue {
+            key: key.into(),
+            value: v.map(|v| AnyValue { value: Some(v) }),
+            ..Default::default()
+        };
+        let str_value = |s: &str| Some(any_value::Value::StringValue(s.into()));
+        let array = Some(any_value::Value::ArrayValue(Default::default()));
+        let mut first = span(trace_id(1), 1, Some(9));
+        first.name = "first".into();
+        first.kind = 2;
+        first.status = Some(Status {
+            code: 2,
+            message: "boom".into(),
+        });
+        first.attributes = vec![attr("dup", str_value("one")), attr("dup", str_value("two"))];
+        first.events = vec![Event {
+            name: "e1".into(),
+            time_unix_nano: 5,
+            attributes: vec![attr("x", Some(any_value::Value::IntValue(-3)))],
+            ..Default::default()
+        }];
+        let mut second = span(trace_id(2), 2, None);
+        second.name = "second".into();
+        second.status = Some(Status {
+            code: 0,
+            message: String::new(),
+        });
+        second.flags = 0x301;
+        second.trace_state = "k=v".into();
+        let mut body = first.encode_to_vec();
+        body.extend_from_slice(&second.encode_to_vec());
+        // One attribute sent as two KeyValue encodings: the key of the first, the value of
+        // the second; then oneof members replacing each other within one value.
+        let mut merged = attr("merged", str_value("text")).encode_to_vec();
+        merged
+            .extend_from_slice(&attr("", Some(any_value::Value::BoolValue(true))).encode_to_vec());
+        body.extend_from_slice(&field(9, &merged));
+        let mut to_text = attr("to_text", array.clone()).encode_to_vec();
+        to_text.extend_from_slice(&attr("", str_value("last")).encode_to_vec());
+        body.extend_from_slice(&field(9, &to_text));
+        let mut to_array = attr("to_array", str_value("first")).encode_to_vec();
+        to_array.extend_from_slice(&attr("", array).encode_to_vec());
+        body.extend_from_slice(&field(9, &to_array));
+        body.extend_from_slice(&field(9, &attr("unset", None).encode_to_vec()));
+        body.extend_from_slice(&groups(2));
+        let scope = |name: &str, key: &str| InstrumentationScope {
+            name: name.into(),
+            attributes: vec![attr(key, str_value(name))],
+            ..Default::default()
+        };
+        let mut scope_spans = field(2, &body);
+        prost::encoding::message::encode(1, &scope("lib", "a"), &mut scope_spans);
+        prost::encoding::message::encode(1, &scope("lib2", "b"), &mut scope_spans);
+        let resource = |key: &str| Resource {
+            attributes: vec![attr(key, str_value(key))],
+            ..Default::default()
+        };
+        let mut resource_spans = Vec::new();
+        prost::encoding::message::encode(1, &resource("service.name"), &mut resource_spans);
+        resource_spans.extend_from_slice(&field(2, &scope_spans));
+        prost::encoding::message::encode(1, &resource("host.name"), &mut resource_spans);
+        let bytes = field(1, &resource_spans);
+
+        assert_scan_agrees_with_prost(&bytes);
+        let scanned = scan(bytes.into()).unwrap();
+        let view = view::SpanView::parse(scanned.body(&scanned.spans[0]));
+        assert_eq!(
+            (
+                view.name(),
+                view.kind,
+                view.status_code,
+                view.status_message()
+            ),
+            // The second status sets no field (zero values are not sent): the first stays.
+            ("second", 2, 2, "boom")
+        );
+        let attributes = view.attributes();
+        assert!(matches!(
+            attributes.get("dup"),
+            Some(view::AnyValueView::Str("one"))
+        ));
+        assert!(matches!(
+            attributes.get("merged"),
+            Some(view::AnyValueView::Bool(true))
+        ));
+        assert!(matches!(
+            attributes.get("to_text"),
+            Some(view::AnyValueView::Str("last"))
+        ));
+        assert!(matches!(
+            attributes.get("to_array"),
+            Some(view::AnyValueView::Composite(_))
+        ));
+        assert!(attributes.get("unset").is_none() && attributes.get("absent").is_none());
+        let head = &scanned.scopes[0].head;
+        assert_eq!(head.scope().name(), "lib2");
+        assert!(head.scope().attributes().get("a").is_some());
+        assert!(head.resource_attributes().get("host.name").is_some());
+        assert!(head.resource_attributes().get("service.name").is_some());
     }
 
     /// prost refuses messages nested more than 100 deep, and counts groups as nesting;

@@ -13,12 +13,11 @@ mod rules;
 use std::sync::Arc;
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::common::v1::KeyValue;
-use opentelemetry_proto::tonic::trace::v1::ScopeSpans;
 use tokio::time::Instant;
 
 use crate::config::Errors;
-use crate::otlp::TraceId;
+use crate::otlp::view::{Attributes, ScopeView, SpanView};
+use crate::otlp::{Chunk, TraceId};
 pub use probabilistic::Probabilistic;
 pub use rules::EvalError;
 
@@ -75,11 +74,23 @@ impl Decision {
     }
 }
 
-/// The decoded spans of one buffered chunk, for policies that read attributes.
-#[derive(Debug, Clone, Default)]
-pub struct Batch {
-    pub resource_attributes: Vec<KeyValue>,
-    pub scope_spans: ScopeSpans,
+/// The spans of one buffered chunk with their resource and scope, read in place, for
+/// policies that look at span contents.
+#[derive(Debug, Clone)]
+pub struct Batch<'a> {
+    pub resource: Attributes<'a>,
+    pub scope: ScopeView<'a>,
+    pub spans: Vec<SpanView<'a>>,
+}
+
+impl<'a> Batch<'a> {
+    pub fn of(chunk: &'a Chunk) -> Batch<'a> {
+        Batch {
+            resource: chunk.head.resource_attributes(),
+            scope: chunk.head.scope(),
+            spans: chunk.spans().collect(),
+        }
+    }
 }
 
 /// What a policy may look at.
@@ -92,9 +103,8 @@ pub struct TraceView<'a> {
     /// Earliest span start and latest span end over the whole trace, Unix nanoseconds.
     pub earliest_start: u64,
     pub latest_end: u64,
-    /// The decoded spans; `None` if they could not be decoded (policies that need them
-    /// abstain). Empty when no policy needs them.
-    pub batches: Option<&'a [Batch]>,
+    /// The spans; empty when no policy needs them.
+    pub batches: &'a [Batch<'a>],
     /// Decision time, for the rate limiters.
     pub now: Instant,
 }
@@ -147,7 +157,7 @@ impl PolicySet {
         &self.policies
     }
 
-    /// Whether any policy reads span contents, so the spans must be decoded first.
+    /// Whether any policy reads span contents, so the spans must be read first.
     pub fn needs_spans(&self) -> bool {
         self.needs_spans
     }

@@ -6,21 +6,17 @@
 use std::collections::HashSet;
 
 use moka::sync::Cache;
-use opentelemetry_proto::tonic::common::v1::any_value::Value;
-use opentelemetry_proto::tonic::trace::v1::Span;
 
 use super::composite::Composite;
 use super::limiter::TokenBucket;
 use super::ottl::OttlCondition;
 use super::probabilistic::Probabilistic;
 use super::{Decision, TraceView};
-use crate::otlp::attribute as find;
+use crate::otlp::view::{AnyValueView, SpanView};
 
 /// Why a policy could not decide; the policy abstains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum EvalError {
-    #[error("the trace's buffered spans could not be decoded")]
-    Undecodable,
     #[error("an ottl condition could not be evaluated")]
     Condition,
 }
@@ -107,26 +103,26 @@ impl StringMatcher {
     }
 }
 
-fn as_str(v: &Value) -> &str {
+fn as_str<'a>(v: &AnyValueView<'a>) -> &'a str {
     match v {
-        Value::StringValue(s) => s,
+        AnyValueView::Str(s) => s,
         _ => "",
     }
 }
 
-fn as_int(v: &Value) -> i64 {
+fn as_int(v: &AnyValueView<'_>) -> i64 {
     match v {
-        Value::IntValue(i) => *i,
+        AnyValueView::Int(i) => *i,
         _ => 0,
     }
 }
 
-fn as_bool(v: &Value) -> bool {
-    matches!(v, Value::BoolValue(true))
+fn as_bool(v: &AnyValueView<'_>) -> bool {
+    matches!(v, AnyValueView::Bool(true))
 }
 
 impl Rule {
-    /// Whether evaluating needs the decoded spans (not only the trace's counters).
+    /// Whether evaluating reads the spans (not only the trace's counters).
     pub(super) fn needs_spans(&self) -> bool {
         match self {
             Rule::AlwaysSample
@@ -197,12 +193,10 @@ impl Rule {
                 max,
                 invert,
             } => {
-                let hit = |v: &Value| (*min..=*max).contains(&as_int(v));
-                any_attribute(t, key, *invert, |v, _| hit(v))?
+                let hit = |v: &AnyValueView<'_>| (*min..=*max).contains(&as_int(v));
+                any_attribute(t, key, *invert, |v, _| hit(v))
             }
-            Rule::StatusCode { codes } => sampled(
-                spans(t)?.any(|s| codes.contains(&s.status.as_ref().map_or(0, |st| st.code))),
-            ),
+            Rule::StatusCode { codes } => sampled(spans(t).any(|s| codes.contains(&s.status_code))),
             Rule::StringAttribute {
                 key,
                 matcher,
@@ -212,22 +206,22 @@ impl Rule {
                     let s = as_str(v);
                     // A span attribute must be non-empty to match; a resource one need not.
                     !(on_span && s.is_empty()) && matcher.matches(s)
-                })?
+                })
             }
             Rule::RateLimiting(bucket) => sampled(bucket.allow(t.span_count as f64, t.now)),
             Rule::BytesLimiting(bucket) => sampled(bucket.allow(t.bytes as f64, t.now)),
             Rule::SpanCount { min, max } => {
                 sampled(t.span_count >= *min && (*max == 0 || t.span_count <= *max))
             }
-            Rule::TraceState { key, values } => sampled(spans(t)?.any(|s| {
-                s.trace_state
+            Rule::TraceState { key, values } => sampled(spans(t).any(|s| {
+                s.trace_state()
                     .split(',')
                     .filter_map(|member| member.trim().split_once('='))
                     .any(|(k, v)| k == key && values.contains(v))
             })),
-            Rule::TraceFlags => sampled(spans(t)?.any(|s| s.flags & 0x01 != 0)),
+            Rule::TraceFlags => sampled(spans(t).any(|s| s.flags & 0x01 != 0)),
             Rule::BooleanAttribute { key, value, invert } => {
-                any_attribute(t, key, *invert, |v, _| as_bool(v) == *value)?
+                any_attribute(t, key, *invert, |v, _| as_bool(v) == *value)
             }
             Rule::And(subs) => {
                 for sub in subs {
@@ -256,9 +250,8 @@ impl Rule {
     }
 }
 
-fn spans<'a>(t: &'a TraceView<'_>) -> Result<impl Iterator<Item = &'a Span>, EvalError> {
-    let batches = t.batches.ok_or(EvalError::Undecodable)?;
-    Ok(batches.iter().flat_map(|b| b.scope_spans.spans.iter()))
+fn spans<'a>(t: &'a TraceView<'a>) -> impl Iterator<Item = &'a SpanView<'a>> {
+    t.batches.iter().flat_map(|b| b.spans.iter())
 }
 
 /// The collector's `hasResourceOrSpanWithCondition` and its inverted twin: `hit(value,
@@ -269,20 +262,18 @@ fn any_attribute(
     t: &TraceView<'_>,
     key: &str,
     invert: bool,
-    hit: impl Fn(&Value, bool) -> bool,
-) -> Result<Decision, EvalError> {
-    let batches = t.batches.ok_or(EvalError::Undecodable)?;
-    let found = batches.iter().any(|b| {
-        find(&b.resource_attributes, key).is_some_and(|v| hit(v, false))
-            || b.scope_spans
-                .spans
+    hit: impl Fn(&AnyValueView<'_>, bool) -> bool,
+) -> Decision {
+    let found = t.batches.iter().any(|b| {
+        b.resource.get(key).is_some_and(|v| hit(&v, false))
+            || b.spans
                 .iter()
-                .any(|s| find(&s.attributes, key).is_some_and(|v| hit(v, true)))
+                .any(|s| s.attributes().get(key).is_some_and(|v| hit(&v, true)))
     });
-    Ok(match (invert, found) {
+    match (invert, found) {
         (false, true) => Decision::Sampled,
         (false, false) => Decision::NotSampled,
         (true, true) => Decision::InvertNotSampled,
         (true, false) => Decision::InvertSampled,
-    })
+    }
 }

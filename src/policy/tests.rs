@@ -1,12 +1,15 @@
 use std::time::Duration;
 
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
-use opentelemetry_proto::tonic::trace::v1::{ScopeSpans, Span, Status};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
 use tokio::time::Instant;
 
 use super::probabilistic::threshold;
 use super::*;
 use crate::config::Errors;
+use crate::otlp::chunks_of;
 use crate::testkit::{kv, span, trace_id};
 
 fn compile(yaml: &str, first_match: bool) -> Result<PolicySet, String> {
@@ -16,28 +19,43 @@ fn compile(yaml: &str, first_match: bool) -> Result<PolicySet, String> {
     errors.check().map(|_| set).map_err(|e| e.to_string())
 }
 
-/// A trace as policies see it, built from batches of (resource attributes, spans).
+/// A trace as policies see it: batches of (resource attributes, spans), encoded and
+/// buffered as a worker buffers them.
 struct Trace {
     id: TraceId,
-    batches: Vec<Batch>,
+    chunks: Vec<Chunk>,
+    span_count: u64,
+    earliest_start: u64,
+    latest_end: u64,
     bytes: u64,
     now: Instant,
 }
 
 impl Trace {
     fn new(batches: Vec<(Vec<KeyValue>, Vec<Span>)>) -> Trace {
-        Trace {
-            id: trace_id(7),
-            batches: batches
-                .into_iter()
-                .map(|(resource_attributes, spans)| Batch {
-                    resource_attributes,
-                    scope_spans: ScopeSpans {
-                        spans,
+        let all = || batches.iter().flat_map(|(_, spans)| spans);
+        let request = ExportTraceServiceRequest {
+            resource_spans: batches
+                .iter()
+                .map(|(attributes, spans)| ResourceSpans {
+                    resource: Some(Resource {
+                        attributes: attributes.clone(),
                         ..Default::default()
-                    },
+                    }),
+                    scope_spans: vec![ScopeSpans {
+                        spans: spans.clone(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
                 })
                 .collect(),
+        };
+        Trace {
+            id: trace_id(7),
+            chunks: chunks_of(&request).unwrap(),
+            span_count: all().count() as u64,
+            earliest_start: all().map(|s| s.start_time_unix_nano).min().unwrap_or(0),
+            latest_end: all().map(|s| s.end_time_unix_nano).max().unwrap_or(0),
             bytes: 100,
             now: Instant::now(),
         }
@@ -48,24 +66,24 @@ impl Trace {
         Trace::new(vec![(vec![], spans)])
     }
 
-    fn all(&self) -> impl Iterator<Item = &Span> {
-        self.batches.iter().flat_map(|b| b.scope_spans.spans.iter())
+    fn batches(&self) -> Vec<Batch<'_>> {
+        self.chunks.iter().map(Batch::of).collect()
     }
 
-    fn view(&self) -> TraceView<'_> {
+    fn view<'a>(&'a self, batches: &'a [Batch<'a>]) -> TraceView<'a> {
         TraceView {
             trace_id: &self.id,
-            span_count: self.all().count() as u64,
+            span_count: self.span_count,
             bytes: self.bytes,
-            earliest_start: self
-                .all()
-                .map(|s| s.start_time_unix_nano)
-                .min()
-                .unwrap_or(0),
-            latest_end: self.all().map(|s| s.end_time_unix_nano).max().unwrap_or(0),
-            batches: Some(&self.batches),
+            earliest_start: self.earliest_start,
+            latest_end: self.latest_end,
+            batches,
             now: self.now,
         }
+    }
+
+    fn decide(&self, set: &PolicySet) -> Verdict {
+        set.decide(&self.view(&self.batches()), |_| {})
     }
 }
 
@@ -76,7 +94,7 @@ fn view(id: &TraceId) -> TraceView<'_> {
         bytes: 100,
         earliest_start: 0,
         latest_end: 0,
-        batches: Some(&[]),
+        batches: &[],
         now: Instant::now(),
     }
 }
@@ -90,7 +108,7 @@ fn vote_on(yaml: &str, view: &TraceView<'_>) -> Result<Decision, EvalError> {
 }
 
 fn vote(yaml: &str, trace: &Trace) -> Decision {
-    vote_on(yaml, &trace.view()).unwrap()
+    vote_on(yaml, &trace.view(&trace.batches())).unwrap()
 }
 
 fn value(v: any_value::Value) -> Option<AnyValue> {
@@ -477,7 +495,7 @@ fn rate_limiting_is_a_token_bucket_that_refills() {
     .unwrap();
     let t0 = Instant::now();
     let mut trace = Trace::spans(vec![with(vec![]); 8]);
-    let decide = |trace: &Trace| set.decide(&trace.view(), |_| {}).decision;
+    let decide = |trace: &Trace| trace.decide(&set).decision;
     // The bucket starts full at the default burst of 2 x 10.
     trace.now = t0;
     assert_eq!(decide(&trace), Sampled);
@@ -501,10 +519,10 @@ fn bytes_limiting_counts_trace_bytes() {
     .unwrap();
     let mut trace = Trace::spans(vec![with(vec![])]);
     trace.bytes = 100;
-    assert_eq!(set.decide(&trace.view(), |_| {}).decision, Sampled);
-    assert_eq!(set.decide(&trace.view(), |_| {}).decision, NotSampled);
+    assert_eq!(trace.decide(&set).decision, Sampled);
+    assert_eq!(trace.decide(&set).decision, NotSampled);
     trace.now += Duration::from_millis(500);
-    assert_eq!(set.decide(&trace.view(), |_| {}).decision, Sampled);
+    assert_eq!(trace.decide(&set).decision, Sampled);
 }
 
 #[test]
@@ -546,7 +564,7 @@ fn composite_follows_policy_order_and_falls_through_budgets() {
     let t0 = Instant::now();
     let mut gold = Trace::spans(vec![with(vec![kv("tier", "gold")]); 3]);
     gold.now = t0;
-    let decide = |t: &Trace| set.decide(&t.view(), |_| {});
+    let decide = |t: &Trace| t.decide(&set);
     // `second` comes first by policy_order and has 4 spans/s.
     let v = decide(&gold);
     assert_eq!(
@@ -579,11 +597,7 @@ fn precedence_of_votes() {
     let inv_miss = "{name: inv, type: string_attribute, string_attribute: {key: route, values: [/x], invert_match: true}}";
     let always = "{name: all, type: always_sample}";
     let never = "{name: never, type: probabilistic, probabilistic: {sampling_percentage: 0}}";
-    let decide = |policies: &str| {
-        compile(&format!("[{policies}]"), false)
-            .unwrap()
-            .decide(&t.view(), |_| {})
-    };
+    let decide = |policies: &str| t.decide(&compile(&format!("[{policies}]"), false).unwrap());
     // InvertNotSampled beats Sampled.
     let v = decide(&format!("{always}, {inv_hit}"));
     assert_eq!((v.decision, v.policy.as_deref()), (NotSampled, Some("inv")));
@@ -597,19 +611,14 @@ fn precedence_of_votes() {
 #[test]
 fn an_erroring_policy_abstains() {
     let set = compile(
-        "[{name: s, type: status_code, status_code: {status_codes: [UNSET]}}, {name: all, type: always_sample}]",
+        "[{name: s, type: ottl_condition, ottl_condition: {error_mode: propagate, span: [name]}}, {name: all, type: always_sample}]",
         false,
     )
     .unwrap();
-    assert!(set.needs_spans());
-    let id = trace_id(1);
-    let undecodable = TraceView {
-        batches: None,
-        ..view(&id)
-    };
+    let t = Trace::spans(vec![with(vec![])]);
     let mut votes = Vec::new();
-    let v = set.decide(&undecodable, |vote| votes.push(vote.decision));
-    assert_eq!(votes, vec![Err(EvalError::Undecodable), Ok(Sampled)]);
+    let v = set.decide(&t.view(&t.batches()), |vote| votes.push(vote.decision));
+    assert_eq!(votes, vec![Err(EvalError::Condition), Ok(Sampled)]);
     assert_eq!(v.policy.as_deref(), Some("all"));
 }
 

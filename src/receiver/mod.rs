@@ -72,29 +72,8 @@ impl Payload {
         }
     }
 
-    /// The request as structs, and where its spans are in its protobuf encoding (encoded
-    /// here for a JSON request).
-    pub fn decode_and_frame(self) -> Result<(ExportTraceServiceRequest, Scanned), IngestError> {
-        let (request, bytes) = match self {
-            Payload::Protobuf(bytes) => (
-                ExportTraceServiceRequest::decode(bytes.clone()).map_err(invalid)?,
-                bytes,
-            ),
-            Payload::Decoded(request) => {
-                let bytes = request.encode_to_vec().into();
-                (request, bytes)
-            }
-        };
-        let framed = scan::frame(bytes).map_err(invalid)?;
-        // The same bytes: prost and the walk find the same spans in the same order. Were
-        // they ever to differ, the request is refused rather than spans lost.
-        if framed.spans.len() != spans(&request).count() {
-            return Err(invalid("its framing disagrees with its decoding"));
-        }
-        Ok((request, framed))
-    }
-
-    /// The request scanned: spans located and validated, not decoded.
+    /// The request scanned: spans located and validated, not decoded (a JSON request is
+    /// encoded first).
     pub fn scan(self) -> Result<Scanned, IngestError> {
         let bytes = match self {
             Payload::Protobuf(bytes) => bytes,

@@ -1,8 +1,8 @@
 //! One `loadbalancing` route: its ring and backends (swapped whole when membership
 //! changes, so routing never stalls), and the split of a scanned request into one request
-//! per owning backend. Spans are copied as received, never decoded and encoded again
-//! (only routing by attributes decodes the span it needs); resource and scope bytes are
-//! shared by every backend's share.
+//! per owning backend. Spans are copied as received, never decoded (routing by service or
+//! attributes reads the fields it needs in place); resource and scope bytes are shared by
+//! every backend's share.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -10,16 +10,14 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use metrics::{Counter, Gauge};
-use opentelemetry_proto::tonic::common::v1::{any_value::Value, KeyValue};
-use opentelemetry_proto::tonic::trace::v1::Span;
-use prost::Message;
 use tokio::time::Instant;
 
 use super::config::{endpoint_with_port, RouteConfig, RoutingKey};
 use super::ring::Ring;
 use crate::exporter::{AttemptObserver, ExporterSet};
-use crate::otlp::scan::{Scanned, ScannedScope};
-use crate::otlp::{attribute as find, RequestBuilder};
+use crate::otlp::scan::Scanned;
+use crate::otlp::view::{AnyValueView, Attributes, SpanView};
+use crate::otlp::RequestBuilder;
 use crate::receiver::{IngestError, Payload};
 use crate::telemetry::{self, Registry};
 
@@ -291,8 +289,6 @@ impl Route {
             .collect();
         let mut owners: Vec<(usize, u32)> = Vec::new();
         let mut key = String::new();
-        // Resource attributes, decoded once per resource, only for keys that read them.
-        let mut resource: Option<(usize, Vec<KeyValue>)> = None;
         for scope in &request.scopes {
             match self.config.routing_key {
                 RoutingKey::TraceId => {
@@ -301,8 +297,8 @@ impl Route {
                     })?;
                 }
                 RoutingKey::Service => {
-                    let resource = resource_attributes(scope, &mut resource)?;
-                    let Some(Value::StringValue(service)) = find(resource, "service.name") else {
+                    let resource = scope.head.resource_attributes();
+                    let Some(AnyValueView::Str(service)) = resource.get("service.name") else {
                         return Err(IngestError::InvalidArgument(
                             "routing_key service: a resource has no service.name".into(),
                         ));
@@ -311,12 +307,12 @@ impl Route {
                     request.split_scope(scope, &mut owners, &mut shares, |_, _| Ok(owner))?;
                 }
                 RoutingKey::Attributes => {
-                    let scope_attributes = decode(scope.head.scope_attributes())?;
-                    let resource = resource_attributes(scope, &mut resource)?;
+                    let scope_attributes = scope.head.scope().attributes();
+                    let resource = scope.head.resource_attributes();
                     request.split_scope(scope, &mut owners, &mut shares, |span, _| {
-                        let span = decode(Span::decode(request.body(span)))?;
-                        self.attribute_key(&mut key, &span, &scope_attributes, resource);
-                        Ok(members.ring.route_usable(key.as_bytes(), usable))
+                        let span = SpanView::parse(request.body(span));
+                        self.attribute_key(&mut key, &span, scope_attributes, resource);
+                        Ok::<_, IngestError>(members.ring.route_usable(key.as_bytes(), usable))
                     })?;
                 }
             }
@@ -329,9 +325,9 @@ impl Route {
     fn attribute_key(
         &self,
         key: &mut String,
-        span: &Span,
-        scope: &[KeyValue],
-        resource: &[KeyValue],
+        span: &SpanView<'_>,
+        scope: Attributes<'_>,
+        resource: Attributes<'_>,
     ) {
         use std::fmt::Write as _;
         key.clear();
@@ -339,53 +335,24 @@ impl Route {
             key.push_str(name);
             key.push('=');
             match name.as_str() {
-                "span.name" => key.push_str(&span.name),
+                "span.name" => key.push_str(span.name()),
                 "span.kind" => {
                     let _ = write!(key, "{}", span.kind);
                 }
-                _ => match find(&span.attributes, name)
-                    .or_else(|| find(scope, name))
-                    .or_else(|| find(resource, name))
-                {
-                    Some(Value::StringValue(s)) => key.push_str(s),
-                    Some(Value::IntValue(i)) => {
-                        let _ = write!(key, "{i}");
+                _ => {
+                    let value = span
+                        .attributes()
+                        .get(name)
+                        .or_else(|| scope.get(name))
+                        .or_else(|| resource.get(name));
+                    if let Some(v) = value {
+                        v.write_to(key);
                     }
-                    Some(Value::DoubleValue(f)) => {
-                        let _ = write!(key, "{f}");
-                    }
-                    Some(Value::BoolValue(b)) => {
-                        let _ = write!(key, "{b}");
-                    }
-                    Some(other) => {
-                        let _ = write!(key, "{other:?}");
-                    }
-                    None => {}
-                },
+                }
             }
             key.push('|');
         }
     }
-}
-
-/// The resource attributes of `scope`, decoded when `cache` holds another resource's.
-fn resource_attributes<'a>(
-    scope: &ScannedScope,
-    cache: &'a mut Option<(usize, Vec<KeyValue>)>,
-) -> Result<&'a [KeyValue], IngestError> {
-    if cache
-        .as_ref()
-        .is_none_or(|(index, _)| *index != scope.resource)
-    {
-        *cache = Some((scope.resource, decode(scope.head.resource_attributes())?));
-    }
-    Ok(cache.as_ref().map_or(&[], |(_, a)| a))
-}
-
-/// A decode of bytes the scan has validated; an error would be a bug, reported as the
-/// client's.
-fn decode<T>(result: Result<T, prost::DecodeError>) -> Result<T, IngestError> {
-    result.map_err(|e| IngestError::InvalidArgument(format!("invalid OTLP request: {e}")))
 }
 
 impl Plan {

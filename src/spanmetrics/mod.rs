@@ -14,9 +14,6 @@ mod table;
 use std::fmt::Write as _;
 
 use metrics::{Counter, Gauge};
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value::Value, KeyValue};
-use opentelemetry_proto::tonic::trace::v1::Span;
 use tokio::time::Instant;
 
 pub use config::SpanMetricsConfig;
@@ -24,7 +21,9 @@ use config::{label_name, Dimension, Unit};
 pub use render::Format;
 use table::{Observation, Recorded, Table};
 
-use crate::otlp::{attribute as find, validate_ids, TraceId};
+use crate::otlp::scan::Scanned;
+use crate::otlp::view::{AnyValueView, Attributes, SpanView};
+use crate::otlp::TraceId;
 use crate::telemetry::{self, Registry};
 
 /// The collector's spelling of span kinds and status codes.
@@ -141,23 +140,25 @@ impl SpanMetrics {
         &self.identity
     }
 
-    /// Counts every span with valid ids in `request`.
-    pub fn record(&self, request: &ExportTraceServiceRequest, now: Instant) {
+    /// Counts every span with valid ids in `request`; `spans` are its spans read in
+    /// place, in order.
+    pub fn record(&self, request: &Scanned, spans: &[SpanView<'_>], now: Instant) {
         let mut key = String::new();
         let mut overflowed = 0;
         let mut created = false;
-        for rs in &request.resource_spans {
-            let resource: &[KeyValue] = rs.resource.as_ref().map_or(&[], |r| &r.attributes);
-            let service = match find(resource, "service.name") {
-                Some(Value::StringValue(s)) if !s.is_empty() => s.as_str(),
+        for scope in &request.scopes {
+            let resource = scope.head.resource_attributes();
+            let service = match resource.get("service.name") {
+                Some(AnyValueView::Str(s)) if !s.is_empty() => s,
                 _ => UNKNOWN_SERVICE,
             };
-            for span in rs.scope_spans.iter().flat_map(|ss| ss.spans.iter()) {
-                let Ok(trace_id) = validate_ids(span) else {
+            let scanned = request.spans_of(scope);
+            for (scanned, span) in scanned.iter().zip(&spans[scope.spans.clone()]) {
+                let Ok(trace_id) = scanned.ids else {
                     continue;
                 };
                 self.base_key(&mut key, service, span);
-                self.dimension_fields(&mut key, &self.dimensions, &span.attributes, resource);
+                self.dimension_fields(&mut key, &self.dimensions, span.attributes(), resource);
                 let nanos = span
                     .end_time_unix_nano
                     .saturating_sub(span.start_time_unix_nano);
@@ -171,12 +172,12 @@ impl SpanMetrics {
                     Recorded::Existing => {}
                 }
                 if let Some(events) = &self.events {
-                    for event in &span.events {
+                    for event in span.events() {
                         self.base_key(&mut key, service, span);
                         self.dimension_fields(
                             &mut key,
                             &self.event_dimensions,
-                            &event.attributes,
+                            event.attributes(),
                             resource,
                         );
                         let o = Observation {
@@ -207,15 +208,14 @@ impl SpanMetrics {
             .set((self.calls.series() + events) as f64);
     }
 
-    fn base_key(&self, key: &mut String, service: &str, span: &Span) {
+    fn base_key(&self, key: &mut String, service: &str, span: &SpanView<'_>) {
         key.clear();
         let kind = KINDS.get(span.kind as usize).copied().unwrap_or(KINDS[0]);
-        let status = span
-            .status
-            .as_ref()
-            .and_then(|s| STATUSES.get(s.code as usize).copied())
+        let status = STATUSES
+            .get(span.status_code as usize)
+            .copied()
             .unwrap_or(STATUSES[0]);
-        for (value, include) in [service, span.name.as_str(), kind, status]
+        for (value, include) in [service, span.name(), kind, status]
             .into_iter()
             .zip(self.include)
         {
@@ -231,18 +231,17 @@ impl SpanMetrics {
         &self,
         key: &mut String,
         dims: &[Dimension],
-        own: &[KeyValue],
-        resource: &[KeyValue],
+        own: Attributes<'_>,
+        resource: Attributes<'_>,
     ) {
         for d in dims {
-            match find(own, &d.name).or_else(|| find(resource, &d.name)) {
-                Some(Value::StringValue(s)) => push_field(key, Some(s)),
-                Some(Value::IntValue(i)) => push_field(key, Some(itoa::Buffer::new().format(*i))),
-                Some(Value::BoolValue(b)) => {
-                    push_field(key, Some(if *b { "true" } else { "false" }))
+            match own.get(&d.name).or_else(|| resource.get(&d.name)) {
+                Some(AnyValueView::Str(s)) => push_field(key, Some(s)),
+                Some(other) => {
+                    let mut value = String::new();
+                    other.write_to(&mut value);
+                    push_field(key, Some(&value));
                 }
-                Some(Value::DoubleValue(f)) => push_field(key, Some(&f.to_string())),
-                Some(other) => push_field(key, Some(&format!("{other:?}"))),
                 None => push_field(key, d.default.as_deref()),
             }
         }
@@ -272,8 +271,8 @@ impl SpanMetrics {
     }
 }
 
-fn span_id(span: &Span) -> [u8; 8] {
-    span.span_id.as_slice().try_into().unwrap_or_default()
+fn span_id(span: &SpanView<'_>) -> [u8; 8] {
+    span.span_id.try_into().unwrap_or_default()
 }
 
 /// Appends one key field: `<len>:<value>` when present, `-` when missing.

@@ -22,6 +22,18 @@ fn metrics(yaml: &str) -> SpanMetrics {
     SpanMetrics::new(&config(yaml), &Registry::new()).unwrap()
 }
 
+/// Counts `request` as a worker does: scanned, its spans read in place.
+fn record(m: &SpanMetrics, request: &ExportTraceServiceRequest, now: Instant) {
+    use prost::Message;
+    let scanned = crate::otlp::scan::scan(request.encode_to_vec().into()).unwrap();
+    let spans: Vec<SpanView<'_>> = scanned
+        .spans
+        .iter()
+        .map(|s| SpanView::parse(scanned.body(s)))
+        .collect();
+    m.record(&scanned, &spans, now);
+}
+
 fn render(m: &SpanMetrics, format: Format, kept: &dyn Fn(&TraceId) -> bool) -> String {
     let mut out = String::new();
     m.render(&mut out, format, kept);
@@ -52,7 +64,8 @@ fn timed(n: u64, name: &str, kind: i32, status: i32, ms: u64) -> Span {
 fn golden_text_output() {
     let m = metrics("{instance_id: worker-0, histogram: {explicit: {buckets: [10ms, 100ms]}}}");
     let now = Instant::now();
-    m.record(
+    record(
+        &m,
         &request(
             "checkout",
             vec![
@@ -98,7 +111,7 @@ fn output_parses_as_prometheus_text() {
     let m = metrics("{instance_id: w, dimensions: [{name: http.route}]}");
     let mut s = timed(1, "GET", 2, 0, 3);
     s.attributes = vec![kv("http.route", "/a\\b\nc")];
-    m.record(&request("svc", vec![s]), Instant::now());
+    record(&m, &request("svc", vec![s]), Instant::now());
     text(&m);
     let out = text(&m);
     let lines = out.lines().map(|l| Ok(l.to_owned()));
@@ -126,7 +139,8 @@ fn output_parses_as_prometheus_text() {
 #[test]
 fn a_value_on_a_bound_falls_in_that_bucket_and_seconds_are_supported() {
     let m = metrics("{instance_id: w, histogram: {unit: s, explicit: {buckets: [100ms, 1s]}}}");
-    m.record(
+    record(
+        &m,
         &request(
             "a",
             vec![timed(1, "x", 1, 0, 100), timed(2, "x", 1, 0, 1000)],
@@ -165,7 +179,7 @@ fn dimensions_prefer_the_span_then_the_resource_then_the_default() {
         .unwrap()
         .attributes
         .push(kv("deployment.environment", "prod"));
-    m.record(&req, Instant::now());
+    record(&m, &req, Instant::now());
     text(&m);
     let out = text(&m);
     assert!(out.contains(r#"{service_name="svc",span_name="op",http_method="GET",deployment_environment="span-level",region="unknown",collector_instance_id="w"} 1"#), "{out}");
@@ -184,7 +198,7 @@ fn spans_without_a_service_name_count_as_unknown_service_and_bad_ids_not_at_all(
     let mut bad = timed(2, "op", 1, 0, 1);
     bad.trace_id = vec![0; 16];
     req.resource_spans[0].scope_spans[0].spans.push(bad);
-    m.record(&req, Instant::now());
+    record(&m, &req, Instant::now());
     text(&m);
     assert!(text(&m).contains(r#"traces_span_metrics_calls_total{service_name="unknown_service",span_name="op",span_kind="SPAN_KIND_INTERNAL",status_code="STATUS_CODE_UNSET",collector_instance_id="w"} 1"#));
 }
@@ -198,14 +212,16 @@ async fn idle_series_expire_and_the_cardinality_limit_folds_into_overflow() {
     )
     .unwrap();
     let t0 = Instant::now();
-    m.record(
+    record(
+        &m,
         &request(
             "a",
             vec![timed(1, "one", 1, 0, 1), timed(2, "two", 1, 0, 1)],
         ),
         t0,
     );
-    m.record(
+    record(
+        &m,
         &request(
             "a",
             vec![timed(3, "three", 1, 0, 1), timed(4, "four", 1, 0, 1)],
@@ -227,7 +243,8 @@ async fn idle_series_expire_and_the_cardinality_limit_folds_into_overflow() {
     );
     // "one" keeps being updated; everything else goes idle past the expiration.
     tokio::time::advance(Duration::from_secs(200)).await;
-    m.record(
+    record(
+        &m,
         &request("a", vec![timed(5, "one", 1, 0, 1)]),
         Instant::now(),
     );
@@ -242,7 +259,8 @@ async fn idle_series_expire_and_the_cardinality_limit_folds_into_overflow() {
         2.0
     );
     // Room again: a new label set gets its own series (starting at zero).
-    m.record(
+    record(
+        &m,
         &request("a", vec![timed(6, "three", 1, 0, 1)]),
         Instant::now(),
     );
@@ -252,7 +270,8 @@ async fn idle_series_expire_and_the_cardinality_limit_folds_into_overflow() {
 #[test]
 fn openmetrics_carries_exemplars_of_kept_traces_only() {
     let m = metrics("{instance_id: w, exemplars: {enabled: true, max_per_data_point: 2}, histogram: {explicit: {buckets: [10ms]}}}");
-    m.record(
+    record(
+        &m,
         &request("a", vec![timed(1, "op", 2, 0, 5), timed(2, "op", 2, 0, 50)]),
         Instant::now(),
     );
@@ -300,7 +319,7 @@ fn events_are_counted_by_their_dimensions() {
             ..Default::default()
         },
     ];
-    m.record(&request("a", vec![s]), Instant::now());
+    record(&m, &request("a", vec![s]), Instant::now());
     text(&m);
     let out = text(&m);
     assert!(out.contains(r#"traces_span_metrics_events_total{service_name="a",span_name="op",span_kind="SPAN_KIND_SERVER",status_code="STATUS_CODE_ERROR",exception_type="Timeout",collector_instance_id="w"} 2"#), "{out}");
@@ -327,7 +346,11 @@ fn config_checks_and_identity() {
     let named = config("{instance_id: pod-7, namespace: ''}");
     assert_eq!(named.resolve_identity().unwrap(), "pod-7");
     let m = SpanMetrics::new(&named, &Registry::new()).unwrap();
-    m.record(&request("a", vec![timed(1, "op", 1, 0, 1)]), Instant::now());
+    record(
+        &m,
+        &request("a", vec![timed(1, "op", 1, 0, 1)]),
+        Instant::now(),
+    );
     assert!(text(&m).contains("calls_total{"));
     assert!(!text(&m).contains("traces_span_metrics"));
 }

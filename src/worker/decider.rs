@@ -110,21 +110,10 @@ impl Decider {
     /// Evaluates the policies on a pending trace, counting each vote.
     pub(crate) fn decide(&self, id: &TraceId, entry: &TraceEntry, now: Instant) -> Verdict {
         let active = self.current();
-        let batches = if active.set.needs_spans() {
-            entry
-                .chunks
-                .iter()
-                .map(|c| {
-                    c.decode().map(|(resource_attributes, scope_spans)| Batch {
-                        resource_attributes,
-                        scope_spans,
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .inspect_err(|e| tracing::error!(error = %e, "buffered spans do not decode"))
-                .ok()
+        let batches: Vec<Batch<'_>> = if active.set.needs_spans() {
+            entry.chunks.iter().map(Batch::of).collect()
         } else {
-            Some(Vec::new())
+            Vec::new()
         };
         let view = TraceView {
             trace_id: id,
@@ -132,7 +121,7 @@ impl Decider {
             bytes: entry.bytes,
             earliest_start: entry.earliest_start,
             latest_end: entry.latest_end,
-            batches: batches.as_deref(),
+            batches: &batches,
             now,
         };
         active.set.decide(&view, |vote| {

@@ -12,13 +12,13 @@ use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram};
 use moka::sync::Cache;
-use opentelemetry_proto::tonic::trace::v1::Span;
 use tokio::time::Instant;
 
 use super::decider::Decider;
 use crate::buffer::{AddOutcome, ChunkFacts, TraceBuffer, TraceEntry};
 use crate::exporter::ExporterSet;
-use crate::otlp::{is_root, Chunk, Head, RequestBuilder, TraceId};
+use crate::otlp::view::SpanView;
+use crate::otlp::{Chunk, Head, RequestBuilder, TraceId};
 use crate::policy::{Decision, PolicySet, Verdict};
 use crate::receiver::{check_ids, Ingest, IngestError, Ingested, Payload};
 use crate::spanmetrics::{Format, SpanMetrics};
@@ -137,8 +137,8 @@ impl Ingest for Pipeline {
     /// Takes one OTLP request. Invalid spans are rejected one by one (partial success);
     /// the request is refused whole when every span is invalid or when the worker is full.
     fn ingest(&self, request: Payload, now: Instant) -> Result<Ingested, IngestError> {
-        let (request, framed) = request.decode_and_frame()?;
-        let checked = check_ids(&framed)?;
+        let request = request.scan()?;
+        let checked = check_ids(&request)?;
         let total = checked.accepted + checked.rejected;
         if self.exporters.is_full() {
             self.metrics.processor_refused.increment(total);
@@ -148,23 +148,23 @@ impl Ingest for Pipeline {
             self.metrics.processor_refused.increment(total);
             return Err(IngestError::Overloaded("the trace buffer is full"));
         }
+        let spans: Vec<SpanView<'_>> = request
+            .spans
+            .iter()
+            .map(|s| SpanView::parse(request.body(s)))
+            .collect();
         if let Some(sm) = &self.span_metrics {
-            sm.record(&request, now);
+            sm.record(&request, &spans, now);
         }
         let mut late = RequestBuilder::default();
         let mut keys: Vec<(TraceId, u32)> = Vec::new();
-        // The decoded scopes with spans, in order, are the framed scopes.
-        let decoded = request
-            .resource_spans
-            .iter()
-            .flat_map(|rs| &rs.scope_spans)
-            .filter(|ss| !ss.spans.is_empty());
-        for (ss, scope) in decoded.zip(&framed.scopes) {
+        for scope in &request.scopes {
+            let spans = &spans[scope.spans.clone()];
             let by_trace = |_: &_, id: &TraceId| Ok::<_, Infallible>(Some(*id));
-            let Ok(()) = framed.group_scope(scope, &mut keys, by_trace, |id, group| {
-                let spans = group.iter().map(|(_, i)| &ss.spans[*i as usize]);
-                let bytes = framed.framed_group(scope, group);
-                self.take_group(id, spans, bytes, &scope.head, &mut late, now)
+            let Ok(()) = request.group_scope(scope, &mut keys, by_trace, |id, group| {
+                let members = group.iter().map(|(_, i)| &spans[*i as usize]);
+                let bytes = request.framed_group(scope, group);
+                self.take_group(id, members, bytes, &scope.head, &mut late, now)
             });
         }
         if !late.is_empty() {
@@ -239,11 +239,12 @@ impl Pipeline {
         &self.exporters
     }
 
-    /// Routes the spans of one trace from one `ScopeSpans`, given decoded and as received.
+    /// Routes the spans of one trace from one `ScopeSpans`, given read in place and as
+    /// received.
     fn take_group<'a>(
         &self,
         id: TraceId,
-        members: impl Iterator<Item = &'a Span> + Clone,
+        members: impl Iterator<Item = &'a SpanView<'a>> + Clone,
         bytes: impl Iterator<Item = &'a [u8]> + Clone,
         head: &Arc<Head>,
         late: &mut RequestBuilder,
@@ -287,7 +288,7 @@ impl Pipeline {
                 latest_end: 0,
             },
             |f, s| ChunkFacts {
-                has_root: f.has_root || is_root(s),
+                has_root: f.has_root || s.is_root(),
                 earliest_start: f.earliest_start.min(s.start_time_unix_nano),
                 latest_end: f.latest_end.max(s.end_time_unix_nano),
             },

@@ -9,14 +9,11 @@
 
 mod parse;
 
-use opentelemetry_proto::tonic::common::v1::{any_value, InstrumentationScope, KeyValue};
-use opentelemetry_proto::tonic::trace::v1::span::Event;
-use opentelemetry_proto::tonic::trace::v1::Span;
-
 use super::rules::EvalError;
 use super::{Decision, TraceView};
 use crate::config::Errors;
 use crate::otlp::trace_id_hex;
+use crate::otlp::view::{AnyValueView, Attributes, EventView, ScopeView, SpanView};
 use parse::{Expr, Literal, Op, Operand};
 
 /// Which object a condition is written against.
@@ -164,20 +161,21 @@ impl OttlCondition {
     }
 
     pub(crate) fn evaluate(&self, t: &TraceView<'_>) -> Result<Decision, EvalError> {
-        let batches = t.batches.ok_or(EvalError::Undecodable)?;
-        for batch in batches {
-            let scope = batch.scope_spans.scope.as_ref();
-            for span in &batch.scope_spans.spans {
+        for batch in t.batches {
+            for span in &batch.spans {
                 let mut at = Scope {
-                    resource: &batch.resource_attributes,
-                    scope,
+                    resource: batch.resource,
+                    scope: batch.scope,
                     span,
                     event: None,
                 };
                 if self.any(&self.span, &at)? {
                     return Ok(Decision::Sampled);
                 }
-                for event in &span.events {
+                if self.event.is_empty() {
+                    continue;
+                }
+                for event in span.events() {
                     at.event = Some(event);
                     if self.any(&self.event, &at)? {
                         return Ok(Decision::Sampled);
@@ -208,10 +206,10 @@ impl OttlCondition {
 
 /// The objects a condition can reach.
 struct Scope<'a> {
-    resource: &'a [KeyValue],
-    scope: Option<&'a InstrumentationScope>,
-    span: &'a Span,
-    event: Option<&'a Event>,
+    resource: Attributes<'a>,
+    scope: ScopeView<'a>,
+    span: &'a SpanView<'a>,
+    event: Option<EventView<'a>>,
 }
 
 /// A runtime value.
@@ -246,15 +244,15 @@ impl Val<'_> {
     }
 }
 
-fn attribute<'a>(attributes: &'a [KeyValue], key: &str) -> Val<'a> {
-    match crate::otlp::attribute(attributes, key) {
+fn attribute<'a>(attributes: Attributes<'a>, key: &str) -> Val<'a> {
+    match attributes.get(key) {
         None => Val::Nil,
-        Some(any_value::Value::StringValue(s)) => Val::Str(s),
-        Some(any_value::Value::BoolValue(b)) => Val::Bool(*b),
-        Some(any_value::Value::IntValue(i)) => Val::Int(*i),
-        Some(any_value::Value::DoubleValue(f)) => Val::Float(*f),
-        Some(any_value::Value::BytesValue(b)) => Val::Bytes(b),
-        Some(_) => Val::Composite,
+        Some(AnyValueView::Str(s)) => Val::Str(s),
+        Some(AnyValueView::Bool(b)) => Val::Bool(b),
+        Some(AnyValueView::Int(i)) => Val::Int(i),
+        Some(AnyValueView::Double(f)) => Val::Float(f),
+        Some(AnyValueView::Bytes(b)) => Val::Bytes(b),
+        Some(AnyValueView::Composite(_)) => Val::Composite,
     }
 }
 
@@ -268,28 +266,28 @@ fn hex(bytes: &[u8]) -> String {
 fn get<'a>(path: &'a Path, at: &Scope<'a>) -> Val<'a> {
     let s = at.span;
     match path {
-        Path::Name => Val::Str(&s.name),
+        Path::Name => Val::Str(s.name()),
         Path::Kind => Val::Int(i64::from(s.kind)),
-        Path::StatusCode => Val::Int(s.status.as_ref().map_or(0, |st| i64::from(st.code))),
-        Path::StatusMessage => Val::Str(s.status.as_ref().map_or("", |st| st.message.as_str())),
-        Path::TraceState => Val::Str(&s.trace_state),
+        Path::StatusCode => Val::Int(i64::from(s.status_code)),
+        Path::StatusMessage => Val::Str(s.status_message()),
+        Path::TraceState => Val::Str(s.trace_state()),
         Path::StartTime => Val::Int(s.start_time_unix_nano as i64),
         Path::EndTime => Val::Int(s.end_time_unix_nano as i64),
-        Path::TraceId => Val::Bytes(&s.trace_id),
-        Path::TraceIdString => Val::Owned(hex(&s.trace_id)),
-        Path::SpanId => Val::Bytes(&s.span_id),
-        Path::SpanIdString => Val::Owned(hex(&s.span_id)),
-        Path::ParentSpanId => Val::Bytes(&s.parent_span_id),
-        Path::ParentSpanIdString => Val::Owned(hex(&s.parent_span_id)),
+        Path::TraceId => Val::Bytes(s.trace_id),
+        Path::TraceIdString => Val::Owned(hex(s.trace_id)),
+        Path::SpanId => Val::Bytes(s.span_id),
+        Path::SpanIdString => Val::Owned(hex(s.span_id)),
+        Path::ParentSpanId => Val::Bytes(s.parent_span_id),
+        Path::ParentSpanIdString => Val::Owned(hex(s.parent_span_id)),
         Path::DroppedAttributesCount => Val::Int(i64::from(s.dropped_attributes_count)),
-        Path::Attribute(k) => attribute(&s.attributes, k),
+        Path::Attribute(k) => attribute(s.attributes(), k),
         Path::ResourceAttribute(k) => attribute(at.resource, k),
-        Path::ScopeName => Val::Str(at.scope.map_or("", |sc| sc.name.as_str())),
-        Path::ScopeVersion => Val::Str(at.scope.map_or("", |sc| sc.version.as_str())),
-        Path::ScopeAttribute(k) => at.scope.map_or(Val::Nil, |sc| attribute(&sc.attributes, k)),
-        Path::EventName => Val::Str(at.event.map_or("", |e| e.name.as_str())),
+        Path::ScopeName => Val::Str(at.scope.name()),
+        Path::ScopeVersion => Val::Str(at.scope.version()),
+        Path::ScopeAttribute(k) => attribute(at.scope.attributes(), k),
+        Path::EventName => Val::Str(at.event.map_or("", |e| e.name())),
         Path::EventTime => Val::Int(at.event.map_or(0, |e| e.time_unix_nano as i64)),
-        Path::EventAttribute(k) => at.event.map_or(Val::Nil, |e| attribute(&e.attributes, k)),
+        Path::EventAttribute(k) => at.event.map_or(Val::Nil, |e| attribute(e.attributes(), k)),
     }
 }
 

@@ -1,9 +1,12 @@
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::span::Event;
-use opentelemetry_proto::tonic::trace::v1::{ScopeSpans, Span, Status};
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
 use tokio::time::Instant;
 
 use super::*;
+use crate::otlp::{chunks_of, Chunk};
 use crate::policy::Batch;
 use crate::testkit::{kv, trace_id};
 
@@ -15,7 +18,7 @@ fn attr(key: &str, v: any_value::Value) -> KeyValue {
     }
 }
 
-fn fixture() -> Batch {
+fn fixture() -> Chunk {
     let span = Span {
         trace_id: trace_id(1).to_vec(),
         span_id: vec![0xab; 8],
@@ -44,21 +47,28 @@ fn fixture() -> Batch {
         }],
         ..Default::default()
     };
-    Batch {
-        resource_attributes: vec![
-            kv("service.name", "checkout"),
-            kv("deployment.environment", "prod"),
-        ],
-        scope_spans: ScopeSpans {
-            scope: Some(InstrumentationScope {
-                name: "io.opentelemetry.http".into(),
-                version: "1.2".into(),
+    let request = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![
+                    kv("service.name", "checkout"),
+                    kv("deployment.environment", "prod"),
+                ],
                 ..Default::default()
             }),
-            spans: vec![span],
-            schema_url: String::new(),
-        },
-    }
+            scope_spans: vec![ScopeSpans {
+                scope: Some(InstrumentationScope {
+                    name: "io.opentelemetry.http".into(),
+                    version: "1.2".into(),
+                    ..Default::default()
+                }),
+                spans: vec![span],
+                schema_url: String::new(),
+            }],
+            ..Default::default()
+        }],
+    };
+    chunks_of(&request).unwrap().remove(0)
 }
 
 fn run(span: &[&str], event: &[&str], mode: ErrorMode) -> Result<Decision, EvalError> {
@@ -66,7 +76,8 @@ fn run(span: &[&str], event: &[&str], mode: ErrorMode) -> Result<Decision, EvalE
     let owned = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let c = OttlCondition::compile(mode, &owned(span), &owned(event), "p", &mut errors)
         .unwrap_or_else(|| panic!("{:?}", errors.check()));
-    let batches = [fixture()];
+    let chunk = fixture();
+    let batches = [Batch::of(&chunk)];
     let id = trace_id(1);
     c.evaluate(&TraceView {
         trace_id: &id,
@@ -74,7 +85,7 @@ fn run(span: &[&str], event: &[&str], mode: ErrorMode) -> Result<Decision, EvalE
         bytes: 0,
         earliest_start: 0,
         latest_end: 0,
-        batches: Some(&batches),
+        batches: &batches,
         now: Instant::now(),
     })
 }

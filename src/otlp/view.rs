@@ -1,0 +1,363 @@
+//! Borrowed readers over OTLP messages the scan has accepted: a span's fields, attributes
+//! and events, a resource's attributes, an instrumentation scope. Span metrics, the
+//! policies and the router's attribute routing read spans through them; nothing is
+//! decoded into structs (DESIGN.md decision 1: spans stay encoded).
+//!
+//! Reading agrees with prost's decoding of the same bytes: the last occurrence of a scalar
+//! field wins, a message field sent more than once is merged (its repeated fields
+//! concatenated, its scalars taken from the last occurrence), and the last member of a
+//! oneof wins. Strings are checked as UTF-8 when read (a string that is not reads as
+//! empty, which accepted bytes never give); keys are compared as bytes. Reading never
+//! fails and never allocates, except to format a composite attribute value.
+//!
+//! Written by hand for the reason the scan is: prost builds owned structs only, and
+//! building them (a `String` and a `Vec` for every attribute) was most of the worker's
+//! cost.
+
+use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
+use prost::Message;
+
+use super::scan::{fields, Fields, Wire};
+
+/// A span, read in place.
+#[derive(Debug, Clone, Copy)]
+pub struct SpanView<'a> {
+    pub trace_id: &'a [u8],
+    pub span_id: &'a [u8],
+    pub parent_span_id: &'a [u8],
+    trace_state: &'a [u8],
+    name: &'a [u8],
+    pub kind: i32,
+    pub start_time_unix_nano: u64,
+    pub end_time_unix_nano: u64,
+    pub dropped_attributes_count: u32,
+    pub flags: u32,
+    pub status_code: i32,
+    status_message: &'a [u8],
+    body: &'a [u8],
+}
+
+impl<'a> SpanView<'a> {
+    /// Reads the fields of an encoded `Span` (its body, without the framing).
+    pub fn parse(body: &'a [u8]) -> SpanView<'a> {
+        let mut s = SpanView {
+            trace_id: &[],
+            span_id: &[],
+            parent_span_id: &[],
+            trace_state: &[],
+            name: &[],
+            kind: 0,
+            start_time_unix_nano: 0,
+            end_time_unix_nano: 0,
+            dropped_attributes_count: 0,
+            flags: 0,
+            status_code: 0,
+            status_message: &[],
+            body,
+        };
+        for (tag, wire) in fields(body) {
+            match (tag, wire) {
+                (1, Wire::Len(v)) => s.trace_id = v,
+                (2, Wire::Len(v)) => s.span_id = v,
+                (3, Wire::Len(v)) => s.trace_state = v,
+                (4, Wire::Len(v)) => s.parent_span_id = v,
+                (5, Wire::Len(v)) => s.name = v,
+                // int32 and uint32 fields keep the low bits of the varint, as in prost.
+                (6, Wire::Varint(v)) => s.kind = v as i32,
+                (7, Wire::Fixed64(v)) => s.start_time_unix_nano = v,
+                (8, Wire::Fixed64(v)) => s.end_time_unix_nano = v,
+                (10, Wire::Varint(v)) => s.dropped_attributes_count = v as u32,
+                (15, Wire::Len(status)) => {
+                    for (tag, wire) in fields(status) {
+                        match (tag, wire) {
+                            (2, Wire::Len(v)) => s.status_message = v,
+                            (3, Wire::Varint(v)) => s.status_code = v as i32,
+                            _ => {}
+                        }
+                    }
+                }
+                (16, Wire::Fixed32(v)) => s.flags = v,
+                _ => {}
+            }
+        }
+        s
+    }
+
+    pub fn name(&self) -> &'a str {
+        text(self.name)
+    }
+
+    pub fn trace_state(&self) -> &'a str {
+        text(self.trace_state)
+    }
+
+    pub fn status_message(&self) -> &'a str {
+        text(self.status_message)
+    }
+
+    pub fn attributes(&self) -> Attributes<'a> {
+        Attributes {
+            msg: self.body,
+            outer: None,
+            field: 9,
+        }
+    }
+
+    pub fn events(&self) -> impl Iterator<Item = EventView<'a>> + use<'a> {
+        messages(self.body, 11).map(EventView::parse)
+    }
+
+    /// Whether the span is its trace's root: its parent span id is empty (or all zeros,
+    /// as some SDKs send it).
+    pub fn is_root(&self) -> bool {
+        self.parent_span_id.iter().all(|b| *b == 0)
+    }
+}
+
+/// A span event, read in place.
+#[derive(Debug, Clone, Copy)]
+pub struct EventView<'a> {
+    pub time_unix_nano: u64,
+    name: &'a [u8],
+    body: &'a [u8],
+}
+
+impl<'a> EventView<'a> {
+    fn parse(body: &'a [u8]) -> EventView<'a> {
+        let mut e = EventView {
+            time_unix_nano: 0,
+            name: &[],
+            body,
+        };
+        for (tag, wire) in fields(body) {
+            match (tag, wire) {
+                (1, Wire::Fixed64(v)) => e.time_unix_nano = v,
+                (2, Wire::Len(v)) => e.name = v,
+                _ => {}
+            }
+        }
+        e
+    }
+
+    pub fn name(&self) -> &'a str {
+        text(self.name)
+    }
+
+    pub fn attributes(&self) -> Attributes<'a> {
+        Attributes {
+            msg: self.body,
+            outer: None,
+            field: 3,
+        }
+    }
+}
+
+/// An instrumentation scope, read in place from the fields of a `ScopeSpans` other than
+/// its spans.
+#[derive(Debug, Clone, Copy)]
+pub struct ScopeView<'a> {
+    name: &'a [u8],
+    version: &'a [u8],
+    head: &'a [u8],
+}
+
+impl<'a> ScopeView<'a> {
+    pub(super) fn parse(head: &'a [u8]) -> ScopeView<'a> {
+        let mut s = ScopeView {
+            name: &[],
+            version: &[],
+            head,
+        };
+        for scope in messages(head, 1) {
+            for (tag, wire) in fields(scope) {
+                match (tag, wire) {
+                    (1, Wire::Len(v)) => s.name = v,
+                    (2, Wire::Len(v)) => s.version = v,
+                    _ => {}
+                }
+            }
+        }
+        s
+    }
+
+    pub fn name(&self) -> &'a str {
+        text(self.name)
+    }
+
+    pub fn version(&self) -> &'a str {
+        text(self.version)
+    }
+
+    pub fn attributes(&self) -> Attributes<'a> {
+        Attributes {
+            msg: self.head,
+            outer: Some(1),
+            field: 3,
+        }
+    }
+}
+
+/// A repeated `KeyValue` field: field `field` of a message, or of every occurrence of its
+/// message field `outer` (a resource or scope sent more than once is merged).
+#[derive(Debug, Clone, Copy)]
+pub struct Attributes<'a> {
+    msg: &'a [u8],
+    outer: Option<u32>,
+    field: u32,
+}
+
+impl<'a> Attributes<'a> {
+    /// The attributes of a `Resource` read from the fields of a `ResourceSpans` other than
+    /// its scope spans.
+    pub(super) fn of_resource(head: &'a [u8]) -> Attributes<'a> {
+        Attributes {
+            msg: head,
+            outer: Some(1),
+            field: 1,
+        }
+    }
+
+    pub fn iter(&self) -> KeyValues<'a> {
+        match self.outer {
+            None => KeyValues {
+                outer: None,
+                inner: fields(self.msg),
+                field: self.field,
+            },
+            Some(tag) => KeyValues {
+                outer: Some((fields(self.msg), tag)),
+                inner: fields(&[]),
+                field: self.field,
+            },
+        }
+    }
+
+    /// The value of the first attribute named `key`, if that attribute has one: what
+    /// pdata's `Get` finds.
+    pub fn get(&self, key: &str) -> Option<AnyValueView<'a>> {
+        self.iter()
+            .find(|kv| kv.key_bytes() == key.as_bytes())
+            .and_then(|kv| kv.value())
+    }
+}
+
+/// The `KeyValue`s of an [`Attributes`], in order.
+pub struct KeyValues<'a> {
+    outer: Option<(Fields<'a>, u32)>,
+    inner: Fields<'a>,
+    field: u32,
+}
+
+impl<'a> Iterator for KeyValues<'a> {
+    type Item = KeyValueView<'a>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            for (tag, wire) in self.inner.by_ref() {
+                if let (true, Wire::Len(kv)) = (tag == self.field, wire) {
+                    return Some(KeyValueView { bytes: kv });
+                }
+            }
+            let (outer, tag) = self.outer.as_mut()?;
+            self.inner = loop {
+                if let (t, Wire::Len(m)) = outer.next()? {
+                    if t == *tag {
+                        break fields(m);
+                    }
+                }
+            };
+        }
+    }
+}
+
+/// One attribute, read in place.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyValueView<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> KeyValueView<'a> {
+    fn key_bytes(&self) -> &'a [u8] {
+        let mut key: &[u8] = &[];
+        for (tag, wire) in fields(self.bytes) {
+            if let (1, Wire::Len(v)) = (tag, wire) {
+                key = v;
+            }
+        }
+        key
+    }
+
+    pub fn key(&self) -> &'a str {
+        text(self.key_bytes())
+    }
+
+    /// The value, `None` when no member of the `AnyValue` oneof is set.
+    pub fn value(&self) -> Option<AnyValueView<'a>> {
+        let mut value = None;
+        for any in messages(self.bytes, 2) {
+            for (tag, wire) in fields(any) {
+                value = match (tag, wire) {
+                    (1, Wire::Len(v)) => Some(AnyValueView::Str(text(v))),
+                    (2, Wire::Varint(v)) => Some(AnyValueView::Bool(v != 0)),
+                    (3, Wire::Varint(v)) => Some(AnyValueView::Int(v as i64)),
+                    (4, Wire::Fixed64(v)) => Some(AnyValueView::Double(f64::from_bits(v))),
+                    (5 | 6, Wire::Len(_)) => Some(AnyValueView::Composite(*self)),
+                    (7, Wire::Len(v)) => Some(AnyValueView::Bytes(v)),
+                    _ => continue,
+                };
+            }
+        }
+        value
+    }
+}
+
+/// An attribute value, read in place.
+#[derive(Debug, Clone, Copy)]
+pub enum AnyValueView<'a> {
+    Str(&'a str),
+    Bool(bool),
+    Int(i64),
+    Double(f64),
+    Bytes(&'a [u8]),
+    /// An array or a key-value list; the attribute, to decode when needed.
+    Composite(KeyValueView<'a>),
+}
+
+impl AnyValueView<'_> {
+    /// Appends the value as a metric label or routing key shows it: strings as they are,
+    /// numbers and booleans in their usual text form, anything else as its decoded Rust
+    /// debug form.
+    pub fn write_to(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let _ = match self {
+            AnyValueView::Str(s) => {
+                out.push_str(s);
+                Ok(())
+            }
+            AnyValueView::Bool(b) => write!(out, "{b}"),
+            AnyValueView::Int(i) => write!(out, "{i}"),
+            AnyValueView::Double(f) => write!(out, "{f}"),
+            AnyValueView::Bytes(b) => write!(out, "{:?}", any_value::Value::BytesValue(b.to_vec())),
+            AnyValueView::Composite(kv) => match KeyValue::decode(kv.bytes)
+                .ok()
+                .and_then(|kv| kv.value)
+                .and_then(|v| v.value)
+            {
+                Some(v) => write!(out, "{v:?}"),
+                None => Ok(()),
+            },
+        };
+    }
+}
+
+/// The payloads of every occurrence of length-delimited field `field` of a message.
+fn messages(msg: &[u8], field: u32) -> impl Iterator<Item = &[u8]> {
+    fields(msg).filter_map(move |(tag, wire)| match wire {
+        Wire::Len(v) if tag == field => Some(v),
+        _ => None,
+    })
+}
+
+fn text(bytes: &[u8]) -> &str {
+    std::str::from_utf8(bytes).unwrap_or("")
+}
