@@ -62,6 +62,9 @@ pub const POLICIES: &str = r#"
 
 const LATENESS_QUANTILES: [f64; 2] = [0.5, 0.99];
 
+/// How often the benchmark samples the workers' buffered spans and memory.
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
 /// Serves OTLP/gRPC and only decodes each request: the baseline process.
 pub async fn decode_sink(endpoint: &str) -> anyhow::Result<()> {
     struct Decode;
@@ -268,7 +271,8 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<Results> {
     eprintln!("router and {} worker(s)", options.workers);
 
     // Memory is sampled while the load runs: the peak of buffered spans, and the resident
-    // memory the workers had then.
+    // memory the workers had then. Each sample scrapes every worker's metrics, which costs
+    // the workers CPU; once a second is still far more often than Prometheus scrapes.
     let stop_sampling = tokio_util::sync::CancellationToken::new();
     let sampler = {
         let admins = worker_admins.clone();
@@ -287,7 +291,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<Results> {
                 if buffered as u64 > peak.0 {
                     peak = (buffered as u64, rss);
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                tokio::time::sleep(SAMPLE_EVERY).await;
             }
             peak
         })
