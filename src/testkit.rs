@@ -376,8 +376,15 @@ fn attribute<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a any_value:
 /// as [`attribute`] finds it in the decoded ones.
 fn assert_attributes_read(view: Attributes<'_>, decoded: &[KeyValue]) {
     let keys: Vec<&str> = view.iter().map(|kv| kv.key()).collect();
-    let expected: Vec<&str> = decoded.iter().map(|kv| kv.key.as_str()).collect();
+    let mut expected: Vec<&str> = decoded.iter().map(|kv| kv.key.as_str()).collect();
     assert_eq!(keys, expected, "attribute keys");
+    expected.push("absent");
+    let mut found = vec![None; expected.len()];
+    view.get_each(expected.iter().copied(), &mut found);
+    for (key, found) in expected.iter().zip(&found) {
+        let one = view.get(key);
+        assert_eq!(format!("{found:?}"), format!("{one:?}"), "get_each {key:?}");
+    }
     for kv in decoded {
         let found = view.get(&kv.key);
         let want = attribute(decoded, &kv.key);

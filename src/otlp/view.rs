@@ -239,6 +239,40 @@ impl<'a> Attributes<'a> {
             .find(|kv| kv.key_bytes() == key.as_bytes())
             .and_then(|kv| kv.value())
     }
+
+    /// [`get`](Self::get) for each of `keys` in one pass over the attributes: what `get`
+    /// would give for the i-th key goes to `found[i]`, which must start `None`.
+    pub fn get_each<'k>(
+        &self,
+        keys: impl Iterator<Item = &'k str> + Clone,
+        found: &mut [Option<AnyValueView<'a>>],
+    ) {
+        // Which keys were seen, as bits; more keys than bits (never in practice) are looked
+        // up one by one.
+        if found.is_empty() {
+            return;
+        }
+        if found.len() > 64 {
+            for (k, f) in keys.zip(found) {
+                *f = self.get(k);
+            }
+            return;
+        }
+        let all = u64::MAX >> (64 - found.len());
+        let mut seen = 0u64;
+        for kv in self.iter() {
+            if seen == all {
+                break;
+            }
+            let key = kv.key_bytes();
+            for (i, k) in keys.clone().enumerate() {
+                if seen & (1 << i) == 0 && k.as_bytes() == key {
+                    seen |= 1 << i;
+                    found[i] = kv.value();
+                }
+            }
+        }
+    }
 }
 
 /// The `KeyValue`s of an [`Attributes`], in order.

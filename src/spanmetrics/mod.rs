@@ -146,19 +146,26 @@ impl SpanMetrics {
         let mut key = String::new();
         let mut overflowed = 0;
         let mut created = false;
+        let mut scratch = Vec::new();
+        let (mut resource, mut event_resource) = (Vec::new(), Vec::new());
         for scope in &request.scopes {
-            let resource = scope.head.resource_attributes();
-            let service = match resource.get("service.name") {
+            let attributes = scope.head.resource_attributes();
+            let service = match attributes.get("service.name") {
                 Some(AnyValueView::Str(s)) if !s.is_empty() => s,
                 _ => UNKNOWN_SERVICE,
             };
+            get_each(attributes, &self.dimensions, &mut resource);
+            if self.events.is_some() {
+                get_each(attributes, &self.event_dimensions, &mut event_resource);
+            }
             let scanned = request.spans_of(scope);
             for (scanned, span) in scanned.iter().zip(&spans[scope.spans.clone()]) {
                 let Ok(trace_id) = scanned.ids else {
                     continue;
                 };
                 self.base_key(&mut key, service, span);
-                self.dimension_fields(&mut key, &self.dimensions, span.attributes(), resource);
+                let own = span.attributes();
+                dimension_fields(&mut key, &self.dimensions, own, &resource, &mut scratch);
                 let nanos = span
                     .end_time_unix_nano
                     .saturating_sub(span.start_time_unix_nano);
@@ -174,11 +181,12 @@ impl SpanMetrics {
                 if let Some(events) = &self.events {
                     for event in span.events() {
                         self.base_key(&mut key, service, span);
-                        self.dimension_fields(
+                        dimension_fields(
                             &mut key,
                             &self.event_dimensions,
                             event.attributes(),
-                            resource,
+                            &event_resource,
+                            &mut scratch,
                         );
                         let o = Observation {
                             value: 0.0,
@@ -225,28 +233,6 @@ impl SpanMetrics {
         }
     }
 
-    /// Appends each dimension: the span (or event) attribute, else the resource attribute,
-    /// else the default, else marked missing (the label is then left out).
-    fn dimension_fields(
-        &self,
-        key: &mut String,
-        dims: &[Dimension],
-        own: Attributes<'_>,
-        resource: Attributes<'_>,
-    ) {
-        for d in dims {
-            match own.get(&d.name).or_else(|| resource.get(&d.name)) {
-                Some(AnyValueView::Str(s)) => push_field(key, Some(s)),
-                Some(other) => {
-                    let mut value = String::new();
-                    other.write_to(&mut value);
-                    push_field(key, Some(&value));
-                }
-                None => push_field(key, d.default.as_deref()),
-            }
-        }
-    }
-
     /// Drops idle series when `metrics_expiration` is set.
     pub fn expire(&self, now: Instant) {
         if self.expiration.is_zero() {
@@ -273,6 +259,41 @@ impl SpanMetrics {
 
 fn span_id(span: &SpanView<'_>) -> [u8; 8] {
     span.span_id.try_into().unwrap_or_default()
+}
+
+/// Appends each dimension: the span (or event) attribute, else the resource attribute
+/// (`resource[i]`, looked up once per resource), else the default, else marked missing
+/// (the label is then left out). `scratch` is reused from call to call.
+fn dimension_fields<'a>(
+    key: &mut String,
+    dims: &[Dimension],
+    own: Attributes<'a>,
+    resource: &[Option<AnyValueView<'a>>],
+    scratch: &mut Vec<Option<AnyValueView<'a>>>,
+) {
+    get_each(own, dims, scratch);
+    for ((d, own), resource) in dims.iter().zip(scratch.iter()).zip(resource) {
+        match own.or(*resource) {
+            Some(AnyValueView::Str(s)) => push_field(key, Some(s)),
+            Some(other) => {
+                let mut value = String::new();
+                other.write_to(&mut value);
+                push_field(key, Some(&value));
+            }
+            None => push_field(key, d.default.as_deref()),
+        }
+    }
+}
+
+/// The value of each dimension in `attributes`, into `out` (one pass over them).
+fn get_each<'a>(
+    attributes: Attributes<'a>,
+    dims: &[Dimension],
+    out: &mut Vec<Option<AnyValueView<'a>>>,
+) {
+    out.clear();
+    out.resize(dims.len(), None);
+    attributes.get_each(dims.iter().map(|d| d.name.as_str()), out);
 }
 
 /// Appends one key field: `<len>:<value>` when present, `-` when missing.
