@@ -438,6 +438,17 @@ impl<'a> Iterator for Fields<'a> {
         if self.pos >= end {
             return None;
         }
+        // Most of OTLP's fields are strings and small messages: a one-byte key and a
+        // one-byte length.
+        let (key, len) = (self.b[self.pos], self.b.get(self.pos + 1).copied());
+        if let (8..=0x7f, Some(len @ 0..=0x7f)) = (key, len) {
+            let start = self.pos + 2;
+            let next = start + usize::from(len);
+            if key & 7 == 2 && next <= end {
+                self.pos = next;
+                return Some((u32::from(key >> 3), Wire::Len(&self.b[start..next])));
+            }
+        }
         let read = read_field(self.b, self.pos, end).and_then(|(tag, field, next)| {
             Ok(match field.value {
                 Value::Varint(v) => (tag, Wire::Varint(v), next),
