@@ -24,6 +24,7 @@ use dashmap::DashMap;
 use tokio::time::Instant;
 
 use crate::otlp::{Chunk, TraceId};
+use crate::policy::StatusCodes;
 
 /// Limits and timing, from `tail_sampling`.
 #[derive(Debug, Clone)]
@@ -58,6 +59,8 @@ pub struct TraceEntry {
     /// Earliest span start and latest span end, Unix nanoseconds.
     pub earliest_start: u64,
     pub latest_end: u64,
+    /// The span status codes seen, as [`StatusCodes`].
+    pub status_codes: StatusCodes,
     pub timer: TimerKey,
 }
 
@@ -67,6 +70,7 @@ pub struct ChunkFacts {
     pub has_root: bool,
     pub earliest_start: u64,
     pub latest_end: u64,
+    pub status_codes: StatusCodes,
 }
 
 /// The result of [`TraceBuffer::add`].
@@ -176,6 +180,7 @@ impl TraceBuffer {
                 e.bytes += chunk_bytes;
                 e.earliest_start = e.earliest_start.min(facts.earliest_start);
                 e.latest_end = e.latest_end.max(facts.latest_end);
+                e.status_codes = e.status_codes.union(facts.status_codes);
                 self.buffered_bytes
                     .fetch_add(chunk_bytes, Ordering::Relaxed);
                 self.buffered_spans
@@ -216,6 +221,7 @@ impl TraceBuffer {
                     root_seen: facts.has_root,
                     earliest_start: facts.earliest_start,
                     latest_end: facts.latest_end,
+                    status_codes: facts.status_codes,
                     timer: key,
                 };
                 let max = self.config.maximum_trace_size_bytes;

@@ -29,11 +29,13 @@ const CHILD: ChunkFacts = ChunkFacts {
     has_root: false,
     earliest_start: 10,
     latest_end: 20,
+    status_codes: StatusCodes::NONE,
 };
 const ROOT: ChunkFacts = ChunkFacts {
     has_root: true,
     earliest_start: 5,
     latest_end: 30,
+    status_codes: StatusCodes::NONE,
 };
 
 fn due(buffer: &TraceBuffer, now: Instant) -> Vec<(TraceId, TraceEntry)> {

@@ -23,7 +23,7 @@ use tonic::{Request, Response, Status};
 
 use super::workload::GeneratedTrace;
 use crate::otlp::{chunks_of, Chunk, TraceId};
-use crate::policy::{Batch, Decision, PolicySet, TraceView};
+use crate::policy::{Batch, Decision, PolicySet, StatusCodes, TraceView};
 
 /// The request header a worker's exporter can set (`headers:` of the `otlp` exporter) to
 /// name itself; without it the sink tells workers apart by their connection's address.
@@ -53,6 +53,7 @@ pub struct PolicyInput {
     bytes: u64,
     earliest_start: u64,
     latest_end: u64,
+    status_codes: StatusCodes,
 }
 
 impl PolicyInput {
@@ -63,11 +64,14 @@ impl PolicyInput {
             spans: 0,
             bytes: 0,
             earliest_start: u64::MAX,
+            status_codes: StatusCodes::NONE,
             latest_end: 0,
         };
         let mut instances: Vec<usize> = Vec::new();
         for s in trace.spans.iter().filter(|s| !s.late) {
             input.earliest_start = input.earliest_start.min(s.span.start_time_unix_nano);
+            let code = s.span.status.as_ref().map_or(0, |st| st.code);
+            input.status_codes = input.status_codes.with(code);
             input.latest_end = input.latest_end.max(s.span.end_time_unix_nano);
             input.bytes += s.span.encoded_len() as u64;
             input.spans += 1;
@@ -107,6 +111,7 @@ impl PolicyInput {
             span_count: self.spans,
             bytes: self.bytes,
             earliest_start: self.earliest_start,
+            status_codes: self.status_codes,
             latest_end: self.latest_end,
             batches,
             now,

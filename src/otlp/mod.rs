@@ -144,8 +144,13 @@ impl Chunk {
 
     /// The spans, read in place.
     pub fn spans(&self) -> impl Iterator<Item = SpanView<'_>> {
+        self.span_bodies().map(SpanView::parse)
+    }
+
+    /// Each span's encoded fields, a `Span` message body.
+    pub fn span_bodies(&self) -> impl Iterator<Item = &[u8]> {
         scan::fields(&self.spans).filter_map(|(_, wire)| match wire {
-            scan::Wire::Len(body) => Some(SpanView::parse(body)),
+            scan::Wire::Len(body) => Some(body),
             _ => None,
         })
     }

@@ -96,11 +96,7 @@ impl<'a> SpanView<'a> {
     }
 
     pub fn attributes(&self) -> Attributes<'a> {
-        Attributes {
-            msg: self.body,
-            outer: None,
-            field: 9,
-        }
+        Attributes::of_span(self.body)
     }
 
     pub fn events(&self) -> impl Iterator<Item = EventView<'a>> + use<'a> {
@@ -207,6 +203,15 @@ pub struct Attributes<'a> {
 }
 
 impl<'a> Attributes<'a> {
+    /// The attributes of a span, from its encoded fields.
+    pub fn of_span(body: &'a [u8]) -> Attributes<'a> {
+        Attributes {
+            msg: body,
+            outer: None,
+            field: 9,
+        }
+    }
+
     /// The attributes of a `Resource` read from the fields of a `ResourceSpans` other than
     /// its scope spans.
     pub(super) fn of_resource(head: &'a [u8]) -> Attributes<'a> {

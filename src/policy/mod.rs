@@ -10,6 +10,7 @@ mod ottl;
 mod probabilistic;
 mod rules;
 
+use std::cell::OnceCell;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -75,12 +76,14 @@ impl Decision {
 }
 
 /// The spans of one buffered chunk with their resource and scope, read in place, for
-/// policies that look at span contents.
+/// policies that look at span contents. Span fields are read on first use; attributes
+/// need only the spans' bytes.
 #[derive(Debug, Clone)]
 pub struct Batch<'a> {
     pub resource: Attributes<'a>,
     pub scope: ScopeView<'a>,
-    pub spans: Vec<SpanView<'a>>,
+    chunk: &'a Chunk,
+    spans: OnceCell<Vec<SpanView<'a>>>,
 }
 
 impl<'a> Batch<'a> {
@@ -88,8 +91,43 @@ impl<'a> Batch<'a> {
         Batch {
             resource: chunk.head.resource_attributes(),
             scope: chunk.head.scope(),
-            spans: chunk.spans().collect(),
+            chunk,
+            spans: OnceCell::new(),
         }
+    }
+
+    pub fn spans(&self) -> &[SpanView<'a>] {
+        self.spans.get_or_init(|| self.chunk.spans().collect())
+    }
+
+    /// Each span's attributes, without reading its other fields.
+    pub fn span_attributes(&self) -> impl Iterator<Item = Attributes<'a>> + use<'a> {
+        self.chunk.span_bodies().map(Attributes::of_span)
+    }
+}
+
+/// The set of span status codes a trace's spans carry: bit `c` for code `c` of UNSET (0),
+/// OK (1) and ERROR (2), the codes a `status_code` policy can name.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatusCodes(u8);
+
+impl StatusCodes {
+    pub const NONE: StatusCodes = StatusCodes(0);
+
+    /// This set and a span's `code` (codes outside 0..=2 are not kept).
+    pub fn with(self, code: i32) -> StatusCodes {
+        match code {
+            0..=2 => StatusCodes(self.0 | 1 << code),
+            _ => self,
+        }
+    }
+
+    pub fn union(self, other: StatusCodes) -> StatusCodes {
+        StatusCodes(self.0 | other.0)
+    }
+
+    pub fn contains(self, code: i32) -> bool {
+        (0..=2).contains(&code) && self.0 & (1 << code) != 0
     }
 }
 
@@ -103,6 +141,8 @@ pub struct TraceView<'a> {
     /// Earliest span start and latest span end over the whole trace, Unix nanoseconds.
     pub earliest_start: u64,
     pub latest_end: u64,
+    /// The status codes of the trace's spans.
+    pub status_codes: StatusCodes,
     /// The spans; empty when no policy needs them.
     pub batches: &'a [Batch<'a>],
     /// Decision time, for the rate limiters.

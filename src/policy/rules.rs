@@ -128,11 +128,11 @@ impl Rule {
             Rule::AlwaysSample
             | Rule::Probabilistic(_)
             | Rule::Latency { .. }
+            | Rule::StatusCode { .. }
             | Rule::RateLimiting(_)
             | Rule::BytesLimiting(_)
             | Rule::SpanCount { .. } => false,
             Rule::NumericAttribute { .. }
-            | Rule::StatusCode { .. }
             | Rule::StringAttribute { .. }
             | Rule::TraceState { .. }
             | Rule::TraceFlags
@@ -196,7 +196,9 @@ impl Rule {
                 let hit = |v: &AnyValueView<'_>| (*min..=*max).contains(&as_int(v));
                 any_attribute(t, key, *invert, |v, _| hit(v))
             }
-            Rule::StatusCode { codes } => sampled(spans(t).any(|s| codes.contains(&s.status_code))),
+            Rule::StatusCode { codes } => {
+                sampled(codes.iter().any(|c| t.status_codes.contains(*c)))
+            }
             Rule::StringAttribute {
                 key,
                 matcher,
@@ -250,8 +252,8 @@ impl Rule {
     }
 }
 
-fn spans<'a>(t: &'a TraceView<'a>) -> impl Iterator<Item = &'a SpanView<'a>> {
-    t.batches.iter().flat_map(|b| b.spans.iter())
+fn spans<'a>(t: &TraceView<'a>) -> impl Iterator<Item = &'a SpanView<'a>> {
+    t.batches.iter().flat_map(|b| b.spans().iter())
 }
 
 /// The collector's `hasResourceOrSpanWithCondition` and its inverted twin: `hit(value,
@@ -266,9 +268,8 @@ fn any_attribute(
 ) -> Decision {
     let found = t.batches.iter().any(|b| {
         b.resource.get(key).is_some_and(|v| hit(&v, false))
-            || b.spans
-                .iter()
-                .any(|s| s.attributes().get(key).is_some_and(|v| hit(&v, true)))
+            || b.span_attributes()
+                .any(|a| a.get(key).is_some_and(|v| hit(&v, true)))
     });
     match (invert, found) {
         (false, true) => Decision::Sampled,

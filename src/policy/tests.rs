@@ -27,6 +27,7 @@ struct Trace {
     span_count: u64,
     earliest_start: u64,
     latest_end: u64,
+    status_codes: StatusCodes,
     bytes: u64,
     now: Instant,
 }
@@ -56,6 +57,9 @@ impl Trace {
             span_count: all().count() as u64,
             earliest_start: all().map(|s| s.start_time_unix_nano).min().unwrap_or(0),
             latest_end: all().map(|s| s.end_time_unix_nano).max().unwrap_or(0),
+            status_codes: all().fold(StatusCodes::NONE, |codes, s| {
+                codes.with(s.status.as_ref().map_or(0, |st| st.code))
+            }),
             bytes: 100,
             now: Instant::now(),
         }
@@ -77,6 +81,7 @@ impl Trace {
             bytes: self.bytes,
             earliest_start: self.earliest_start,
             latest_end: self.latest_end,
+            status_codes: self.status_codes,
             batches,
             now: self.now,
         }
@@ -94,6 +99,7 @@ fn view(id: &TraceId) -> TraceView<'_> {
         bytes: 100,
         earliest_start: 0,
         latest_end: 0,
+        status_codes: StatusCodes::NONE,
         batches: &[],
         now: Instant::now(),
     }
@@ -711,4 +717,13 @@ fn the_collectors_full_example_compiles() {
     .unwrap();
     assert_eq!(set.policies().len(), 16);
     assert_eq!(&*set.policies()[0].name, "drop-policy-1");
+}
+
+#[test]
+fn status_codes_keep_the_three_nameable_codes() {
+    let codes = StatusCodes::NONE.with(2).with(7).with(-1);
+    assert!(codes.contains(2));
+    assert!(!codes.contains(0) && !codes.contains(1) && !codes.contains(7));
+    let both = codes.union(StatusCodes::NONE.with(0));
+    assert!(both.contains(0) && both.contains(2) && !both.contains(1));
 }

@@ -120,6 +120,7 @@ impl Decider {
             span_count: entry.span_count,
             bytes: entry.bytes,
             earliest_start: entry.earliest_start,
+            status_codes: entry.status_codes,
             latest_end: entry.latest_end,
             batches: &batches,
             now,

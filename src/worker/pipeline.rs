@@ -19,7 +19,7 @@ use crate::buffer::{AddOutcome, ChunkFacts, TraceBuffer, TraceEntry};
 use crate::exporter::ExporterSet;
 use crate::otlp::view::SpanView;
 use crate::otlp::{Chunk, Head, RequestBuilder, TraceId};
-use crate::policy::{Decision, PolicySet, Verdict};
+use crate::policy::{Decision, PolicySet, StatusCodes, Verdict};
 use crate::receiver::{check_ids, Ingest, IngestError, Ingested, Payload};
 use crate::spanmetrics::{Format, SpanMetrics};
 use crate::telemetry::{self, MetricsSource, Registry};
@@ -286,11 +286,13 @@ impl Pipeline {
                 has_root: false,
                 earliest_start: u64::MAX,
                 latest_end: 0,
+                status_codes: StatusCodes::NONE,
             },
             |f, s| ChunkFacts {
                 has_root: f.has_root || s.is_root(),
                 earliest_start: f.earliest_start.min(s.start_time_unix_nano),
                 latest_end: f.latest_end.max(s.end_time_unix_nano),
+                status_codes: f.status_codes.with(s.status_code),
             },
         );
         let chunk = Chunk::from_framed(head.clone(), bytes);

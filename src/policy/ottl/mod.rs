@@ -162,7 +162,7 @@ impl OttlCondition {
 
     pub(crate) fn evaluate(&self, t: &TraceView<'_>) -> Result<Decision, EvalError> {
         for batch in t.batches {
-            for span in &batch.spans {
+            for span in batch.spans() {
                 let mut at = Scope {
                     resource: batch.resource,
                     scope: batch.scope,

@@ -7,7 +7,7 @@ use tokio::time::Instant;
 
 use super::*;
 use crate::otlp::{chunks_of, Chunk};
-use crate::policy::Batch;
+use crate::policy::{Batch, StatusCodes};
 use crate::testkit::{kv, trace_id};
 
 fn attr(key: &str, v: any_value::Value) -> KeyValue {
@@ -85,6 +85,7 @@ fn run(span: &[&str], event: &[&str], mode: ErrorMode) -> Result<Decision, EvalE
         bytes: 0,
         earliest_start: 0,
         latest_end: 0,
+        status_codes: StatusCodes::NONE,
         batches: &batches,
         now: Instant::now(),
     })
