@@ -438,15 +438,30 @@ impl<'a> Iterator for Fields<'a> {
         if self.pos >= end {
             return None;
         }
-        // Most of OTLP's fields are strings and small messages: a one-byte key and a
-        // one-byte length.
-        let (key, len) = (self.b[self.pos], self.b.get(self.pos + 1).copied());
-        if let (8..=0x7f, Some(len @ 0..=0x7f)) = (key, len) {
-            let start = self.pos + 2;
-            let next = start + usize::from(len);
-            if key & 7 == 2 && next <= end {
+        // Most of OTLP's fields have a one-byte key, and its strings and messages are
+        // short: those are read here, the rest by the general reader.
+        let (b, pos) = (self.b, self.pos);
+        if let key @ 8..=0x7f = b[pos] {
+            let tag = u32::from(key >> 3);
+            let fast = match (key & 7, b.get(pos + 1).copied()) {
+                (0, Some(v @ 0..=0x7f)) => Some((Wire::Varint(u64::from(v)), pos + 2)),
+                (2, Some(len @ 0..=0x7f)) => {
+                    let next = pos + 2 + usize::from(len);
+                    (next <= end).then(|| (Wire::Len(&b[pos + 2..next]), next))
+                }
+                (1, _) if pos + 9 <= end => {
+                    let v = u64::from_le_bytes(fixed(&b[pos + 1..pos + 9]));
+                    Some((Wire::Fixed64(v), pos + 9))
+                }
+                (5, _) if pos + 5 <= end => {
+                    let v = u32::from_le_bytes(fixed(&b[pos + 1..pos + 5]));
+                    Some((Wire::Fixed32(v), pos + 5))
+                }
+                _ => None,
+            };
+            if let Some((wire, next)) = fast {
                 self.pos = next;
-                return Some((u32::from(key >> 3), Wire::Len(&self.b[start..next])));
+                return Some((tag, wire));
             }
         }
         let read = read_field(self.b, self.pos, end).and_then(|(tag, field, next)| {

@@ -72,7 +72,7 @@ pub(super) enum StringMatcher {
     Exact(HashSet<String>),
     Regex {
         regexes: Vec<regex::Regex>,
-        cache: Cache<String, bool>,
+        cache: Cache<String, bool, ahash::RandomState>,
     },
 }
 
@@ -84,7 +84,9 @@ impl StringMatcher {
     pub(super) fn regex(regexes: Vec<regex::Regex>, cache_size: u64) -> Self {
         StringMatcher::Regex {
             regexes,
-            cache: Cache::new(cache_size.max(1)),
+            cache: Cache::builder()
+                .max_capacity(cache_size.max(1))
+                .build_with_hasher(ahash::RandomState::new()),
         }
     }
 

@@ -11,8 +11,6 @@ pub mod config;
 mod render;
 mod table;
 
-use std::fmt::Write as _;
-
 use metrics::{Counter, Gauge};
 use tokio::time::Instant;
 
@@ -300,7 +298,8 @@ fn get_each<'a>(
 fn push_field(key: &mut String, value: Option<&str>) {
     match value {
         Some(v) => {
-            let _ = write!(key, "{}:", v.len());
+            key.push_str(itoa::Buffer::new().format(v.len()));
+            key.push(':');
             key.push_str(v);
         }
         None => key.push('-'),

@@ -72,8 +72,8 @@ pub struct Observation {
     pub exemplar: Option<(TraceId, [u8; 8])>,
 }
 
-/// Series by encoded key.
-type Shard = Mutex<HashMap<Box<str>, Series>>;
+/// Series by encoded key (ahash: every span hashes its key once more here).
+type Shard = Mutex<HashMap<Box<str>, Series, ahash::RandomState>>;
 
 pub struct Table {
     shards: Box<[Shard]>,
@@ -98,7 +98,9 @@ pub enum Recorded {
 impl Table {
     pub fn new(limit: usize, bounds: Option<Vec<f64>>, max_exemplars: usize) -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(HashMap::with_hasher(ahash::RandomState::new())))
+                .collect(),
             hasher: ahash::RandomState::new(),
             series: AtomicUsize::new(0),
             limit,

@@ -111,15 +111,24 @@ pub struct Pipeline {
     buffer: TraceBuffer,
     decider: Decider,
     span_metrics: Option<SpanMetrics>,
-    sampled: Option<Cache<u128, Cached>>,
-    not_sampled: Option<Cache<u128, Cached>>,
+    sampled: Option<DecisionCache>,
+    not_sampled: Option<DecisionCache>,
     exporters: ExporterSet,
     block_on_overflow: bool,
     metrics: Metrics,
 }
 
-fn cache(size: u64) -> Option<Cache<u128, Cached>> {
-    (size > 0).then(|| Cache::builder().max_capacity(size).build())
+/// Decisions by trace id, hashed with ahash (randomly keyed per process, like the buffer's
+/// map) instead of moka's default SipHash, which showed in profiles: every group of spans
+/// that arrives looks its trace up.
+type DecisionCache = Cache<u128, Cached, ahash::RandomState>;
+
+fn cache(size: u64) -> Option<DecisionCache> {
+    (size > 0).then(|| {
+        Cache::builder()
+            .max_capacity(size)
+            .build_with_hasher(ahash::RandomState::new())
+    })
 }
 
 /// The decision-related settings of `tail_sampling`.
