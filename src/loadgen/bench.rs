@@ -63,7 +63,7 @@ pub const POLICIES: &str = r#"
 const LATENESS_QUANTILES: [f64; 2] = [0.5, 0.99];
 
 /// How often the benchmark samples the workers' buffered spans and memory.
-const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+const SAMPLE_EVERY: Duration = Duration::from_secs(2);
 
 /// Serves OTLP/gRPC and only decodes each request: the baseline process.
 pub async fn decode_sink(endpoint: &str) -> anyhow::Result<()> {
@@ -271,8 +271,9 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<Results> {
     eprintln!("router and {} worker(s)", options.workers);
 
     // Memory is sampled while the load runs: the peak of buffered spans, and the resident
-    // memory the workers had then. Each sample scrapes every worker's metrics, which costs
-    // the workers CPU; once a second is still far more often than Prometheus scrapes.
+    // memory the workers had then. Each sample scrapes every worker's metrics (about 1.7 MB
+    // of span metrics at the default workload), which costs the workers CPU; every two
+    // seconds is still several times more often than Prometheus scrapes.
     let stop_sampling = tokio_util::sync::CancellationToken::new();
     let sampler = {
         let admins = worker_admins.clone();
