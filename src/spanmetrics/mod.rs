@@ -273,11 +273,7 @@ fn dimension_fields<'a>(
     for ((d, own), resource) in dims.iter().zip(scratch.iter()).zip(resource) {
         match own.or(*resource) {
             Some(AnyValueView::Str(s)) => push_field(key, Some(s)),
-            Some(other) => {
-                let mut value = String::new();
-                other.write_to(&mut value);
-                push_field(key, Some(&value));
-            }
+            Some(other) => push_formatted(key, &other),
             None => push_field(key, d.default.as_deref()),
         }
     }
@@ -292,6 +288,15 @@ fn get_each<'a>(
     out.clear();
     out.resize(dims.len(), None);
     attributes.get_each(dims.iter().map(|d| d.name.as_str()), out);
+}
+
+/// Appends a value that is not a string as one key field, formatted in place.
+fn push_formatted(key: &mut String, value: &AnyValueView<'_>) {
+    let start = key.len();
+    value.write_to(key);
+    let mut len = itoa::Buffer::new();
+    key.insert(start, ':');
+    key.insert_str(start, len.format(key.len() - start - 1));
 }
 
 /// Appends one key field: `<len>:<value>` when present, `-` when missing.
