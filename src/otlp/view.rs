@@ -8,7 +8,7 @@
 //! concatenated, its scalars taken from the last occurrence), and the last member of a
 //! oneof wins. Strings are checked as UTF-8 when read (a string that is not reads as
 //! empty, which accepted bytes never give); keys are compared as bytes. Reading never
-//! fails and never allocates, except to format a composite attribute value.
+//! fails and never allocates, except to format a bytes or composite attribute value.
 //!
 //! Written by hand for the reason the scan is: prost builds owned structs only, and
 //! building them (a `String` and a `Vec` for every attribute) was most of the worker's
@@ -252,11 +252,11 @@ impl<'a> Attributes<'a> {
         keys: impl Iterator<Item = &'k str> + Clone,
         found: &mut [Option<AnyValueView<'a>>],
     ) {
-        // Which keys were seen, as bits; more keys than bits (never in practice) are looked
-        // up one by one.
         if found.is_empty() {
             return;
         }
+        // Which keys were seen, as bits; more keys than bits (never in practice) are looked
+        // up one by one.
         if found.len() > 64 {
             for (k, f) in keys.zip(found) {
                 *f = self.get(k);
