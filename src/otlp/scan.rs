@@ -41,8 +41,6 @@ pub struct Scanned {
 /// One `ScopeSpans` with at least one span.
 #[derive(Debug)]
 pub struct ScannedScope {
-    /// Which `ResourceSpans` with spans it came in, counting from 0.
-    pub resource: usize,
     pub head: Arc<Head>,
     /// Its spans, as a range of [`Scanned::spans`].
     pub spans: Range<usize>,
@@ -186,9 +184,8 @@ fn resource_spans(
         _ => head_field(b, Msg::Resource, tag, value, count, &mut own),
     })?;
     let resource = own.freeze();
-    let index = out.scopes.last().map_or(0, |s| s.resource + 1);
     for ss in scopes {
-        scope_spans(b, ss, count - 1, index, &resource, out)?;
+        scope_spans(b, ss, count - 1, &resource, out)?;
     }
     Ok(())
 }
@@ -198,7 +195,6 @@ fn scope_spans(
     b: &[u8],
     range: Range<usize>,
     count: u32,
-    resource_index: usize,
     resource: &Bytes,
     out: &mut Scanned,
 ) -> Result<(), ScanError> {
@@ -222,7 +218,6 @@ fn scope_spans(
         return Ok(());
     }
     out.scopes.push(ScannedScope {
-        resource: resource_index,
         head: Arc::new(Head {
             resource: resource.clone(),
             scope: own.freeze(),
