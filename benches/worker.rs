@@ -1,8 +1,9 @@
 //! In-process benches on the load generator's requests (`cargo bench --bench worker`):
 //! the decode-only baseline (DESIGN.md's yardstick), worker ingest into the buffer, span
 //! metrics counting, policy evaluation with the benchmark's policy set (reading the
-//! buffered spans included), ring lookup, and the router's request scanning and splitting. Compare each to the baseline on the same requests;
-//! absolute times on shared machines are noise.
+//! buffered spans included), ring lookup, and the router's request scanning and splitting.
+//! Compare each to the baseline on the same requests; absolute times on shared machines are
+//! noise.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
