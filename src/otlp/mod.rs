@@ -149,10 +149,7 @@ impl Chunk {
 
     /// Each span's encoded fields, a `Span` message body.
     pub fn span_bodies(&self) -> impl Iterator<Item = &[u8]> {
-        scan::fields(&self.spans).filter_map(|(_, wire)| match wire {
-            scan::Wire::Len(body) => Some(body),
-            _ => None,
-        })
+        view::messages(&self.spans, 2)
     }
 }
 

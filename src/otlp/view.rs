@@ -225,13 +225,13 @@ impl<'a> Attributes<'a> {
     pub fn iter(&self) -> KeyValues<'a> {
         match self.outer {
             None => KeyValues {
-                outer: None,
-                inner: fields(self.msg),
+                parents: None,
+                inner: messages(self.msg, self.field),
                 field: self.field,
             },
             Some(tag) => KeyValues {
-                outer: Some((fields(self.msg), tag)),
-                inner: fields(&[]),
+                parents: Some(messages(self.msg, tag)),
+                inner: messages(&[], self.field),
                 field: self.field,
             },
         }
@@ -282,8 +282,9 @@ impl<'a> Attributes<'a> {
 
 /// The `KeyValue`s of an [`Attributes`], in order.
 pub struct KeyValues<'a> {
-    outer: Option<(Fields<'a>, u32)>,
-    inner: Fields<'a>,
+    /// The merged occurrences of the message holding the attributes, if they are nested.
+    parents: Option<Messages<'a>>,
+    inner: Messages<'a>,
     field: u32,
 }
 
@@ -292,19 +293,11 @@ impl<'a> Iterator for KeyValues<'a> {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            for (tag, wire) in self.inner.by_ref() {
-                if let (true, Wire::Len(kv)) = (tag == self.field, wire) {
-                    return Some(KeyValueView { bytes: kv });
-                }
+            if let Some(bytes) = self.inner.next() {
+                return Some(KeyValueView { bytes });
             }
-            let (outer, tag) = self.outer.as_mut()?;
-            self.inner = loop {
-                if let (t, Wire::Len(m)) = outer.next()? {
-                    if t == *tag {
-                        break fields(m);
-                    }
-                }
-            };
+            let parent = self.parents.as_mut()?.next()?;
+            self.inner = messages(parent, self.field);
         }
     }
 }
@@ -390,11 +383,27 @@ impl AnyValueView<'_> {
 }
 
 /// The payloads of every occurrence of length-delimited field `field` of a message.
-fn messages(msg: &[u8], field: u32) -> impl Iterator<Item = &[u8]> {
-    fields(msg).filter_map(move |(tag, wire)| match wire {
-        Wire::Len(v) if tag == field => Some(v),
-        _ => None,
-    })
+pub(super) fn messages(msg: &[u8], field: u32) -> Messages<'_> {
+    Messages {
+        fields: fields(msg),
+        field,
+    }
+}
+
+pub(super) struct Messages<'a> {
+    fields: Fields<'a>,
+    field: u32,
+}
+
+impl<'a> Iterator for Messages<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        self.fields.find_map(|(tag, wire)| match wire {
+            Wire::Len(v) if tag == self.field => Some(v),
+            _ => None,
+        })
+    }
 }
 
 fn text(bytes: &[u8]) -> &str {
