@@ -2,7 +2,7 @@
 //! client's sends an already encoded request as it is, the server's hands the received
 //! request on undecoded; the response is a prost message either way. Written here because
 //! tonic's prost codec needs a message struct, and decoding into structs only to encode
-//! them again (exporter) or to scan them (router) would double the cost.
+//! them again (exporter) or to scan them (receivers) would double the cost.
 
 use bytes::{Buf, BufMut, Bytes};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;

@@ -1,6 +1,6 @@
 //! The OTLP/gRPC receiver: the trace service's one method, served with a codec that
-//! hands the request on as bytes ([`Payload::Protobuf`]), so the worker decodes it once
-//! and the router scans it without decoding.
+//! hands the request on as bytes ([`Payload::Protobuf`]), so router and worker scan it
+//! without decoding.
 
 use std::convert::Infallible;
 use std::future::Future;

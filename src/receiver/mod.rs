@@ -1,6 +1,6 @@
 //! OTLP receivers (gRPC and HTTP) in front of whatever takes the spans (the worker's
 //! pipeline or the router): hand the request to [`Ingest::ingest`] as a [`Payload`] —
-//! protobuf bodies undecoded, so the taker decodes or scans them as it needs — and answer
+//! protobuf bodies undecoded, for the taker to scan ([`Payload::scan`]) — and answer
 //! with the OTLP status a client expects. One function per protocol maps [`IngestError`]
 //! to statuses; nothing here panics on input.
 
