@@ -1,7 +1,12 @@
 //! The memory limiter, as the collector's `memory_limiter` processor: a task samples the
 //! process's resident memory every `check_interval`; above the soft limit (`limit` minus
-//! `spike_limit`) new data is refused with a retryable status until usage falls below it
-//! again, so the process is not killed for memory while senders back off and retry.
+//! `spike_limit`) it first gives the allocator's free pages back to the system (what the
+//! collector's forced GC does), and new data is refused with a retryable status until
+//! usage falls below it again, so the process is not killed for memory while senders back
+//! off and retry. Above the hard limit it also evicts the oldest pending traces (counted),
+//! so the limit holds under a sustained flood. Request bytes still on the wire between
+//! two checks are bounded by the receivers' request budget, which defaults to the spike
+//! limit.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -119,14 +124,70 @@ pub fn resident_bytes_of(process: procfs::process::Process) -> Option<u64> {
     Some(process.status().ok()?.vmrss? * 1024)
 }
 
+/// The allocator's own figures, and giving its free pages back to the system. jemalloc
+/// keeps freed pages ("dirty") for reuse; they count in resident memory until purged, so
+/// after a burst resident memory stays high although nothing uses it.
+#[cfg(feature = "jemalloc")]
+mod allocator {
+    use tikv_jemalloc_ctl::{epoch, stats};
+
+    /// Bytes in the allocator's active pages (what live allocations occupy), fresh.
+    pub fn active_bytes() -> Option<u64> {
+        epoch::advance().ok()?;
+        stats::active::read().ok().map(|b| b as u64)
+    }
+
+    /// Returns every arena's unused dirty pages to the system.
+    pub fn purge() -> bool {
+        // `arena.<MALLCTL_ARENAS_ALL>.purge` takes no value: the pointers must be null,
+        // which the ctl crate's typed writers cannot express.
+        const PURGE_ALL: &[u8] = b"arena.4096.purge\0";
+        // SAFETY: a NUL-terminated name and null pointers are what this void ctl expects.
+        let rc = unsafe {
+            tikv_jemalloc_sys::mallctl(
+                PURGE_ALL.as_ptr().cast(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                0,
+            )
+        };
+        rc == 0
+    }
+}
+
+/// Without jemalloc (the fuzz builds), only resident memory is known.
+#[cfg(not(feature = "jemalloc"))]
+mod allocator {
+    pub fn active_bytes() -> Option<u64> {
+        None
+    }
+
+    pub fn purge() -> bool {
+        false
+    }
+}
+
+/// Frees memory by evicting pending traces, oldest first: the worker's buffer.
+pub trait Shed: Send + Sync {
+    /// Evicts the oldest pending traces until about `bytes` of memory is freed (or none is
+    /// left); returns how many traces went. Each is counted as evicted by the caller.
+    fn shed_oldest(&self, bytes: u64) -> u64;
+}
+
 /// Whether the limiter refuses data now, kept current by [`MemoryLimiter::run`].
 pub struct MemoryLimiter {
+    hard: u64,
     soft: u64,
     refusing: AtomicBool,
     resident: AtomicU64,
     refused: Counter,
     resident_gauge: Gauge,
+    heap_active: Gauge,
+    purges: Counter,
+    shed_traces: Counter,
     interval: Duration,
+    shed: std::sync::OnceLock<Arc<dyn Shed>>,
 }
 
 impl MemoryLimiter {
@@ -138,6 +199,7 @@ impl MemoryLimiter {
             "memory limiter on"
         );
         Arc::new(Self {
+            hard,
             soft,
             refusing: AtomicBool::new(false),
             resident: AtomicU64::new(0),
@@ -146,30 +208,84 @@ impl MemoryLimiter {
                 &[("processor", "memory_limiter")],
             ),
             resident_gauge: registry.gauge(telemetry::PROCESS_RESIDENT_MEMORY, &[]),
+            heap_active: registry.gauge(telemetry::PROCESS_HEAP_ACTIVE, &[]),
+            purges: registry.counter(telemetry::MEMORY_LIMITER_PURGES, &[]),
+            shed_traces: registry.counter(telemetry::MEMORY_LIMITER_SHED_TRACES, &[]),
             interval: config.check_interval,
+            shed: std::sync::OnceLock::new(),
         })
     }
 
-    /// One check: refuse while resident memory is above the soft limit.
+    /// The headroom between the soft and the hard limit, in bytes: the default budget for
+    /// request bytes in flight, which arrive between two checks.
+    pub fn spike_bytes(&self) -> u64 {
+        self.hard - self.soft
+    }
+
+    /// What to evict pending traces from above the hard limit (the worker's buffer).
+    pub fn shed_with(&self, shed: Arc<dyn Shed>) {
+        let _ = self.shed.set(shed);
+    }
+
+    /// One check, as the collector's limiter with its forced GC: above the soft limit the
+    /// allocator's free pages are purged first; above the hard limit the oldest pending
+    /// traces are shed and purged too; new data is refused while usage stays above the
+    /// soft limit.
     pub fn check(&self) {
-        let Some(rss) = resident_bytes() else { return };
-        self.resident.store(rss, Ordering::Relaxed);
-        self.resident_gauge.set(rss as f64);
-        let over = rss > self.soft;
+        let Some(mut used) = resident_bytes() else {
+            return;
+        };
+        let mut active = allocator::active_bytes();
+        if used > self.soft && self.purge() {
+            used = resident_bytes().unwrap_or(used);
+        }
+        if used > self.hard {
+            if let Some(shed) = self.shed.get() {
+                let traces = shed.shed_oldest(used - self.soft);
+                if traces > 0 {
+                    self.shed_traces.increment(traces);
+                    tracing::warn!(
+                        resident_mib = used / MIB,
+                        hard_mib = self.hard / MIB,
+                        traces,
+                        "over the hard memory limit: evicted the oldest pending traces"
+                    );
+                    self.purge();
+                    used = resident_bytes().unwrap_or(used);
+                }
+            }
+        }
+        if let Some(a) = allocator::active_bytes() {
+            active = Some(a);
+        }
+        if let Some(active) = active {
+            self.heap_active.set(active as f64);
+        }
+        self.resident.store(used, Ordering::Relaxed);
+        self.resident_gauge.set(used as f64);
+        let over = used > self.soft;
         if over != self.refusing.swap(over, Ordering::Relaxed) {
             if over {
                 tracing::warn!(
-                    resident_mib = rss / MIB,
+                    resident_mib = used / MIB,
                     soft_mib = self.soft / MIB,
                     "over the memory limit: refusing data"
                 );
             } else {
                 tracing::info!(
-                    resident_mib = rss / MIB,
+                    resident_mib = used / MIB,
                     "back under the memory limit: accepting data"
                 );
             }
         }
+    }
+
+    fn purge(&self) -> bool {
+        let purged = allocator::purge();
+        if purged {
+            self.purges.increment(1);
+        }
+        purged
     }
 
     /// Checks every `check_interval` until `stop`.

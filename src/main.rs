@@ -7,12 +7,6 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-/// jemalloc rather than the system allocator: the buffer allocates and frees many
-/// small objects across threads, where glibc's malloc spent a fifth of a worker's CPU
-/// (see BENCHMARKS.md).
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 /// Exit status for a config error (EX_USAGE), as `check-config` documents.
 const EXIT_CONFIG: u8 = 64;
 

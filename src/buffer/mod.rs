@@ -275,6 +275,21 @@ impl TraceBuffer {
         Some(entry)
     }
 
+    /// Takes pending traces out, earliest deadline first, until their span bytes add up to
+    /// at least `bytes` or none is left (the memory limiter's shedding).
+    pub fn evict_oldest_bytes(&self, bytes: u64) -> Vec<(TraceId, TraceEntry)> {
+        let mut freed = 0;
+        let mut out = Vec::new();
+        while freed < bytes {
+            let Some(victim) = self.evict_oldest() else {
+                break;
+            };
+            freed += victim.1.bytes;
+            out.push(victim);
+        }
+        out
+    }
+
     /// Takes the pending trace with the earliest deadline out of the buffer.
     fn evict_oldest(&self) -> Option<(TraceId, TraceEntry)> {
         loop {

@@ -1,5 +1,5 @@
-//! Loading and validating config files. Text is env-expanded, parsed as YAML, each
-//! section deserialized on its own into the serde types of [`types`] (unknown keys are
+//! Loading and validating config files. Text is parsed as YAML, its scalar values
+//! env-expanded, each section deserialized on its own into the serde types of [`types`] (unknown keys are
 //! errors), then checked; every problem is collected with its dotted path and reported
 //! together as one [`ConfigError`].
 
@@ -190,23 +190,22 @@ pub fn parse_policies(
     Ok(set)
 }
 
-/// Expands `${VAR}` from the process environment and parses YAML into a value.
+/// Parses YAML into a value, then expands `${VAR}` in its scalar values from the process
+/// environment (see [`env`]): a variable's value is never read as YAML.
 pub fn read_yaml(text: &str) -> Result<serde_yaml::Value, ConfigError> {
-    let expanded = env::expand(text, |k| std::env::var(k).ok()).map_err(|missing| ConfigError {
-        errors: missing
-            .into_iter()
-            .map(|message| FieldError {
-                path: String::new(),
-                message,
-            })
-            .collect(),
-    })?;
-    serde_yaml::from_str(&expanded).map_err(|e| ConfigError {
+    let mut value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| ConfigError {
         errors: vec![FieldError {
             path: String::new(),
             message: format!("invalid YAML: {e}"),
         }],
-    })
+    })?;
+    env::expand_value(&mut value, &|k| std::env::var(k).ok()).map_err(|missing| ConfigError {
+        errors: missing
+            .into_iter()
+            .map(|(path, message)| FieldError { path, message })
+            .collect(),
+    })?;
+    Ok(value)
 }
 
 /// Parses and validates worker config text.

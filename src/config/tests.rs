@@ -177,6 +177,85 @@ fn variables_are_expanded_with_defaults() {
     );
 }
 
+/// Expands `text`'s values with `vars` as the environment.
+fn expanded(text: &str, vars: &[(&str, &str)]) -> Result<serde_yaml::Value, Vec<(String, String)>> {
+    let vars: HashMap<&str, &str> = vars.iter().copied().collect();
+    let mut value: serde_yaml::Value = serde_yaml::from_str(text).unwrap();
+    super::env::expand_value(&mut value, &|k| vars.get(k).map(|v| v.to_string()))?;
+    Ok(value)
+}
+
+#[test]
+fn a_variable_with_a_hash_is_not_cut_as_a_comment() {
+    let v = expanded(
+        "extensions: {bearertokenauth: {token: ${OTLP_TOKEN}}}",
+        &[("OTLP_TOKEN", "abc #def")],
+    )
+    .unwrap();
+    assert_eq!(
+        v["extensions"]["bearertokenauth"]["token"].as_str(),
+        Some("abc #def")
+    );
+}
+
+#[test]
+fn a_variable_with_newlines_cannot_inject_keys() {
+    let injected = "x\nexporters:\n  debug: {}\nadmin: {endpoint: 0.0.0.0:1}";
+    let v = expanded("token: ${T}\nother: 1\n", &[("T", injected)]).unwrap();
+    let map = v.as_mapping().unwrap();
+    assert_eq!(map.len(), 2, "{v:?}");
+    assert_eq!(v["token"].as_str(), Some(injected));
+    assert!(v.get("exporters").is_none() && v.get("admin").is_none());
+}
+
+#[test]
+fn whole_references_take_the_type_of_plain_numbers_and_booleans() {
+    let v = expanded(
+        "a: ${N}\nb: ${F}\nc: ${B}\nd: x${N}\ne: ${S}\nf: ${NEG}\ng: \"${N}\"\nh: [${N}]",
+        &[("N", "400"), ("F", "1.5"), ("B", "true"), ("S", "4 0"), ("NEG", "-3")],
+    )
+    .unwrap();
+    assert_eq!(v["a"].as_u64(), Some(400));
+    assert_eq!(v["b"].as_f64(), Some(1.5));
+    assert_eq!(v["c"].as_bool(), Some(true));
+    assert_eq!(v["d"].as_str(), Some("x400"));
+    assert_eq!(v["e"].as_str(), Some("4 0"));
+    assert_eq!(v["f"].as_i64(), Some(-3));
+    assert_eq!(v["g"].as_u64(), Some(400));
+    assert_eq!(v["h"][0].as_u64(), Some(400));
+}
+
+#[test]
+fn keys_are_not_expanded_and_missing_variables_name_their_path() {
+    let v = expanded("${K}: 1", &[("K", "x")]).unwrap();
+    assert_eq!(v["${K}"].as_u64(), Some(1));
+    let missing = expanded("a: {b: [ok, '${NOPE}']}", &[]).unwrap_err();
+    assert_eq!(
+        missing,
+        vec![(
+            "a.b[1]".to_owned(),
+            "environment variable NOPE is not set".to_owned()
+        )]
+    );
+}
+
+#[test]
+fn a_token_from_the_environment_authenticates_only_whole() {
+    std::env::set_var("TAILGATE_TEST_TOKEN_WITH_HASH", "abc #def");
+    let config = parse_worker(
+        "extensions: {bearertokenauth: {token: ${TAILGATE_TEST_TOKEN_WITH_HASH}}}
+receivers: {otlp: {protocols: {grpc: {auth: {authenticator: bearertokenauth}}}}}
+tail_sampling: {policies: [{name: all, type: always_sample}]}
+exporters: {debug: {}}
+",
+    )
+    .unwrap();
+    let token = config.receivers.authenticators["bearertokenauth"]
+        .token
+        .clone();
+    assert_eq!(token.as_deref(), Some("abc #def"));
+}
+
 #[test]
 fn example_configs_and_policy_sets_load() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/config");

@@ -61,7 +61,22 @@ pub struct ReceiverAuthConfig {
 pub struct OtlpReceiverConfig {
     #[serde(default)]
     pub protocols: ProtocolsConfig,
+    #[serde(default)]
+    pub admission: AdmissionConfig,
 }
+
+/// `receivers.otlp.admission` (the key of the collector's OTel Arrow receiver): the budget
+/// for request bytes in flight across both protocols.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdmissionConfig {
+    /// Default: the memory limiter's spike limit, or 128 MiB without a memory limiter.
+    #[serde(default)]
+    pub request_limit_mib: Option<u64>,
+}
+
+/// Without a memory limiter, the request bytes budget (the OTel Arrow receiver's default).
+pub const DEFAULT_REQUEST_LIMIT_MIB: u64 = 128;
 
 /// A protocol block that is absent is off; one that is present, even empty
 /// (`grpc:`), is on with its defaults, as in the collector.
@@ -90,6 +105,11 @@ pub struct GrpcReceiverConfig {
     /// Largest accepted request, in MiB (the collector's key).
     #[serde(default = "default_max_request_mib")]
     pub max_recv_msg_size_mib: u64,
+    /// Concurrent calls per connection (HTTP/2 streams).
+    #[serde(default = "default_max_concurrent_streams")]
+    pub max_concurrent_streams: u32,
+    #[serde(default)]
+    pub keepalive: GrpcKeepaliveConfig,
     #[serde(default)]
     pub tls: Option<ServerTlsConfig>,
     #[serde(default)]
@@ -101,10 +121,66 @@ impl Default for GrpcReceiverConfig {
         Self {
             endpoint: default_grpc_endpoint(),
             max_recv_msg_size_mib: default_max_request_mib(),
+            max_concurrent_streams: default_max_concurrent_streams(),
+            keepalive: GrpcKeepaliveConfig::default(),
             tls: None,
             auth: None,
         }
     }
+}
+
+/// `grpc.keepalive`, the collector's (grpc-go's) keys.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcKeepaliveConfig {
+    #[serde(default)]
+    pub server_parameters: ServerParametersConfig,
+}
+
+/// `grpc.keepalive.server_parameters`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerParametersConfig {
+    /// A connection with no bytes either way for this long is closed (0: never).
+    #[serde(default = "default_idle", with = "humantime_serde")]
+    pub max_connection_idle: Duration,
+    /// A connection is asked to go away after this long (0: never).
+    #[serde(default, with = "humantime_serde")]
+    pub max_connection_age: Duration,
+    /// How long calls may finish after `max_connection_age` (0: as long as they take).
+    #[serde(default, with = "humantime_serde")]
+    pub max_connection_age_grace: Duration,
+    /// Ping an idle client this often (0: never).
+    #[serde(default, with = "humantime_serde")]
+    pub time: Duration,
+    /// Close the connection when a ping is not answered this fast.
+    #[serde(default = "default_ping_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for ServerParametersConfig {
+    fn default() -> Self {
+        Self {
+            max_connection_idle: default_idle(),
+            max_connection_age: Duration::ZERO,
+            max_connection_age_grace: Duration::ZERO,
+            time: Duration::ZERO,
+            timeout: default_ping_timeout(),
+        }
+    }
+}
+
+fn default_max_concurrent_streams() -> u32 {
+    100
+}
+fn default_idle() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_ping_timeout() -> Duration {
+    Duration::from_secs(20)
+}
+fn default_read_header_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -118,6 +194,12 @@ pub struct HttpReceiverConfig {
     /// Path of the trace endpoint.
     #[serde(default = "default_traces_url_path")]
     pub traces_url_path: String,
+    /// A client must send a request's headers within this time (0: no limit).
+    #[serde(default = "default_read_header_timeout", with = "humantime_serde")]
+    pub read_header_timeout: Duration,
+    /// A connection with no bytes either way for this long is closed (0: never).
+    #[serde(default = "default_idle", with = "humantime_serde")]
+    pub idle_timeout: Duration,
     #[serde(default)]
     pub tls: Option<ServerTlsConfig>,
     #[serde(default)]
@@ -130,6 +212,8 @@ impl Default for HttpReceiverConfig {
             endpoint: default_http_endpoint(),
             max_request_body_size: default_max_request_bytes(),
             traces_url_path: default_traces_url_path(),
+            read_header_timeout: default_read_header_timeout(),
+            idle_timeout: default_idle(),
             tls: None,
             auth: None,
         }

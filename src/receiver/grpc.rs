@@ -1,6 +1,7 @@
 //! The OTLP/gRPC receiver: the trace service's one method, served with a codec that
 //! hands the request on as bytes ([`Payload::Protobuf`]), so router and worker scan it
-//! without decoding.
+//! without decoding. Messages are read within the request bytes budget, every gzip member
+//! inflated; the collector's server keys bound streams and connection lifetimes.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -14,6 +15,9 @@ use http::HeaderValue;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
+use std::time::Duration;
+
+use http_body_util::Full;
 use tokio_util::sync::CancellationToken;
 use tonic::codec::CompressionEncoding;
 use tonic::server::{Grpc, NamedService};
@@ -21,8 +25,13 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
+use super::admission::{gunzip, read_body, BodyError, RequestBudget, Reservation};
+use super::conn::IdleLimited;
 use super::security::{tls_incoming, Security};
 use super::{response, Ingest, IngestError, Payload, ReceiverMetrics};
+use crate::config::ServerParametersConfig;
+
+const GRPC_ENCODING: &str = "grpc-encoding";
 use crate::otlp::{RawExportServerCodec, EXPORT_PATH, TRACE_SERVICE};
 
 struct GrpcReceiver {
@@ -52,11 +61,14 @@ impl GrpcReceiver {
 }
 
 /// The trace service as tonic serves it: `Export` with [`RawExportServerCodec`], gzip
-/// both ways, `UNIMPLEMENTED` for any other method.
+/// responses, `UNIMPLEMENTED` for any other method. The request body is read here, not by
+/// tonic: within the request bytes budget, and inflating every gzip member (tonic's
+/// decompression reads only the first).
 #[derive(Clone)]
 struct TraceServer {
     receiver: Arc<GrpcReceiver>,
     max_message_bytes: usize,
+    budget: RequestBudget,
 }
 
 impl NamedService for TraceServer {
@@ -65,10 +77,14 @@ impl NamedService for TraceServer {
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, Infallible>> + Send>>;
 
+/// The gRPC message prefix: a compression flag and a 4-byte big-endian length.
+const PREFIX: usize = 5;
+
 impl<B> tower::Service<http::Request<B>> for TraceServer
 where
     B: http_body::Body + Send + 'static,
-    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+    B::Data: Send,
+    B::Error: std::fmt::Display + Send + 'static,
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = Infallible;
@@ -84,57 +100,162 @@ where
                 Ok(Status::unimplemented("only the trace service's Export is served").into_http())
             });
         }
-        let receiver = self.receiver.clone();
-        let mut grpc = Grpc::new(RawExportServerCodec)
-            .accept_compressed(CompressionEncoding::Gzip)
-            .send_compressed(CompressionEncoding::Gzip)
-            .max_decoding_message_size(self.max_message_bytes);
+        let server = self.clone();
         Box::pin(async move {
+            let (mut parts, body) = request.into_parts();
+            let gzip = match parts.headers.remove(GRPC_ENCODING) {
+                None => false,
+                Some(v) if v == "identity" => false,
+                Some(v) if v == "gzip" => true,
+                Some(v) => {
+                    let message = format!(
+                        "content is compressed with {v:?}, which is not supported; use gzip"
+                    );
+                    return Ok(Status::unimplemented(message).into_http());
+                }
+            };
+            let mut reservation = server.budget.reservation();
+            let message = match server.read_message(body, gzip, &mut reservation).await {
+                Ok(message) => message,
+                Err(status) => return Ok(status.into_http()),
+            };
+            let receiver = server.receiver.clone();
             let export = tower::service_fn(move |request: Request<Bytes>| {
                 std::future::ready(receiver.export(request.into_inner()))
             });
-            Ok(grpc.unary(export, request).await)
+            let mut grpc = Grpc::new(RawExportServerCodec)
+                .send_compressed(CompressionEncoding::Gzip)
+                .max_decoding_message_size(server.max_message_bytes);
+            let request = http::Request::from_parts(parts, Full::new(message));
+            let response = grpc.unary(export, request).await;
+            drop(reservation);
+            Ok(response)
         })
     }
 }
 
+impl TraceServer {
+    /// The request's one message, uncompressed and framed again, read within the size
+    /// limit and the budget.
+    async fn read_message<B>(
+        &self,
+        body: B,
+        gzip: bool,
+        reservation: &mut Reservation,
+    ) -> Result<Bytes, Status>
+    where
+        B: http_body::Body,
+        B::Error: std::fmt::Display,
+    {
+        let max = self.max_message_bytes;
+        let framed = read_body(body, None, max + PREFIX, reservation)
+            .await
+            .map_err(|e| body_status(e, max))?;
+        if framed.len() < PREFIX {
+            // No message at all: tonic answers this itself.
+            return Ok(framed);
+        }
+        let compressed = framed[0] == 1;
+        let length = u32::from_be_bytes([framed[1], framed[2], framed[3], framed[4]]) as usize;
+        if length > max {
+            return Err(body_status(BodyError::TooLarge(max), max));
+        }
+        if !compressed {
+            return Ok(framed);
+        }
+        if !gzip {
+            return Err(Status::internal(
+                "a compressed message without a grpc-encoding header",
+            ));
+        }
+        if framed.len() != PREFIX + length {
+            return Err(Status::invalid_argument(
+                "the request must hold exactly one message",
+            ));
+        }
+        let mut inflated = gunzip(&framed[PREFIX..], PREFIX, max, reservation)
+            .map_err(|e| body_status(e, max))?;
+        let length = u32::try_from(inflated.len() - PREFIX).unwrap_or(u32::MAX);
+        inflated[0] = 0;
+        inflated[1..PREFIX].copy_from_slice(&length.to_be_bytes());
+        Ok(inflated.into())
+    }
+}
+
+/// The gRPC status for a body that could not be read.
+fn body_status(e: BodyError, max: usize) -> Status {
+    match e {
+        BodyError::TooLarge(_) => Status::resource_exhausted(format!(
+            "the message is larger than the limit of {max} bytes"
+        )),
+        BodyError::Exhausted => Status::resource_exhausted(e.to_string()),
+        BodyError::Read(_) => Status::cancelled(e.to_string()),
+        BodyError::Gzip(_) => Status::invalid_argument(e.to_string()),
+    }
+}
+
+/// What the gRPC receiver serves with, besides its listener.
+pub(super) struct GrpcSettings {
+    pub max_message_bytes: usize,
+    pub max_concurrent_streams: u32,
+    pub keepalive: ServerParametersConfig,
+    pub budget: RequestBudget,
+    pub security: Security,
+}
+
 /// Serves OTLP/gRPC on `listener` until `stop` is cancelled, then finishes in-flight calls.
-pub async fn serve_grpc(
+pub(super) async fn serve_grpc(
     listener: TcpListener,
     pipeline: Arc<dyn Ingest>,
     metrics: ReceiverMetrics,
-    max_message_bytes: usize,
-    security: Security,
+    settings: GrpcSettings,
     stop: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let server = TraceServer {
         receiver: Arc::new(GrpcReceiver { pipeline, metrics }),
-        max_message_bytes,
+        max_message_bytes: settings.max_message_bytes,
+        budget: settings.budget,
     };
-    let auth = security.auth;
+    let auth = settings.security.auth;
     let service = InterceptedService::new(server, move |request: Request<()>| match &auth {
         Some(auth) if !auth.allows(request.metadata().as_ref().get(AUTHORIZATION)) => {
             Err(Status::unauthenticated("missing or invalid bearer token"))
         }
         _ => Ok(request),
     });
-    let router = tonic::transport::Server::builder()
+    let keepalive = &settings.keepalive;
+    let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
+    let mut builder = tonic::transport::Server::builder()
+        .max_concurrent_streams(settings.max_concurrent_streams)
+        .http2_keepalive_interval(nonzero(keepalive.time))
+        .http2_keepalive_timeout(Some(keepalive.timeout));
+    if let Some(age) = nonzero(keepalive.max_connection_age) {
+        builder = builder.max_connection_age(age);
+    }
+    if let Some(grace) = nonzero(keepalive.max_connection_age_grace) {
+        builder = builder.max_connection_age_grace(grace);
+    }
+    let router = builder
         .layer(tower::util::MapResponseLayer::new(
             oversize_as_resource_exhausted,
         ))
         .add_service(service);
-    match security.tls {
+    let idle = keepalive.max_connection_idle;
+    match settings.security.tls {
         Some(tls) => {
             let incoming = tls_incoming(listener, tls, stop.clone());
             let incoming = tokio_stream::wrappers::ReceiverStream::new(incoming)
-                .map(|accepted| accepted.map(|(stream, _)| stream));
+                .map(move |accepted| accepted.map(|(stream, _)| IdleLimited::new(stream, idle)));
             router
                 .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
                 .await
         }
         None => {
+            let incoming = TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .map(move |accepted| accepted.map(|stream| IdleLimited::new(stream, idle)));
             router
-                .serve_with_incoming_shutdown(TcpIncoming::from(listener), stop.cancelled_owned())
+                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
                 .await
         }
     }

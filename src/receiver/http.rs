@@ -1,9 +1,10 @@
 //! The OTLP/HTTP receiver: `POST <traces_url_path>` with a protobuf or JSON body,
-//! optionally gzipped. Errors carry a `google.rpc.Status` body in the request's encoding.
+//! optionally gzipped (every member). Errors carry a `google.rpc.Status` body in the
+//! request's encoding. Bodies are read within the request bytes budget; connections have
+//! a header timeout and an idle limit.
 
-use std::io::Read;
-use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
@@ -13,9 +14,15 @@ use axum::routing::post;
 use axum::Router;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
-use tokio::net::{TcpListener, TcpStream};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::admission::{gunzip, read_body, BodyError, RequestBudget};
+use super::conn::IdleLimited;
 use super::security::{tls_incoming, BearerAuth, Security};
 use super::{response, Ingest, IngestError, Payload, ReceiverMetrics};
 
@@ -28,6 +35,7 @@ struct HttpState {
     metrics: ReceiverMetrics,
     max_body: usize,
     auth: Option<BearerAuth>,
+    budget: RequestBudget,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -45,72 +53,96 @@ pub(super) struct RpcStatus {
     pub(super) message: String,
 }
 
-/// Serves OTLP/HTTP on `listener` until `stop` is cancelled.
-pub async fn serve_http(
+/// What the HTTP receiver serves with, besides its listener.
+pub(super) struct HttpSettings {
+    pub path: String,
+    pub max_body: usize,
+    pub read_header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub budget: RequestBudget,
+    pub security: Security,
+}
+
+/// Serves OTLP/HTTP (HTTP/1.1, and HTTP/2 with prior knowledge or ALPN) on `listener`
+/// until `stop` is cancelled, then lets open requests finish.
+pub(super) async fn serve_http(
     listener: TcpListener,
     pipeline: Arc<dyn Ingest>,
     metrics: ReceiverMetrics,
-    path: &str,
-    max_body: usize,
-    security: Security,
+    settings: HttpSettings,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     let app = Router::new()
-        .route(path, post(export))
+        .route(&settings.path, post(export))
         // Bodies are read with our own limit below, so the 413 is ours.
         .layer(DefaultBodyLimit::disable())
         .with_state(HttpState {
             pipeline,
             metrics,
-            max_body,
-            auth: security.auth,
+            max_body: settings.max_body,
+            auth: settings.security.auth,
+            budget: settings.budget,
         });
-    match security.tls {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(
+            (!settings.read_header_timeout.is_zero()).then_some(settings.read_header_timeout),
+        );
+    let graceful = GracefulShutdown::new();
+    let idle = settings.idle_timeout;
+    let serve = |io: IdleLimited<_>| {
+        let service = TowerToHyperService::new(app.clone());
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        let connection = graceful.watch(connection.into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "http connection ended");
+            }
+        });
+    };
+    match settings.security.tls {
         Some(tls) => {
-            let local = listener.local_addr()?;
-            let incoming = TlsListener {
-                incoming: tls_incoming(listener, tls, stop.clone()),
-                local,
-            };
-            axum::serve(incoming, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-        }
-        None => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-        }
-    }
-}
-
-/// TLS connections, handshakes done, as axum serves them.
-struct TlsListener {
-    incoming: tokio::sync::mpsc::Receiver<
-        std::io::Result<(tokio_rustls::server::TlsStream<TcpStream>, SocketAddr)>,
-    >,
-    local: SocketAddr,
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, SocketAddr) {
-        loop {
-            match self.incoming.recv().await {
-                Some(Ok(accepted)) => return accepted,
-                Some(Err(_)) => continue,
-                // The acceptor stopped: shutdown is under way; wait for it.
-                None => std::future::pending().await,
+            let mut incoming = tls_incoming(listener, tls, stop.clone());
+            loop {
+                let accepted = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    accepted = incoming.recv() => accepted,
+                };
+                match accepted {
+                    Some(Ok((stream, _))) => serve(IdleLimited::new(Box::new(stream) as Conn, idle)),
+                    Some(Err(_)) => continue,
+                    None => break,
+                }
             }
         }
+        None => loop {
+            let accepted = tokio::select! {
+                _ = stop.cancelled() => break,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    serve(IdleLimited::new(Box::new(stream) as Conn, idle))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    // Out of file descriptors and the like: give the system a moment.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        },
     }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        Ok(self.local)
-    }
+    graceful.shutdown().await;
+    Ok(())
 }
+
+/// A plain or TLS connection.
+type Conn = Box<dyn Io>;
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Io for T {}
 
 async fn export(State(s): State<HttpState>, headers: HeaderMap, body: Body) -> Response {
     let content_type = headers
@@ -138,10 +170,6 @@ async fn export(State(s): State<HttpState>, headers: HeaderMap, body: Body) -> R
             "missing or invalid bearer token".into(),
         );
     }
-    let body = match axum::body::to_bytes(body, s.max_body).await {
-        Ok(b) => b,
-        Err(_) => return too_large(encoding, s.max_body),
-    };
     let gzip = match headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
@@ -156,20 +184,18 @@ async fn export(State(s): State<HttpState>, headers: HeaderMap, body: Body) -> R
             )
         }
     };
-    let body = if gzip {
-        match gunzip(&body, s.max_body) {
-            Ok(Some(b)) => b,
-            Ok(None) => return too_large(encoding, s.max_body),
-            Err(e) => {
-                return error(
-                    encoding,
-                    StatusCode::BAD_REQUEST,
-                    format!("invalid gzip body: {e}"),
-                )
-            }
-        }
-    } else {
-        body
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let mut reservation = s.budget.reservation();
+    let body = match read_body(body, declared, s.max_body, &mut reservation).await {
+        Ok(body) if gzip => gunzip(&body, 0, s.max_body, &mut reservation).map(Bytes::from),
+        other => other,
+    };
+    let body = match body {
+        Ok(body) => body,
+        Err(e) => return body_error(encoding, e),
     };
     let request = match encoding {
         Encoding::Protobuf => Payload::Protobuf(body),
@@ -217,21 +243,20 @@ async fn export(State(s): State<HttpState>, headers: HeaderMap, body: Body) -> R
     }
 }
 
-/// Decompresses at most `limit` bytes; `None` when the body inflates past it.
-fn gunzip(body: &[u8], limit: usize) -> std::io::Result<Option<Bytes>> {
-    let mut out = Vec::new();
-    flate2::read::GzDecoder::new(body)
-        .take(limit as u64 + 1)
-        .read_to_end(&mut out)?;
-    Ok((out.len() <= limit).then(|| out.into()))
-}
-
-fn too_large(encoding: Encoding, limit: usize) -> Response {
-    error(
-        encoding,
-        StatusCode::PAYLOAD_TOO_LARGE,
-        format!("request body exceeds {limit} bytes"),
-    )
+/// The answer for a body that could not be read.
+fn body_error(encoding: Encoding, e: BodyError) -> Response {
+    let status = match e {
+        BodyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        BodyError::Exhausted => StatusCode::TOO_MANY_REQUESTS,
+        BodyError::Read(_) | BodyError::Gzip(_) => StatusCode::BAD_REQUEST,
+    };
+    let mut response = error(encoding, status, e.to_string());
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    }
+    response
 }
 
 fn error(encoding: Encoding, status: StatusCode, message: String) -> Response {

@@ -4,6 +4,8 @@
 //! with the OTLP status a client expects. One function per protocol maps [`IngestError`]
 //! to statuses; nothing here panics on input.
 
+mod admission;
+mod conn;
 mod grpc;
 mod http;
 mod security;
@@ -20,15 +22,18 @@ use prost::Message;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use grpc::serve_grpc;
-use http::serve_http;
+pub use admission::RequestBudget;
+use grpc::{serve_grpc, GrpcSettings};
+use http::{serve_http, HttpSettings};
 use security::Security;
 
-use crate::config::ReceiversConfig;
+use crate::config::{ReceiversConfig, DEFAULT_REQUEST_LIMIT_MIB};
 use crate::lifecycle::{bind, log_exit, StartError};
 use crate::otlp::scan::{self, Scanned};
 use crate::otlp::spans;
 use crate::telemetry::{self, Registry};
+
+const MIB: u64 = 1024 * 1024;
 
 /// Why a request was refused as a whole.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -123,49 +128,59 @@ pub struct Receivers {
 
 impl Receivers {
     /// Binds every configured protocol and serves it, handing requests to `ingest`.
+    /// `memory_spike` (the memory limiter's spike limit in bytes) is the request bytes
+    /// budget unless `admission.request_limit_mib` sets one.
     pub async fn start(
         config: &ReceiversConfig,
         ingest: Arc<dyn Ingest>,
         registry: &Registry,
+        memory_spike: Option<u64>,
     ) -> Result<Self, StartError> {
         let stop = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let protocols = &config.otlp.protocols;
+        let limit = match (config.otlp.admission.request_limit_mib, memory_spike) {
+            (Some(mib), _) => mib * MIB,
+            (None, Some(spike)) => spike,
+            (None, None) => DEFAULT_REQUEST_LIMIT_MIB * MIB,
+        };
+        let budget = RequestBudget::new(limit, registry);
+        tracing::debug!(bytes = budget.limit(), "request bytes budget");
         let mut grpc_addr = None;
         if let Some(grpc) = &protocols.grpc {
             let listener = bind("otlp grpc", &grpc.endpoint).await?;
             grpc_addr = listener.local_addr().ok();
-            let max =
-                usize::try_from(grpc.max_recv_msg_size_mib * 1024 * 1024).unwrap_or(usize::MAX);
+            let settings = GrpcSettings {
+                max_message_bytes: usize::try_from(grpc.max_recv_msg_size_mib * MIB)
+                    .unwrap_or(usize::MAX),
+                max_concurrent_streams: grpc.max_concurrent_streams,
+                keepalive: grpc.keepalive.server_parameters.clone(),
+                budget: budget.clone(),
+                security: security(config, "grpc", grpc.tls.as_ref(), &grpc.auth, &stop)?,
+            };
             let metrics = ReceiverMetrics::new(registry, "grpc");
-            let security = security(config, "grpc", grpc.tls.as_ref(), &grpc.auth, &stop)?;
             tasks.spawn(log_exit(
                 "otlp grpc receiver",
-                serve_grpc(
-                    listener,
-                    ingest.clone(),
-                    metrics,
-                    max,
-                    security,
-                    stop.clone(),
-                ),
+                serve_grpc(listener, ingest.clone(), metrics, settings, stop.clone()),
             ));
         }
         let mut http_addr = None;
         if let Some(http) = &protocols.http {
             let listener = bind("otlp http", &http.endpoint).await?;
             http_addr = listener.local_addr().ok();
-            let max = usize::try_from(http.max_request_body_size).unwrap_or(usize::MAX);
-            let path = http.traces_url_path.clone();
-            let security = security(config, "http", http.tls.as_ref(), &http.auth, &stop)?;
-            let (ingest, metrics, stop) = (
-                ingest.clone(),
-                ReceiverMetrics::new(registry, "http"),
-                stop.clone(),
-            );
-            tasks.spawn(log_exit("otlp http receiver", async move {
-                serve_http(listener, ingest, metrics, &path, max, security, stop).await
-            }));
+            let settings = HttpSettings {
+                path: http.traces_url_path.clone(),
+                max_body: usize::try_from(http.max_request_body_size).unwrap_or(usize::MAX),
+                read_header_timeout: http.read_header_timeout,
+                idle_timeout: http.idle_timeout,
+                budget: budget.clone(),
+                security: security(config, "http", http.tls.as_ref(), &http.auth, &stop)?,
+            };
+            let metrics = ReceiverMetrics::new(registry, "http");
+            tasks.spawn(log_exit(
+                "otlp http receiver",
+                serve_http(listener, ingest.clone(), metrics, settings, stop.clone()),
+            ));
         }
         Ok(Self {
             grpc_addr,

@@ -109,12 +109,15 @@ impl Router {
         )
         .await?;
 
+        let mut memory_spike = None;
         if let Some(limits) = &config.memory_limiter {
             let limiter = MemoryLimiter::new(limits, &registry);
+            memory_spike = Some(limiter.spike_bytes());
             resolvers.spawn(limiter.clone().run(resolvers_stop.clone()));
             ingest = limiter.guard(ingest);
         }
-        let receivers = Receivers::start(&config.receivers, ingest, &registry).await?;
+        let receivers =
+            Receivers::start(&config.receivers, ingest, &registry, memory_spike).await?;
         health.set_ready(true);
         tracing::info!(grpc = ?receivers.grpc_addr, http = ?receivers.http_addr, admin = %admin.addr, "router started");
         Ok(Router {

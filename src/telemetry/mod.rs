@@ -67,6 +67,23 @@ pub const ROUTER_QUARANTINES: &str = "tailgate_loadbalancer_backend_quarantine";
 /// Resident memory as the memory limiter last saw it.
 pub const PROCESS_RESIDENT_MEMORY: &str = "tailgate_process_resident_memory";
 
+/// Heap memory the allocator holds in active pages, as the memory limiter last saw it.
+pub const PROCESS_HEAP_ACTIVE: &str = "tailgate_process_heap_active";
+/// Times the memory limiter returned the allocator's free pages to the system.
+pub const MEMORY_LIMITER_PURGES: &str = "tailgate_memory_limiter_purges";
+/// Pending traces shed by the memory limiter above its hard limit.
+pub const MEMORY_LIMITER_SHED_TRACES: &str = "tailgate_memory_limiter_shed_traces";
+
+/// The budget for request bytes in flight, bytes held of it, and requests it refused.
+pub const RECEIVER_REQUEST_BYTES_LIMIT: &str = "tailgate_receiver_request_limit";
+pub const RECEIVER_REQUEST_BYTES_IN_FLIGHT: &str = "tailgate_receiver_request_in_flight";
+pub const RECEIVER_ADMISSION_REFUSED_REQUESTS: &str = "tailgate_receiver_admission_refused_requests";
+
+/// Spans sent again after an attempt whose outcome was unknown (timed out or cut off
+/// after the request left), so the backend may hold them twice.
+pub const ROUTER_RESENT_SPANS: &str = "tailgate_router_resent_spans";
+pub const EXPORTER_RESENT_SPANS: &str = "tailgate_exporter_resent_spans";
+
 /// Every accepted span's final bucket: `outcome` is sampled, not_sampled, dropped,
 /// evicted, too_large or shutdown.
 pub const SPANS_DECIDED: &str = "tailgate_spans_decided";
@@ -138,6 +155,14 @@ const DESCRIPTIONS: &[Description] = &[
     (ROUTER_REROUTED_SPANS, Kind::Counter, None, "Spans moved from a removed backend's queue onto the new ring."),
     (ROUTER_QUARANTINES, Kind::Counter, None, "Backends quarantined after repeated unreachable sends, and recovered by a probe."),
     (PROCESS_RESIDENT_MEMORY, Kind::Gauge, Some(Unit::Bytes), "Resident memory as the memory limiter last measured it."),
+    (PROCESS_HEAP_ACTIVE, Kind::Gauge, Some(Unit::Bytes), "Heap bytes in the allocator's active pages, as the memory limiter last measured them."),
+    (MEMORY_LIMITER_PURGES, Kind::Counter, None, "Times the memory limiter returned the allocator's free pages to the system."),
+    (MEMORY_LIMITER_SHED_TRACES, Kind::Counter, None, "Pending traces evicted by the memory limiter above its hard limit."),
+    (RECEIVER_REQUEST_BYTES_LIMIT, Kind::Gauge, Some(Unit::Bytes), "The budget for request bytes in flight (received and inflated, not yet handed on)."),
+    (RECEIVER_REQUEST_BYTES_IN_FLIGHT, Kind::Gauge, Some(Unit::Bytes), "Request bytes in flight now."),
+    (RECEIVER_ADMISSION_REFUSED_REQUESTS, Kind::Counter, None, "Requests refused because the request bytes budget was spent."),
+    (ROUTER_RESENT_SPANS, Kind::Counter, None, "Spans a router sent to a worker again after an attempt with an unknown outcome (may be duplicated)."),
+    (EXPORTER_RESENT_SPANS, Kind::Counter, None, "Spans sent to the backend again after an attempt with an unknown outcome (may be duplicated)."),
     (SPANMETRICS_ACTIVE_SERIES, Kind::Gauge, None, "Span metric series held (calls/duration and events)."),
     (SPANMETRICS_EXPIRED_SERIES, Kind::Counter, None, "Span metric series dropped after metrics_expiration idle."),
     (SPANMETRICS_OVERFLOW_SPANS, Kind::Counter, None, "Spans counted in the overflow series because of aggregation_cardinality_limit."),

@@ -108,12 +108,16 @@ impl Worker {
         }
 
         let mut ingest: Arc<dyn crate::receiver::Ingest> = pipeline.clone();
+        let mut memory_spike = None;
         if let Some(limits) = &config.memory_limiter {
             let limiter = MemoryLimiter::new(limits, &registry);
+            limiter.shed_with(pipeline.clone());
+            memory_spike = Some(limiter.spike_bytes());
             deciders.spawn(limiter.clone().run(deciders_stop.clone()));
             ingest = limiter.guard(ingest);
         }
-        let receivers = Receivers::start(&config.receivers, ingest, &registry).await?;
+        let receivers =
+            Receivers::start(&config.receivers, ingest, &registry, memory_spike).await?;
         if let Some(file) = &ts.policies_file {
             // Installed before start returns, so a SIGHUP right after start-up reloads
             // rather than killing the process.

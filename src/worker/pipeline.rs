@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use super::decider::Decider;
 use crate::buffer::{AddOutcome, ChunkFacts, TraceBuffer, TraceEntry};
 use crate::exporter::ExporterSet;
+use crate::limiter::Shed;
 use crate::otlp::view::SpanView;
 use crate::otlp::{Chunk, Head, RequestBuilder, TraceId};
 use crate::policy::{Decision, PolicySet, StatusCodes, Verdict};
@@ -321,10 +322,15 @@ impl Pipeline {
             self.remember(&id, Decision::NotSampled, None, now);
             self.metrics.removal_age.record(age(&entry, now));
         }
+        self.count_evicted(&evicted, now);
+    }
+
+    /// Counts traces evicted before their decision.
+    fn count_evicted(&self, evicted: &[(TraceId, TraceEntry)], now: Instant) {
         for (_, entry) in evicted {
             self.metrics.dropped_too_early.increment(1);
             self.metrics.outcomes.evicted.increment(entry.span_count);
-            self.metrics.removal_age.record(age(&entry, now));
+            self.metrics.removal_age.record(age(entry, now));
         }
     }
 
@@ -451,3 +457,13 @@ fn age(entry: &TraceEntry, now: Instant) -> f64 {
 /// How often deciders look for due traces; the bound on decision lateness under normal
 /// load.
 pub const DECISION_TICK: Duration = Duration::from_millis(10);
+
+/// Above the hard memory limit the memory limiter evicts the oldest pending traces,
+/// counted as any eviction is.
+impl Shed for Pipeline {
+    fn shed_oldest(&self, bytes: u64) -> u64 {
+        let evicted = self.buffer.evict_oldest_bytes(bytes);
+        self.count_evicted(&evicted, Instant::now());
+        evicted.len() as u64
+    }
+}

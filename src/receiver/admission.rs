@@ -1,0 +1,218 @@
+//! The budget for request bytes in flight, shared by every receiver of a process: bytes
+//! of HTTP bodies and gRPC messages being received, and what they inflate to, from the
+//! moment they are read until the request has been handed on. A request that cannot get
+//! budget is refused with a retryable status at once: before its body is read when the
+//! length is declared, else as soon as a chunk would overdraw it. The bytes the memory
+//! limiter cannot see between two checks (requests on the wire) are bounded by it.
+//!
+//! Reading bodies and gzip lives here too, so that both protocols read and inflate
+//! through one budget: every gzip member is read (`MultiGzDecoder`), as Go's and zlib's
+//! readers do, within the request size limit.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http_body::Body;
+use http_body_util::BodyExt;
+use metrics::{Counter, Gauge};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::telemetry::{self, Registry};
+
+/// The budget is kept in units of this many bytes (a semaphore's permits).
+const UNIT: u64 = 1024;
+/// How much is inflated between two budget checks.
+const INFLATE_STEP: usize = 64 * 1024;
+
+/// Why a body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("request exceeds {0} bytes")]
+    TooLarge(usize),
+    #[error("request bytes in flight are at their limit; retry later")]
+    Exhausted,
+    #[error("reading the request: {0}")]
+    Read(String),
+    #[error("invalid gzip: {0}")]
+    Gzip(std::io::Error),
+}
+
+/// Request bytes in flight, across every receiver of the process.
+#[derive(Clone)]
+pub struct RequestBudget {
+    permits: Arc<Semaphore>,
+    in_flight: Gauge,
+    refused: Counter,
+    limit: u64,
+}
+
+impl RequestBudget {
+    pub fn new(limit_bytes: u64, registry: &Registry) -> Self {
+        let units = (limit_bytes / UNIT).max(1);
+        registry
+            .gauge(telemetry::RECEIVER_REQUEST_BYTES_LIMIT, &[])
+            .set((units * UNIT) as f64);
+        Self {
+            permits: Arc::new(Semaphore::new(
+                usize::try_from(units).unwrap_or(Semaphore::MAX_PERMITS),
+            )),
+            in_flight: registry.gauge(telemetry::RECEIVER_REQUEST_BYTES_IN_FLIGHT, &[]),
+            refused: registry.counter(telemetry::RECEIVER_ADMISSION_REFUSED_REQUESTS, &[]),
+            limit: units * UNIT,
+        }
+    }
+
+    /// The limit in bytes.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// An empty reservation, to grow as bytes arrive.
+    pub fn reservation(&self) -> Reservation {
+        Reservation {
+            budget: self.clone(),
+            permit: None,
+            bytes: 0,
+        }
+    }
+
+    fn update_gauge(&self) {
+        let free = self.permits.available_permits() as u64 * UNIT;
+        self.in_flight.set(self.limit.saturating_sub(free) as f64);
+    }
+}
+
+/// Budget held by one request; given back when dropped.
+pub struct Reservation {
+    budget: RequestBudget,
+    permit: Option<OwnedSemaphorePermit>,
+    bytes: u64,
+}
+
+impl Reservation {
+    /// Holds `bytes` more, or refuses (counted) when the budget cannot give them now.
+    pub fn grow(&mut self, bytes: usize) -> Result<(), BodyError> {
+        let wanted = self.bytes + bytes as u64;
+        let held = self.permit.as_ref().map_or(0, |p| p.num_permits() as u64);
+        let needed = wanted.div_ceil(UNIT).saturating_sub(held);
+        if needed > 0 {
+            let needed = u32::try_from(needed).map_err(|_| self.refuse())?;
+            let more = Arc::clone(&self.budget.permits)
+                .try_acquire_many_owned(needed)
+                .map_err(|_| self.refuse())?;
+            match &mut self.permit {
+                Some(permit) => permit.merge(more),
+                None => self.permit = Some(more),
+            }
+            self.budget.update_gauge();
+        }
+        self.bytes = wanted;
+        Ok(())
+    }
+
+    fn refuse(&self) -> BodyError {
+        self.budget.refused.increment(1);
+        BodyError::Exhausted
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.permit.take().is_some() {
+            self.budget.update_gauge();
+        }
+    }
+}
+
+/// Reads a whole body of at most `max` bytes into `reservation`: a declared length is
+/// reserved before anything is read, otherwise each chunk as it comes.
+pub async fn read_body<B>(
+    body: B,
+    declared: Option<u64>,
+    max: usize,
+    reservation: &mut Reservation,
+) -> Result<Bytes, BodyError>
+where
+    B: Body,
+    B::Error: std::fmt::Display,
+{
+    if let Some(length) = declared {
+        if length > max as u64 {
+            return Err(BodyError::TooLarge(max));
+        }
+        reservation.grow(length as usize)?;
+    }
+    let declared = declared.unwrap_or(0) as usize;
+    let mut body = std::pin::pin!(body);
+    let mut first: Option<Bytes> = None;
+    let mut rest = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| BodyError::Read(e.to_string()))?;
+        let Ok(mut data) = frame.into_data() else {
+            continue;
+        };
+        let len = first.as_ref().map_or(0, Bytes::len) + rest.len();
+        if len + data.remaining() > max {
+            return Err(BodyError::TooLarge(max));
+        }
+        if len + data.remaining() > declared {
+            reservation.grow(len + data.remaining() - declared.max(len))?;
+        }
+        // One chunk is kept as it is; more are gathered (one copy).
+        match &first {
+            None => first = Some(data.copy_to_bytes(data.remaining())),
+            Some(f) => {
+                if rest.is_empty() {
+                    rest.reserve(declared.max(f.len() + data.remaining()));
+                    rest.extend_from_slice(f);
+                }
+                while data.has_remaining() {
+                    let chunk = data.chunk();
+                    rest.extend_from_slice(chunk);
+                    let n = chunk.len();
+                    data.advance(n);
+                }
+            }
+        }
+    }
+    Ok(if rest.is_empty() {
+        first.unwrap_or_default()
+    } else {
+        rest.freeze()
+    })
+}
+
+/// Inflates every gzip member of `compressed` after `prefix` bytes of room (for a frame
+/// header), to at most `max` bytes, growing `reservation` as it goes.
+pub fn gunzip(
+    compressed: &[u8],
+    prefix: usize,
+    max: usize,
+    reservation: &mut Reservation,
+) -> Result<Vec<u8>, BodyError> {
+    let mut decoder = flate2::read::MultiGzDecoder::new(compressed);
+    let mut out = vec![0; prefix];
+    loop {
+        let step = INFLATE_STEP.min(max + 1 - (out.len() - prefix));
+        reservation.grow(step)?;
+        let start = out.len();
+        out.resize(start + step, 0);
+        let mut filled = 0;
+        while filled < step {
+            match decoder.read(&mut out[start + filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(BodyError::Gzip(e)),
+            }
+        }
+        out.truncate(start + filled);
+        if out.len() - prefix > max {
+            return Err(BodyError::TooLarge(max));
+        }
+        if filled < step {
+            return Ok(out);
+        }
+    }
+}

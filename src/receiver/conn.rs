@@ -1,0 +1,171 @@
+//! Accepted connections of both receivers: an idle limit on every one (gRPC's
+//! `max_connection_idle`, HTTP's `idle_timeout`), so clients that connect and go quiet,
+//! or stop halfway through a request, give their connection and its buffers back.
+//!
+//! Written here because neither hyper nor tonic closes a connection on which no bytes
+//! move: hyper's HTTP/1 header timeout covers only the headers, and tonic has no idle
+//! limit at all.
+
+use std::io;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// A connection that fails with `TimedOut` once no byte was read or written for `limit`.
+pub struct IdleLimited<T> {
+    inner: T,
+    limit: Option<Duration>,
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl<T> IdleLimited<T> {
+    /// `limit` zero means no limit.
+    pub fn new(inner: T, limit: Duration) -> Self {
+        let limit = (!limit.is_zero()).then_some(limit);
+        let far = Duration::from_secs(86_400 * 365);
+        Self {
+            inner,
+            limit,
+            deadline: Box::pin(tokio::time::sleep(limit.unwrap_or(far))),
+        }
+    }
+
+    fn moved(&mut self) {
+        if let Some(limit) = self.limit {
+            self.deadline.as_mut().reset(Instant::now() + limit);
+        }
+    }
+
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        self.limit.is_some() && self.deadline.as_mut().poll(cx).is_ready()
+    }
+}
+
+fn idle() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "connection idle too long")
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for IdleLimited<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    self.moved();
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending if self.expired(cx) => Poll::Ready(Err(idle())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for IdleLimited<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.inner).poll_write(cx, data) {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    self.moved();
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending if self.expired(cx) => Poll::Ready(Err(idle())),
+            other => other,
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    self.moved();
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending if self.expired(cx) => Poll::Ready(Err(idle())),
+            other => other,
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl<T: tonic::transport::server::Connected> tonic::transport::server::Connected
+    for IdleLimited<T>
+{
+    type ConnectInfo = T::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_connection_times_out_and_traffic_keeps_it_open() {
+        let (client, server) = tokio::io::duplex(64);
+        let mut server = IdleLimited::new(server, Duration::from_secs(60));
+        let mut client = client;
+        let mut buf = [0u8; 8];
+        // Bytes every 50 s keep it alive past the limit.
+        for _ in 0..3 {
+            let read = server.read(&mut buf);
+            let write = async {
+                tokio::time::sleep(Duration::from_secs(50)).await;
+                client.write_all(b"x").await.unwrap();
+            };
+            let (n, ()) = tokio::join!(read, write);
+            assert_eq!(n.unwrap(), 1);
+        }
+        let started = Instant::now();
+        let err = server.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn zero_means_no_limit() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut server = IdleLimited::new(server, Duration::ZERO);
+        let mut buf = [0u8; 1];
+        let read = server.read(&mut buf);
+        let write = async {
+            tokio::time::sleep(Duration::from_secs(86_400)).await;
+            client.write_all(b"x").await.unwrap();
+        };
+        let (n, ()) = tokio::join!(read, write);
+        assert_eq!(n.unwrap(), 1);
+    }
+}
