@@ -77,9 +77,18 @@ impl MemoryLimiterConfig {
                 "must be less than limit_percentage",
             );
         }
-        if self.check_interval.is_zero() {
-            errors.push(format!("{p}.check_interval"), "must be greater than 0");
-        }
+        errors.within_duration(
+            format!("{p}.check_interval"),
+            self.check_interval,
+            Duration::from_millis(10),
+            crate::config::HOUR,
+        );
+        errors.within(
+            format!("{p}.limit_mib"),
+            self.limit_mib,
+            0,
+            crate::config::MAX_MIB,
+        );
     }
 
     /// (hard limit, soft limit) in bytes.
@@ -216,6 +225,11 @@ impl MemoryLimiter {
         })
     }
 
+    /// Whether new data is refused now.
+    pub fn refusing(&self) -> bool {
+        self.refusing.load(Ordering::Relaxed)
+    }
+
     /// The headroom between the soft and the hard limit, in bytes: the default budget for
     /// request bytes in flight, which arrive between two checks.
     pub fn spike_bytes(&self) -> u64 {
@@ -316,11 +330,78 @@ struct Guarded {
 
 impl Ingest for Guarded {
     fn ingest(&self, request: Payload, now: Instant) -> Result<Ingested, IngestError> {
-        if self.limiter.refusing.load(Ordering::Relaxed) {
+        if self.limiter.refusing() {
             let spans = request.span_count();
             self.limiter.refused.increment(spans);
             return Err(IngestError::Overloaded("memory limit reached"));
         }
         self.inner.ingest(request, now)
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records what it was asked to free.
+    #[derive(Default)]
+    struct Recorder(AtomicU64);
+
+    impl Shed for Recorder {
+        fn shed_oldest(&self, bytes: u64) -> u64 {
+            self.0.store(bytes, Ordering::Relaxed);
+            3
+        }
+    }
+
+    fn limiter(limit_mib: u64, registry: &Registry) -> (Arc<MemoryLimiter>, Arc<Recorder>) {
+        let config = MemoryLimiterConfig {
+            check_interval: Duration::from_secs(1),
+            limit_mib,
+            spike_limit_mib: None,
+            limit_percentage: 0,
+            spike_limit_percentage: None,
+        };
+        let limiter = MemoryLimiter::new(&config, registry);
+        let shed = Arc::new(Recorder::default());
+        limiter.shed_with(shed.clone());
+        (limiter, shed)
+    }
+
+    #[test]
+    fn above_the_hard_limit_it_purges_sheds_and_refuses() {
+        let registry = Registry::new();
+        // Any process is over 1 MiB.
+        let (limiter, shed) = limiter(1, &registry);
+        limiter.check();
+        assert!(limiter.refusing.load(Ordering::Relaxed));
+        let resident = limiter.resident.load(Ordering::Relaxed);
+        // Asked to free what is above the soft limit (80 % of 1 MiB).
+        let asked = shed.0.load(Ordering::Relaxed);
+        assert!(asked > 0 && asked <= resident, "{asked} of {resident}");
+        let text = registry.render();
+        assert_eq!(
+            crate::testkit::metric(&text, "tailgate_memory_limiter_shed_traces_total", &[]),
+            3.0
+        );
+        assert!(crate::testkit::metric(&text, "tailgate_memory_limiter_purges_total", &[]) >= 1.0);
+        assert!(crate::testkit::metric(&text, "tailgate_process_heap_active_bytes", &[]) > 0.0);
+    }
+
+    #[test]
+    fn under_the_soft_limit_nothing_is_purged_shed_or_refused() {
+        let registry = Registry::new();
+        let (limiter, shed) = limiter(MAX_TEST_MIB, &registry);
+        limiter.check();
+        assert!(!limiter.refusing.load(Ordering::Relaxed));
+        assert_eq!(shed.0.load(Ordering::Relaxed), 0);
+        let text = registry.render();
+        assert_eq!(
+            crate::testkit::metric(&text, "tailgate_memory_limiter_purges_total", &[]),
+            0.0
+        );
+    }
+
+    /// 1 TiB: no test process comes near it.
+    const MAX_TEST_MIB: u64 = 1024 * 1024;
 }

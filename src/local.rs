@@ -300,7 +300,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("tail_sampling.decision_wait: must be greater than 0"),
+            err.contains("tail_sampling.decision_wait: 0s is not between 1ms and 1day"),
             "{err}"
         );
     }

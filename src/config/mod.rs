@@ -9,6 +9,7 @@ pub mod types;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -57,6 +58,42 @@ impl Errors {
             path: path.into(),
             message: message.into(),
         });
+    }
+
+    /// Records an error unless `min <= value <= max`: the bounds on settings that size
+    /// memory, threads or time.
+    pub fn within<T: PartialOrd + fmt::Display>(
+        &mut self,
+        path: impl Into<String>,
+        value: T,
+        min: T,
+        max: T,
+    ) {
+        if value < min || value > max {
+            self.push(path, format!("{value} is not between {min} and {max}"));
+        }
+    }
+
+    /// [`Errors::within`] for durations, shown as in the config (`1s`, `24h`).
+    pub fn within_duration(
+        &mut self,
+        path: impl Into<String>,
+        value: Duration,
+        min: Duration,
+        max: Duration,
+    ) {
+        if value < min || value > max {
+            let show = |d: Duration| humantime::format_duration(d).to_string();
+            self.push(
+                path,
+                format!(
+                    "{} is not between {} and {}",
+                    show(value),
+                    show(min),
+                    show(max)
+                ),
+            );
+        }
     }
 
     /// Deserializes `value` as `T`, recording a failure under `path`.
@@ -259,6 +296,9 @@ pub fn worker_from_yaml(value: serde_yaml::Value) -> Result<WorkerConfig, Config
         check_endpoint(&a.endpoint, "admin.endpoint", &mut errors);
     }
     let shutdown: Option<ShutdownConfig> = errors.parse_section("shutdown", raw.shutdown);
+    if let Some(s) = &shutdown {
+        s.validate(&mut errors);
+    }
     let spanmetrics: Option<SpanMetricsConfig> = raw.spanmetrics.and_then(|v| {
         let v = if v.is_null() {
             serde_yaml::Value::Mapping(Default::default())
@@ -349,31 +389,67 @@ pub(crate) fn validate_receivers(
     if p.grpc.is_none() && p.http.is_none() {
         errors.push("receivers.otlp.protocols", "enable grpc, http or both");
     }
-    if let Some(g) = &p.grpc {
-        check_endpoint(
-            &g.endpoint,
-            "receivers.otlp.protocols.grpc.endpoint",
-            errors,
-        );
-        if g.max_recv_msg_size_mib == 0 {
+    if let Some(mib) = r.otlp.admission.request_limit_mib {
+        let path = "receivers.otlp.admission.request_limit_mib";
+        errors.within(path, mib, 1, MAX_MIB);
+        let least = r.largest_request_in_flight().div_ceil(1024 * 1024);
+        if mib < least {
             errors.push(
-                "receivers.otlp.protocols.grpc.max_recv_msg_size_mib",
-                "must be at least 1",
+                path,
+                format!(
+                    "{mib} cannot hold the largest request, compressed and inflated: set at least {least}"
+                ),
             );
         }
     }
-    if let Some(h) = &p.http {
-        check_endpoint(
-            &h.endpoint,
-            "receivers.otlp.protocols.http.endpoint",
-            errors,
+    if let Some(g) = &p.grpc {
+        let path = "receivers.otlp.protocols.grpc";
+        check_endpoint(&g.endpoint, &format!("{path}.endpoint"), errors);
+        errors.within(
+            format!("{path}.max_recv_msg_size_mib"),
+            g.max_recv_msg_size_mib,
+            1,
+            1024,
         );
-        if h.max_request_body_size == 0 {
-            errors.push(
-                "receivers.otlp.protocols.http.max_request_body_size",
-                "must be at least 1",
-            );
+        errors.within(
+            format!("{path}.max_concurrent_streams"),
+            g.max_concurrent_streams,
+            1,
+            10_000,
+        );
+        let k = &g.keepalive.server_parameters;
+        let kp = format!("{path}.keepalive.server_parameters");
+        for (key, value) in [
+            ("max_connection_idle", k.max_connection_idle),
+            ("max_connection_age", k.max_connection_age),
+            ("max_connection_age_grace", k.max_connection_age_grace),
+            ("time", k.time),
+        ] {
+            errors.within_duration(format!("{kp}.{key}"), value, Duration::ZERO, DAY);
         }
+        errors.within_duration(format!("{kp}.timeout"), k.timeout, MS, HOUR);
+    }
+    if let Some(h) = &p.http {
+        let path = "receivers.otlp.protocols.http";
+        check_endpoint(&h.endpoint, &format!("{path}.endpoint"), errors);
+        errors.within(
+            format!("{path}.max_request_body_size"),
+            h.max_request_body_size,
+            1,
+            1024 * 1024 * 1024,
+        );
+        errors.within_duration(
+            format!("{path}.read_header_timeout"),
+            h.read_header_timeout,
+            Duration::ZERO,
+            HOUR,
+        );
+        errors.within_duration(
+            format!("{path}.idle_timeout"),
+            h.idle_timeout,
+            Duration::ZERO,
+            DAY,
+        );
         if !h.traces_url_path.starts_with('/') {
             errors.push(
                 "receivers.otlp.protocols.http.traces_url_path",
@@ -391,18 +467,45 @@ pub fn check_endpoint(endpoint: &str, path: &str, errors: &mut Errors) {
     }
 }
 
+/// Bounds shared by the settings below: time from a millisecond to a day, counts and
+/// sizes well past any real deployment but short of exhausting memory or overflowing.
+pub const MS: Duration = Duration::from_millis(1);
+pub const HOUR: Duration = Duration::from_secs(3600);
+pub const DAY: Duration = Duration::from_secs(86_400);
+/// 1 TiB, in MiB.
+pub const MAX_MIB: u64 = 1024 * 1024;
+const MAX_COUNT: u64 = 100_000_000;
+
 fn validate_tail_sampling(ts: &TailSamplingConfig, errors: &mut Errors) {
-    if ts.decision_wait.is_zero() {
-        errors.push("tail_sampling.decision_wait", "must be greater than 0");
+    let p = "tail_sampling";
+    errors.within_duration(format!("{p}.decision_wait"), ts.decision_wait, MS, DAY);
+    errors.within(format!("{p}.num_traces"), ts.num_traces, 1, MAX_COUNT);
+    errors.within(
+        format!("{p}.expected_new_traces_per_sec"),
+        ts.expected_new_traces_per_sec,
+        0,
+        10_000_000,
+    );
+    for (key, value) in [
+        ("max_buffered_bytes", ts.max_buffered_bytes),
+        ("maximum_trace_size_bytes", ts.maximum_trace_size_bytes),
+    ] {
+        errors.within(format!("{p}.{key}"), value, 0, MAX_MIB * 1024 * 1024);
+    }
+    for (key, value) in [
+        ("sampled_cache_size", ts.decision_cache.sampled_cache_size),
+        (
+            "non_sampled_cache_size",
+            ts.decision_cache.non_sampled_cache_size,
+        ),
+    ] {
+        errors.within(format!("{p}.decision_cache.{key}"), value, 0, MAX_COUNT);
     }
     if ts.decision_wait_after_root_received > ts.decision_wait {
         errors.push(
             "tail_sampling.decision_wait_after_root_received",
             "must not exceed decision_wait",
         );
-    }
-    if ts.num_traces == 0 {
-        errors.push("tail_sampling.num_traces", "must be at least 1");
     }
     match (ts.policies.is_empty(), &ts.policies_file) {
         (true, None) => errors.push("tail_sampling.policies", "at least one policy is required"),
@@ -457,7 +560,12 @@ fn parse_exporters(
     out
 }
 
-fn validate_exporter(config: &ExporterConfig, path: &str, errors: &mut Errors) {
+pub(crate) fn validate_exporter(config: &ExporterConfig, path: &str, errors: &mut Errors) {
+    let timeout = match config {
+        ExporterConfig::Otlp(c) => Some(c.timeout),
+        ExporterConfig::OtlpHttp(c) => Some(c.timeout),
+        ExporterConfig::File(_) | ExporterConfig::Debug(_) => None,
+    };
     let (queue, retry) = match config {
         ExporterConfig::Otlp(c) => {
             if c.endpoint.is_empty() {
@@ -488,27 +596,36 @@ fn validate_exporter(config: &ExporterConfig, path: &str, errors: &mut Errors) {
             (&c.sending_queue, Some(&c.retry_on_failure))
         }
         ExporterConfig::File(c) => {
-            if c.rotation.max_megabytes == 0 {
-                errors.push(
-                    format!("{path}.rotation.max_megabytes"),
-                    "must be at least 1",
-                );
-            }
+            errors.within(
+                format!("{path}.rotation.max_megabytes"),
+                c.rotation.max_megabytes,
+                1,
+                MAX_MIB,
+            );
+            errors.within(
+                format!("{path}.rotation.max_backups"),
+                c.rotation.max_backups,
+                0,
+                10_000,
+            );
             (&c.sending_queue, None)
         }
         ExporterConfig::Debug(c) => (&c.sending_queue, None),
     };
-    if queue.queue_size == 0 {
-        errors.push(
-            format!("{path}.sending_queue.queue_size"),
-            "must be at least 1",
-        );
-    }
-    if queue.num_consumers == 0 {
-        errors.push(
-            format!("{path}.sending_queue.num_consumers"),
-            "must be at least 1",
-        );
+    errors.within(
+        format!("{path}.sending_queue.queue_size"),
+        queue.queue_size,
+        1,
+        1_000_000,
+    );
+    errors.within(
+        format!("{path}.sending_queue.num_consumers"),
+        queue.num_consumers,
+        1,
+        1_000,
+    );
+    if let Some(timeout) = timeout {
+        errors.within_duration(format!("{path}.timeout"), timeout, MS, HOUR);
     }
     if let Some(r) = retry {
         if r.multiplier < 1.0 || !r.multiplier.is_finite() {
@@ -523,12 +640,20 @@ fn validate_exporter(config: &ExporterConfig, path: &str, errors: &mut Errors) {
                 "must be between 0 and 1",
             );
         }
-        if r.initial_interval.is_zero() {
-            errors.push(
-                format!("{path}.retry_on_failure.initial_interval"),
-                "must be greater than 0",
-            );
-        }
+        let rp = format!("{path}.retry_on_failure");
+        errors.within_duration(
+            format!("{rp}.initial_interval"),
+            r.initial_interval,
+            MS,
+            HOUR,
+        );
+        errors.within_duration(format!("{rp}.max_interval"), r.max_interval, MS, HOUR);
+        errors.within_duration(
+            format!("{rp}.max_elapsed_time"),
+            r.max_elapsed_time,
+            Duration::ZERO,
+            DAY,
+        );
     }
 }
 

@@ -87,10 +87,10 @@ admin: {endpoint: "8888"}
     );
     for want in [
         "receivers.otlp.protocols.http.endpont: unknown field `endpont`",
-        "tail_sampling.decision_wait: must be greater than 0",
-        "tail_sampling.num_traces: must be at least 1",
+        "tail_sampling.decision_wait: 0s is not between 1ms and 1day",
+        "tail_sampling.num_traces: 0 is not between 1 and 100000000",
         "tail_sampling.policies[1].probabilistic.sampling_percentage: -1 is not between 0 and 100",
-        "exporters.otlp/a.sending_queue.queue_size: must be at least 1",
+        "exporters.otlp/a.sending_queue.queue_size: 0 is not between 1 and 1000000",
         "exporters.kafka: unknown exporter type \"kafka\"",
         "exporters.otlphttp.endpoint: \"backend:4318\" is not an http(s) URL",
         "admin.endpoint: \"8888\" is not host:port",
@@ -116,7 +116,7 @@ exporters: {debug: {}}
     );
     for want in [
         "receivers.otlp.protocols.grpc.endpoint: \"nowhere\" is not host:port",
-        "receivers.otlp.protocols.grpc.max_recv_msg_size_mib: must be at least 1",
+        "receivers.otlp.protocols.grpc.max_recv_msg_size_mib: 0 is not between 1 and 1024",
         "receivers.otlp.protocols.http.traces_url_path: must start with /",
     ] {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
@@ -188,7 +188,7 @@ fn expanded(text: &str, vars: &[(&str, &str)]) -> Result<serde_yaml::Value, Vec<
 #[test]
 fn a_variable_with_a_hash_is_not_cut_as_a_comment() {
     let v = expanded(
-        "extensions: {bearertokenauth: {token: ${OTLP_TOKEN}}}",
+        "extensions:\n  bearertokenauth:\n    token: ${OTLP_TOKEN}\n",
         &[("OTLP_TOKEN", "abc #def")],
     )
     .unwrap();
@@ -211,8 +211,14 @@ fn a_variable_with_newlines_cannot_inject_keys() {
 #[test]
 fn whole_references_take_the_type_of_plain_numbers_and_booleans() {
     let v = expanded(
-        "a: ${N}\nb: ${F}\nc: ${B}\nd: x${N}\ne: ${S}\nf: ${NEG}\ng: \"${N}\"\nh: [${N}]",
-        &[("N", "400"), ("F", "1.5"), ("B", "true"), ("S", "4 0"), ("NEG", "-3")],
+        "a: ${N}\nb: ${F}\nc: ${B}\nd: x${N}\ne: ${S}\nf: ${NEG}\ng: \"${N}\"\nh: ['${N}']",
+        &[
+            ("N", "400"),
+            ("F", "1.5"),
+            ("B", "true"),
+            ("S", "4 0"),
+            ("NEG", "-3"),
+        ],
     )
     .unwrap();
     assert_eq!(v["a"].as_u64(), Some(400));
@@ -243,7 +249,9 @@ fn keys_are_not_expanded_and_missing_variables_name_their_path() {
 fn a_token_from_the_environment_authenticates_only_whole() {
     std::env::set_var("TAILGATE_TEST_TOKEN_WITH_HASH", "abc #def");
     let config = parse_worker(
-        "extensions: {bearertokenauth: {token: ${TAILGATE_TEST_TOKEN_WITH_HASH}}}
+        "extensions:
+  bearertokenauth:
+    token: ${TAILGATE_TEST_TOKEN_WITH_HASH}
 receivers: {otlp: {protocols: {grpc: {auth: {authenticator: bearertokenauth}}}}}
 tail_sampling: {policies: [{name: all, type: always_sample}]}
 exporters: {debug: {}}
@@ -287,5 +295,68 @@ fn example_configs_and_policy_sets_load() {
         errors
             .check()
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+}
+
+/// The settings of the issue's row that took 2.6 GB, a busy loop and a decision never
+/// taken, and their kin: each refused with its path and range.
+#[test]
+fn settings_that_size_memory_threads_or_time_are_bounded() {
+    let err = errors_of(
+        r#"
+receivers:
+  otlp:
+    protocols:
+      grpc: {max_concurrent_streams: 0, keepalive: {server_parameters: {max_connection_idle: 20d}}}
+      http: {read_header_timeout: 2h, max_request_body_size: 2000000000000}
+    admission: {request_limit_mib: 4}
+tail_sampling:
+  decision_wait: 9999999999h
+  decision_cache: {sampled_cache_size: 1000000000000}
+  policies: [{name: all, type: always_sample}]
+exporters:
+  otlp: {endpoint: "b:4317", timeout: 0s, sending_queue: {num_consumers: 1000000}, retry_on_failure: {max_interval: 30d}}
+  file: {path: /tmp/x, rotation: {max_megabytes: 99999999999}}
+memory_limiter: {check_interval: 1ns, limit_mib: 100}
+shutdown: {grace_period: 2h}
+"#,
+    );
+    for want in [
+        "receivers.otlp.protocols.grpc.max_concurrent_streams: 0 is not between 1 and 10000",
+        "receivers.otlp.protocols.grpc.keepalive.server_parameters.max_connection_idle: 20days is not between 0s and 1day",
+        "receivers.otlp.protocols.http.read_header_timeout: 2h is not between 0s and 1h",
+        "receivers.otlp.protocols.http.max_request_body_size: 2000000000000 is not between 1 and 1073741824",
+        "receivers.otlp.admission.request_limit_mib: 4 cannot hold the largest request",
+        "tail_sampling.decision_wait: 1140771years 1month 28days 10h 26m 24s is not between 1ms and 1day",
+        "tail_sampling.decision_cache.sampled_cache_size: 1000000000000 is not between 0 and 100000000",
+        "exporters.otlp.timeout: 0s is not between 1ms and 1h",
+        "exporters.otlp.sending_queue.num_consumers: 1000000 is not between 1 and 1000",
+        "exporters.otlp.retry_on_failure.max_interval: 30days is not between 1ms and 1h",
+        "exporters.file.rotation.max_megabytes: 99999999999 is not between 1 and 1048576",
+        "memory_limiter.check_interval: 1ns is not between 10ms and 1h",
+        "shutdown.grace_period: 2h is not between 0s and 1h",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn the_routers_backend_settings_are_bounded_too() {
+    let err = crate::router::config::parse_router(
+        r#"
+receivers: {otlp: {protocols: {grpc: {}}}}
+exporters:
+  loadbalancing:
+    protocol: {otlp: {sending_queue: {num_consumers: 1000000}}}
+    resolver: {dns: {hostname: workers, interval: 1ns}}
+"#,
+    )
+    .unwrap_err()
+    .to_string();
+    for want in [
+        "exporters.loadbalancing.protocol.otlp.sending_queue.num_consumers: 1000000 is not between 1 and 1000",
+        "exporters.loadbalancing.resolver.dns.interval: 1ns is not between 100ms and 1h",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
 }

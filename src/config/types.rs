@@ -19,6 +19,20 @@ pub struct ReceiversConfig {
     pub authenticators: BTreeMap<String, BearerTokenConfig>,
 }
 
+impl ReceiversConfig {
+    /// The most one request can hold of the request bytes budget: the largest request
+    /// size, twice (gzip: compressed and inflated).
+    pub fn largest_request_in_flight(&self) -> u64 {
+        let p = &self.otlp.protocols;
+        let grpc = p
+            .grpc
+            .as_ref()
+            .map_or(0, |g| g.max_recv_msg_size_mib * 1024 * 1024);
+        let http = p.http.as_ref().map_or(0, |h| h.max_request_body_size);
+        2 * grpc.max(http)
+    }
+}
+
 /// `extensions.bearertokenauth[/name]`: the token a client must present, given inline
 /// (`${ENV}` works) or read from a file that is re-read when it changes.
 #[derive(Debug, Clone, Deserialize)]
@@ -535,6 +549,17 @@ impl Default for ShutdownConfig {
         Self {
             grace_period: default_grace_period(),
         }
+    }
+}
+
+impl ShutdownConfig {
+    pub fn validate(&self, errors: &mut super::Errors) {
+        errors.within_duration(
+            "shutdown.grace_period",
+            self.grace_period,
+            Duration::ZERO,
+            super::HOUR,
+        );
     }
 }
 

@@ -46,6 +46,9 @@ pub enum SendError {
         message: String,
         /// The backend's requested delay (gRPC RetryInfo, HTTP Retry-After).
         after: Option<Duration>,
+        /// The request may have reached the backend (the attempt timed out or was cut off
+        /// after it left), so sending it again may duplicate it.
+        maybe_delivered: bool,
     },
     #[error("permanent: {0}")]
     Permanent(String),
@@ -82,6 +85,8 @@ impl Sink {
 
 struct ExporterMetrics {
     sent: Counter,
+    /// Spans sent again after an attempt with an unknown outcome.
+    resent: Counter,
     send_failed: Counter,
     enqueue_failed: Counter,
     queue_size: Gauge,
@@ -277,6 +282,14 @@ impl Exporter {
             capacity,
             metrics: Arc::new(ExporterMetrics {
                 sent: registry.counter(telemetry::EXPORTER_SENT_SPANS, &labels),
+                resent: registry.counter(
+                    if backend.is_some() {
+                        telemetry::ROUTER_RESENT_SPANS
+                    } else {
+                        telemetry::EXPORTER_RESENT_SPANS
+                    },
+                    &labels,
+                ),
                 send_failed: registry.counter(telemetry::EXPORTER_SEND_FAILED_SPANS, &labels),
                 enqueue_failed: registry.counter(telemetry::EXPORTER_ENQUEUE_FAILED_SPANS, &labels),
                 queue_size: registry.gauge(telemetry::EXPORTER_QUEUE_SIZE, &labels),
@@ -313,8 +326,14 @@ async fn consume(
         in_flight.fetch_add(request.spans, Ordering::SeqCst);
         metrics.queue_size.set(rx.len() as f64);
         let started = Instant::now();
-        let result =
-            retry::send_with_retry(&sink, &request, retry.as_ref(), observe.as_ref()).await;
+        let result = retry::send_with_retry(
+            &sink,
+            &request,
+            retry.as_ref(),
+            observe.as_ref(),
+            &metrics.resent,
+        )
+        .await;
         if let Some(b) = &metrics.backend {
             b.latency.record(started.elapsed().as_secs_f64() * 1000.0);
             if result.is_ok() {

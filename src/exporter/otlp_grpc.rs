@@ -62,6 +62,7 @@ impl GrpcSink {
         client.ready().await.map_err(|e| SendError::Retryable {
             message: format!("connection: {e}"),
             after: None,
+            maybe_delivered: false,
         })?;
         let mut req = Request::new(request.bytes.clone());
         *req.metadata_mut() = self.headers.clone();
@@ -97,13 +98,16 @@ pub fn retryable(code: Code) -> bool {
     )
 }
 
-/// Retryable codes (see [`retryable`]) are retried; everything else is permanent.
+/// Retryable codes (see [`retryable`]) are retried; everything else is permanent. A
+/// deadline or cancellation (tonic's own timeout) leaves the outcome unknown: the backend
+/// may have taken the request.
 fn classify(status: &Status) -> SendError {
     let message = format!("{:?}: {}", status.code(), status.message());
     if retryable(status.code()) {
         SendError::Retryable {
             message,
             after: None,
+            maybe_delivered: matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
         }
     } else {
         SendError::Permanent(message)

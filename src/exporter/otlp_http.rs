@@ -92,6 +92,8 @@ impl HttpSink {
             .map_err(|e| SendError::Retryable {
                 message: format!("request: {e}"),
                 after: None,
+                // A timeout after the request was written leaves the outcome unknown.
+                maybe_delivered: e.is_timeout(),
             })?;
         let status = response.status();
         let after = response
@@ -114,7 +116,11 @@ impl HttpSink {
             StatusCode::TOO_MANY_REQUESTS
             | StatusCode::BAD_GATEWAY
             | StatusCode::SERVICE_UNAVAILABLE
-            | StatusCode::GATEWAY_TIMEOUT => Err(SendError::Retryable { message, after }),
+            | StatusCode::GATEWAY_TIMEOUT => Err(SendError::Retryable {
+                message,
+                after,
+                maybe_delivered: false,
+            }),
             _ => Err(SendError::Permanent(message)),
         }
     }

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use metrics::Counter;
 use rand::Rng;
 use tokio::time::Instant;
 
@@ -12,16 +13,22 @@ use crate::config::RetryConfig;
 use crate::otlp::EncodedRequest;
 
 /// Sends `request`, retrying as `retry` says; `observe` sees whether each attempt reached
-/// the backend (a permanent refusal did; a retryable failure did not).
+/// the backend (a permanent refusal did; a retryable failure did not). A retry after an
+/// attempt whose outcome is unknown counts the request's spans in `resent`.
 pub(super) async fn send_with_retry(
     sink: &Sink,
     request: &EncodedRequest,
     retry: Option<&RetryConfig>,
     observe: Option<&AttemptObserver>,
+    resent: &Counter,
 ) -> Result<Sent, SendError> {
     let started = Instant::now();
     let mut interval = retry.map(|r| r.initial_interval).unwrap_or_default();
+    let mut maybe_delivered = false;
     loop {
+        if maybe_delivered {
+            resent.increment(request.spans);
+        }
         let result = sink.send(request).await;
         if let Some(observe) = observe {
             observe(!matches!(result, Err(SendError::Retryable { .. })));
@@ -30,10 +37,18 @@ pub(super) async fn send_with_retry(
             Ok(sent) => return Ok(sent),
             Err(e) => e,
         };
-        let (SendError::Retryable { after, .. }, Some(r)) = (&err, retry.filter(|r| r.enabled))
+        let (
+            SendError::Retryable {
+                after,
+                maybe_delivered: unknown,
+                ..
+            },
+            Some(r),
+        ) = (&err, retry.filter(|r| r.enabled))
         else {
             return Err(err);
         };
+        maybe_delivered = *unknown;
         let mut wait = jitter(interval, r.randomization_factor);
         if let Some(after) = after {
             wait = wait.max(*after);

@@ -336,6 +336,9 @@ impl PolicyConfig {
                                 .push(format!("{p}.values[{i}]"), format!("invalid regex: {e}")),
                         }
                     }
+                    if let Some(size) = c.cache_max_size {
+                        errors.within(format!("{p}.cache_max_size"), size, 0, 10_000_000);
+                    }
                     if regexes.len() != c.values.len() {
                         return None;
                     }

@@ -6,8 +6,8 @@
 //! move: hyper's HTTP/1 header timeout covers only the headers, and tonic has no idle
 //! limit at all.
 
-use std::io;
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;

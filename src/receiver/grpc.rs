@@ -13,9 +13,9 @@ use bytes::Bytes;
 use http::header::AUTHORIZATION;
 use http::HeaderValue;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
-use std::time::Duration;
 
 use http_body_util::Full;
 use tokio_util::sync::CancellationToken;
@@ -173,8 +173,8 @@ impl TraceServer {
                 "the request must hold exactly one message",
             ));
         }
-        let mut inflated = gunzip(&framed[PREFIX..], PREFIX, max, reservation)
-            .map_err(|e| body_status(e, max))?;
+        let mut inflated =
+            gunzip(&framed[PREFIX..], PREFIX, max, reservation).map_err(|e| body_status(e, max))?;
         let length = u32::try_from(inflated.len() - PREFIX).unwrap_or(u32::MAX);
         inflated[0] = 0;
         inflated[1..PREFIX].copy_from_slice(&length.to_be_bytes());

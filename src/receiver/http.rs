@@ -12,12 +12,12 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use prost::Message;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -111,7 +111,9 @@ pub(super) async fn serve_http(
                     accepted = incoming.recv() => accepted,
                 };
                 match accepted {
-                    Some(Ok((stream, _))) => serve(IdleLimited::new(Box::new(stream) as Conn, idle)),
+                    Some(Ok((stream, _))) => {
+                        serve(IdleLimited::new(Box::new(stream) as Conn, idle))
+                    }
                     Some(Err(_)) => continue,
                     None => break,
                 }

@@ -139,10 +139,11 @@ impl Receivers {
         let stop = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let protocols = &config.otlp.protocols;
-        let limit = match (config.otlp.admission.request_limit_mib, memory_spike) {
-            (Some(mib), _) => mib * MIB,
-            (None, Some(spike)) => spike,
-            (None, None) => DEFAULT_REQUEST_LIMIT_MIB * MIB,
+        let limit = match config.otlp.admission.request_limit_mib {
+            Some(mib) => mib * MIB,
+            None => memory_spike
+                .unwrap_or(DEFAULT_REQUEST_LIMIT_MIB * MIB)
+                .max(config.largest_request_in_flight()),
         };
         let budget = RequestBudget::new(limit, registry);
         tracing::debug!(bytes = budget.limit(), "request bytes budget");

@@ -8,8 +8,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::config::{
-    check_endpoint, read_yaml, AdminConfig, ConfigError, Errors, OtlpExporterConfig,
-    ReceiversConfig, ShutdownConfig,
+    check_endpoint, read_yaml, AdminConfig, ConfigError, Errors, ExporterConfig,
+    OtlpExporterConfig, ReceiversConfig, ShutdownConfig, HOUR, MS,
 };
 use crate::limiter::MemoryLimiterConfig;
 use crate::router::ring::RingKind;
@@ -177,6 +177,9 @@ pub fn parse_router(text: &str) -> Result<RouterConfig, ConfigError> {
         check_endpoint(&a.endpoint, "admin.endpoint", &mut errors);
     }
     let shutdown: Option<ShutdownConfig> = errors.parse_section("shutdown", raw.shutdown);
+    if let Some(s) = &shutdown {
+        s.validate(&mut errors);
+    }
     let memory_limiter = crate::config::parse_memory_limiter(raw.memory_limiter, &mut errors);
     errors.check()?;
     let parsed = "every section parsed, or an error was recorded";
@@ -238,10 +241,10 @@ fn parse_route(
         );
     }
     template.insert("endpoint".into(), "placeholder:4317".into());
-    let otlp: OtlpExporterConfig = errors.parse(
-        &format!("{path}.protocol.otlp"),
-        serde_yaml::Value::Mapping(template),
-    )?;
+    let otlp_path = format!("{path}.protocol.otlp");
+    let otlp: OtlpExporterConfig =
+        errors.parse(&otlp_path, serde_yaml::Value::Mapping(template))?;
+    crate::config::validate_exporter(&ExporterConfig::Otlp(otlp.clone()), &otlp_path, errors);
     let resolver = match (raw.resolver.static_, raw.resolver.dns) {
         (Some(s), None) => {
             if s.hostnames.is_empty() {
@@ -256,12 +259,14 @@ fn parse_route(
             if d.hostname.is_empty() {
                 errors.push(format!("{path}.resolver.dns.hostname"), "is required");
             }
-            if d.interval.is_zero() {
-                errors.push(
-                    format!("{path}.resolver.dns.interval"),
-                    "must be greater than 0",
-                );
-            }
+            let dns = format!("{path}.resolver.dns");
+            errors.within_duration(
+                format!("{dns}.interval"),
+                d.interval,
+                Duration::from_millis(100),
+                HOUR,
+            );
+            errors.within_duration(format!("{dns}.timeout"), d.timeout, MS, HOUR);
             if let Some(ns) = &d.nameserver {
                 if ns.parse::<std::net::SocketAddr>().is_err() {
                     errors.push(

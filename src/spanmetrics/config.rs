@@ -193,12 +193,26 @@ impl SpanMetricsConfig {
                 "are required when events are enabled",
             );
         }
-        if self.exemplars.enabled && self.exemplars.max_per_data_point == 0 {
-            errors.push(
+        if self.exemplars.enabled {
+            errors.within(
                 "spanmetrics.exemplars.max_per_data_point",
-                "must be at least 1",
+                self.exemplars.max_per_data_point,
+                1,
+                1_000,
             );
         }
+        errors.within(
+            "spanmetrics.aggregation_cardinality_limit",
+            self.aggregation_cardinality_limit,
+            0,
+            10_000_000,
+        );
+        errors.within(
+            "spanmetrics.histogram.explicit.buckets",
+            buckets.len(),
+            0,
+            1_000,
+        );
         if self.identity_label.is_empty() {
             errors.push("spanmetrics.identity_label", "must not be empty");
         }

@@ -77,7 +77,8 @@ pub const MEMORY_LIMITER_SHED_TRACES: &str = "tailgate_memory_limiter_shed_trace
 /// The budget for request bytes in flight, bytes held of it, and requests it refused.
 pub const RECEIVER_REQUEST_BYTES_LIMIT: &str = "tailgate_receiver_request_limit";
 pub const RECEIVER_REQUEST_BYTES_IN_FLIGHT: &str = "tailgate_receiver_request_in_flight";
-pub const RECEIVER_ADMISSION_REFUSED_REQUESTS: &str = "tailgate_receiver_admission_refused_requests";
+pub const RECEIVER_ADMISSION_REFUSED_REQUESTS: &str =
+    "tailgate_receiver_admission_refused_requests";
 
 /// Spans sent again after an attempt whose outcome was unknown (timed out or cut off
 /// after the request left), so the backend may hold them twice.
