@@ -84,7 +84,8 @@ pub struct OtlpReceiverConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdmissionConfig {
-    /// Default: the memory limiter's spike limit, or 128 MiB without a memory limiter.
+    /// Default: the memory limiter's spike limit, or 128 MiB without a memory limiter;
+    /// never less than twice the largest request.
     #[serde(default)]
     pub request_limit_mib: Option<u64>,
 }
