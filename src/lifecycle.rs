@@ -1,5 +1,5 @@
-//! What both tiers share at start-up and shutdown: binding listeners, logging the end of
-//! a serving task, and the start-up error.
+//! What both tiers share at start-up: binding listeners, and the start-up error. The
+//! tasks they start are owned by [`crate::supervisor`].
 
 use tokio::net::TcpListener;
 
@@ -33,13 +33,4 @@ pub async fn bind(what: &'static str, endpoint: &str) -> Result<TcpListener, Sta
             endpoint: endpoint.to_owned(),
             source,
         })
-}
-
-pub async fn log_exit<E: std::fmt::Display>(
-    what: &'static str,
-    task: impl std::future::Future<Output = Result<(), E>>,
-) {
-    if let Err(e) = task.await {
-        tracing::error!(task = what, error = %e, "task failed");
-    }
 }

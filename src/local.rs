@@ -3,9 +3,12 @@
 //! receivers say; the workers listen on loopback ports of their own; one admin listener
 //! serves every component's metrics, each series labelled with its `component`.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 
 use serde::Deserialize;
 
@@ -17,6 +20,7 @@ use crate::lifecycle::StartError;
 use crate::router::config::{Resolver, RouteConfig, RouterConfig, RoutingKey};
 use crate::router::ring::RingKind;
 use crate::router::Router;
+use crate::supervisor::{Supervisor, TaskFailure};
 use crate::telemetry::{Admin, Health, MetricsSource, Registry};
 use crate::worker::Worker;
 
@@ -156,7 +160,9 @@ pub struct Local {
     pub trace_files: Vec<PathBuf>,
     router: Router,
     workers: Vec<Worker>,
-    admin: Admin,
+    health: Arc<Health>,
+    /// The local admin listener's task.
+    supervisor: Supervisor,
 }
 
 impl Local {
@@ -208,7 +214,16 @@ impl Local {
             sources.push(Arc::new(w.registry.clone()));
         }
         let health = Arc::new(Health::default());
-        let admin = Admin::start(&config.admin.endpoint, sources, health.clone()).await?;
+        let mut supervisor = Supervisor::new();
+        let group = supervisor.group("admin");
+        let admin = Admin::start(
+            &config.admin.endpoint,
+            sources,
+            health.clone(),
+            &mut supervisor,
+            group,
+        )
+        .await?;
         health.set_ready(true);
         Ok(Local {
             grpc_addr: router.grpc_addr,
@@ -217,7 +232,8 @@ impl Local {
             trace_files,
             router,
             workers,
-            admin,
+            health,
+            supervisor,
         })
     }
 
@@ -246,13 +262,41 @@ impl Local {
         out
     }
 
+    /// The first task of the router, a worker or the admin listener to end while it
+    /// should be running; local mode is not ready from then on.
+    pub async fn failed(&mut self) -> TaskFailure {
+        let mut waiting: Vec<Pin<Box<dyn Future<Output = TaskFailure> + Send + '_>>> = vec![
+            Box::pin(self.router.failed()),
+            Box::pin(self.supervisor.failed()),
+        ];
+        waiting.extend(
+            self.workers
+                .iter_mut()
+                .map(|w| Box::pin(w.failed()) as Pin<Box<dyn Future<Output = _> + Send + '_>>),
+        );
+        let failure = std::future::poll_fn(|cx| {
+            waiting
+                .iter_mut()
+                .find_map(|f| match f.as_mut().poll(cx) {
+                    Poll::Ready(failure) => Some(failure),
+                    Poll::Pending => None,
+                })
+                .map_or(Poll::Pending, Poll::Ready)
+        })
+        .await;
+        drop(waiting);
+        self.health.set_ready(false);
+        failure
+    }
+
     /// Router first (no new data), then the workers (decide and export what they hold).
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
+        self.health.set_ready(false);
         self.router.shutdown().await;
         for w in self.workers {
             w.shutdown().await;
         }
-        self.admin.stop().await;
+        self.supervisor.stop_all().await;
     }
 }
 

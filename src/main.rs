@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use tailgate::supervisor::TaskFailure;
 
 /// Exit status for a config error (EX_USAGE), as `check-config` documents.
 const EXIT_CONFIG: u8 = 64;
@@ -250,31 +251,42 @@ fn main() -> ExitCode {
     }
 }
 
-/// What `serve` runs: stopped on SIGTERM or SIGINT.
+/// What `serve` runs: stopped on SIGTERM or SIGINT, or when one of its tasks fails.
 trait Service {
+    async fn failed(&mut self) -> TaskFailure;
     async fn shutdown(self);
 }
 
 impl Service for tailgate::local::Local {
+    async fn failed(&mut self) -> TaskFailure {
+        tailgate::local::Local::failed(self).await
+    }
     async fn shutdown(self) {
         tailgate::local::Local::shutdown(self).await
     }
 }
 
 impl Service for tailgate::worker::Worker {
+    async fn failed(&mut self) -> TaskFailure {
+        tailgate::worker::Worker::failed(self).await
+    }
     async fn shutdown(self) {
         tailgate::worker::Worker::shutdown(self).await
     }
 }
 
 impl Service for tailgate::router::Router {
+    async fn failed(&mut self) -> TaskFailure {
+        tailgate::router::Router::failed(self).await
+    }
     async fn shutdown(self) {
         tailgate::router::Router::shutdown(self).await
     }
 }
 
 /// Starts a service from its config (exit 64 on a config error) and runs it until SIGTERM or
-/// SIGINT, then shuts it down.
+/// SIGINT, then shuts it down. When one of its tasks fails instead, it is no longer ready;
+/// it drains what it can, logs the cause and exits non-zero, so an orchestrator restarts it.
 fn serve<C, S: Service, F: std::future::Future<Output = anyhow::Result<S>>>(
     config: Result<C, tailgate::config::ConfigError>,
     start: impl FnOnce(C) -> F,
@@ -290,11 +302,23 @@ fn serve<C, S: Service, F: std::future::Future<Output = anyhow::Result<S>>>(
         .context("starting the runtime")
         .and_then(|runtime| {
             runtime.block_on(async {
-                let service = start(config).await?;
-                shutdown_signal().await?;
-                tracing::info!("shutting down");
+                let mut service = start(config).await?;
+                let failure = tokio::select! {
+                    signal = shutdown_signal() => {
+                        signal?;
+                        None
+                    }
+                    failure = service.failed() => Some(failure),
+                };
+                match &failure {
+                    None => tracing::info!("shutting down"),
+                    Some(f) => tracing::error!(error = %f, "a task failed; draining and exiting"),
+                }
                 service.shutdown().await;
-                Ok(())
+                match failure {
+                    None => Ok(()),
+                    Some(f) => Err(anyhow::Error::new(f)),
+                }
             })
         });
     match result {

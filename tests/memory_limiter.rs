@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use tailgate::limiter::resident_bytes;
+use tailgate::memory_limiter::resident_bytes;
 use tailgate::testkit::{kv, metric, request, span, trace_id, Sink};
 use tailgate::worker::Worker;
 

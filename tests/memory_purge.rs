@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use tailgate::limiter::{resident_bytes, MemoryLimiter, MemoryLimiterConfig};
+use tailgate::memory_limiter::{resident_bytes, MemoryLimiter, MemoryLimiterConfig};
 use tailgate::telemetry::Registry;
 use tailgate::testkit::metric;
 

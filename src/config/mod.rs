@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use crate::limiter::MemoryLimiterConfig;
+use crate::memory_limiter::MemoryLimiterConfig;
 use crate::policy::PolicySet;
 use crate::spanmetrics::SpanMetricsConfig;
 pub use types::*;

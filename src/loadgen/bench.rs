@@ -21,8 +21,8 @@ use tokio::time::Instant;
 use super::{drive, progress_bar, Expectations, Generator, Protocol, Report, Sender, VerifySink};
 use super::{Outgoing, WorkloadConfig, WORKER_HEADER};
 use crate::config::{parse_policies, parse_worker};
-use crate::limiter::resident_bytes_of;
-use crate::telemetry::{self, LATENESS_BUCKETS_MS};
+use crate::memory_limiter::resident_bytes_of;
+use crate::telemetry::{self, LATENESS_BUCKETS_S};
 use crate::testkit::{metric, scrape};
 
 /// What `tailgate bench` runs.
@@ -316,19 +316,19 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<Results> {
         .sum::<anyhow::Result<Duration>>()?
         - workers_before;
 
-    let mut lateness = vec![0.0; LATENESS_BUCKETS_MS.len() + 1];
+    let mut lateness = vec![0.0; LATENESS_BUCKETS_S.len() + 1];
     for admin in &worker_admins {
         let text = scrape(*admin).await?;
-        for (i, le) in LATENESS_BUCKETS_MS.iter().enumerate() {
+        for (i, le) in LATENESS_BUCKETS_S.iter().enumerate() {
             lateness[i] += metric(
                 &text,
-                &format!("{}_milliseconds_bucket", telemetry::DECISION_LATENESS),
+                &format!("{}_seconds_bucket", telemetry::DECISION_LATENESS),
                 &[("le", &le.to_string())],
             );
         }
-        lateness[LATENESS_BUCKETS_MS.len()] += metric(
+        lateness[LATENESS_BUCKETS_S.len()] += metric(
             &text,
-            &format!("{}_milliseconds_bucket", telemetry::DECISION_LATENESS),
+            &format!("{}_seconds_bucket", telemetry::DECISION_LATENESS),
             &[("le", "+Inf")],
         );
     }
@@ -350,13 +350,13 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<Results> {
         peak_buffered_spans: peak_buffered,
         rss_bytes_per_buffered_span: peak_rss.saturating_sub(idle_rss) as f64
             / peak_buffered.max(1) as f64,
-        lateness_ms: LATENESS_QUANTILES.map(|q| quantile(&lateness, q)),
+        lateness_ms: LATENESS_QUANTILES.map(|q| quantile(&lateness, q) * 1000.0),
         decision_wait: options.decision_wait,
         report,
     })
 }
 
-/// The q-quantile of a cumulative histogram (counts per `LATENESS_BUCKETS_MS` bound, then
+/// The q-quantile of a cumulative histogram (counts per `LATENESS_BUCKETS_S` bound, then
 /// +Inf), interpolated linearly inside the bucket as Prometheus' histogram_quantile does.
 pub(super) fn quantile(cumulative: &[f64], q: f64) -> f64 {
     let total = *cumulative.last().unwrap_or(&0.0);
@@ -365,7 +365,7 @@ pub(super) fn quantile(cumulative: &[f64], q: f64) -> f64 {
     }
     let rank = q * total;
     let mut lower = (0.0, 0.0);
-    for (i, &upper) in LATENESS_BUCKETS_MS.iter().enumerate() {
+    for (i, &upper) in LATENESS_BUCKETS_S.iter().enumerate() {
         if cumulative[i] >= rank {
             let in_bucket = cumulative[i] - lower.1;
             let share = if in_bucket > 0.0 {

@@ -136,11 +136,11 @@ fn every_span_leaves_exactly_once_in_bounded_requests() {
 
 #[test]
 fn quantiles_interpolate_inside_the_bucket() {
-    // Bounds 1, 2.5, 5, ...: 10 decisions at or under 1 ms, 90 in (2.5, 5].
-    let mut cumulative = vec![100.0; crate::telemetry::LATENESS_BUCKETS_MS.len() + 1];
+    // Bounds 1, 2.5, 5, ... ms: 10 decisions at or under 1 ms, 90 in (2.5, 5].
+    let mut cumulative = vec![100.0; crate::telemetry::LATENESS_BUCKETS_S.len() + 1];
     cumulative[0] = 10.0;
     cumulative[1] = 10.0;
-    assert!((quantile(&cumulative, 0.05) - 0.5).abs() < 1e-9);
-    assert!((quantile(&cumulative, 0.55) - 3.75).abs() < 1e-9);
+    assert!((quantile(&cumulative, 0.05) - 0.0005).abs() < 1e-12);
+    assert!((quantile(&cumulative, 0.55) - 0.00375).abs() < 1e-12);
     assert!(quantile(&[0.0; 15], 0.5).is_nan());
 }

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::composite::{Composite, SubPolicy};
-use super::limiter::TokenBucket;
 use super::ottl::{ErrorMode, OttlCondition};
 use super::probabilistic::Probabilistic;
 use super::rules::{Rule, StringMatcher};
+use super::token_bucket::TokenBucket;
 use crate::config::Errors;
 
 /// One policy (or sub-policy): `name`, `type`, and the block named after the type.

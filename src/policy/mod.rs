@@ -5,10 +5,10 @@
 
 mod composite;
 mod config;
-mod limiter;
 mod ottl;
 mod probabilistic;
 mod rules;
+mod token_bucket;
 
 use std::cell::OnceCell;
 use std::sync::Arc;

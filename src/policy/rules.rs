@@ -8,9 +8,9 @@ use std::collections::HashSet;
 use moka::sync::Cache;
 
 use super::composite::Composite;
-use super::limiter::TokenBucket;
 use super::ottl::OttlCondition;
 use super::probabilistic::Probabilistic;
+use super::token_bucket::TokenBucket;
 use super::{Decision, TraceView};
 use crate::otlp::view::{AnyValueView, SpanView};
 

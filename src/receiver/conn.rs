@@ -1,6 +1,10 @@
-//! Accepted connections of both receivers: an idle limit on every one (gRPC's
+//! Accepting connections for both receivers, and an idle limit on every one (gRPC's
 //! `max_connection_idle`, HTTP's `idle_timeout`), so clients that connect and go quiet,
 //! or stop halfway through a request, give their connection and its buffers back.
+//!
+//! [`Incoming`] waits out transient accept errors (a client that reset before it was
+//! accepted, out of file descriptors) and ends on any other, keeping the error, so a
+//! receiver whose listener broke ends with that error instead of spinning on it.
 //!
 //! Written here because neither hyper nor tonic closes a connection on which no bytes
 //! move: hyper's HTTP/1 header timeout covers only the headers, and tonic has no idle
@@ -9,11 +13,110 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, Sleep};
+
+/// How a receiver's accept loop ended: fine when it was stopped, else the listener's
+/// error (or the loop's own end, which only a panic in it can cause).
+pub fn ended(stop: &tokio_util::sync::CancellationToken, fatal: &Fatal) -> io::Result<()> {
+    match fatal.take() {
+        Some(e) => Err(e),
+        None if stop.is_cancelled() => Ok(()),
+        None => Err(io::Error::other("the accept loop ended")),
+    }
+}
+
+/// How long to wait after a transient accept error.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Where an [`Incoming`] leaves the error that ended it.
+#[derive(Clone, Default)]
+pub struct Fatal(Arc<Mutex<Option<io::Error>>>);
+
+impl Fatal {
+    /// The error that ended the stream, if one did.
+    pub fn take(&self) -> Option<io::Error> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    fn set(&self, e: io::Error) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+    }
+}
+
+/// Accepted connections of a listener, each with the idle limit; ends at the first error
+/// that is not transient, which it leaves in [`Fatal`].
+pub struct Incoming {
+    listener: TcpListener,
+    idle: Duration,
+    fatal: Fatal,
+    backoff: Option<Pin<Box<Sleep>>>,
+}
+
+impl Incoming {
+    pub fn new(listener: TcpListener, idle: Duration) -> (Self, Fatal) {
+        let fatal = Fatal::default();
+        let incoming = Self {
+            listener,
+            idle,
+            fatal: fatal.clone(),
+            backoff: None,
+        };
+        (incoming, fatal)
+    }
+}
+
+/// Errors that say nothing about the listener: the next accept may well succeed.
+fn transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+            | io::ErrorKind::OutOfMemory
+    ) || matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EPROTO)
+    )
+}
+
+impl tokio_stream::Stream for Incoming {
+    type Item = io::Result<IdleLimited<TcpStream>>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            if let Some(backoff) = self.backoff.as_mut() {
+                if backoff.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                self.backoff = None;
+            }
+            match self.listener.poll_accept(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok((stream, _))) => {
+                    let _ = stream.set_nodelay(true);
+                    let idle = self.idle;
+                    return Poll::Ready(Some(Ok(IdleLimited::new(stream, idle))));
+                }
+                Poll::Ready(Err(e)) if transient(&e) => {
+                    tracing::warn!(error = %e, "accept failed; retrying");
+                    self.backoff = Some(Box::pin(tokio::time::sleep(ACCEPT_BACKOFF)));
+                }
+                Poll::Ready(Err(e)) => {
+                    tracing::error!(error = %e, "the listener failed");
+                    self.fatal.set(e);
+                    return Poll::Ready(None);
+                }
+            }
+        }
+    }
+}
 
 /// A connection that fails with `TimedOut` once no byte was read or written for `limit`.
 pub struct IdleLimited<T> {

@@ -22,11 +22,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::codec::CompressionEncoding;
 use tonic::server::{Grpc, NamedService};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
 use super::admission::{gunzip, read_body, BodyError, RequestBudget, Reservation};
-use super::conn::IdleLimited;
+use super::conn::{ended, Incoming};
 use super::security::{tls_incoming, Security};
 use super::{response, Ingest, IngestError, Payload, ReceiverMetrics};
 use crate::config::ServerParametersConfig;
@@ -210,7 +209,7 @@ pub(super) async fn serve_grpc(
     metrics: ReceiverMetrics,
     settings: GrpcSettings,
     stop: CancellationToken,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), GrpcServeError> {
     let server = TraceServer {
         receiver: Arc::new(GrpcReceiver { pipeline, metrics }),
         max_message_bytes: settings.max_message_bytes,
@@ -240,25 +239,32 @@ pub(super) async fn serve_grpc(
             oversize_as_resource_exhausted,
         ))
         .add_service(service);
-    let idle = keepalive.max_connection_idle;
+    let (incoming, fatal) = Incoming::new(listener, keepalive.max_connection_idle);
     match settings.security.tls {
         Some(tls) => {
-            let incoming = tls_incoming(listener, tls, stop.clone());
-            let incoming = tokio_stream::wrappers::ReceiverStream::new(incoming)
-                .map(move |accepted| accepted.map(|(stream, _)| IdleLimited::new(stream, idle)));
+            let connections = tls_incoming(incoming, tls, stop.clone());
+            let connections = tokio_stream::wrappers::ReceiverStream::new(connections)
+                .map(Ok::<_, std::io::Error>);
             router
-                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-                .await
+                .serve_with_incoming_shutdown(connections, stop.clone().cancelled_owned())
+                .await?
         }
         None => {
-            let incoming = TcpIncoming::from(listener)
-                .with_nodelay(Some(true))
-                .map(move |accepted| accepted.map(|stream| IdleLimited::new(stream, idle)));
             router
-                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-                .await
+                .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned())
+                .await?
         }
     }
+    ended(&stop, &fatal).map_err(GrpcServeError::Listener)
+}
+
+/// Why the gRPC receiver stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum GrpcServeError {
+    #[error(transparent)]
+    Transport(#[from] tonic::transport::Error),
+    #[error("listener: {0}")]
+    Listener(std::io::Error),
 }
 
 /// tonic answers a message over `max_decoding_message_size` before our handler runs, with

@@ -19,10 +19,11 @@ use hyper_util::service::TowerToHyperService;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::admission::{gunzip, read_body, BodyError, RequestBudget};
-use super::conn::IdleLimited;
+use super::conn::{ended, Incoming};
 use super::security::{tls_incoming, BearerAuth, Security};
 use super::{response, Ingest, IngestError, Payload, ReceiverMetrics};
 
@@ -91,8 +92,7 @@ pub(super) async fn serve_http(
             (!settings.read_header_timeout.is_zero()).then_some(settings.read_header_timeout),
         );
     let graceful = GracefulShutdown::new();
-    let idle = settings.idle_timeout;
-    let serve = |io: IdleLimited<_>| {
+    let serve = |io: Conn| {
         let service = TowerToHyperService::new(app.clone());
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         let connection = graceful.watch(connection.into_owned());
@@ -102,43 +102,33 @@ pub(super) async fn serve_http(
             }
         });
     };
+    let (mut incoming, fatal) = Incoming::new(listener, settings.idle_timeout);
     match settings.security.tls {
         Some(tls) => {
-            let mut incoming = tls_incoming(listener, tls, stop.clone());
+            let mut connections = tls_incoming(incoming, tls, stop.clone());
             loop {
-                let accepted = tokio::select! {
+                tokio::select! {
                     _ = stop.cancelled() => break,
-                    accepted = incoming.recv() => accepted,
-                };
-                match accepted {
-                    Some(Ok((stream, _))) => {
-                        serve(IdleLimited::new(Box::new(stream) as Conn, idle))
-                    }
-                    Some(Err(_)) => continue,
-                    None => break,
+                    accepted = connections.recv() => match accepted {
+                        Some(stream) => serve(Box::new(stream)),
+                        None => break,
+                    },
                 }
             }
         }
         None => loop {
-            let accepted = tokio::select! {
+            tokio::select! {
                 _ = stop.cancelled() => break,
-                accepted = listener.accept() => accepted,
-            };
-            match accepted {
-                Ok((stream, _)) => {
-                    let _ = stream.set_nodelay(true);
-                    serve(IdleLimited::new(Box::new(stream) as Conn, idle))
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    // Out of file descriptors and the like: give the system a moment.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+                accepted = incoming.next() => match accepted {
+                    Some(Ok(stream)) => serve(Box::new(stream)),
+                    Some(Err(_)) => continue,
+                    None => break,
+                },
             }
         },
     }
     graceful.shutdown().await;
-    Ok(())
+    ended(&stop, &fatal)
 }
 
 /// A plain or TLS connection.

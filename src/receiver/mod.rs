@@ -19,18 +19,17 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use prost::Message;
-use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
 
 pub use admission::RequestBudget;
 use grpc::{serve_grpc, GrpcSettings};
 use http::{serve_http, HttpSettings};
-use security::Security;
+use security::{Security, Tasks};
 
 use crate::config::{ReceiversConfig, DEFAULT_REQUEST_LIMIT_MIB};
-use crate::lifecycle::{bind, log_exit, StartError};
+use crate::lifecycle::{bind, StartError};
 use crate::otlp::scan::{self, Scanned};
 use crate::otlp::spans;
+use crate::supervisor::{Group, Supervisor};
 use crate::telemetry::{self, Registry};
 
 const MIB: u64 = 1024 * 1024;
@@ -118,26 +117,26 @@ pub fn check_ids(request: &Scanned) -> Result<Ingested, IngestError> {
     Ok(checked)
 }
 
-/// The running OTLP receivers of one process.
+/// The running OTLP receivers of one process; their tasks run in a supervisor group.
 pub struct Receivers {
     pub grpc_addr: Option<SocketAddr>,
     pub http_addr: Option<SocketAddr>,
-    stop: CancellationToken,
-    tasks: JoinSet<()>,
 }
 
 impl Receivers {
-    /// Binds every configured protocol and serves it, handing requests to `ingest`.
-    /// `memory_spike` (the memory limiter's spike limit in bytes) is the request bytes
-    /// budget unless `admission.request_limit_mib` sets one.
+    /// Binds every configured protocol and serves it in `group` of `supervisor`, handing
+    /// requests to `ingest`. `memory_spike` (the memory limiter's spike limit in bytes) is
+    /// the request bytes budget unless `admission.request_limit_mib` sets one.
     pub async fn start(
         config: &ReceiversConfig,
         ingest: Arc<dyn Ingest>,
         registry: &Registry,
         memory_spike: Option<u64>,
+        supervisor: &mut Supervisor,
+        group: Group,
     ) -> Result<Self, StartError> {
-        let stop = CancellationToken::new();
-        let mut tasks = JoinSet::new();
+        let stop = supervisor.token(group);
+        let mut tasks = Tasks { supervisor, group };
         let protocols = &config.otlp.protocols;
         let limit = match config.otlp.admission.request_limit_mib {
             Some(mib) => mib * MIB,
@@ -157,13 +156,14 @@ impl Receivers {
                 max_concurrent_streams: grpc.max_concurrent_streams,
                 keepalive: grpc.keepalive.server_parameters.clone(),
                 budget: budget.clone(),
-                security: security(config, "grpc", grpc.tls.as_ref(), &grpc.auth, &stop)?,
+                security: security(config, "grpc", grpc.tls.as_ref(), &grpc.auth, &mut tasks)?,
             };
             let metrics = ReceiverMetrics::new(registry, "grpc");
-            tasks.spawn(log_exit(
+            tasks.supervisor.spawn(
+                group,
                 "otlp grpc receiver",
                 serve_grpc(listener, ingest.clone(), metrics, settings, stop.clone()),
-            ));
+            );
         }
         let mut http_addr = None;
         if let Some(http) = &protocols.http {
@@ -175,26 +175,19 @@ impl Receivers {
                 read_header_timeout: http.read_header_timeout,
                 idle_timeout: http.idle_timeout,
                 budget: budget.clone(),
-                security: security(config, "http", http.tls.as_ref(), &http.auth, &stop)?,
+                security: security(config, "http", http.tls.as_ref(), &http.auth, &mut tasks)?,
             };
             let metrics = ReceiverMetrics::new(registry, "http");
-            tasks.spawn(log_exit(
+            tasks.supervisor.spawn(
+                group,
                 "otlp http receiver",
                 serve_http(listener, ingest.clone(), metrics, settings, stop.clone()),
-            ));
+            );
         }
         Ok(Self {
             grpc_addr,
             http_addr,
-            stop,
-            tasks,
         })
-    }
-
-    /// Stops accepting and waits for in-flight requests to finish.
-    pub async fn stop(mut self) {
-        self.stop.cancel();
-        while self.tasks.join_next().await.is_some() {}
     }
 }
 
@@ -204,12 +197,12 @@ fn security(
     protocol: &'static str,
     tls: Option<&crate::config::ServerTlsConfig>,
     auth: &Option<crate::config::ReceiverAuthConfig>,
-    stop: &CancellationToken,
+    tasks: &mut Tasks<'_>,
 ) -> Result<Security, StartError> {
     let auth = auth
         .as_ref()
         .and_then(|a| config.authenticators.get(&a.authenticator));
-    Security::new(tls, auth, stop).map_err(|message| StartError::Security { protocol, message })
+    Security::new(tls, auth, tasks).map_err(|message| StartError::Security { protocol, message })
 }
 
 /// `otelcol_receiver_*` for one transport.

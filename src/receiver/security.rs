@@ -2,8 +2,7 @@
 //! for mTLS) and the `bearertokenauth` check, with certificate, key, CA and token files
 //! re-read when they change, without a restart.
 
-use std::io;
-use std::net::SocketAddr;
+use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -13,13 +12,16 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
+use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+use super::conn::{IdleLimited, Incoming};
 use crate::config::{BearerTokenConfig, ServerTlsConfig};
+use crate::supervisor::{Group, Supervisor};
 
 /// How often certificate files are checked for changes when `reload_interval` is not set.
 const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
@@ -41,7 +43,7 @@ impl<T: Send + Sync + 'static> Reloading<T> {
         files: Vec<PathBuf>,
         interval: Duration,
         load: impl Fn() -> Result<T, String> + Send + 'static,
-        stop: CancellationToken,
+        tasks: &mut Tasks<'_>,
     ) -> Result<Arc<Self>, String> {
         let reloading = Arc::new(Reloading {
             current: RwLock::new(Arc::new(load()?)),
@@ -51,12 +53,13 @@ impl<T: Send + Sync + 'static> Reloading<T> {
         }
         let target = reloading.clone();
         let mut seen = modified(&files);
-        tokio::spawn(async move {
+        let stop = tasks.supervisor.token(tasks.group);
+        tasks.supervisor.spawn(tasks.group, what, async move {
             let mut tick = tokio::time::interval(interval);
             tick.tick().await;
             loop {
                 tokio::select! {
-                    _ = stop.cancelled() => return,
+                    _ = stop.cancelled() => return Ok::<_, Infallible>(()),
                     _ = tick.tick() => {}
                 }
                 let now = modified(&files);
@@ -97,18 +100,24 @@ pub struct Security {
     pub auth: Option<BearerAuth>,
 }
 
+/// Where the reload watchers run: a group of the process's supervisor.
+pub struct Tasks<'a> {
+    pub supervisor: &'a mut Supervisor,
+    pub group: Group,
+}
+
 impl Security {
     pub fn new(
         tls: Option<&ServerTlsConfig>,
         auth: Option<&BearerTokenConfig>,
-        stop: &CancellationToken,
+        tasks: &mut Tasks<'_>,
     ) -> Result<Security, String> {
         let tls = match tls {
-            Some(config) => Some(load_tls(config, stop)?),
+            Some(config) => Some(load_tls(config, tasks)?),
             None => None,
         };
         let auth = match auth {
-            Some(config) => Some(BearerAuth::new(config, stop)?),
+            Some(config) => Some(BearerAuth::new(config, tasks)?),
             None => None,
         };
         Ok(Security { tls, auth })
@@ -117,7 +126,7 @@ impl Security {
 
 fn load_tls(
     config: &ServerTlsConfig,
-    stop: &CancellationToken,
+    tasks: &mut Tasks<'_>,
 ) -> Result<Arc<Reloading<ServerConfig>>, String> {
     let mut files = vec![config.cert_file.clone(), config.key_file.clone()];
     files.extend(config.client_ca_file.clone());
@@ -127,7 +136,7 @@ fn load_tls(
         files,
         config.reload_interval.unwrap_or(DEFAULT_RELOAD_INTERVAL),
         move || server_config(&config),
-        stop.clone(),
+        tasks,
     )
 }
 
@@ -174,24 +183,26 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(certs)
 }
 
-/// Accepts on `listener` and completes TLS handshakes concurrently (a slow client does
-/// not hold up others), handing finished connections to the receiver.
+/// A TLS connection, handshake done, over a connection with the idle limit.
+pub type TlsConn = TlsStream<IdleLimited<TcpStream>>;
+
+/// Accepts from `incoming` and completes TLS handshakes concurrently (a slow client does
+/// not hold up others), handing finished connections to the receiver. The channel closes
+/// when `stop` is cancelled or the listener fails (its error is in `incoming`'s [`Fatal`]).
 pub fn tls_incoming(
-    listener: TcpListener,
+    mut incoming: Incoming,
     tls: Arc<Reloading<ServerConfig>>,
     stop: CancellationToken,
-) -> mpsc::Receiver<io::Result<(TlsStream<TcpStream>, SocketAddr)>> {
+) -> mpsc::Receiver<TlsConn> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         loop {
-            let (tcp, peer) = tokio::select! {
+            let tcp = tokio::select! {
                 _ = stop.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        continue;
-                    }
+                accepted = incoming.next() => match accepted {
+                    Some(Ok(tcp)) => tcp,
+                    Some(Err(_)) => continue,
+                    None => return,
                 },
             };
             let acceptor = TlsAcceptor::from(tls.get());
@@ -199,10 +210,10 @@ pub fn tls_incoming(
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
-                        let _ = tx.send(Ok((stream, peer))).await;
+                        let _ = tx.send(stream).await;
                     }
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!("TLS handshake timed out"),
                 }
             });
         }
@@ -217,7 +228,7 @@ pub struct BearerAuth {
 }
 
 impl BearerAuth {
-    fn new(config: &BearerTokenConfig, stop: &CancellationToken) -> Result<BearerAuth, String> {
+    fn new(config: &BearerTokenConfig, tasks: &mut Tasks<'_>) -> Result<BearerAuth, String> {
         let scheme = config.scheme.clone();
         let (files, token) = match (&config.filename, &config.token) {
             (Some(file), _) => (vec![file.clone()], None),
@@ -242,7 +253,7 @@ impl BearerAuth {
                 }
                 Ok(format!("{scheme} {token}").into_bytes())
             },
-            stop.clone(),
+            tasks,
         )?;
         Ok(BearerAuth { expected })
     }

@@ -11,7 +11,7 @@ use crate::config::{
     check_endpoint, read_yaml, AdminConfig, ConfigError, Errors, ExporterConfig,
     OtlpExporterConfig, ReceiversConfig, ShutdownConfig, HOUR, MS,
 };
-use crate::limiter::MemoryLimiterConfig;
+use crate::memory_limiter::MemoryLimiterConfig;
 use crate::router::ring::RingKind;
 
 /// A validated router config.

@@ -10,16 +10,17 @@ mod resolver;
 pub mod ring;
 mod route;
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::lifecycle::StartError;
-use crate::limiter::MemoryLimiter;
+use crate::memory_limiter::MemoryLimiter;
 use crate::receiver::{check_ids, Ingest, IngestError, Ingested, Payload, Receivers};
+use crate::supervisor::{Group, Supervisor, TaskFailure};
 use crate::telemetry::{self, Admin, Health, Registry};
 use config::RouterConfig;
 use route::Route;
@@ -58,11 +59,16 @@ pub struct Router {
     pub registry: Registry,
     health: Arc<Health>,
     routes: Vec<Arc<Route>>,
-    receivers: Receivers,
-    resolvers_stop: CancellationToken,
-    resolvers: JoinSet<()>,
-    admin: Admin,
+    supervisor: Supervisor,
+    groups: Groups,
     grace_period: std::time::Duration,
+}
+
+/// The router's task groups, in shutdown order.
+struct Groups {
+    receivers: Group,
+    membership: Group,
+    admin: Group,
 }
 
 impl Router {
@@ -77,6 +83,12 @@ impl Router {
         registry: Registry,
     ) -> Result<Router, StartError> {
         let health = Arc::new(Health::default());
+        let mut supervisor = Supervisor::new();
+        let groups = Groups {
+            receivers: supervisor.group("receivers"),
+            membership: supervisor.group("membership"),
+            admin: supervisor.group("admin"),
+        };
         let routes: Vec<Arc<Route>> = config
             .routes
             .iter()
@@ -88,11 +100,14 @@ impl Router {
                 ))
             })
             .collect();
-        let resolvers_stop = CancellationToken::new();
-        let mut resolvers = JoinSet::new();
+        let stop = supervisor.token(groups.membership);
         for route in &routes {
-            resolver::start(route.clone(), resolvers_stop.clone(), &mut resolvers).await;
-            resolvers.spawn(probe_loop(route.clone(), resolvers_stop.clone()));
+            resolver::start(route.clone(), &mut supervisor, groups.membership).await;
+            supervisor.spawn(
+                groups.membership,
+                "backend probe",
+                probe_loop(route.clone(), stop.clone()),
+            );
         }
         let mut ingest: Arc<dyn Ingest> = Arc::new(Routes {
             routes: routes.clone(),
@@ -106,6 +121,8 @@ impl Router {
             &config.admin.endpoint,
             vec![Arc::new(registry.clone())],
             health.clone(),
+            &mut supervisor,
+            groups.admin,
         )
         .await?;
 
@@ -113,11 +130,22 @@ impl Router {
         if let Some(limits) = &config.memory_limiter {
             let limiter = MemoryLimiter::new(limits, &registry);
             memory_spike = Some(limiter.spike_bytes());
-            resolvers.spawn(limiter.clone().run(resolvers_stop.clone()));
+            supervisor.spawn(
+                groups.membership,
+                "memory limiter",
+                limiter.clone().run(stop.clone()),
+            );
             ingest = limiter.guard(ingest);
         }
-        let receivers =
-            Receivers::start(&config.receivers, ingest, &registry, memory_spike).await?;
+        let receivers = Receivers::start(
+            &config.receivers,
+            ingest,
+            &registry,
+            memory_spike,
+            &mut supervisor,
+            groups.receivers,
+        )
+        .await?;
         health.set_ready(true);
         tracing::info!(grpc = ?receivers.grpc_addr, http = ?receivers.http_addr, admin = %admin.addr, "router started");
         Ok(Router {
@@ -127,25 +155,30 @@ impl Router {
             registry,
             health,
             routes,
-            receivers,
-            resolvers_stop,
-            resolvers,
-            admin,
+            supervisor,
+            groups,
             grace_period: config.shutdown.grace_period,
         })
+    }
+
+    /// The first of the router's tasks to end while it should be running; the router is
+    /// not ready from then on. Pending while every task runs.
+    pub async fn failed(&mut self) -> TaskFailure {
+        let failure = self.supervisor.failed().await;
+        self.health.set_ready(false);
+        failure
     }
 
     /// Stops taking data, then drains every backend's queue within the grace period.
     pub async fn shutdown(mut self) {
         let deadline = Instant::now() + self.grace_period;
         self.health.set_ready(false);
-        self.receivers.stop().await;
-        self.resolvers_stop.cancel();
-        while self.resolvers.join_next().await.is_some() {}
+        self.supervisor.stop(self.groups.receivers).await;
+        self.supervisor.stop(self.groups.membership).await;
         for route in &self.routes {
             route.shutdown(deadline).await;
         }
-        self.admin.stop().await;
+        self.supervisor.stop(self.groups.admin).await;
         tracing::info!("router stopped");
     }
 }
@@ -153,12 +186,12 @@ impl Router {
 /// How often quarantined backends are probed.
 const PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
-async fn probe_loop(route: Arc<Route>, stop: CancellationToken) {
+async fn probe_loop(route: Arc<Route>, stop: CancellationToken) -> Result<(), Infallible> {
     let mut tick = tokio::time::interval(PROBE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => return Ok(()),
             _ = tick.tick() => route.probe().await,
         }
     }

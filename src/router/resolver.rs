@@ -1,7 +1,10 @@
-//! Resolvers: where a route's backend list comes from. `static` applies its list once;
-//! `dns` looks the hostname up every `interval` (A and AAAA, through hickory) and keeps the
-//! last good list when a lookup fails, times out or returns nothing.
+//! Resolvers: where a route's backend list comes from, as a stream of [`Resolution`]s the
+//! route follows ([`Route::follow`]). `static` yields its list once; `dns` looks the
+//! hostname up every `interval` (A and AAAA, through hickory) and yields each answer, or a
+//! failure when a lookup fails, times out or returns nothing (the route keeps its last good
+//! list).
 
+use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,25 +12,42 @@ use std::time::Duration;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::TokioResolver;
-use tokio::task::JoinSet;
+use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use super::config::{DnsConfig, Resolver};
 use super::route::Route;
+use crate::supervisor::{Group, Supervisor};
 
-/// Resolves `route` once now (so a router starts with its ring), then keeps it current.
-pub(super) async fn start(route: Arc<Route>, stop: CancellationToken, tasks: &mut JoinSet<()>) {
+/// One answer of a resolver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Resolution {
+    /// The backends now, in any order.
+    Members(Vec<String>),
+    /// The lookup failed, timed out or found nothing; keep the current backends.
+    Failed,
+}
+
+/// How many answers may wait for the route; a resolver whose route lags waits.
+const UPDATES: usize = 16;
+
+/// Resolves `route` once now (so a router starts with its ring), then keeps it current:
+/// a DNS resolver polls in `group` and the route follows its answers there too.
+pub(super) async fn start(route: Arc<Route>, supervisor: &mut Supervisor, group: Group) {
     match route.config().resolver.clone() {
-        Resolver::Static(hostnames) => route.apply(hostnames),
+        Resolver::Static(hostnames) => route.apply(Resolution::Members(hostnames)),
         Resolver::Dns(dns) => match build(&dns) {
             Ok(resolver) => {
-                resolve_once(&route, &resolver, &dns).await;
-                tasks.spawn(poll(route, resolver, dns, stop));
+                route.apply(resolve_once(&resolver, &dns).await);
+                let (tx, rx) = mpsc::channel(UPDATES);
+                let stop = supervisor.token(group);
+                supervisor.spawn(group, "dns resolver", poll(resolver, dns, tx, stop.clone()));
+                supervisor.spawn(group, "membership", route.follow(rx, stop));
             }
             Err(e) => {
                 tracing::error!(hostname = %dns.hostname, error = %e, "cannot build the DNS resolver");
-                route.resolution_failed();
+                route.apply(Resolution::Failed);
             }
         },
     }
@@ -77,7 +97,7 @@ fn endpoints(ips: impl Iterator<Item = IpAddr>, port: Option<u16>) -> Vec<String
     out
 }
 
-async fn resolve_once(route: &Arc<Route>, resolver: &TokioResolver, dns: &DnsConfig) {
+async fn resolve_once(resolver: &TokioResolver, dns: &DnsConfig) -> Resolution {
     let lookup = tokio::time::timeout(
         dns.timeout + Duration::from_millis(100),
         resolver.lookup_ip(dns.hostname.as_str()),
@@ -88,30 +108,41 @@ async fn resolve_once(route: &Arc<Route>, resolver: &TokioResolver, dns: &DnsCon
             let list = endpoints(ips.iter(), dns.port);
             if list.is_empty() {
                 tracing::warn!(hostname = %dns.hostname, "DNS returned no address; keeping the current backends");
-                route.resolution_failed();
+                Resolution::Failed
             } else {
-                route.apply(list);
+                Resolution::Members(list)
             }
         }
         Ok(Err(e)) => {
             tracing::warn!(hostname = %dns.hostname, error = %e, "DNS lookup failed; keeping the current backends");
-            route.resolution_failed();
+            Resolution::Failed
         }
         Err(_) => {
             tracing::warn!(hostname = %dns.hostname, "DNS lookup timed out; keeping the current backends");
-            route.resolution_failed();
+            Resolution::Failed
         }
     }
 }
 
-async fn poll(route: Arc<Route>, resolver: TokioResolver, dns: DnsConfig, stop: CancellationToken) {
+/// Looks `dns` up every `interval` and sends each answer, until `stop`.
+async fn poll(
+    resolver: TokioResolver,
+    dns: DnsConfig,
+    updates: mpsc::Sender<Resolution>,
+    stop: CancellationToken,
+) -> Result<(), Infallible> {
     let mut tick = tokio::time::interval(dns.interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
         tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => resolve_once(&route, &resolver, &dns).await,
+            _ = stop.cancelled() => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        let resolution = resolve_once(&resolver, &dns).await;
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = updates.send(resolution) => {}
         }
     }
 }

@@ -12,7 +12,11 @@ use std::time::Duration;
 use metrics::{Counter, Gauge};
 use tokio::time::Instant;
 
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
 use super::config::{endpoint_with_port, RouteConfig, RoutingKey};
+use super::resolver::Resolution;
 use super::ring::Ring;
 use crate::exporter::{AttemptObserver, ExporterSet};
 use crate::otlp::scan::Scanned;
@@ -20,6 +24,11 @@ use crate::otlp::view::{AnyValueView, Attributes, SpanView};
 use crate::otlp::RequestBuilder;
 use crate::receiver::{IngestError, Payload};
 use crate::telemetry::{self, Registry};
+
+/// A resolver's stream of answers ended while the route still followed it.
+#[derive(Debug, thiserror::Error)]
+#[error("the resolver stopped sending membership updates")]
+pub(crate) struct ResolverGone;
 
 /// Consecutive unreachable attempts that quarantine a backend.
 const QUARANTINE_AFTER: u32 = 3;
@@ -126,15 +135,33 @@ impl Route {
             .clone()
     }
 
-    /// Counts a failed resolution; the current members stay.
-    pub(crate) fn resolution_failed(&self) {
-        self.resolutions_failed.increment(1);
+    /// Follows a resolver's answers until `stop`; a resolver that stops answering (its
+    /// channel closed) ends this task, which the supervisor reports.
+    pub(crate) async fn follow(
+        self: Arc<Self>,
+        mut updates: mpsc::Receiver<Resolution>,
+        stop: CancellationToken,
+    ) -> Result<(), ResolverGone> {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                update = updates.recv() => match update {
+                    Some(resolution) => self.apply(resolution),
+                    None => return Err(ResolverGone),
+                },
+            }
+        }
     }
 
-    /// Applies a resolved endpoint list (sorted, as the collector sorts it). A new ring is
+    /// Applies one resolution. A failure is counted and the current members stay. A
+    /// changed endpoint list (sorted, as the collector sorts it) builds a new ring that is
     /// swapped in at once; clients of backends that stay are kept; removed backends are
     /// drained in the background and what they still had queued is routed again.
-    pub(crate) fn apply(self: &Arc<Self>, mut endpoints: Vec<String>) {
+    pub(crate) fn apply(self: &Arc<Self>, resolution: Resolution) {
+        let Resolution::Members(mut endpoints) = resolution else {
+            self.resolutions_failed.increment(1);
+            return;
+        };
         self.resolutions_ok.increment(1);
         endpoints.sort();
         let old = self.members();

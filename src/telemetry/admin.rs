@@ -17,8 +17,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::Registry;
-use crate::lifecycle::{bind, log_exit, StartError};
+use crate::lifecycle::{bind, StartError};
 use crate::spanmetrics::Format;
+use crate::supervisor::{Group, Supervisor};
 
 /// Readiness, flipped by the process's lifecycle.
 #[derive(Debug, Default)]
@@ -58,37 +59,35 @@ struct AdminState {
     health: Arc<Health>,
 }
 
-/// A running admin listener.
+/// A running admin listener; its task runs in a supervisor group, stopped (after
+/// in-flight scrapes) with the group.
 pub struct Admin {
     pub addr: SocketAddr,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
 }
 
 impl Admin {
     /// Binds `endpoint` and serves `/metrics` (every source, merged), `/healthz` and
-    /// `/readyz`.
+    /// `/readyz` in `group` of `supervisor`.
     pub async fn start(
         endpoint: &str,
         sources: Vec<Arc<dyn MetricsSource>>,
         health: Arc<Health>,
+        supervisor: &mut Supervisor,
+        group: Group,
     ) -> Result<Admin, StartError> {
         let listener = bind("admin", endpoint).await?;
-        let addr = listener
-            .local_addr()
-            .expect("bound listener has an address");
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(log_exit(
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            what: "admin",
+            endpoint: endpoint.to_owned(),
+            source,
+        })?;
+        let stop = supervisor.token(group);
+        supervisor.spawn(
+            group,
             "admin",
-            serve_admin(listener, sources.into(), health, stop.clone()),
-        ));
-        Ok(Admin { addr, stop, task })
-    }
-
-    /// Stops serving, after in-flight scrapes.
-    pub async fn stop(self) {
-        self.stop.cancel();
-        let _ = self.task.await;
+            serve_admin(listener, sources.into(), health, stop),
+        );
+        Ok(Admin { addr })
     }
 }
 

@@ -108,10 +108,10 @@ const AGE_BUCKETS_S: &[f64] = &[
 const BACKEND_LATENCY_BUCKETS_MS: &[f64] = &[
     5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0,
 ];
-/// Fine below 50 ms (the target p99) so quantiles read from it are meaningful; the
-/// benchmark reads these bounds back (`loadgen::bench`).
-pub const LATENESS_BUCKETS_MS: &[f64] = &[
-    1.0, 2.5, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0,
+/// In seconds, fine below 50 ms (the target p99) so quantiles read from it are
+/// meaningful; the benchmark reads these bounds back (`loadgen::bench`).
+pub const LATENESS_BUCKETS_S: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
 type Description = (&'static str, Kind, Option<Unit>, &'static str);
@@ -169,7 +169,7 @@ const DESCRIPTIONS: &[Description] = &[
     (SPANMETRICS_OVERFLOW_SPANS, Kind::Counter, None, "Spans counted in the overflow series because of aggregation_cardinality_limit."),
     (BUFFERED_SPANS, Kind::Gauge, None, "Spans held by pending traces."),
     (BUFFERED_BYTES, Kind::Gauge, Some(Unit::Bytes), "Span bytes held by pending traces."),
-    (DECISION_LATENESS, Kind::Histogram, Some(Unit::Milliseconds), "Decision time minus the trace's deadline."),
+    (DECISION_LATENESS, Kind::Histogram, Some(Unit::Seconds), "Decision time minus the trace's deadline."),
 ];
 
 /// One instance's metrics: registers handles and renders Prometheus text.
@@ -200,7 +200,7 @@ impl Registry {
             (TS_DECISION_TIMER_LATENCY, TIMER_LATENCY_BUCKETS_MS),
             (TS_TRACE_REMOVAL_AGE, AGE_BUCKETS_S),
             (TS_LATE_SPAN_AGE, AGE_BUCKETS_S),
-            (DECISION_LATENESS, LATENESS_BUCKETS_MS),
+            (DECISION_LATENESS, LATENESS_BUCKETS_S),
             (LB_BACKEND_LATENCY, BACKEND_LATENCY_BUCKETS_MS),
         ];
         let mut base = PrometheusBuilder::new().with_recommended_naming(true);

@@ -80,9 +80,17 @@ async fn the_admin_listener_serves_metrics_health_and_readiness() {
         .counter(SPANS_DECIDED, &[("outcome", "sampled")])
         .increment(1);
     let health = Arc::new(Health::default());
-    let admin = Admin::start("127.0.0.1:0", vec![Arc::new(registry)], health.clone())
-        .await
-        .unwrap();
+    let mut supervisor = crate::supervisor::Supervisor::new();
+    let group = supervisor.group("admin");
+    let admin = Admin::start(
+        "127.0.0.1:0",
+        vec![Arc::new(registry)],
+        health.clone(),
+        &mut supervisor,
+        group,
+    )
+    .await
+    .unwrap();
     let addr = admin.addr;
     let get = |path: &'static str| async move {
         reqwest::get(format!("http://{addr}{path}")).await.unwrap()
@@ -107,7 +115,7 @@ async fn the_admin_listener_serves_metrics_health_and_readiness() {
     health.set_ready(true);
     assert_eq!(get("/readyz").await.status(), 200);
     assert_eq!(get("/nope").await.status(), 404);
-    admin.stop().await;
+    supervisor.stop(group).await;
     assert!(
         reqwest::get(format!("http://{addr}/healthz"))
             .await

@@ -16,7 +16,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tokio::task::JoinSet;
+use std::convert::Infallible;
+
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
@@ -24,9 +25,10 @@ use crate::buffer::{BufferConfig, TraceBuffer};
 use crate::config::WorkerConfig;
 use crate::exporter::ExporterSet;
 use crate::lifecycle::StartError;
-use crate::limiter::MemoryLimiter;
+use crate::memory_limiter::MemoryLimiter;
 use crate::receiver::Receivers;
 use crate::spanmetrics::SpanMetrics;
+use crate::supervisor::{Group, Supervisor, TaskFailure};
 use crate::telemetry::{Admin, Health, MetricsSource, Registry};
 use pipeline::{DecisionSettings, Pipeline, DECISION_TICK};
 
@@ -38,12 +40,17 @@ pub struct Worker {
     pub registry: Registry,
     health: Arc<Health>,
     pipeline: Arc<Pipeline>,
-    receivers: Receivers,
-    deciders_stop: CancellationToken,
-    deciders: JoinSet<()>,
-    admin: Admin,
+    supervisor: Supervisor,
+    groups: Groups,
     drop_pending_on_shutdown: bool,
     grace_period: std::time::Duration,
+}
+
+/// The worker's task groups, in shutdown order.
+struct Groups {
+    receivers: Group,
+    decisions: Group,
+    admin: Group,
 }
 
 impl Worker {
@@ -58,6 +65,12 @@ impl Worker {
         registry: Registry,
     ) -> Result<Worker, StartError> {
         let health = Arc::new(Health::default());
+        let mut supervisor = Supervisor::new();
+        let groups = Groups {
+            receivers: supervisor.group("receivers"),
+            decisions: supervisor.group("decisions"),
+            admin: supervisor.group("admin"),
+        };
         let ts = &config.tail_sampling;
         let exporters = ExporterSet::start(&config.exporters, &registry)?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -95,16 +108,26 @@ impl Worker {
 
         let sources: Vec<Arc<dyn MetricsSource>> =
             vec![pipeline.clone(), Arc::new(registry.clone())];
-        let admin = Admin::start(&config.admin.endpoint, sources, health.clone()).await?;
+        let admin = Admin::start(
+            &config.admin.endpoint,
+            sources,
+            health.clone(),
+            &mut supervisor,
+            groups.admin,
+        )
+        .await?;
 
-        let deciders_stop = CancellationToken::new();
-        let mut deciders = JoinSet::new();
-        let decider_count = cores.min(pipeline.buffer().timer_shards());
-        for d in 0..decider_count {
+        let stop = supervisor.token(groups.decisions);
+        let decision_loops = cores.min(pipeline.buffer().timer_shards());
+        for d in 0..decision_loops {
             let shards: Vec<usize> = (d..pipeline.buffer().timer_shards())
-                .step_by(decider_count)
+                .step_by(decision_loops)
                 .collect();
-            deciders.spawn(decide_loop(pipeline.clone(), shards, deciders_stop.clone()));
+            supervisor.spawn(
+                groups.decisions,
+                "decision loop",
+                decide_loop(pipeline.clone(), shards, stop.clone()),
+            );
         }
 
         let mut ingest: Arc<dyn crate::receiver::Ingest> = pipeline.clone();
@@ -113,24 +136,39 @@ impl Worker {
             let limiter = MemoryLimiter::new(limits, &registry);
             limiter.shed_with(pipeline.clone());
             memory_spike = Some(limiter.spike_bytes());
-            deciders.spawn(limiter.clone().run(deciders_stop.clone()));
+            supervisor.spawn(
+                groups.decisions,
+                "memory limiter",
+                limiter.clone().run(stop.clone()),
+            );
             ingest = limiter.guard(ingest);
         }
-        let receivers =
-            Receivers::start(&config.receivers, ingest, &registry, memory_spike).await?;
+        let receivers = Receivers::start(
+            &config.receivers,
+            ingest,
+            &registry,
+            memory_spike,
+            &mut supervisor,
+            groups.receivers,
+        )
+        .await?;
         if let Some(file) = &ts.policies_file {
             // Installed before start returns, so a SIGHUP right after start-up reloads
             // rather than killing the process.
             let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
                 .inspect_err(|e| tracing::warn!(error = %e, "no SIGHUP handler; policies reload on file change only"))
                 .ok();
-            deciders.spawn(watch_policies(
-                pipeline.clone(),
-                file.clone(),
-                ts.sample_on_first_match,
-                hangup,
-                deciders_stop.clone(),
-            ));
+            supervisor.spawn(
+                groups.decisions,
+                "policy file watcher",
+                watch_policies(
+                    pipeline.clone(),
+                    file.clone(),
+                    ts.sample_on_first_match,
+                    hangup,
+                    stop.clone(),
+                ),
+            );
         }
         health.set_ready(true);
         tracing::info!(grpc = ?receivers.grpc_addr, http = ?receivers.http_addr, admin = %admin.addr, "worker started");
@@ -141,10 +179,8 @@ impl Worker {
             registry,
             health,
             pipeline,
-            receivers,
-            deciders_stop,
-            deciders,
-            admin,
+            supervisor,
+            groups,
             drop_pending_on_shutdown: ts.drop_pending_traces_on_shutdown,
             grace_period: config.shutdown.grace_period,
         })
@@ -154,28 +190,39 @@ impl Worker {
         &self.pipeline
     }
 
+    /// The first of the worker's tasks to end while it should be running; the worker is
+    /// not ready from then on. Pending while every task runs.
+    pub async fn failed(&mut self) -> TaskFailure {
+        let failure = self.supervisor.failed().await;
+        self.health.set_ready(false);
+        failure
+    }
+
     /// Drains and stops the worker; see the module comment for the order.
     pub async fn shutdown(mut self) {
         let deadline = Instant::now() + self.grace_period;
         self.health.set_ready(false);
-        self.receivers.stop().await;
-        self.deciders_stop.cancel();
-        while self.deciders.join_next().await.is_some() {}
+        self.supervisor.stop(self.groups.receivers).await;
+        self.supervisor.stop(self.groups.decisions).await;
         self.pipeline
             .drain(self.drop_pending_on_shutdown, Instant::now());
         self.pipeline.exporters().shutdown(deadline).await;
-        self.admin.stop().await;
+        self.supervisor.stop(self.groups.admin).await;
         tracing::info!("worker stopped");
     }
 }
 
 /// Decides due traces in `shards` every [`DECISION_TICK`] until `stop`.
-async fn decide_loop(pipeline: Arc<Pipeline>, shards: Vec<usize>, stop: CancellationToken) {
+async fn decide_loop(
+    pipeline: Arc<Pipeline>,
+    shards: Vec<usize>,
+    stop: CancellationToken,
+) -> Result<(), Infallible> {
     let mut tick = tokio::time::interval(DECISION_TICK);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => return Ok(()),
             _ = tick.tick() => {}
         }
         let now = Instant::now();
@@ -195,7 +242,7 @@ async fn watch_policies(
     sample_on_first_match: bool,
     mut hangup: Option<tokio::signal::unix::Signal>,
     stop: CancellationToken,
-) {
+) -> Result<(), Infallible> {
     let fingerprint = |file: &Path| {
         std::fs::read(file).ok().map(|bytes| {
             let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -214,7 +261,7 @@ async fn watch_policies(
             }
         };
         tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => return Ok(()),
             _ = hup => {}
             _ = tick.tick() => {
                 let now = fingerprint(&file);

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use super::decider::Decider;
 use crate::buffer::{AddOutcome, ChunkFacts, TraceBuffer, TraceEntry};
 use crate::exporter::ExporterSet;
-use crate::limiter::Shed;
+use crate::memory_limiter::Shed;
 use crate::otlp::view::SpanView;
 use crate::otlp::{Chunk, Head, RequestBuilder, TraceId};
 use crate::policy::{Decision, PolicySet, StatusCodes, Verdict};
@@ -395,8 +395,7 @@ impl Pipeline {
         for (id, entry) in due {
             self.metrics.lateness.record(
                 now.saturating_duration_since(entry.timer.deadline)
-                    .as_secs_f64()
-                    * 1000.0,
+                    .as_secs_f64(),
             );
             self.metrics.removal_age.record(age(&entry, now));
             // A trace whose id already has a decision (its spans raced the previous

@@ -67,8 +67,8 @@ async fn traces_are_decided_within_one_tick_of_their_deadline() {
     assert_eq!(
         metric(
             &text,
-            "tailgate_decision_lateness_milliseconds_bucket",
-            &[("le", "10")]
+            "tailgate_decision_lateness_seconds_bucket",
+            &[("le", "0.01")]
         ),
         2.0
     );
@@ -129,11 +129,11 @@ async fn heavy_ingest_does_not_delay_decisions() {
     tokio::time::sleep(Duration::from_secs(1) + DECISION_TICK * 2).await;
     assert_eq!(p.buffer().pending_traces(), 0);
     let text = w.registry.render();
-    let decided = metric(&text, "tailgate_decision_lateness_milliseconds_count", &[]);
+    let decided = metric(&text, "tailgate_decision_lateness_seconds_count", &[]);
     let on_time = metric(
         &text,
-        "tailgate_decision_lateness_milliseconds_bucket",
-        &[("le", "20")],
+        "tailgate_decision_lateness_seconds_bucket",
+        &[("le", "0.02")],
     );
     assert_eq!(decided, 3000.0);
     assert_eq!(

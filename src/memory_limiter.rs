@@ -8,6 +8,7 @@
 //! two checks are bounded by the receivers' request budget, which defaults to the spike
 //! limit.
 
+use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -303,12 +304,12 @@ impl MemoryLimiter {
     }
 
     /// Checks every `check_interval` until `stop`.
-    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) -> Result<(), Infallible> {
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = stop.cancelled() => return,
+                _ = stop.cancelled() => return Ok(()),
                 _ = tick.tick() => self.check(),
             }
         }
