@@ -401,3 +401,214 @@ impl Plan {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Membership, re-routing and quarantine, driven through the route's update stream
+    //! with paused time. Backends are loopback ports nothing listens on (refused at once),
+    //! so every send fails as unreachable without waiting on the network.
+
+    use std::net::SocketAddr;
+
+    use prost::Message;
+
+    use super::*;
+    use crate::testkit::{metric, request, span, trace_id};
+
+    /// A port on loopback that nothing listens on (bound, then released).
+    fn closed_port() -> SocketAddr {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    }
+
+    fn route(registry: &Registry, consumers: usize) -> Arc<Route> {
+        let text = format!(
+            r#"
+receivers: {{otlp: {{protocols: {{grpc: {{}}}}}}}}
+exporters:
+  loadbalancing:
+    protocol:
+      otlp:
+        tls: {{insecure: true}}
+        timeout: 1s
+        sending_queue: {{num_consumers: {consumers}, queue_size: 100}}
+        retry_on_failure: {{initial_interval: 1s, max_interval: 1s, max_elapsed_time: 1h}}
+    resolver: {{static: {{hostnames: [unused:4317]}}}}
+"#
+        );
+        let config = crate::router::config::parse_router(&text).unwrap();
+        Arc::new(Route::new(
+            config.routes[0].clone(),
+            registry,
+            Duration::from_secs(5),
+        ))
+    }
+
+    /// Starts the route following a channel of resolutions.
+    fn follow(route: &Arc<Route>) -> (mpsc::Sender<Resolution>, CancellationToken) {
+        let (tx, rx) = mpsc::channel(4);
+        let stop = CancellationToken::new();
+        tokio::spawn(route.clone().follow(rx, stop.clone()));
+        (tx, stop)
+    }
+
+    /// Lets the follow task and the exporters run (paused time advances when idle).
+    async fn settle() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    fn endpoints(route: &Route) -> Vec<String> {
+        route.members().ring.endpoints().to_vec()
+    }
+
+    fn scanned(traces: std::ops::Range<u64>) -> Scanned {
+        let spans = traces.map(|t| span(trace_id(t), 1, None)).collect();
+        Payload::Protobuf(request("svc", spans).encode_to_vec().into())
+            .scan()
+            .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn updates_swap_the_ring_and_failures_keep_it() {
+        let registry = Registry::new();
+        let route = route(&registry, 1);
+        let (updates, stop) = follow(&route);
+        let (a, b, c) = ("10.0.0.1:4317", "10.0.0.2:4317", "10.0.0.3:4317");
+        updates
+            .send(Resolution::Members(vec![b.into(), a.into()]))
+            .await
+            .unwrap();
+        settle().await;
+        assert_eq!(endpoints(&route), [a, b], "sorted, as the collector does");
+        let kept = Arc::clone(&route.members().backends[1]);
+
+        updates.send(Resolution::Failed).await.unwrap();
+        settle().await;
+        assert_eq!(endpoints(&route), [a, b], "a failed lookup keeps the ring");
+
+        updates
+            .send(Resolution::Members(vec![b.into(), c.into()]))
+            .await
+            .unwrap();
+        settle().await;
+        assert_eq!(endpoints(&route), [b, c]);
+        assert!(
+            Arc::ptr_eq(&kept, &route.members().backends[0]),
+            "a backend that stays keeps its client and queue"
+        );
+        let text = registry.render();
+        let resolutions = |success| {
+            metric(
+                &text,
+                "otelcol_loadbalancer_num_resolutions_total",
+                &[("success", success)],
+            )
+        };
+        assert_eq!((resolutions("true"), resolutions("false")), (2.0, 1.0));
+        assert_eq!(
+            metric(&text, "otelcol_loadbalancer_num_backend_updates_total", &[]),
+            2.0
+        );
+        stop.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_closed_stream_ends_the_follower_with_an_error() {
+        let registry = Registry::new();
+        let route = route(&registry, 1);
+        let (tx, rx) = mpsc::channel(1);
+        let follower = tokio::spawn(route.clone().follow(rx, CancellationToken::new()));
+        drop(tx);
+        assert!(follower.await.unwrap().is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_removed_backends_queue_is_routed_again() {
+        let registry = Registry::new();
+        // One consumer: it holds the first request (retrying against a closed port) and the
+        // rest wait in the queue.
+        let route = route(&registry, 1);
+        let (updates, stop) = follow(&route);
+        let (gone, stays) = (closed_port().to_string(), closed_port().to_string());
+        updates
+            .send(Resolution::Members(vec![gone.clone()]))
+            .await
+            .unwrap();
+        settle().await;
+        for n in 0..5 {
+            route.plan(&scanned(n * 10..n * 10 + 10)).unwrap().send();
+        }
+        settle().await;
+        updates
+            .send(Resolution::Members(vec![stays.clone()]))
+            .await
+            .unwrap();
+        settle().await;
+        assert_eq!(endpoints(&route), [stays]);
+        let text = registry.render();
+        // The four requests still queued (ten spans each) moved to the new ring; the one in
+        // flight keeps trying its own backend until the grace period.
+        assert_eq!(
+            metric(&text, "tailgate_router_rerouted_spans_total", &[]),
+            40.0
+        );
+        stop.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unreachable_backend_is_quarantined_until_a_probe_reaches_it() {
+        let registry = Registry::new();
+        let route = route(&registry, 1);
+        let (updates, stop) = follow(&route);
+        let (down, other) = (closed_port(), closed_port());
+        updates
+            .send(Resolution::Members(vec![down.to_string()]))
+            .await
+            .unwrap();
+        settle().await;
+        route.plan(&scanned(0..10)).unwrap().send();
+        // Three unreachable attempts, a second apart.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(route.members().backends[0].quarantined());
+        assert!(matches!(
+            route.plan(&scanned(10..20)),
+            Err(IngestError::Unavailable(_))
+        ));
+        let quarantines = |event| {
+            metric(
+                &registry.render(),
+                "tailgate_loadbalancer_backend_quarantine_total",
+                &[("event", event)],
+            )
+        };
+        assert_eq!(quarantines("quarantined"), 1.0);
+
+        // A new member joins: the quarantined backend keeps its state, and every key goes
+        // to the other one.
+        updates
+            .send(Resolution::Members(vec![down.to_string(), other.to_string()]))
+            .await
+            .unwrap();
+        settle().await;
+        let down_index = endpoints(&route)
+            .iter()
+            .position(|e| *e == down.to_string())
+            .unwrap();
+        let plan = route.plan(&scanned(100..300)).unwrap();
+        assert!(plan.shares[down_index].is_empty());
+        assert!(!plan.shares[1 - down_index].is_empty());
+
+        // A probe that cannot connect keeps it out; one that can brings it back.
+        route.probe().await;
+        assert!(route.members().backends[down_index].quarantined());
+        let _listening = tokio::net::TcpListener::bind(down).await.unwrap();
+        route.probe().await;
+        assert!(!route.members().backends[down_index].quarantined());
+        assert_eq!(quarantines("recovered"), 1.0);
+        let plan = route.plan(&scanned(100..300)).unwrap();
+        assert!(plan.shares.iter().all(|s| !s.is_empty()));
+        stop.cancel();
+    }
+}
