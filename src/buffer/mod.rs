@@ -336,6 +336,7 @@ impl TraceBuffer {
 
     /// Takes every pending trace, for shutdown.
     pub fn take_all(&self, out: &mut Vec<(TraceId, TraceEntry)>) {
+        self.debug_check_invariants();
         for shard in 0..self.timers.len() {
             let all = std::mem::take(&mut *self.timers[shard].lock().expect("timer lock"));
             out.extend(
@@ -343,6 +344,47 @@ impl TraceBuffer {
                     .filter_map(|(key, id)| self.claim(key, id).map(|e| (id, e))),
             );
         }
+        self.debug_check_invariants();
+    }
+
+    /// In debug builds, asserts the invariants of the module comment: the counters equal
+    /// the sums over the map, and every entry has its one key in one timer shard. A walk
+    /// over the whole buffer, so it runs only where nothing else touches it: at shutdown
+    /// (`take_all`) and in tests.
+    pub fn debug_check_invariants(&self) {
+        if !cfg!(debug_assertions) {
+            return;
+        }
+        let (mut spans, mut bytes) = (0, 0);
+        for entry in self.map.iter() {
+            spans += entry.span_count;
+            bytes += entry.bytes;
+            debug_assert_eq!(
+                entry.span_count,
+                entry
+                    .chunks
+                    .iter()
+                    .map(|c| u64::from(c.span_count))
+                    .sum::<u64>(),
+                "a trace's span count is the sum over its chunks"
+            );
+            let shard = self.shard_of(entry.key());
+            let timer = self.timers[shard].lock().expect("timer lock");
+            debug_assert_eq!(
+                timer.get(&entry.timer),
+                Some(entry.key()),
+                "an entry's timer key is in its shard"
+            );
+        }
+        let keys: usize = self
+            .timers
+            .iter()
+            .map(|t| t.lock().expect("timer lock").len())
+            .sum();
+        debug_assert_eq!(self.pending_traces(), self.map.len(), "pending_traces");
+        debug_assert_eq!(keys, self.map.len(), "one timer key per entry");
+        debug_assert_eq!(self.buffered_spans(), spans, "buffered_spans");
+        debug_assert_eq!(self.buffered_bytes(), bytes, "buffered_bytes");
     }
 }
 

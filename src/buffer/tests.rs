@@ -38,11 +38,14 @@ const ROOT: ChunkFacts = ChunkFacts {
     status_codes: StatusCodes::NONE,
 };
 
+/// Every trace due at `now`; the invariants are checked before and after.
 fn due(buffer: &TraceBuffer, now: Instant) -> Vec<(TraceId, TraceEntry)> {
+    buffer.debug_check_invariants();
     let mut out = Vec::new();
     for shard in 0..buffer.timer_shards() {
         buffer.take_due(shard, now, &mut out);
     }
+    buffer.debug_check_invariants();
     out
 }
 
@@ -263,7 +266,34 @@ fn concurrent_adds_keep_the_counters_exact() {
     });
     assert_eq!(buffer.pending_traces(), 250);
     assert_eq!(buffer.buffered_spans(), 2000);
+    buffer.debug_check_invariants();
     let mut all = Vec::new();
     buffer.take_all(&mut all);
     assert_eq!(all.iter().map(|(_, e)| e.span_count).sum::<u64>(), 2000);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shedding_evicts_the_oldest_until_the_bytes_are_freed() {
+    let buffer = TraceBuffer::new(config(), 8);
+    let t0 = Instant::now();
+    for n in 1..=10 {
+        buffer.add(
+            trace_id(n),
+            chunk(n, &[1]),
+            CHILD,
+            t0 + Duration::from_millis(n),
+            true,
+        );
+    }
+    let each = buffer.buffered_bytes() / 10;
+    let shed: Vec<TraceId> = buffer
+        .evict_oldest_bytes(each * 3 - 1)
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(shed, vec![trace_id(1), trace_id(2), trace_id(3)]);
+    assert_eq!(buffer.pending_traces(), 7);
+    buffer.debug_check_invariants();
+    assert_eq!(buffer.evict_oldest_bytes(u64::MAX).len(), 7);
+    assert_eq!((buffer.pending_traces(), buffer.buffered_bytes()), (0, 0));
 }

@@ -588,7 +588,10 @@ exporters:
         // A new member joins: the quarantined backend keeps its state, and every key goes
         // to the other one.
         updates
-            .send(Resolution::Members(vec![down.to_string(), other.to_string()]))
+            .send(Resolution::Members(vec![
+                down.to_string(),
+                other.to_string(),
+            ]))
             .await
             .unwrap();
         settle().await;
