@@ -4,6 +4,8 @@
 use tokio::net::TcpListener;
 
 use crate::exporter::BuildError;
+use crate::receiver::SecurityError;
+use crate::spanmetrics::NoIdentity;
 
 /// Why a worker or router could not start.
 #[derive(Debug, thiserror::Error)]
@@ -16,12 +18,12 @@ pub enum StartError {
     },
     #[error(transparent)]
     Exporter(#[from] BuildError),
-    #[error("{0}")]
-    SpanMetrics(String),
-    #[error("otlp {protocol} receiver TLS or auth: {message}")]
+    #[error(transparent)]
+    SpanMetrics(#[from] NoIdentity),
+    #[error("otlp {protocol} receiver TLS or auth: {source}")]
     Security {
         protocol: &'static str,
-        message: String,
+        source: SecurityError,
     },
 }
 

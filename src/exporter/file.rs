@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 
-use super::{SendError, Sent};
+use super::{BuildCause, SendError, Sent};
 use crate::config::FileExporterConfig;
 use crate::otlp::EncodedRequest;
 
@@ -27,12 +27,11 @@ struct FileState {
 }
 
 impl FileSink {
-    pub(super) fn new(config: &FileExporterConfig) -> Result<Self, String> {
+    pub(super) fn new(config: &FileExporterConfig) -> Result<Self, BuildCause> {
         if let Some(dir) = config.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| format!("path {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir).map_err(BuildCause::read("path", dir))?;
         }
-        let file =
-            open(&config.path).map_err(|e| format!("path {}: {e}", config.path.display()))?;
+        let file = open(&config.path).map_err(BuildCause::read("path", &config.path))?;
         let written = file.metadata().map(|m| m.len()).unwrap_or(0);
         Ok(Self {
             state: Arc::new(Mutex::new(FileState {

@@ -32,10 +32,52 @@ use crate::telemetry::{self, Registry};
 
 /// An exporter that could not be built from its config.
 #[derive(Debug, thiserror::Error)]
-#[error("exporters.{name}: {message}")]
+#[error("exporters.{name}: {cause}")]
 pub struct BuildError {
     pub name: String,
-    pub message: String,
+    #[source]
+    pub cause: BuildCause,
+}
+
+/// Why an exporter could not be built; `key` is the config key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildCause {
+    #[error("{key} {}: {source}", path.display())]
+    ReadFile {
+        key: &'static str,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{key}: {source}")]
+    Invalid {
+        key: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("{0}")]
+    Unsupported(&'static str),
+}
+
+impl BuildCause {
+    pub(crate) fn invalid(
+        key: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        BuildCause::Invalid {
+            key: key.into(),
+            source: source.into(),
+        }
+    }
+
+    pub(crate) fn read<'a>(
+        key: &'static str,
+        path: &'a std::path::Path,
+    ) -> impl Fn(std::io::Error) -> Self + 'a {
+        move |source| BuildCause::ReadFile {
+            key,
+            path: path.to_owned(),
+            source,
+        }
+    }
 }
 
 /// Why one send failed.
@@ -147,9 +189,9 @@ impl ExporterSet {
         let mut tasks = JoinSet::new();
         let mut exporters = Vec::with_capacity(configs.len());
         for (name, config) in configs {
-            let build_error = |message: String| BuildError {
+            let build_error = |cause: BuildCause| BuildError {
                 name: name.clone(),
-                message,
+                cause,
             };
             let (sink, queue, retry) = match config {
                 ExporterConfig::Otlp(c) => (

@@ -9,7 +9,7 @@ use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Request, Status};
 
-use super::{SendError, Sent};
+use super::{BuildCause, SendError, Sent};
 use crate::config::{ClientTlsConfig as TlsConfig, Compression, OtlpExporterConfig};
 use crate::otlp::{EncodedRequest, RawExportCodec, EXPORT_PATH};
 
@@ -20,7 +20,7 @@ pub(super) struct GrpcSink {
 }
 
 impl GrpcSink {
-    pub(super) fn new(config: &OtlpExporterConfig) -> Result<Self, String> {
+    pub(super) fn new(config: &OtlpExporterConfig) -> Result<Self, BuildCause> {
         let url = if config.endpoint.contains("://") {
             config.endpoint.clone()
         } else if config.tls.insecure {
@@ -29,11 +29,11 @@ impl GrpcSink {
             format!("https://{}", config.endpoint)
         };
         let mut endpoint =
-            Endpoint::from_str(&url).map_err(|e| format!("endpoint {url:?}: {e}"))?;
+            Endpoint::from_str(&url).map_err(|e| BuildCause::invalid("endpoint", e))?;
         if url.starts_with("https://") {
             endpoint = endpoint
                 .tls_config(tls_config(&config.tls)?)
-                .map_err(|e| format!("tls: {e}"))?;
+                .map_err(|e| BuildCause::invalid("tls", e))?;
         }
         let channel = endpoint.timeout(config.timeout).connect_lazy();
         let mut client =
@@ -45,9 +45,10 @@ impl GrpcSink {
         }
         let mut headers = MetadataMap::new();
         for (k, v) in &config.headers {
+            let header = || format!("headers.{k}");
             let key = MetadataKey::from_str(&k.to_ascii_lowercase())
-                .map_err(|e| format!("headers.{k}: {e}"))?;
-            let value = MetadataValue::from_str(v).map_err(|e| format!("headers.{k}: {e}"))?;
+                .map_err(|e| BuildCause::invalid(header(), e))?;
+            let value = MetadataValue::from_str(v).map_err(|e| BuildCause::invalid(header(), e))?;
             headers.insert(key, value);
         }
         Ok(Self {
@@ -114,25 +115,29 @@ fn classify(status: &Status) -> SendError {
     }
 }
 
-fn tls_config(tls: &TlsConfig) -> Result<ClientTlsConfig, String> {
+fn tls_config(tls: &TlsConfig) -> Result<ClientTlsConfig, BuildCause> {
     if tls.insecure_skip_verify {
-        return Err("tls.insecure_skip_verify is not supported by the otlp exporter".into());
+        return Err(BuildCause::Unsupported(
+            "tls.insecure_skip_verify is not supported by the otlp exporter",
+        ));
     }
     let mut config = ClientTlsConfig::new().with_native_roots();
     if let Some(ca) = &tls.ca_file {
-        let pem = std::fs::read(ca).map_err(|e| format!("tls.ca_file {}: {e}", ca.display()))?;
+        let pem = std::fs::read(ca).map_err(BuildCause::read("tls.ca_file", ca))?;
         config = config.ca_certificate(Certificate::from_pem(pem));
     }
     match (&tls.cert_file, &tls.key_file) {
         (Some(cert), Some(key)) => {
-            let cert = std::fs::read(cert)
-                .map_err(|e| format!("tls.cert_file {}: {e}", cert.display()))?;
-            let key =
-                std::fs::read(key).map_err(|e| format!("tls.key_file {}: {e}", key.display()))?;
+            let cert = std::fs::read(cert).map_err(BuildCause::read("tls.cert_file", cert))?;
+            let key = std::fs::read(key).map_err(BuildCause::read("tls.key_file", key))?;
             config = config.identity(Identity::from_pem(cert, key));
         }
         (None, None) => {}
-        _ => return Err("tls.cert_file and tls.key_file go together".into()),
+        _ => {
+            return Err(BuildCause::Unsupported(
+                "tls.cert_file and tls.key_file go together",
+            ))
+        }
     }
     if let Some(name) = &tls.server_name_override {
         config = config.domain_name(name.clone());

@@ -12,7 +12,7 @@ use reqwest::header::{
 };
 use reqwest::StatusCode;
 
-use super::{SendError, Sent};
+use super::{BuildCause, SendError, Sent};
 use crate::config::{Compression, OtlpHttpExporterConfig};
 use crate::otlp::EncodedRequest;
 
@@ -23,17 +23,22 @@ pub(super) struct HttpSink {
 }
 
 impl HttpSink {
-    pub(super) fn new(config: &OtlpHttpExporterConfig) -> Result<Self, String> {
+    pub(super) fn new(config: &OtlpHttpExporterConfig) -> Result<Self, BuildCause> {
         let url = match (&config.traces_endpoint, &config.endpoint) {
             (Some(url), _) => url.clone(),
             (None, Some(base)) => format!("{}/v1/traces", base.trim_end_matches('/')),
-            (None, None) => return Err("endpoint or traces_endpoint is required".into()),
+            (None, None) => {
+                return Err(BuildCause::Unsupported(
+                    "endpoint or traces_endpoint is required",
+                ))
+            }
         };
         let mut headers = HeaderMap::new();
         for (k, v) in &config.headers {
-            let name =
-                HeaderName::from_bytes(k.as_bytes()).map_err(|e| format!("headers.{k}: {e}"))?;
-            let value = HeaderValue::from_str(v).map_err(|e| format!("headers.{k}: {e}"))?;
+            let header = || format!("headers.{k}");
+            let name = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|e| BuildCause::invalid(header(), e))?;
+            let value = HeaderValue::from_str(v).map_err(|e| BuildCause::invalid(header(), e))?;
             headers.insert(name, value);
         }
         let tls = &config.tls;
@@ -42,29 +47,31 @@ impl HttpSink {
             .default_headers(headers)
             .danger_accept_invalid_certs(tls.insecure_skip_verify);
         if let Some(ca) = &tls.ca_file {
-            let pem =
-                std::fs::read(ca).map_err(|e| format!("tls.ca_file {}: {e}", ca.display()))?;
-            let cert =
-                reqwest::Certificate::from_pem(&pem).map_err(|e| format!("tls.ca_file: {e}"))?;
+            let pem = std::fs::read(ca).map_err(BuildCause::read("tls.ca_file", ca))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .map_err(|e| BuildCause::invalid("tls.ca_file", e))?;
             builder = builder.add_root_certificate(cert);
         }
         match (&tls.cert_file, &tls.key_file) {
             (Some(cert), Some(key)) => {
-                let mut pem = std::fs::read(cert)
-                    .map_err(|e| format!("tls.cert_file {}: {e}", cert.display()))?;
-                pem.extend(
-                    std::fs::read(key)
-                        .map_err(|e| format!("tls.key_file {}: {e}", key.display()))?,
-                );
+                let mut pem =
+                    std::fs::read(cert).map_err(BuildCause::read("tls.cert_file", cert))?;
+                pem.extend(std::fs::read(key).map_err(BuildCause::read("tls.key_file", key))?);
                 let identity =
-                    reqwest::Identity::from_pem(&pem).map_err(|e| format!("tls: {e}"))?;
+                    reqwest::Identity::from_pem(&pem).map_err(|e| BuildCause::invalid("tls", e))?;
                 builder = builder.identity(identity);
             }
             (None, None) => {}
-            _ => return Err("tls.cert_file and tls.key_file go together".into()),
+            _ => {
+                return Err(BuildCause::Unsupported(
+                    "tls.cert_file and tls.key_file go together",
+                ))
+            }
         }
         Ok(Self {
-            client: builder.build().map_err(|e| format!("http client: {e}"))?,
+            client: builder
+                .build()
+                .map_err(|e| BuildCause::invalid("http client", e))?,
             url,
             gzip: config.compression == Compression::Gzip,
         })

@@ -23,6 +23,7 @@ use prost::Message;
 pub use admission::RequestBudget;
 use grpc::{serve_grpc, GrpcSettings};
 use http::{serve_http, HttpSettings};
+pub use security::SecurityError;
 use security::{Security, Tasks};
 
 use crate::config::{ReceiversConfig, DEFAULT_REQUEST_LIMIT_MIB};
@@ -202,7 +203,7 @@ fn security(
     let auth = auth
         .as_ref()
         .and_then(|a| config.authenticators.get(&a.authenticator));
-    Security::new(tls, auth, tasks).map_err(|message| StartError::Security { protocol, message })
+    Security::new(tls, auth, tasks).map_err(|source| StartError::Security { protocol, source })
 }
 
 /// `otelcol_receiver_*` for one transport.

@@ -3,6 +3,7 @@
 //! re-read when they change, without a restart.
 
 use std::convert::Infallible;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -42,9 +43,9 @@ impl<T: Send + Sync + 'static> Reloading<T> {
         what: &'static str,
         files: Vec<PathBuf>,
         interval: Duration,
-        load: impl Fn() -> Result<T, String> + Send + 'static,
+        load: impl Fn() -> Result<T, SecurityError> + Send + 'static,
         tasks: &mut Tasks<'_>,
-    ) -> Result<Arc<Self>, String> {
+    ) -> Result<Arc<Self>, SecurityError> {
         let reloading = Arc::new(Reloading {
             current: RwLock::new(Arc::new(load()?)),
         });
@@ -111,7 +112,7 @@ impl Security {
         tls: Option<&ServerTlsConfig>,
         auth: Option<&BearerTokenConfig>,
         tasks: &mut Tasks<'_>,
-    ) -> Result<Security, String> {
+    ) -> Result<Security, SecurityError> {
         let tls = match tls {
             Some(config) => Some(load_tls(config, tasks)?),
             None => None,
@@ -127,7 +128,7 @@ impl Security {
 fn load_tls(
     config: &ServerTlsConfig,
     tasks: &mut Tasks<'_>,
-) -> Result<Arc<Reloading<ServerConfig>>, String> {
+) -> Result<Arc<Reloading<ServerConfig>>, SecurityError> {
     let mut files = vec![config.cert_file.clone(), config.key_file.clone()];
     files.extend(config.client_ca_file.clone());
     let config = config.clone();
@@ -140,45 +141,84 @@ fn load_tls(
     )
 }
 
-fn server_config(config: &ServerTlsConfig) -> Result<ServerConfig, String> {
+/// Why TLS or a bearer token could not be loaded; every variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum SecurityError {
+    #[error("{}: {source}", path.display())]
+    Pem {
+        path: PathBuf,
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("{}: no certificate", path.display())]
+    NoCertificate { path: PathBuf },
+    #[error("{}: {source}", path.display())]
+    Rustls {
+        path: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    ClientCa {
+        path: PathBuf,
+        source: rustls::server::VerifierBuilderError,
+    },
+    #[error("{}: {source}", path.display())]
+    TokenFile { path: PathBuf, source: io::Error },
+    #[error("the bearer token is empty")]
+    EmptyToken,
+}
+
+fn server_config(config: &ServerTlsConfig) -> Result<ServerConfig, SecurityError> {
+    let rustls_error = |path: &Path| {
+        let path = path.to_owned();
+        move |source| SecurityError::Rustls { path, source }
+    };
     let certs = read_certs(&config.cert_file)?;
-    let key = PrivateKeyDer::from_pem_file(&config.key_file)
-        .map_err(|e| format!("{}: {e}", config.key_file.display()))?;
+    let key =
+        PrivateKeyDer::from_pem_file(&config.key_file).map_err(|source| SecurityError::Pem {
+            path: config.key_file.clone(),
+            source,
+        })?;
     let builder =
         ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?;
+            .map_err(rustls_error(&config.cert_file))?;
     let builder = match &config.client_ca_file {
         Some(ca) => {
             let mut roots = RootCertStore::empty();
             for cert in read_certs(ca)? {
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("{}: {e}", ca.display()))?;
+                roots.add(cert).map_err(rustls_error(ca))?;
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(
                 Arc::new(roots),
                 Arc::new(rustls::crypto::ring::default_provider()),
             )
             .build()
-            .map_err(|e| format!("{}: {e}", ca.display()))?;
+            .map_err(|source| SecurityError::ClientCa {
+                path: ca.clone(),
+                source,
+            })?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
     };
     let mut server = builder
         .with_single_cert(certs, key)
-        .map_err(|e| format!("{}: {e}", config.cert_file.display()))?;
+        .map_err(rustls_error(&config.cert_file))?;
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(server)
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, SecurityError> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(|source| SecurityError::Pem {
+            path: path.to_owned(),
+            source,
+        })?;
     if certs.is_empty() {
-        return Err(format!("{}: no certificate", path.display()));
+        return Err(SecurityError::NoCertificate {
+            path: path.to_owned(),
+        });
     }
     Ok(certs)
 }
@@ -228,7 +268,7 @@ pub struct BearerAuth {
 }
 
 impl BearerAuth {
-    fn new(config: &BearerTokenConfig, tasks: &mut Tasks<'_>) -> Result<BearerAuth, String> {
+    fn new(config: &BearerTokenConfig, tasks: &mut Tasks<'_>) -> Result<BearerAuth, SecurityError> {
         let scheme = config.scheme.clone();
         let (files, token) = match (&config.filename, &config.token) {
             (Some(file), _) => (vec![file.clone()], None),
@@ -242,14 +282,17 @@ impl BearerAuth {
             move || {
                 let token = match (&file, &token) {
                     (Some(file), _) => std::fs::read_to_string(file)
-                        .map_err(|e| format!("{}: {e}", file.display()))?
+                        .map_err(|source| SecurityError::TokenFile {
+                            path: file.clone(),
+                            source,
+                        })?
                         .trim()
                         .to_owned(),
                     (None, Some(token)) => token.clone(),
-                    (None, None) => return Err("no token".into()),
+                    (None, None) => String::new(),
                 };
                 if token.is_empty() {
-                    return Err("the token is empty".into());
+                    return Err(SecurityError::EmptyToken);
                 }
                 Ok(format!("{scheme} {token}").into_bytes())
             },

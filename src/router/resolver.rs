@@ -53,10 +53,21 @@ pub(super) async fn start(route: Arc<Route>, supervisor: &mut Supervisor, group:
     }
 }
 
-fn build(dns: &DnsConfig) -> Result<TokioResolver, String> {
+/// Why a DNS resolver could not be built.
+#[derive(Debug, thiserror::Error)]
+enum BuildError {
+    #[error("nameserver {0:?}: {1}")]
+    Nameserver(String, std::net::AddrParseError),
+    #[error(transparent)]
+    Hickory(#[from] hickory_resolver::net::NetError),
+}
+
+fn build(dns: &DnsConfig) -> Result<TokioResolver, BuildError> {
     let mut builder = match &dns.nameserver {
         Some(ns) => {
-            let addr: SocketAddr = ns.parse().map_err(|e| format!("nameserver {ns:?}: {e}"))?;
+            let addr: SocketAddr = ns
+                .parse()
+                .map_err(|e| BuildError::Nameserver(ns.clone(), e))?;
             let mut server = NameServerConfig::udp_and_tcp(addr.ip());
             for c in &mut server.connections {
                 c.port = addr.port();
@@ -66,7 +77,7 @@ fn build(dns: &DnsConfig) -> Result<TokioResolver, String> {
                 TokioRuntimeProvider::default(),
             )
         }
-        None => TokioResolver::builder_tokio().map_err(|e| e.to_string())?,
+        None => TokioResolver::builder_tokio()?,
     };
     let opts = builder.options_mut();
     // Every poll asks the server: the interval is the freshness the user chose.
@@ -74,7 +85,7 @@ fn build(dns: &DnsConfig) -> Result<TokioResolver, String> {
     opts.timeout = dns.timeout;
     opts.attempts = 1;
     opts.ip_strategy = hickory_resolver::config::LookupIpStrategy::Ipv4AndIpv6;
-    builder.build().map_err(|e| e.to_string())
+    Ok(builder.build()?)
 }
 
 /// The backend strings for `ips`: `a.b.c.d` or `[v6]`, with `:port` when configured,

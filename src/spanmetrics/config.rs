@@ -148,6 +148,11 @@ fn default_buckets() -> Vec<humantime_serde::Serde<Duration>> {
     .collect()
 }
 
+/// Span metrics need a worker identity and none was found.
+#[derive(Debug, thiserror::Error)]
+#[error("spanmetrics: no worker identity: set spanmetrics.instance_id or POD_NAME")]
+pub struct NoIdentity;
+
 /// The default labels `exclude_dimensions` may remove.
 pub const DEFAULT_DIMENSIONS: [&str; 4] = ["service.name", "span.name", "span.kind", "status.code"];
 
@@ -227,7 +232,7 @@ impl SpanMetricsConfig {
     }
 
     /// The identity: `instance_id`, else `POD_NAME`, else the hostname. Empty is refused.
-    pub fn resolve_identity(&self) -> Result<String, String> {
+    pub fn resolve_identity(&self) -> Result<String, NoIdentity> {
         let id = self
             .instance_id
             .clone()
@@ -235,7 +240,7 @@ impl SpanMetricsConfig {
             .or_else(|| gethostname::gethostname().into_string().ok())
             .unwrap_or_default();
         if id.trim().is_empty() {
-            Err("spanmetrics: no worker identity: set spanmetrics.instance_id or POD_NAME".into())
+            Err(NoIdentity)
         } else {
             Ok(id)
         }

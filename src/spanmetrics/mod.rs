@@ -14,8 +14,8 @@ mod table;
 use metrics::{Counter, Gauge};
 use tokio::time::Instant;
 
-pub use config::SpanMetricsConfig;
 use config::{label_name, Dimension, Unit};
+pub use config::{NoIdentity, SpanMetricsConfig};
 pub use render::Format;
 use table::{Observation, Recorded, Table};
 
@@ -66,7 +66,7 @@ pub struct SpanMetrics {
 
 impl SpanMetrics {
     /// Builds span metrics from a validated config; fails without a worker identity.
-    pub fn new(config: &SpanMetricsConfig, registry: &Registry) -> Result<Self, String> {
+    pub fn new(config: &SpanMetricsConfig, registry: &Registry) -> Result<Self, NoIdentity> {
         let identity = config.resolve_identity()?;
         let include =
             config::DEFAULT_DIMENSIONS.map(|d| !config.exclude_dimensions.iter().any(|e| e == d));

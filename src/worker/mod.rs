@@ -100,7 +100,7 @@ impl Worker {
             &registry,
         );
         if let Some(sm) = &config.spanmetrics {
-            let sm = SpanMetrics::new(sm, &registry).map_err(StartError::SpanMetrics)?;
+            let sm = SpanMetrics::new(sm, &registry)?;
             tracing::info!(identity = sm.identity(), "span metrics on");
             pipeline = pipeline.with_span_metrics(sm);
         }
