@@ -1,5 +1,5 @@
 //! In-process benches on the load generator's requests (`cargo bench --bench worker`):
-//! the decode-only baseline (DESIGN.md's yardstick), worker ingest into the buffer, span
+//! the decode-only baseline (the yardstick; see docs/ARCHITECTURE.md), worker ingest into the buffer, span
 //! metrics counting, policy evaluation with the benchmark's policy set (reading the
 //! buffered spans included), ring lookup, and the router's request scanning and splitting.
 //! Compare each to the baseline on the same requests; absolute times on shared machines are
@@ -12,7 +12,6 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use tailgate::config::{parse_policies, parse_worker};
-use tailgate::loadgen::{bench::POLICIES, Generator, PolicyInput, Workload, WorkloadConfig};
 use tailgate::otlp::view::SpanView;
 use tailgate::otlp::{scan, RequestBuilder};
 use tailgate::receiver::{Ingest, Payload};
@@ -20,6 +19,7 @@ use tailgate::router::ring::{Ring, RingKind};
 use tailgate::spanmetrics::{SpanMetrics, SpanMetricsConfig};
 use tailgate::telemetry::Registry;
 use tailgate::worker::Worker;
+use tailgate_tools::{bench::POLICIES, Generator, PolicyInput, Workload, WorkloadConfig};
 
 const SPANS: u64 = 20_000;
 

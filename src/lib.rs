@@ -1,12 +1,17 @@
-//! tailgate: a two-tier tail-sampling service for OpenTelemetry traces. This crate holds
-//! the worker tier: OTLP receivers, the trace buffer, decision timers, sampling policies,
-//! exporters and self-telemetry. See README.md and DESIGN.md.
+//! tailgate: a two-tier tail-sampling service for OpenTelemetry traces. This crate is the
+//! service: both tiers (the router and the worker: OTLP receivers, the trace buffer,
+//! decision timers, sampling policies, exporters, self-telemetry) and the process around
+//! them. The load generator and benchmark (`crates/tools`) and the test kit
+//! (`crates/testkit`) are crates of their own that depend on this one, never the other way
+//! round. See README.md and docs/ARCHITECTURE.md.
 
 /// jemalloc rather than the system allocator: the buffer allocates and frees many
 /// small objects across threads, where glibc's malloc spent a fifth of a worker's CPU
 /// (see BENCHMARKS.md), and the memory limiter reads and purges it. In the library, so
-/// tests and benchmarks run on the allocator the service runs on.
-#[cfg(feature = "jemalloc")]
+/// tests and benchmarks run on the allocator the service runs on. Not in this crate's own
+/// unit-test build: that links the library a second time through the test kit, whose copy
+/// brings the allocator.
+#[cfg(all(feature = "jemalloc", not(test)))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -14,7 +19,6 @@ pub mod buffer;
 pub mod config;
 pub mod exporter;
 pub mod lifecycle;
-pub mod loadgen;
 pub mod local;
 pub mod memory_limiter;
 pub mod otlp;
@@ -24,5 +28,4 @@ pub mod router;
 pub mod spanmetrics;
 pub mod supervisor;
 pub mod telemetry;
-pub mod testkit;
 pub mod worker;

@@ -382,11 +382,13 @@ mod tests {
         assert!(asked > 0 && asked <= resident, "{asked} of {resident}");
         let text = registry.render();
         assert_eq!(
-            crate::testkit::metric(&text, "tailgate_memory_limiter_shed_traces_total", &[]),
+            tailgate_testkit::metric(&text, "tailgate_memory_limiter_shed_traces_total", &[]),
             3.0
         );
-        assert!(crate::testkit::metric(&text, "tailgate_memory_limiter_purges_total", &[]) >= 1.0);
-        assert!(crate::testkit::metric(&text, "tailgate_process_heap_active_bytes", &[]) > 0.0);
+        assert!(
+            tailgate_testkit::metric(&text, "tailgate_memory_limiter_purges_total", &[]) >= 1.0
+        );
+        assert!(tailgate_testkit::metric(&text, "tailgate_process_heap_active_bytes", &[]) > 0.0);
     }
 
     #[test]
@@ -398,7 +400,7 @@ mod tests {
         assert_eq!(shed.0.load(Ordering::Relaxed), 0);
         let text = registry.render();
         assert_eq!(
-            crate::testkit::metric(&text, "tailgate_memory_limiter_purges_total", &[]),
+            tailgate_testkit::metric(&text, "tailgate_memory_limiter_purges_total", &[]),
             0.0
         );
     }

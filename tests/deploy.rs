@@ -128,13 +128,13 @@ async fn dashboards_and_alerts_use_only_metrics_that_exist() {
     let mut client = TraceServiceClient::connect(format!("http://{}", local.grpc_addr.unwrap()))
         .await
         .unwrap();
-    let mut span = tailgate::testkit::span(tailgate::testkit::trace_id(1), 1, None);
+    let mut span = tailgate_testkit::span(tailgate_testkit::trace_id(1), 1, None);
     span.status = Some(opentelemetry_proto::tonic::trace::v1::Status {
         code: 2,
         ..Default::default()
     });
     client
-        .export(tailgate::testkit::request("svc", vec![span]))
+        .export(tailgate_testkit::request("svc", vec![span]))
         .await
         .unwrap();
     // Wait for the decision so the decision metrics have samples too.
@@ -146,7 +146,7 @@ async fn dashboards_and_alerts_use_only_metrics_that_exist() {
             .text()
             .await
             .unwrap();
-        if tailgate::testkit::metric(
+        if tailgate_testkit::metric(
             &exposed,
             "tailgate_spans_decided_total",
             &[("outcome", "sampled")],

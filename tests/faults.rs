@@ -6,8 +6,8 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use tailgate::testkit::{all_spans, metric, request, span, trace_id, Sink};
 use tailgate::worker::Worker;
+use tailgate_testkit::{all_spans, metric, request, span, trace_id, Sink};
 use tonic::Code;
 
 /// accepted == every decided outcome + still buffered, from one scrape.

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use tailgate::memory_limiter::resident_bytes_of;
-use tailgate::testkit::{metric, request, span, trace_id, Sink};
+use tailgate_testkit::{metric, request, span, trace_id, Sink};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
@@ -333,7 +333,7 @@ async fn a_sustained_flood_is_held_at_the_memory_limit() {
                         .map(|_| {
                             n += 1;
                             let mut s = span(trace_id(n), 1, None);
-                            s.attributes.push(tailgate::testkit::kv("payload", &payload));
+                            s.attributes.push(tailgate_testkit::kv("payload", &payload));
                             s
                         })
                         .collect();

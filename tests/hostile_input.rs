@@ -7,8 +7,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use prost::Message;
 use tailgate::receiver::Payload;
-use tailgate::testkit::{kv, metric, nested_value, request, span, trace_id, Sink};
 use tailgate::worker::Worker;
+use tailgate_testkit::{kv, metric, nested_value, request, span, trace_id, Sink};
 
 const KEEP_ALL: &str = "  decision_wait: 100ms\n  policies: [{name: all, type: always_sample}]\n";
 
@@ -106,7 +106,7 @@ proptest::proptest! {
         if let Ok(scanned) = Payload::Protobuf(bytes.clone().into()).scan() {
             let _ = tailgate::receiver::check_ids(&scanned);
         }
-        tailgate::testkit::assert_scan_agrees_with_prost(&bytes);
+        tailgate_testkit::assert_scan_agrees_with_prost(&bytes);
         let _ = serde_json::from_slice::<ExportTraceServiceRequest>(&bytes);
     }
 

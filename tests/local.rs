@@ -9,7 +9,7 @@ use std::time::Duration;
 use opentelemetry::trace::{Span as _, Tracer, TracerProvider as _};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use tailgate::testkit::{all_spans, metric};
+use tailgate_testkit::{all_spans, metric};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traces_sent_to_local_mode_are_written_to_the_files() {

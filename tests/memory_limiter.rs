@@ -7,8 +7,8 @@ mod common;
 use std::time::Duration;
 
 use tailgate::memory_limiter::resident_bytes;
-use tailgate::testkit::{kv, metric, request, span, trace_id, Sink};
 use tailgate::worker::Worker;
+use tailgate_testkit::{kv, metric, request, span, trace_id, Sink};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_over_its_memory_limit_refuses_and_keeps_serving() {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tailgate::memory_limiter::{resident_bytes, MemoryLimiter, MemoryLimiterConfig};
 use tailgate::telemetry::Registry;
-use tailgate::testkit::metric;
+use tailgate_testkit::metric;
 
 const MIB: u64 = 1024 * 1024;
 

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
-use tailgate::testkit::{metric, request, span, trace_id, Sink};
 use tailgate::worker::Worker;
+use tailgate_testkit::{metric, request, span, trace_id, Sink};
 
 fn scope_attribute(attributes: &[KeyValue], key: &str) -> Option<Value> {
     attributes
@@ -104,7 +104,7 @@ async fn dry_run_keeps_everything_and_marks_the_decision() {
     .unwrap();
     let mut client = common::grpc_client(&worker).await;
     let mut health = span(trace_id(1), 1, None);
-    health.attributes = vec![tailgate::testkit::kv("http.route", "/health")];
+    health.attributes = vec![tailgate_testkit::kv("http.route", "/health")];
     client
         .export(request("a", vec![health, span(trace_id(2), 1, None)]))
         .await

@@ -9,8 +9,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::Trac
 use tailgate::router::config::parse_router;
 use tailgate::router::ring::{Ring, RingKind};
 use tailgate::router::Router;
-use tailgate::testkit::{all_spans, metric, request, roots, span, trace_id, Sink};
 use tailgate::worker::Worker;
+use tailgate_testkit::{all_spans, metric, request, roots, span, trace_id, Sink};
 
 /// Long enough for every span of a trace to arrive before its decision, even in a slow
 /// debug build on a busy machine.
@@ -522,7 +522,7 @@ async fn routing_by_attributes_keeps_equal_keys_together() {
     let mut client = client(&router).await;
     let routed = |t: u64, route: &str| {
         let mut s = span(trace_id(t), 1, None);
-        s.attributes = vec![tailgate::testkit::kv("http.route", route)];
+        s.attributes = vec![tailgate_testkit::kv("http.route", route)];
         s
     };
     // Many traces, two routes: each route's spans all land on one backend.

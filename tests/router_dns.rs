@@ -13,7 +13,7 @@ use hickory_proto::rr::{RData, Record, RecordType};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use tailgate::router::config::parse_router;
 use tailgate::router::Router;
-use tailgate::testkit::{metric, request, roots, span, trace_id, Sink};
+use tailgate_testkit::{metric, request, roots, span, trace_id, Sink};
 
 /// What the DNS server answers for every A query: these addresses, or SERVFAIL.
 #[derive(Clone, Default)]

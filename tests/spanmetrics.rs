@@ -4,8 +4,8 @@ mod common;
 
 use std::collections::HashMap;
 
-use tailgate::testkit::{request, span, trace_id, Sink};
 use tailgate::worker::Worker;
+use tailgate_testkit::{request, span, trace_id, Sink};
 
 async fn worker(sink: &Sink, identity: &str) -> Worker {
     let text = format!(

@@ -11,8 +11,8 @@ use std::os::fd::RawFd;
 use std::process::Stdio;
 use std::time::Duration;
 
-use tailgate::testkit::Sink;
 use tailgate::worker::Worker;
+use tailgate_testkit::Sink;
 
 /// The address `fd` is bound to, if it is a listening TCP socket.
 fn listening_addr(fd: RawFd) -> Option<SocketAddr> {

@@ -10,8 +10,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::Trac
 use prost::Message;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 use tailgate::config::parse_worker;
-use tailgate::testkit::{request, roots};
 use tailgate::worker::Worker;
+use tailgate_testkit::{request, roots};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic::Code;
 
@@ -203,7 +203,7 @@ admin: {{endpoint: "127.0.0.1:0"}}
     assert_eq!(post(&https_new, http_port, "second-token").await, 200);
 
     let text = common::scrape(worker.admin_addr).await;
-    let accepted = tailgate::testkit::metric(&text, "otelcol_receiver_accepted_spans_total", &[]);
+    let accepted = tailgate_testkit::metric(&text, "otelcol_receiver_accepted_spans_total", &[]);
     assert_eq!(
         accepted, 5.0,
         "only authorised requests are counted as accepted"

@@ -7,8 +7,8 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use prost::Message;
-use tailgate::testkit::{all_spans, metric, request, span, trace_id, Sink};
 use tailgate::worker::Worker;
+use tailgate_testkit::{all_spans, metric, request, span, trace_id, Sink};
 
 const KEEP_ALL: &str = r#"
   decision_wait: 500ms
@@ -640,7 +640,7 @@ async fn a_mixed_policy_set_keeps_errors_and_slow_traces_and_drops_health_checks
     let mut client = common::grpc_client(&worker).await;
     let route = |id, r: &str| {
         let mut s = span(trace_id(id), 1, None);
-        s.attributes = vec![tailgate::testkit::kv("http.route", r)];
+        s.attributes = vec![tailgate_testkit::kv("http.route", r)];
         s
     };
     let mut error = route(1, "/api");

@@ -10,7 +10,7 @@ use tailgate::receiver::{check_ids, Payload};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(request) = serde_json::from_slice::<ExportTraceServiceRequest>(data) {
-        tailgate::testkit::assert_scan_agrees_with_prost(&request.encode_to_vec());
+        tailgate_testkit::assert_scan_agrees_with_prost(&request.encode_to_vec());
         if let Ok(scanned) = Payload::Decoded(request).scan() {
             let _ = check_ids(&scanned);
         }

@@ -8,7 +8,7 @@ use libfuzzer_sys::fuzz_target;
 use tailgate::receiver::{check_ids, Payload};
 
 fuzz_target!(|data: &[u8]| {
-    tailgate::testkit::assert_scan_agrees_with_prost(data);
+    tailgate_testkit::assert_scan_agrees_with_prost(data);
     let payload = Payload::Protobuf(data.to_vec().into());
     let counted = payload.span_count();
     if let Ok(scanned) = payload.scan() {

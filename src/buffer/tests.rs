@@ -3,7 +3,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::*;
-use crate::testkit::{self, span, trace_id};
+use tailgate_testkit::{span, trace_id};
 
 fn config() -> BufferConfig {
     BufferConfig {
@@ -17,7 +17,7 @@ fn config() -> BufferConfig {
 }
 
 fn chunk(trace: u64, span_ids: &[u64]) -> Chunk {
-    testkit::chunk(
+    crate::otlp::chunk_of_spans(
         span_ids
             .iter()
             .map(|s| span(trace_id(trace), *s, Some(1)))

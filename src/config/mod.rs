@@ -1,7 +1,7 @@
 //! Loading and validating config files. Text is parsed as YAML, its scalar values
-//! env-expanded, each section deserialized on its own into the serde types of [`types`] (unknown keys are
-//! errors), then checked; every problem is collected with its dotted path and reported
-//! together as one [`ConfigError`].
+//! env-expanded, each section deserialized on its own into the serde types of [`types`]
+//! (unknown keys are errors), then checked; every problem is collected with its dotted path
+//! and reported together as one [`ConfigError`].
 
 mod env;
 pub mod types;

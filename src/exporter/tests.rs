@@ -9,7 +9,7 @@ use prost::Message;
 use super::*;
 use crate::config::{parse_worker, ExporterConfig};
 use crate::otlp::RequestBuilder;
-use crate::testkit::{self, metric, span, trace_id};
+use tailgate_testkit::{metric, span, trace_id};
 
 fn exporters(yaml: &str) -> Vec<(String, ExporterConfig)> {
     let text = format!(
@@ -23,7 +23,7 @@ fn encoded(trace: u64, spans: u64) -> EncodedRequest {
         .map(|s| span(trace_id(trace), s, None))
         .collect();
     let mut b = RequestBuilder::default();
-    b.push(&testkit::chunk(spans));
+    b.push(&crate::otlp::chunk_of_spans(spans));
     b.take()
 }
 

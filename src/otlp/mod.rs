@@ -1,5 +1,5 @@
 //! OTLP wire helpers shared by every component: the trace id type, span validation,
-//! the pre-encoded protobuf pieces the trace buffer keeps (DESIGN.md decision 1) and
+//! the pre-encoded protobuf pieces the trace buffer keeps (spans stay encoded) and
 //! the assembly of export requests from those pieces without decoding them again.
 //!
 //! Invariants: a [`Head`] holds the encoded resource and scope of one received
@@ -166,6 +166,25 @@ pub fn chunks_of(request: &ExportTraceServiceRequest) -> Result<Vec<Chunk>, scan
             Chunk::from_framed(scope.head.clone(), spans)
         })
         .collect())
+}
+
+/// `spans` as one chunk under no resource and no scope, as a worker buffers them: for the
+/// unit tests, which need this crate's own `Chunk`.
+#[cfg(test)]
+pub(crate) fn chunk_of_spans(spans: Vec<opentelemetry_proto::tonic::trace::v1::Span>) -> Chunk {
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
+    let request = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let mut chunks = chunks_of(&request).expect("valid spans");
+    assert_eq!(chunks.len(), 1, "one scope with spans");
+    chunks.remove(0)
 }
 
 /// Builds an encoded `ExportTraceServiceRequest` from chunks, one `ResourceSpans` per

@@ -2,7 +2,12 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 
 use super::*;
-use crate::testkit::{request, span, trace_id, validate_ids};
+use tailgate_testkit::{request, span, trace_id};
+
+/// A decoded span's ids, checked as the scan checks them.
+fn validate_ids(span: &Span) -> Result<[u8; 16], IdError> {
+    validate_id_fields(&span.trace_id, &span.span_id, &span.parent_span_id)
+}
 
 #[test]
 fn ids_are_checked_as_otlp_defines_them() {
@@ -78,7 +83,7 @@ fn assembled_requests_decode_to_what_was_received() {
 
 #[test]
 fn a_head_without_resource_or_scope_is_empty() {
-    let chunk = crate::testkit::chunk(vec![span(trace_id(3), 1, None)]);
+    let chunk = super::chunk_of_spans(vec![span(trace_id(3), 1, None)]);
     assert_eq!(chunk.head.size(), 0);
     let mut builder = RequestBuilder::default();
     builder.push(&chunk);
@@ -94,8 +99,8 @@ mod scanning {
 
     use super::super::scan::{count_spans, scan};
     use super::*;
-    use crate::loadgen::{Generator, WorkloadConfig};
-    use crate::testkit::{assert_scan_agrees_with_prost, nested_value};
+    use tailgate_testkit::{assert_scan_agrees_with_prost, nested_value};
+    use tailgate_tools::{Generator, WorkloadConfig};
 
     fn generated(spans: u64, seed: u64) -> Vec<bytes::Bytes> {
         let config = WorkloadConfig {

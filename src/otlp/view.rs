@@ -1,7 +1,7 @@
 //! Borrowed readers over OTLP messages the scan has accepted: a span's fields, attributes
 //! and events, a resource's attributes, an instrumentation scope. Span metrics, the
 //! policies and the router's attribute routing read spans through them; nothing is
-//! decoded into structs (DESIGN.md decision 1: spans stay encoded).
+//! decoded into structs (spans stay encoded; see docs/ARCHITECTURE.md).
 //!
 //! Reading agrees with prost's decoding of the same bytes: the last occurrence of a scalar
 //! field wins, a message field sent more than once is merged (its repeated fields

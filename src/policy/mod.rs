@@ -1,5 +1,5 @@
 //! Sampling policies: the compiled policy set and the exact rule that combines the
-//! policies' votes into one decision (reference/tail_sampling.md 2.2). Policies are a
+//! policies' votes into one decision (the collector's, described in the README). Policies are a
 //! closed enum ([`rules::Rule`]) compiled once at load time ([`config`]); evaluating a
 //! policy allocates nothing but a regex-cache entry on a value not seen before.
 

@@ -1,6 +1,6 @@
 //! The `probabilistic` policy, bit-compatible with the collector: FNV-1a-64 over the salt
 //! bytes followed by the 16 raw trace-id bytes, sampled iff the hash is at most a
-//! threshold computed as Go's `math/big` does (reference/tail_sampling.md 2.5).
+//! threshold computed as Go's `math/big` does, so decisions are bit-identical to the collector's.
 
 use crate::otlp::TraceId;
 

@@ -1,7 +1,7 @@
 //! Compiled policy rules and their evaluation on one trace, with the collector's exact
-//! semantics (reference/tail_sampling.md 1.3): attribute lookups look at resource
-//! attributes first, then span attributes, with Go pdata's coercions (`Str()` is "" and
-//! `Int()` is 0 and `Bool()` is false for values of another type).
+//! semantics: attribute lookups look at resource attributes first, then span attributes,
+//! with Go pdata's coercions (`Str()` is "" and `Int()` is 0 and `Bool()` is false for
+//! values of another type).
 
 use std::collections::HashSet;
 

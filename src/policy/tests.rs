@@ -10,7 +10,7 @@ use super::probabilistic::threshold;
 use super::*;
 use crate::config::Errors;
 use crate::otlp::chunks_of;
-use crate::testkit::{kv, span, trace_id};
+use tailgate_testkit::{kv, span, trace_id};
 
 fn compile(yaml: &str, first_match: bool) -> Result<PolicySet, String> {
     let values: Vec<serde_yaml::Value> = serde_yaml::from_str(yaml).unwrap();

@@ -11,8 +11,8 @@ use prost::Message;
 use tonic::Code;
 
 use crate::config::parse_worker;
-use crate::testkit::{metric, request, span, trace_id};
 use crate::worker::Worker;
+use tailgate_testkit::{metric, request, span, trace_id};
 
 async fn worker() -> Worker {
     let config = parse_worker(

@@ -1,7 +1,7 @@
 //! Consistent-hash rings that map a routing key to one endpoint.
 //!
 //! - [`RingKind::Collector`] is the OpenTelemetry Collector load-balancing exporter's ring,
-//!   byte for byte, in its v1 and v2 forms (reference/load_balancing.md section 3): CRC-32
+//!   byte for byte, in its v1 and v2 forms: CRC-32
 //!   (IEEE) of the key modulo 36 000, 100 virtual points per endpoint hashed from the
 //!   endpoint string as the resolver returns it, lower-bound lookup with wrap-around. A
 //!   tailgate router and a collector with the same endpoint list send every trace id to

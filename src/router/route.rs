@@ -413,7 +413,7 @@ mod tests {
     use prost::Message;
 
     use super::*;
-    use crate::testkit::{metric, request, span, trace_id};
+    use tailgate_testkit::{metric, request, span, trace_id};
 
     /// A port on loopback that nothing listens on (bound, then released).
     fn closed_port() -> SocketAddr {

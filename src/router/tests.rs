@@ -15,7 +15,7 @@ fn owner<'a>(r: &'a Ring, key: &[u8]) -> &'a str {
     &r.endpoints()[r.route(key).unwrap()]
 }
 
-// Upstream test vectors (reference/load_balancing.md section 3).
+// The collector's own test vectors for its ring (loadbalancingexporter, v1 and v2).
 #[test]
 fn collector_ring_v1_reproduces_the_upstream_vectors() {
     assert_eq!(

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use super::*;
 use crate::config::Errors;
-use crate::testkit::{kv, request, span, trace_id};
+use tailgate_testkit::{kv, request, span, trace_id};
 
 fn config(yaml: &str) -> SpanMetricsConfig {
     let c: SpanMetricsConfig = serde_yaml::from_str(yaml).unwrap();
@@ -234,11 +234,11 @@ async fn idle_series_expire_and_the_cardinality_limit_folds_into_overflow() {
     assert!(!out.contains("three"));
     let own = registry.render();
     assert_eq!(
-        crate::testkit::metric(&own, "tailgate_spanmetrics_overflow_spans_total", &[]),
+        tailgate_testkit::metric(&own, "tailgate_spanmetrics_overflow_spans_total", &[]),
         2.0
     );
     assert_eq!(
-        crate::testkit::metric(&own, "tailgate_spanmetrics_active_series", &[]),
+        tailgate_testkit::metric(&own, "tailgate_spanmetrics_active_series", &[]),
         2.0
     );
     // "one" keeps being updated; everything else goes idle past the expiration.
@@ -255,7 +255,7 @@ async fn idle_series_expire_and_the_cardinality_limit_folds_into_overflow() {
     assert!(!out.contains("otel_metric_overflow"), "{out}");
     let own = registry.render();
     assert_eq!(
-        crate::testkit::metric(&own, "tailgate_spanmetrics_expired_series_total", &[]),
+        tailgate_testkit::metric(&own, "tailgate_spanmetrics_expired_series_total", &[]),
         2.0
     );
     // Room again: a new label set gets its own series (starting at zero).

@@ -1,7 +1,7 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::testkit::metric;
+use tailgate_testkit::metric;
 
 #[test]
 fn counters_are_exposed_at_zero_with_the_collectors_names() {

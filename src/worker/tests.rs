@@ -7,9 +7,9 @@ use tokio::time::Instant;
 
 use crate::config::parse_worker;
 use crate::receiver::{Ingest, Payload};
-use crate::testkit::{metric, request, span, trace_id};
 use crate::worker::pipeline::DECISION_TICK;
 use crate::worker::Worker;
+use tailgate_testkit::{metric, request, span, trace_id};
 
 async fn worker(tail_sampling: &str) -> Worker {
     let config = parse_worker(&format!(

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use tailgate::config::{parse_worker, WorkerConfig};
-use tailgate::testkit::Sink;
 use tailgate::worker::Worker;
+use tailgate_testkit::Sink;
 use tonic::transport::Channel;
 
 /// A worker config listening on loopback, exporting to `sink`, with `tail_sampling`
@@ -52,7 +52,7 @@ pub fn http_url(worker: &Worker) -> String {
 }
 
 pub async fn scrape(addr: SocketAddr) -> String {
-    tailgate::testkit::scrape(addr).await.expect("scrape")
+    tailgate_testkit::scrape(addr).await.expect("scrape")
 }
 
 /// Polls `/metrics` at `addr` until `name{labels}` satisfies `done` or 20 s pass; returns the
@@ -65,7 +65,7 @@ pub async fn wait_metric(
 ) -> f64 {
     let mut last = 0.0;
     for _ in 0..1000 {
-        last = tailgate::testkit::metric(&scrape(addr).await, name, labels);
+        last = tailgate_testkit::metric(&scrape(addr).await, name, labels);
         if done(last) {
             break;
         }

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use super::*;
 use crate::otlp::{chunks_of, Chunk};
 use crate::policy::{Batch, StatusCodes};
-use crate::testkit::{kv, trace_id};
+use tailgate_testkit::{kv, trace_id};
 
 fn attr(key: &str, v: any_value::Value) -> KeyValue {
     KeyValue {

@@ -8,7 +8,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message;
 
-use super::workload::{GeneratedTrace, Outgoing, Workload};
+use crate::workload::{GeneratedTrace, Outgoing, Workload};
 
 /// Batches spans per emitting instance, as each instance's SDK would: a request leaves
 /// when it holds `batch_size` spans, or when as many spans as a quarter of all instances'

@@ -1,5 +1,5 @@
-//! `tailgate bench`: the end-to-end benchmark. Runs the decode-only baseline, then a router
-//! and workers, as child processes of this binary, drives both with the same generated
+//! `tailgate-tools bench`: the end-to-end benchmark. Runs the decode-only baseline (this
+//! binary), then a router and workers (the `tailgate` binary) as child processes, drives both with the same generated
 //! requests, and reports spans per CPU-second of each process (from /proc), resident memory
 //! per buffered span against wire bytes, decision lateness and the completeness check.
 
@@ -18,16 +18,18 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
-use super::{drive, progress_bar, Expectations, Generator, Protocol, Report, Sender, VerifySink};
-use super::{Outgoing, WorkloadConfig, WORKER_HEADER};
-use crate::config::{parse_policies, parse_worker};
-use crate::memory_limiter::resident_bytes_of;
-use crate::telemetry::{self, LATENESS_BUCKETS_S};
-use crate::testkit::{metric, scrape};
+use crate::{drive, progress_bar, Expectations, Generator, Protocol, Report, Sender, VerifySink};
+use crate::{Outgoing, WorkloadConfig, WORKER_HEADER};
+use tailgate::config::{parse_policies, parse_worker};
+use tailgate::memory_limiter::resident_bytes_of;
+use tailgate::telemetry::{self, LATENESS_BUCKETS_S};
+use tailgate_testkit::{metric, scrape};
 
 /// What `tailgate bench` runs.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
+    /// The `tailgate` binary the router and workers run.
+    pub tailgate: PathBuf,
     pub spans: u64,
     pub workers: usize,
     pub workload: WorkloadConfig,
@@ -91,7 +93,7 @@ pub async fn decode_sink(endpoint: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A child process of this binary and its CPU time and memory from /proc.
+/// A child process and its CPU time and memory from /proc.
 struct Proc {
     name: String,
     child: Child,
@@ -99,9 +101,9 @@ struct Proc {
 }
 
 impl Proc {
-    async fn spawn(name: &str, args: &[&str], dir: &Path) -> anyhow::Result<Proc> {
+    async fn spawn(name: &str, program: &Path, args: &[&str], dir: &Path) -> anyhow::Result<Proc> {
         let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
-        let child = Command::new(std::env::current_exe()?)
+        let child = Command::new(program)
             .args(args)
             .stdout(Stdio::null())
             .stderr(log)
@@ -170,7 +172,7 @@ async fn send_all(
     endpoint: SocketAddr,
     connections: usize,
     late_after: Duration,
-) -> anyhow::Result<(u64, std::sync::Arc<super::SendStats>)> {
+) -> anyhow::Result<(u64, std::sync::Arc<crate::SendStats>)> {
     let sender = Sender::start(&endpoint.to_string(), Protocol::Grpc, connections)?;
     let total = requests.iter().map(|r| u64::from(r.spans)).sum();
     let bar = progress_bar(Some(total));
@@ -209,6 +211,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<Results> {
     let addr = free_addr()?;
     let baseline = Proc::spawn(
         "baseline",
+        &std::env::current_exe()?,
         &["decode-sink", "--endpoint", &addr.to_string()],
         &options.dir,
     )
@@ -219,7 +222,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<Results> {
     let (_, stats) = send_all(&requests, addr, options.connections, Duration::ZERO).await?;
     let baseline_cpu = baseline.cpu()? - before;
     baseline.stop().await;
-    let delivered = super::SendStats::get(&stats.delivered);
+    let delivered = crate::SendStats::get(&stats.delivered);
     anyhow::ensure!(
         delivered == spans,
         "the baseline took {delivered} of {spans} spans"
@@ -240,6 +243,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<Results> {
         workers.push(
             Proc::spawn(
                 &format!("worker-{i}"),
+                &options.tailgate,
                 &["worker", "--config", &path],
                 &options.dir,
             )
@@ -256,6 +260,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<Results> {
     )?;
     let router = Proc::spawn(
         "router",
+        &options.tailgate,
         &["router", "--config", &router_path.display().to_string()],
         &options.dir,
     )
@@ -299,7 +304,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<Results> {
     };
     let late_after = options.decision_wait + Duration::from_secs(2);
     let (_, stats) = send_all(&requests, router_grpc, options.connections, late_after).await?;
-    let refused = super::SendStats::get(&stats.refused);
+    let refused = crate::SendStats::get(&stats.refused);
 
     // Wait for every decision and export, then read the books.
     eprintln!("waiting for decisions ...");
@@ -333,7 +338,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<Results> {
         );
     }
     let report = sink.report(&expectations);
-    sink.stop();
+    sink.stop().await;
     router.stop().await;
     for w in workers {
         w.stop().await;

@@ -1,7 +1,8 @@
-//! `tailgate loadgen`: drives a router or worker with generated traces at a target rate
-//! or as fast as it takes them, with a progress bar, and with `--verify` checks that
-//! every kept trace came back whole, once, from one worker. Also the pieces the
-//! end-to-end benchmark (`tailgate bench`) reuses.
+//! tailgate's tools, beside the service and never inside it: the load generator
+//! (`tailgate-tools loadgen`) drives a router or worker with generated traces at a target
+//! rate or as fast as it takes them, with a progress bar, and with `--verify` checks that
+//! every kept trace came back whole, once, from one worker; the end-to-end benchmark
+//! (`tailgate-tools bench`, [`bench`]) reuses its pieces.
 
 pub mod batch;
 pub mod bench;
@@ -154,7 +155,7 @@ pub struct LoadgenOptions {
 /// The `--verify` half: where the workers export to and what they decide by.
 pub struct VerifyOptions {
     pub sink: String,
-    pub policies: crate::policy::PolicySet,
+    pub policies: tailgate::policy::PolicySet,
     /// How long to wait after the last span for the kept traces to arrive.
     pub settle: Duration,
 }
@@ -216,7 +217,7 @@ pub async fn run(options: LoadgenOptions) -> anyhow::Result<Outcome> {
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
             let report = sink.report(&expected);
-            sink.stop();
+            sink.stop().await;
             Some(report)
         }
         _ => None,

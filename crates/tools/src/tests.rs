@@ -5,8 +5,7 @@ use prost::Message;
 
 use super::bench::quantile;
 use super::*;
-use crate::otlp::spans;
-use crate::testkit::validate_ids;
+use tailgate::otlp::spans;
 
 fn config(seed: u64) -> WorkloadConfig {
     WorkloadConfig {
@@ -45,7 +44,15 @@ fn traces_have_the_promised_shape() {
         assert_eq!(roots.len(), 1, "one root per trace");
         let root = &roots[0].span;
         for s in &t.spans {
-            assert_eq!(validate_ids(&s.span).unwrap(), t.trace_id);
+            assert_eq!(
+                tailgate::otlp::validate_id_fields(
+                    &s.span.trace_id,
+                    &s.span.span_id,
+                    &s.span.parent_span_id
+                )
+                .unwrap(),
+                t.trace_id
+            );
             assert!(
                 span_ids.insert(s.span.span_id.clone()),
                 "span ids are unique"
@@ -137,7 +144,7 @@ fn every_span_leaves_exactly_once_in_bounded_requests() {
 #[test]
 fn quantiles_interpolate_inside_the_bucket() {
     // Bounds 1, 2.5, 5, ... ms: 10 decisions at or under 1 ms, 90 in (2.5, 5].
-    let mut cumulative = vec![100.0; crate::telemetry::LATENESS_BUCKETS_S.len() + 1];
+    let mut cumulative = vec![100.0; tailgate::telemetry::LATENESS_BUCKETS_S.len() + 1];
     cumulative[0] = 10.0;
     cumulative[1] = 10.0;
     assert!((quantile(&cumulative, 0.05) - 0.0005).abs() < 1e-12);

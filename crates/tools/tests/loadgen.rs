@@ -1,18 +1,16 @@
 //! The load generator against a real worker, and the completeness check catching loss,
 //! duplicates and split traces.
 
-mod common;
-
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use tailgate::config::{parse_policies, parse_worker};
-use tailgate::loadgen::{
+use tailgate::worker::Worker;
+use tailgate_testkit::request;
+use tailgate_tools::{
     drive, progress_bar, Expectations, Generator, Protocol, Sender, VerifySink, WorkloadConfig,
     WORKER_HEADER,
 };
-use tailgate::testkit::request;
-use tailgate::worker::Worker;
 
 const POLICIES: &str = r#"
 - name: health-checks
@@ -110,7 +108,7 @@ async fn every_kept_trace_comes_back_whole_from_a_real_worker() {
         }
     }
     worker.shutdown().await;
-    sink.stop();
+    sink.stop().await;
 }
 
 #[tokio::test]
@@ -118,7 +116,7 @@ async fn the_check_catches_lost_duplicated_and_split_traces() {
     let sink = VerifySink::start("127.0.0.1:0").await.unwrap();
     let policies = parse_policies("[{name: all, type: always_sample}]", "test", false).unwrap();
     let mut expected = Expectations::new(policies);
-    let mut workload = tailgate::loadgen::Workload::new(WorkloadConfig {
+    let mut workload = tailgate_tools::Workload::new(WorkloadConfig {
         health_check_rate: 0.0,
         late_rate: 0.0,
         ..WorkloadConfig::default()
@@ -153,7 +151,7 @@ async fn the_check_catches_lost_duplicated_and_split_traces() {
     assert_eq!(report.workers, 2);
     assert!(!report.passed());
     assert!(report.render().contains("FAIL"));
-    sink.stop();
+    sink.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,7 +166,7 @@ async fn the_command_verifies_a_worker_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let policies = dir.path().join("policies.yaml");
     std::fs::write(&policies, POLICIES).unwrap();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tailgate"))
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tailgate-tools"))
         .args([
             "loadgen",
             "--spans",

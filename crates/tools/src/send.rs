@@ -14,9 +14,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
 
-use super::workload::Outgoing;
-use crate::exporter::retryable;
-use crate::otlp::{RawExportCodec, EXPORT_PATH};
+use crate::workload::Outgoing;
+use tailgate::exporter::retryable;
+use tailgate::otlp::{RawExportCodec, EXPORT_PATH};
 
 /// How requests reach the target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -1,5 +1,7 @@
-//! Span and request builders, an in-process OTLP/gRPC sink and a Prometheus text reader,
-//! shared by unit tests, integration tests and benches.
+//! tailgate's test kit: span and request builders, the one in-process OTLP/gRPC sink (for
+//! tests, the load generator's verifier and the benchmark), a Prometheus text reader, and
+//! the cross-checks of the scan and the views against prost. A dev-dependency of the
+//! service, never a dependency.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -18,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::codec::CompressionEncoding;
 use tonic::{Code, Request, Response, Status};
 
-use crate::otlp::view::{AnyValueView, Attributes, SpanView};
+use tailgate::otlp::view::{AnyValueView, Attributes, SpanView};
 
 /// A trace id whose every byte is derived from `n` (never all zero).
 pub fn trace_id(n: u64) -> [u8; 16] {
@@ -85,7 +87,7 @@ pub async fn scrape(addr: SocketAddr) -> reqwest::Result<String> {
 }
 
 /// Every span in a request.
-pub use crate::otlp::spans as all_spans;
+pub use tailgate::otlp::spans as all_spans;
 
 /// One root span (span id 1) for each trace number in `traces`.
 pub fn roots(traces: impl IntoIterator<Item = u64>) -> Vec<Span> {
@@ -95,6 +97,14 @@ pub fn roots(traces: impl IntoIterator<Item = u64>) -> Vec<Span> {
         .collect()
 }
 
+/// Takes each accepted request with its metadata and the client's address, instead of the
+/// sink keeping it (the load generator's verifier folds a million spans into counts).
+pub type Recorder = Arc<
+    dyn Fn(&tonic::metadata::MetadataMap, Option<SocketAddr>, ExportTraceServiceRequest)
+        + Send
+        + Sync,
+>;
+
 #[derive(Default)]
 struct SinkState {
     requests: Vec<ExportTraceServiceRequest>,
@@ -103,7 +113,8 @@ struct SinkState {
     refused_calls: usize,
 }
 
-/// An OTLP/gRPC server on loopback that records what it is sent.
+/// An OTLP/gRPC server on loopback that keeps what it is sent, or hands it to a
+/// [`Recorder`].
 #[derive(Clone)]
 pub struct Sink {
     pub addr: SocketAddr,
@@ -112,7 +123,10 @@ pub struct Sink {
     server: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
-struct SinkService(Arc<Mutex<SinkState>>);
+struct SinkService {
+    state: Arc<Mutex<SinkState>>,
+    recorder: Option<Recorder>,
+}
 
 #[tonic::async_trait]
 impl TraceService for SinkService {
@@ -120,13 +134,20 @@ impl TraceService for SinkService {
         &self,
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let mut s = self.0.lock().expect("sink lock");
+        let mut s = self.state.lock().expect("sink lock");
         if !s.failures.is_empty() {
             let code = s.failures.remove(0);
             s.refused_calls += 1;
             return Err(Status::new(code, "sink told to fail"));
         }
-        s.requests.push(request.into_inner());
+        match &self.recorder {
+            Some(record) => {
+                drop(s);
+                let (metadata, peer) = (request.metadata().clone(), request.remote_addr());
+                record(&metadata, peer, request.into_inner());
+            }
+            None => s.requests.push(request.into_inner()),
+        }
         Ok(Response::new(ExportTraceServiceResponse::default()))
     }
 }
@@ -134,43 +155,58 @@ impl TraceService for SinkService {
 impl Sink {
     /// Starts a sink that first fails one call with each of `failures`, then accepts.
     pub async fn start(failures: Vec<Code>) -> Sink {
-        Self::serve("127.0.0.1:0", failures, None).await
+        Self::serve("127.0.0.1:0", failures, None, None)
+            .await
+            .expect("bind sink")
     }
 
     /// Starts a sink listening on `addr` (another loopback address, say).
     pub async fn start_at(addr: &str) -> Sink {
-        Self::serve(addr, vec![], None).await
+        Self::serve(addr, vec![], None, None)
+            .await
+            .expect("bind sink")
     }
 
     /// Like [`Sink::start`], on `addr`.
     pub async fn start_failing_at(addr: &str, failures: Vec<Code>) -> Sink {
-        Self::serve(addr, failures, None).await
+        Self::serve(addr, failures, None, None)
+            .await
+            .expect("bind sink")
     }
 
     /// Starts a sink that accepts only TLS, with the PEM certificate chain and key given.
     pub async fn start_tls(cert_pem: &str, key_pem: &str) -> Sink {
         let tls = tonic::transport::ServerTlsConfig::new()
             .identity(tonic::transport::Identity::from_pem(cert_pem, key_pem));
-        Self::serve("127.0.0.1:0", vec![], Some(tls)).await
+        Self::serve("127.0.0.1:0", vec![], Some(tls), None)
+            .await
+            .expect("bind sink")
+    }
+
+    /// Starts a sink on `addr` that hands every request to `recorder`.
+    pub async fn start_recording(addr: &str, recorder: Recorder) -> std::io::Result<Sink> {
+        Self::serve(addr, vec![], None, Some(recorder)).await
     }
 
     async fn serve(
         addr: &str,
         failures: Vec<Code>,
         tls: Option<tonic::transport::ServerTlsConfig>,
-    ) -> Sink {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .expect("bind sink");
-        let addr = listener.local_addr().expect("sink address");
+        recorder: Option<Recorder>,
+    ) -> std::io::Result<Sink> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
         let state = Arc::new(Mutex::new(SinkState {
             failures,
             ..Default::default()
         }));
         let stop = CancellationToken::new();
-        let service = TraceServiceServer::new(SinkService(state.clone()))
-            .accept_compressed(CompressionEncoding::Gzip)
-            .max_decoding_message_size(64 * 1024 * 1024);
+        let service = TraceServiceServer::new(SinkService {
+            state: state.clone(),
+            recorder,
+        })
+        .accept_compressed(CompressionEncoding::Gzip)
+        .max_decoding_message_size(64 * 1024 * 1024);
         let token = stop.clone();
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = tls {
@@ -185,12 +221,12 @@ impl Sink {
                 )
                 .await;
         });
-        Sink {
+        Ok(Sink {
             addr,
             state,
             stop,
             server: Arc::new(Mutex::new(Some(server))),
-        }
+        })
     }
 
     /// Stops the server and waits (at most 10 s) until its address is free again; clients
@@ -258,15 +294,15 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
-/// Panics unless the router's scan ([`crate::otlp::scan`]) and prost agree on `bytes`: both
+/// Panics unless the router's scan ([`tailgate::otlp::scan`]) and prost agree on `bytes`: both
 /// accept or both refuse; when they accept, the same spans with the same id verdicts, the
 /// scanned spans reassembled under their scanned resource and scope decode to the request
 /// prost decoded (one `ResourceSpans` per non-empty `ScopeSpans`), and the views
-/// ([`crate::otlp::view`]) read every span, resource and scope as prost decoded it.
+/// ([`tailgate::otlp::view`]) read every span, resource and scope as prost decoded it.
 /// Shared by the property tests and the fuzz target.
 pub fn assert_scan_agrees_with_prost(bytes: &[u8]) {
-    use crate::otlp::{scan, RequestBuilder};
     use prost::Message;
+    use tailgate::otlp::{scan, RequestBuilder};
     let scanned = scan::scan(bytes::Bytes::copy_from_slice(bytes));
     let decoded = ExportTraceServiceRequest::decode(bytes);
     let (scanned, decoded) = match (scanned, decoded) {
@@ -278,10 +314,11 @@ pub fn assert_scan_agrees_with_prost(bytes: &[u8]) {
             d.err()
         ),
     };
-    let spans: Vec<&Span> = crate::otlp::spans(&decoded).collect();
+    let spans: Vec<&Span> = tailgate::otlp::spans(&decoded).collect();
     assert_eq!(scanned.spans.len(), spans.len(), "span count");
     for (s, d) in scanned.spans.iter().zip(&spans) {
-        assert_eq!(s.ids, validate_ids(d), "id verdict");
+        let ids = tailgate::otlp::validate_id_fields(&d.trace_id, &d.span_id, &d.parent_span_id);
+        assert_eq!(s.ids, ids, "id verdict");
         assert_eq!(&Span::decode(scanned.body(s)).unwrap(), *d, "span bytes");
         assert_view_reads(&SpanView::parse(scanned.body(s)), d);
     }
@@ -357,11 +394,6 @@ fn assert_view_reads(view: &SpanView<'_>, span: &Span) {
     }
 }
 
-/// Checks a decoded span's ids as the worker checks them in the scan.
-pub fn validate_ids(span: &Span) -> Result<[u8; 16], crate::otlp::IdError> {
-    crate::otlp::validate_id_fields(&span.trace_id, &span.span_id, &span.parent_span_id)
-}
-
 /// The value of attribute `key` of decoded attributes, as pdata's `Get` finds it: the
 /// first attribute with that key, if its value is set.
 fn attribute<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a any_value::Value> {
@@ -413,22 +445,6 @@ fn assert_attributes_read(view: Attributes<'_>, decoded: &[KeyValue]) {
             kv.key
         );
     }
-}
-
-/// `spans` as one chunk under no resource and no scope, as a worker buffers them.
-pub fn chunk(spans: Vec<Span>) -> crate::otlp::Chunk {
-    let request = ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    };
-    let mut chunks = crate::otlp::chunks_of(&request).unwrap();
-    assert_eq!(chunks.len(), 1, "one scope with spans");
-    chunks.remove(0)
 }
 
 /// An attribute value nested `depth` key-value lists deep, for the decoders' recursion limit.

@@ -1,29 +1,24 @@
-//! The completeness check of `tailgate loadgen --verify`: what the policies should keep
-//! for each generated trace (predicted from the spans sent on time), an OTLP/gRPC sink that
-//! records what the workers export (by trace, span and exporting worker), and the report
-//! that compares the two.
+//! The completeness check of `tailgate-tools loadgen --verify`: what the policies should
+//! keep for each generated trace (predicted from the spans sent on time), what the workers
+//! export (by trace, span and exporting worker, recorded by the test kit's OTLP sink), and
+//! the report that compares the two.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
 use prost::Message;
-use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status};
+use tailgate::otlp::{chunks_of, Chunk, TraceId};
+use tailgate::policy::{Batch, Decision, PolicySet, StatusCodes, TraceView};
+use tailgate_testkit::Sink;
+use tonic::metadata::MetadataMap;
 
-use super::workload::GeneratedTrace;
-use crate::otlp::{chunks_of, Chunk, TraceId};
-use crate::policy::{Batch, Decision, PolicySet, StatusCodes, TraceView};
+use crate::workload::GeneratedTrace;
 
 /// The request header a worker's exporter can set (`headers:` of the `otlp` exporter) to
 /// name itself; without it the sink tells workers apart by their connection's address.
@@ -194,35 +189,31 @@ struct Received {
     last_change: Option<std::time::Instant>,
 }
 
-/// An OTLP/gRPC endpoint for the workers' exporters.
+/// What the workers export, recorded by the test kit's OTLP sink.
 #[derive(Clone)]
 pub struct VerifySink {
     received: Arc<Mutex<Received>>,
     pub addr: SocketAddr,
-    stop: CancellationToken,
+    sink: Sink,
 }
 
-struct SinkService(Arc<Mutex<Received>>);
-
-#[tonic::async_trait]
-impl TraceService for SinkService {
-    async fn export(
-        &self,
-        request: Request<ExportTraceServiceRequest>,
-    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let worker = match request.metadata().get(WORKER_HEADER) {
+impl Received {
+    /// Folds one export request from the worker named by `metadata` (or `peer`) in.
+    fn record(
+        &mut self,
+        metadata: &MetadataMap,
+        peer: Option<SocketAddr>,
+        request: ExportTraceServiceRequest,
+    ) {
+        let worker = match metadata.get(WORKER_HEADER) {
             Some(v) => v.to_str().unwrap_or("invalid").to_owned(),
-            None => request
-                .remote_addr()
-                .map_or_else(|| "unknown".into(), |a| a.to_string()),
+            None => peer.map_or_else(|| "unknown".into(), |a| a.to_string()),
         };
-        let request = request.into_inner();
-        let mut received = self.0.lock().expect("sink lock");
-        let worker = match received.workers.iter().position(|w| *w == worker) {
+        let worker = match self.workers.iter().position(|w| *w == worker) {
             Some(i) => i as u16,
             None => {
-                received.workers.push(worker);
-                (received.workers.len() - 1) as u16
+                self.workers.push(worker);
+                (self.workers.len() - 1) as u16
             }
         };
         for rs in &request.resource_spans {
@@ -246,8 +237,8 @@ impl TraceService for SinkService {
                     ) else {
                         continue;
                     };
-                    received.spans += 1;
-                    let seen = received.traces.entry(trace_id).or_default();
+                    self.spans += 1;
+                    let seen = self.traces.entry(trace_id).or_default();
                     let span_id = u64::from_be_bytes(span_id);
                     if seen.span_ids.contains(&span_id) {
                         seen.duplicates += 1;
@@ -263,41 +254,33 @@ impl TraceService for SinkService {
                 }
             }
         }
-        received.last_change = Some(std::time::Instant::now());
-        Ok(Response::new(ExportTraceServiceResponse::default()))
+        self.last_change = Some(std::time::Instant::now());
     }
 }
 
 impl VerifySink {
     /// Serves OTLP/gRPC on `endpoint` (`127.0.0.1:0` for any free port).
     pub async fn start(endpoint: &str) -> anyhow::Result<VerifySink> {
-        let listener = tokio::net::TcpListener::bind(endpoint).await?;
-        let addr = listener.local_addr()?;
         let received = Arc::new(Mutex::new(Received::default()));
-        let stop = CancellationToken::new();
-        let service = TraceServiceServer::new(SinkService(received.clone()))
-            .max_decoding_message_size(64 * 1024 * 1024)
-            .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
-        let incoming = tonic::transport::server::TcpIncoming::from(listener);
-        let shutdown = stop.clone();
-        tokio::spawn(async move {
-            let served = tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "verify sink stopped");
-            }
-        });
+        let into = received.clone();
+        let sink = Sink::start_recording(
+            endpoint,
+            Arc::new(move |metadata, peer, request| {
+                into.lock()
+                    .expect("sink lock")
+                    .record(metadata, peer, request)
+            }),
+        )
+        .await?;
         Ok(VerifySink {
             received,
-            addr,
-            stop,
+            addr: sink.addr,
+            sink,
         })
     }
 
-    pub fn stop(&self) {
-        self.stop.cancel();
+    pub async fn stop(&self) {
+        self.sink.stop().await;
     }
 
     /// Spans received so far.
