@@ -6,7 +6,7 @@
 use libfuzzer_sys::fuzz_target;
 use serde_yaml::{Mapping, Value};
 use tailgate::config::parse_policies;
-use tailgate::loadgen::{PolicyInput, Workload, WorkloadConfig};
+use tailgate_tools::{PolicyInput, Workload, WorkloadConfig};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
