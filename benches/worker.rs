@@ -11,13 +11,14 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
-use tailgate::config::{parse_policies, parse_worker};
 use tailgate::otlp::view::SpanView;
 use tailgate::otlp::{scan, RequestBuilder};
+use tailgate::policy::parse_policies;
 use tailgate::receiver::{Ingest, Payload};
 use tailgate::router::ring::{Ring, RingKind};
 use tailgate::spanmetrics::{SpanMetrics, SpanMetricsConfig};
 use tailgate::telemetry::Registry;
+use tailgate::worker::config::parse_worker;
 use tailgate::worker::Worker;
 use tailgate_tools::{bench::POLICIES, Generator, PolicyInput, Workload, WorkloadConfig};
 

@@ -21,6 +21,7 @@ pub mod exporter;
 pub mod lifecycle;
 pub mod local;
 pub mod memory_limiter;
+pub mod net;
 pub mod otlp;
 pub mod policy;
 pub mod receiver;

@@ -12,16 +12,18 @@ use std::task::Poll;
 
 use serde::Deserialize;
 
-use crate::config::{
-    read_yaml, worker_from_yaml, AdminConfig, ConfigError, ExporterConfig, FieldError,
-    OtlpExporterConfig, ReceiversConfig, ShutdownConfig, WorkerConfig,
-};
+use crate::config::{read_yaml, ConfigError, FieldError};
+use crate::exporter::config::{ExporterConfig, OtlpExporterConfig};
+use crate::lifecycle::ShutdownConfig;
 use crate::lifecycle::StartError;
+use crate::receiver::config::ReceiversConfig;
 use crate::router::config::{Resolver, RouteConfig, RouterConfig, RoutingKey};
 use crate::router::ring::RingKind;
 use crate::router::Router;
 use crate::supervisor::{Supervisor, TaskFailure};
+use crate::telemetry::AdminConfig;
 use crate::telemetry::{Admin, Health, MetricsSource, Registry};
+use crate::worker::config::{worker_from_yaml, WorkerConfig};
 use crate::worker::Worker;
 
 /// The embedded default config.
@@ -131,7 +133,7 @@ fn with_default_policies(root: &mut serde_yaml::Mapping) -> Result<(), ConfigErr
 
 fn loopback_receivers() -> ReceiversConfig {
     let mut r = ReceiversConfig::default();
-    r.otlp.protocols.grpc = Some(crate::config::GrpcReceiverConfig {
+    r.otlp.protocols.grpc = Some(crate::receiver::config::GrpcReceiverConfig {
         endpoint: "127.0.0.1:0".into(),
         ..Default::default()
     });
@@ -182,14 +184,9 @@ impl Local {
             .filter_map(|w| w.grpc_addr)
             .map(|a| a.to_string())
             .collect();
-        let mut otlp: serde_yaml::Mapping = Default::default();
-        otlp.insert("endpoint".into(), "placeholder:4317".into());
-        otlp.insert(
-            "tls".into(),
-            serde_yaml::from_str("{insecure: true}").expect("literal YAML"),
-        );
-        let otlp: OtlpExporterConfig = serde_yaml::from_value(serde_yaml::Value::Mapping(otlp))
-            .expect("a valid otlp exporter config");
+        // The router's template for its backends: each gets its own endpoint.
+        let mut otlp = OtlpExporterConfig::to("placeholder:4317");
+        otlp.tls.insecure = true;
         let router_config = RouterConfig {
             receivers: config.receivers,
             routes: vec![RouteConfig {

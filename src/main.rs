@@ -68,9 +68,11 @@ fn main() -> ExitCode {
                 },
             )
         }
-        Command::Worker { config } => serve(tailgate::config::load_worker(&config), |c| async {
-            Ok(tailgate::worker::Worker::start(c).await?)
-        }),
+        Command::Worker { config } => {
+            serve(tailgate::worker::config::load_worker(&config), |c| async {
+                Ok(tailgate::worker::Worker::start(c).await?)
+            })
+        }
         Command::Router { config } => serve(
             read(&config).and_then(|t| tailgate::router::config::parse_router(&t)),
             |c| async { Ok(tailgate::router::Router::start(c).await?) },
@@ -185,7 +187,7 @@ fn load(path: &Path) -> Result<&'static str, tailgate::config::ConfigError> {
     if yaml.get("local").is_some() {
         tailgate::local::parse_local(&text).map(|_| "local")
     } else if yaml.get("tail_sampling").is_some() {
-        tailgate::config::parse_worker(&text).map(|_| "worker")
+        tailgate::worker::config::parse_worker(&text).map(|_| "worker")
     } else {
         tailgate::router::config::parse_router(&text).map(|_| "router")
     }

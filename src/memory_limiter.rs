@@ -110,6 +110,17 @@ impl MemoryLimiterConfig {
     }
 }
 
+/// The optional `memory_limiter` section, parsed and checked.
+pub fn parse_memory_limiter(
+    value: Option<serde_yaml::Value>,
+    errors: &mut Errors,
+) -> Option<MemoryLimiterConfig> {
+    let config: MemoryLimiterConfig =
+        errors.parse("memory_limiter", value.filter(|v| !v.is_null())?)?;
+    config.validate(errors);
+    Some(config)
+}
+
 /// The container's memory limit (cgroup v2, then v1), else the machine's memory.
 fn memory_available() -> u64 {
     let read = |path: &str| {

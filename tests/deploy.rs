@@ -76,15 +76,15 @@ fn the_embedded_tailgate_configs_are_valid() {
         "/etc/tailgate/policies.yaml",
         &policies.display().to_string(),
     );
-    let worker =
-        tailgate::config::parse_worker(&worker).unwrap_or_else(|e| panic!("k8s worker: {e}"));
+    let worker = tailgate::worker::config::parse_worker(&worker)
+        .unwrap_or_else(|e| panic!("k8s worker: {e}"));
     assert_eq!(worker.policies.policies().len(), 4);
     let router_cm: serde_yaml::Value =
         serde_yaml::from_str(&read("deploy/k8s/router-config.yaml")).unwrap();
     tailgate::router::config::parse_router(router_cm["data"]["router.yaml"].as_str().unwrap())
         .unwrap_or_else(|e| panic!("k8s router: {e}"));
     // docker compose.
-    tailgate::config::parse_worker(&read("deploy/docker/worker.yaml"))
+    tailgate::worker::config::parse_worker(&read("deploy/docker/worker.yaml"))
         .unwrap_or_else(|e| panic!("docker worker: {e}"));
     tailgate::router::config::parse_router(&read("deploy/docker/router.yaml"))
         .unwrap_or_else(|e| panic!("docker router: {e}"));

@@ -648,7 +648,7 @@ admin: {{endpoint: "127.0.0.1:0"}}
 "#,
         sink.addr
     );
-    let config = tailgate::config::parse_worker(&text).unwrap();
+    let config = tailgate::worker::config::parse_worker(&text).unwrap();
     let worker = tailgate::worker::Worker::start(config).await.unwrap();
     let post = |token: &'static str| {
         reqwest::Client::new()

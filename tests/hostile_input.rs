@@ -113,7 +113,7 @@ proptest::proptest! {
     /// Any config text loads or fails with errors; never a panic.
     #[test]
     fn arbitrary_config_text_never_panics(text in "(receivers|tail_sampling|policies|exporters|\\{|\\}|\\[|\\]|:|-|name|type|latency|,| |\n|[a-z0-9_]{1,8}){0,40}") {
-        let _ = tailgate::config::parse_worker(&text);
+        let _ = tailgate::worker::config::parse_worker(&text);
         let _ = tailgate::router::config::parse_router(&text);
         let _ = tailgate::local::parse_local(&text);
     }

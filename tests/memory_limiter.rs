@@ -29,7 +29,7 @@ admin: {{endpoint: "127.0.0.1:0"}}
         now_mib + 64,
         sink.addr
     );
-    let worker = Worker::start(tailgate::config::parse_worker(&text).unwrap())
+    let worker = Worker::start(tailgate::worker::config::parse_worker(&text).unwrap())
         .await
         .unwrap();
     let mut client = common::grpc_client(&worker).await;
@@ -73,7 +73,7 @@ admin: {{endpoint: "127.0.0.1:0"}}
 
 #[test]
 fn memory_limiter_settings_are_checked() {
-    let err = tailgate::config::parse_worker(
+    let err = tailgate::worker::config::parse_worker(
         r#"
 receivers: {otlp: {protocols: {grpc: {}}}}
 tail_sampling: {policies: [{name: a, type: always_sample}]}

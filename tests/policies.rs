@@ -220,7 +220,7 @@ fn policies_file_errors_carry_the_file_and_path() {
         "receivers: {{otlp: {{protocols: {{grpc: {{}}}}}}}}\ntail_sampling: {{policies_file: {:?}}}\nexporters: {{debug: {{}}}}\n",
         file.display().to_string()
     );
-    let err = tailgate::config::parse_worker(&text)
+    let err = tailgate::worker::config::parse_worker(&text)
         .unwrap_err()
         .to_string();
     assert!(
@@ -231,7 +231,7 @@ fn policies_file_errors_carry_the_file_and_path() {
         "{policies_file:",
         "{policies: [{name: x, type: always_sample}], policies_file:",
     );
-    let err = tailgate::config::parse_worker(&both)
+    let err = tailgate::worker::config::parse_worker(&both)
         .unwrap_err()
         .to_string();
     assert!(

@@ -23,7 +23,7 @@ admin: {{endpoint: "127.0.0.1:0"}}
 "#,
         sink.addr
     );
-    Worker::start(tailgate::config::parse_worker(&text).unwrap())
+    Worker::start(tailgate::worker::config::parse_worker(&text).unwrap())
         .await
         .unwrap()
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use prost::Message;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-use tailgate::config::parse_worker;
+use tailgate::worker::config::parse_worker;
 use tailgate::worker::Worker;
 use tailgate_testkit::{request, roots};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};

@@ -407,7 +407,7 @@ admin: {{endpoint: "127.0.0.1:0"}}
 "#,
         sink.addr
     );
-    let worker = Worker::start(tailgate::config::parse_worker(&text).unwrap())
+    let worker = Worker::start(tailgate::worker::config::parse_worker(&text).unwrap())
         .await
         .unwrap();
     let mut client = common::grpc_client(&worker).await;
@@ -592,7 +592,7 @@ admin: {{endpoint: "127.0.0.1:0"}}
         port = sink.addr.port(),
         ca = ca_file.display().to_string(),
     );
-    let worker = Worker::start(tailgate::config::parse_worker(&text).unwrap())
+    let worker = Worker::start(tailgate::worker::config::parse_worker(&text).unwrap())
         .await
         .unwrap();
     let mut client = common::grpc_client(&worker).await;

@@ -8,7 +8,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let _ = tailgate::config::parse_worker(text);
+    let _ = tailgate::worker::config::parse_worker(text);
     let _ = tailgate::router::config::parse_router(text);
     let _ = tailgate::local::parse_local(text);
 });

@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use serde_yaml::{Mapping, Value};
-use tailgate::config::parse_policies;
+use tailgate::policy::parse_policies;
 use tailgate_tools::{PolicyInput, Workload, WorkloadConfig};
 
 fuzz_target!(|data: &[u8]| {

@@ -3,6 +3,9 @@ use std::time::Duration;
 
 use super::env::expand;
 use super::*;
+use crate::exporter::config::{Compression, ExporterConfig};
+use crate::policy::PolicySet;
+use crate::worker::config::parse_worker;
 
 const MINIMAL: &str = r#"
 receivers:

@@ -4,8 +4,8 @@
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 
+use super::config::{DebugExporterConfig, Verbosity};
 use super::{SendError, Sent};
-use crate::config::{DebugExporterConfig, Verbosity};
 use crate::otlp::{trace_id_hex, EncodedRequest};
 
 pub(super) struct DebugSink {

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 
+use super::config::FileExporterConfig;
 use super::{BuildCause, SendError, Sent};
-use crate::config::FileExporterConfig;
 use crate::otlp::EncodedRequest;
 
 pub(super) struct FileSink {

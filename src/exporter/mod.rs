@@ -10,6 +10,7 @@
 //! `otelcol_exporter_sent_spans`, `otelcol_exporter_send_failed_spans` or
 //! `otelcol_exporter_enqueue_failed_spans` (queue closed at shutdown).
 
+pub mod config;
 mod debug;
 mod file;
 mod otlp_grpc;
@@ -26,9 +27,9 @@ use metrics::{Counter, Gauge, Histogram};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::config::{ExporterConfig, OtlpExporterConfig, SendingQueueConfig};
 use crate::otlp::EncodedRequest;
 use crate::telemetry::{self, Registry};
+use config::{ExporterConfig, OtlpExporterConfig, RetryConfig, SendingQueueConfig};
 
 /// An exporter that could not be built from its config.
 #[derive(Debug, thiserror::Error)]
@@ -359,7 +360,7 @@ async fn consume(
     name: String,
     rx: async_channel::Receiver<EncodedRequest>,
     sink: Arc<Sink>,
-    retry: Option<crate::config::RetryConfig>,
+    retry: Option<RetryConfig>,
     observe: Option<AttemptObserver>,
     metrics: Arc<ExporterMetrics>,
     in_flight: Arc<AtomicU64>,

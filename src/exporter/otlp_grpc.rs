@@ -9,8 +9,8 @@ use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Request, Status};
 
+use super::config::{ClientTlsConfig as TlsConfig, Compression, OtlpExporterConfig};
 use super::{BuildCause, SendError, Sent};
-use crate::config::{ClientTlsConfig as TlsConfig, Compression, OtlpExporterConfig};
 use crate::otlp::{EncodedRequest, RawExportCodec, EXPORT_PATH};
 
 pub(super) struct GrpcSink {

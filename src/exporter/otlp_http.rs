@@ -12,8 +12,8 @@ use reqwest::header::{
 };
 use reqwest::StatusCode;
 
+use super::config::{Compression, OtlpHttpExporterConfig};
 use super::{BuildCause, SendError, Sent};
-use crate::config::{Compression, OtlpHttpExporterConfig};
 use crate::otlp::EncodedRequest;
 
 pub(super) struct HttpSink {

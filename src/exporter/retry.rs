@@ -8,8 +8,8 @@ use metrics::Counter;
 use rand::Rng;
 use tokio::time::Instant;
 
+use super::config::RetryConfig;
 use super::{AttemptObserver, SendError, Sent, Sink};
-use crate::config::RetryConfig;
 use crate::otlp::EncodedRequest;
 
 /// Sends `request`, retrying as `retry` says; `observe` sees whether each attempt reached

@@ -6,9 +6,10 @@ use axum::http::StatusCode;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 
+use super::config::ExporterConfig;
 use super::*;
-use crate::config::{parse_worker, ExporterConfig};
 use crate::otlp::RequestBuilder;
+use crate::worker::config::parse_worker;
 use tailgate_testkit::{metric, span, trace_id};
 
 fn exporters(yaml: &str) -> Vec<(String, ExporterConfig)> {

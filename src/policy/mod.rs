@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::config::Errors;
+use crate::config::{read_yaml, ConfigError, Errors, FieldError};
 use crate::otlp::view::{Attributes, ScopeView, SpanView};
 use crate::otlp::{Chunk, TraceId};
 pub use probabilistic::Probabilistic;
@@ -314,3 +314,43 @@ impl PolicySet {
 
 #[cfg(test)]
 mod tests;
+
+/// Loads a policy list file (`tail_sampling.policies_file`); errors carry paths such as
+/// `policies/default.yaml[2].latency.threshold_ms`.
+pub fn load_policies(
+    path: &std::path::Path,
+    sample_on_first_match: bool,
+) -> Result<PolicySet, ConfigError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        errors: vec![FieldError {
+            path: shown.clone(),
+            message: format!("cannot read: {e}"),
+        }],
+    })?;
+    parse_policies(&text, &shown, sample_on_first_match)
+}
+
+/// Compiles a policy list given as YAML text; `shown` prefixes error paths.
+pub fn parse_policies(
+    text: &str,
+    shown: &str,
+    sample_on_first_match: bool,
+) -> Result<PolicySet, ConfigError> {
+    let fail = |message: String| ConfigError {
+        errors: vec![FieldError {
+            path: shown.to_owned(),
+            message,
+        }],
+    };
+    let serde_yaml::Value::Sequence(values) = read_yaml(text)? else {
+        return Err(fail("must be a YAML list of policies".into()));
+    };
+    if values.is_empty() {
+        return Err(fail("at least one policy is required".into()));
+    }
+    let mut errors = Errors::default();
+    let set = PolicySet::compile(&values, shown, sample_on_first_match, &mut errors);
+    errors.check()?;
+    Ok(set)
+}

@@ -25,10 +25,10 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
 use super::admission::{gunzip, read_body, BodyError, RequestBudget, Reservation};
+use super::config::ServerParametersConfig;
 use super::conn::{ended, Incoming};
 use super::security::{tls_incoming, Security};
 use super::{response, Ingest, IngestError, Payload, ReceiverMetrics};
-use crate::config::ServerParametersConfig;
 
 const GRPC_ENCODING: &str = "grpc-encoding";
 use crate::otlp::{RawExportServerCodec, EXPORT_PATH, TRACE_SERVICE};

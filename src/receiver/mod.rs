@@ -5,6 +5,7 @@
 //! to statuses; nothing here panics on input.
 
 mod admission;
+pub mod config;
 mod conn;
 mod grpc;
 mod http;
@@ -26,12 +27,12 @@ use http::{serve_http, HttpSettings};
 pub use security::SecurityError;
 use security::{Security, Tasks};
 
-use crate::config::{ReceiversConfig, DEFAULT_REQUEST_LIMIT_MIB};
-use crate::lifecycle::{bind, StartError};
+use crate::net::{bind, BindError};
 use crate::otlp::scan::{self, Scanned};
 use crate::otlp::spans;
 use crate::supervisor::{Group, Supervisor};
 use crate::telemetry::{self, Registry};
+use config::{ReceiverAuthConfig, ReceiversConfig, ServerTlsConfig, DEFAULT_REQUEST_LIMIT_MIB};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -118,6 +119,18 @@ pub fn check_ids(request: &Scanned) -> Result<Ingested, IngestError> {
     Ok(checked)
 }
 
+/// Why the receivers could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiverError {
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error("otlp {protocol} receiver TLS or auth: {source}")]
+    Security {
+        protocol: &'static str,
+        source: SecurityError,
+    },
+}
+
 /// The running OTLP receivers of one process; their tasks run in a supervisor group.
 pub struct Receivers {
     pub grpc_addr: Option<SocketAddr>,
@@ -135,7 +148,7 @@ impl Receivers {
         memory_spike: Option<u64>,
         supervisor: &mut Supervisor,
         group: Group,
-    ) -> Result<Self, StartError> {
+    ) -> Result<Self, ReceiverError> {
         let stop = supervisor.token(group);
         let mut tasks = Tasks { supervisor, group };
         let protocols = &config.otlp.protocols;
@@ -149,8 +162,8 @@ impl Receivers {
         tracing::debug!(bytes = budget.limit(), "request bytes budget");
         let mut grpc_addr = None;
         if let Some(grpc) = &protocols.grpc {
-            let listener = bind("otlp grpc", &grpc.endpoint).await?;
-            grpc_addr = listener.local_addr().ok();
+            let (listener, addr) = bind("otlp grpc", &grpc.endpoint).await?;
+            grpc_addr = Some(addr);
             let settings = GrpcSettings {
                 max_message_bytes: usize::try_from(grpc.max_recv_msg_size_mib * MIB)
                     .unwrap_or(usize::MAX),
@@ -168,8 +181,8 @@ impl Receivers {
         }
         let mut http_addr = None;
         if let Some(http) = &protocols.http {
-            let listener = bind("otlp http", &http.endpoint).await?;
-            http_addr = listener.local_addr().ok();
+            let (listener, addr) = bind("otlp http", &http.endpoint).await?;
+            http_addr = Some(addr);
             let settings = HttpSettings {
                 path: http.traces_url_path.clone(),
                 max_body: usize::try_from(http.max_request_body_size).unwrap_or(usize::MAX),
@@ -196,14 +209,14 @@ impl Receivers {
 fn security(
     config: &ReceiversConfig,
     protocol: &'static str,
-    tls: Option<&crate::config::ServerTlsConfig>,
-    auth: &Option<crate::config::ReceiverAuthConfig>,
+    tls: Option<&ServerTlsConfig>,
+    auth: &Option<ReceiverAuthConfig>,
     tasks: &mut Tasks<'_>,
-) -> Result<Security, StartError> {
+) -> Result<Security, ReceiverError> {
     let auth = auth
         .as_ref()
         .and_then(|a| config.authenticators.get(&a.authenticator));
-    Security::new(tls, auth, tasks).map_err(|source| StartError::Security { protocol, source })
+    Security::new(tls, auth, tasks).map_err(|source| ReceiverError::Security { protocol, source })
 }
 
 /// `otelcol_receiver_*` for one transport.

@@ -20,8 +20,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+use super::config::{BearerTokenConfig, ServerTlsConfig};
 use super::conn::{IdleLimited, Incoming};
-use crate::config::{BearerTokenConfig, ServerTlsConfig};
 use crate::supervisor::{Group, Supervisor};
 
 /// How often certificate files are checked for changes when `reload_interval` is not set.

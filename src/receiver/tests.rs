@@ -10,7 +10,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use prost::Message;
 use tonic::Code;
 
-use crate::config::parse_worker;
+use crate::worker::config::parse_worker;
 use crate::worker::Worker;
 use tailgate_testkit::{metric, request, span, trace_id};
 

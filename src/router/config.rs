@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{
-    check_endpoint, read_yaml, AdminConfig, ConfigError, Errors, ExporterConfig,
-    OtlpExporterConfig, ReceiversConfig, ShutdownConfig, HOUR, MS,
-};
+use crate::config::{read_yaml, ConfigError, Errors, HOUR, MS};
+use crate::exporter::config::{ExporterConfig, OtlpExporterConfig};
+use crate::lifecycle::ShutdownConfig;
 use crate::memory_limiter::MemoryLimiterConfig;
+use crate::receiver::config::ReceiversConfig;
 use crate::router::ring::RingKind;
+use crate::telemetry::AdminConfig;
 
 /// A validated router config.
 #[derive(Debug, Clone)]
@@ -145,11 +146,11 @@ pub fn parse_router(text: &str) -> Result<RouterConfig, ConfigError> {
     let value = read_yaml(text)?;
     let mut errors = Errors::default();
     let Some(raw) = errors.parse::<RawRouterConfig>("", value) else {
-        return Err(errors.check().expect_err("a parse failure is recorded"));
+        return errors.finish(None);
     };
     let mut receivers: Option<ReceiversConfig> = errors.parse_section("receivers", raw.receivers);
     if let Some(r) = &mut receivers {
-        crate::config::validate_receivers(r, &raw.extensions, &mut errors);
+        crate::receiver::config::validate_receivers(r, &raw.extensions, &mut errors);
     }
     if raw.exporters.is_empty() {
         errors.push(
@@ -174,22 +175,24 @@ pub fn parse_router(text: &str) -> Result<RouterConfig, ConfigError> {
     }
     let admin: Option<AdminConfig> = errors.parse_section("admin", raw.admin);
     if let Some(a) = &admin {
-        check_endpoint(&a.endpoint, "admin.endpoint", &mut errors);
+        a.validate(&mut errors);
     }
     let shutdown: Option<ShutdownConfig> = errors.parse_section("shutdown", raw.shutdown);
     if let Some(s) = &shutdown {
         s.validate(&mut errors);
     }
-    let memory_limiter = crate::config::parse_memory_limiter(raw.memory_limiter, &mut errors);
-    errors.check()?;
-    let parsed = "every section parsed, or an error was recorded";
-    Ok(RouterConfig {
-        receivers: receivers.expect(parsed),
-        routes,
-        admin: admin.expect(parsed),
-        shutdown: shutdown.expect(parsed),
-        memory_limiter,
-    })
+    let memory_limiter =
+        crate::memory_limiter::parse_memory_limiter(raw.memory_limiter, &mut errors);
+    let config = || {
+        Some(RouterConfig {
+            receivers: receivers?,
+            routes,
+            admin: admin?,
+            shutdown: shutdown?,
+            memory_limiter,
+        })
+    };
+    errors.finish(config())
 }
 
 fn parse_route(
@@ -244,7 +247,11 @@ fn parse_route(
     let otlp_path = format!("{path}.protocol.otlp");
     let otlp: OtlpExporterConfig =
         errors.parse(&otlp_path, serde_yaml::Value::Mapping(template))?;
-    crate::config::validate_exporter(&ExporterConfig::Otlp(otlp.clone()), &otlp_path, errors);
+    crate::exporter::config::validate_exporter(
+        &ExporterConfig::Otlp(otlp.clone()),
+        &otlp_path,
+        errors,
+    );
     let resolver = match (raw.resolver.static_, raw.resolver.dns) {
         (Some(s), None) => {
             if s.hostnames.is_empty() {

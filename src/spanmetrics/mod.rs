@@ -16,13 +16,12 @@ use tokio::time::Instant;
 
 use config::{label_name, Dimension, Unit};
 pub use config::{NoIdentity, SpanMetricsConfig};
-pub use render::Format;
 use table::{Observation, Recorded, Table};
 
 use crate::otlp::scan::Scanned;
 use crate::otlp::view::{AnyValueView, Attributes, SpanView};
 use crate::otlp::TraceId;
-use crate::telemetry::{self, Registry};
+use crate::telemetry::{self, Format, Registry};
 
 /// The collector's spelling of span kinds and status codes.
 const KINDS: [&str; 6] = [

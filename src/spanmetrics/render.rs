@@ -7,32 +7,7 @@ use std::fmt::Write as _;
 use super::table::{Exemplar, Series};
 use super::{fields, SpanMetrics};
 use crate::otlp::{trace_id_hex, TraceId};
-
-/// The exposition format a scrape asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    Text,
-    OpenMetrics,
-}
-
-impl Format {
-    /// OpenMetrics when the `Accept` header lists it, as Prometheus does when exemplar
-    /// storage is on; the classic text format otherwise.
-    pub fn from_accept(accept: &str) -> Format {
-        if accept.contains("application/openmetrics-text") {
-            Format::OpenMetrics
-        } else {
-            Format::Text
-        }
-    }
-
-    pub fn content_type(self) -> &'static str {
-        match self {
-            Format::Text => "text/plain; version=0.0.4; charset=utf-8",
-            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        }
-    }
-}
+use crate::telemetry::Format;
 
 /// Escapes a label value: backslash, double quote and newline.
 pub(crate) fn escape(value: &str, out: &mut String) {

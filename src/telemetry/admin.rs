@@ -16,9 +16,11 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::Registry;
-use crate::lifecycle::{bind, StartError};
-use crate::spanmetrics::Format;
+use super::{Format, Registry};
+use serde::Deserialize;
+
+use crate::config::{check_endpoint, Errors};
+use crate::net::{bind, BindError};
 use crate::supervisor::{Group, Supervisor};
 
 /// Readiness, flipped by the process's lifecycle.
@@ -59,6 +61,32 @@ struct AdminState {
     health: Arc<Health>,
 }
 
+/// `admin`: the listener for `/metrics`, `/healthz` and `/readyz`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(default = "default_admin_endpoint")]
+    pub endpoint: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: default_admin_endpoint(),
+        }
+    }
+}
+
+fn default_admin_endpoint() -> String {
+    "0.0.0.0:8888".into()
+}
+
+impl AdminConfig {
+    pub fn validate(&self, errors: &mut Errors) {
+        check_endpoint(&self.endpoint, "admin.endpoint", errors);
+    }
+}
+
 /// A running admin listener; its task runs in a supervisor group, stopped (after
 /// in-flight scrapes) with the group.
 pub struct Admin {
@@ -74,13 +102,8 @@ impl Admin {
         health: Arc<Health>,
         supervisor: &mut Supervisor,
         group: Group,
-    ) -> Result<Admin, StartError> {
-        let listener = bind("admin", endpoint).await?;
-        let addr = listener.local_addr().map_err(|source| StartError::Bind {
-            what: "admin",
-            endpoint: endpoint.to_owned(),
-            source,
-        })?;
+    ) -> Result<Admin, BindError> {
+        let (listener, addr) = bind("admin", endpoint).await?;
         let stop = supervisor.token(group);
         supervisor.spawn(
             group,

@@ -8,6 +8,7 @@
 //! (component names, policy names, fixed outcome sets), never ids or error strings.
 
 mod admin;
+mod format;
 
 use std::sync::Arc;
 
@@ -18,7 +19,8 @@ use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
 
-pub use admin::{merge_families, Admin, Health, MetricsSource};
+pub use admin::{merge_families, Admin, AdminConfig, Health, MetricsSource};
+pub use format::Format;
 
 pub const RECEIVER_ACCEPTED_SPANS: &str = "otelcol_receiver_accepted_spans";
 pub const RECEIVER_REFUSED_SPANS: &str = "otelcol_receiver_refused_spans";

@@ -6,6 +6,7 @@
 //! them drain until the grace period ends; count what is abandoned; stop the admin
 //! listener last so the final numbers can still be scraped while draining.
 
+pub mod config;
 mod decider;
 pub mod pipeline;
 #[cfg(test)]
@@ -22,7 +23,6 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::buffer::{BufferConfig, TraceBuffer};
-use crate::config::WorkerConfig;
 use crate::exporter::ExporterSet;
 use crate::lifecycle::StartError;
 use crate::memory_limiter::MemoryLimiter;
@@ -30,6 +30,7 @@ use crate::receiver::Receivers;
 use crate::spanmetrics::SpanMetrics;
 use crate::supervisor::{Group, Supervisor, TaskFailure};
 use crate::telemetry::{Admin, Health, MetricsSource, Registry};
+use config::WorkerConfig;
 use pipeline::{DecisionSettings, Pipeline, DECISION_TICK};
 
 /// A running worker.
@@ -271,7 +272,7 @@ async fn watch_policies(
                 seen = now;
             }
         }
-        match crate::config::load_policies(&file, sample_on_first_match) {
+        match crate::policy::load_policies(&file, sample_on_first_match) {
             Ok(set) => {
                 pipeline.replace_policies(set);
                 tracing::info!(file = %file.display(), "policies reloaded");

@@ -22,8 +22,8 @@ use crate::otlp::view::SpanView;
 use crate::otlp::{Chunk, Head, RequestBuilder, TraceId};
 use crate::policy::{Decision, PolicySet, StatusCodes, Verdict};
 use crate::receiver::{check_ids, Ingest, IngestError, Ingested, Payload};
-use crate::spanmetrics::{Format, SpanMetrics};
-use crate::telemetry::{self, MetricsSource, Registry};
+use crate::spanmetrics::SpanMetrics;
+use crate::telemetry::{self, Format, MetricsSource, Registry};
 
 /// Largest export request the decision loop builds, in spans and in bytes.
 const MAX_BATCH_SPANS: u64 = 8192;

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::config::parse_worker;
 use crate::receiver::{Ingest, Payload};
+use crate::worker::config::parse_worker;
 use crate::worker::pipeline::DECISION_TICK;
 use crate::worker::Worker;
 use tailgate_testkit::{metric, request, span, trace_id};

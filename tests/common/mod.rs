@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use tailgate::config::{parse_worker, WorkerConfig};
+use tailgate::worker::config::{parse_worker, WorkerConfig};
 use tailgate::worker::Worker;
 use tailgate_testkit::Sink;
 use tonic::transport::Channel;

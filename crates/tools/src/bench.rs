@@ -20,9 +20,10 @@ use tokio::time::Instant;
 
 use crate::{drive, progress_bar, Expectations, Generator, Protocol, Report, Sender, VerifySink};
 use crate::{Outgoing, WorkloadConfig, WORKER_HEADER};
-use tailgate::config::{parse_policies, parse_worker};
 use tailgate::memory_limiter::resident_bytes_of;
+use tailgate::policy::parse_policies;
 use tailgate::telemetry::{self, LATENESS_BUCKETS_S};
+use tailgate::worker::config::parse_worker;
 use tailgate_testkit::{metric, scrape};
 
 /// What `tailgate bench` runs.

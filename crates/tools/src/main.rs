@@ -225,7 +225,7 @@ fn loadgen_options(args: LoadgenArgs) -> anyhow::Result<tailgate_tools::LoadgenO
     let workload = args.workload.config()?;
     let verify = if args.verify {
         let policies = match &args.policies {
-            None => tailgate::config::parse_policies(
+            None => tailgate::policy::parse_policies(
                 tailgate::local::DEFAULT_POLICIES,
                 "policies/default.yaml",
                 false,
@@ -234,9 +234,9 @@ fn loadgen_options(args: LoadgenArgs) -> anyhow::Result<tailgate_tools::LoadgenO
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading {}", path.display()))?;
                 if tailgate::config::read_yaml(&text)?.is_sequence() {
-                    tailgate::config::parse_policies(&text, &path.display().to_string(), false)?
+                    tailgate::policy::parse_policies(&text, &path.display().to_string(), false)?
                 } else {
-                    tailgate::config::parse_worker(&text)?.policies
+                    tailgate::worker::config::parse_worker(&text)?.policies
                 }
             }
         };

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use tailgate::config::{parse_policies, parse_worker};
+use tailgate::policy::parse_policies;
+use tailgate::worker::config::parse_worker;
 use tailgate::worker::Worker;
 use tailgate_testkit::request;
 use tailgate_tools::{

@@ -1,0 +1,241 @@
+//! The worker's config: the `tail_sampling` section (the collector's processor keys plus
+//! `max_buffered_bytes`), and the whole worker file assembled from every component's
+//! section, each parsed and validated by its owner.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::config::{read_yaml, ConfigError, Errors, FieldError, DAY, MAX_COUNT, MAX_MIB, MS};
+use crate::exporter::config::{parse_exporters, ExporterConfig};
+use crate::lifecycle::ShutdownConfig;
+use crate::memory_limiter::{parse_memory_limiter, MemoryLimiterConfig};
+use crate::policy::{load_policies, PolicySet};
+use crate::receiver::config::{validate_receivers, ReceiversConfig};
+use crate::spanmetrics::SpanMetricsConfig;
+use crate::telemetry::AdminConfig;
+
+/// `tail_sampling`, the collector's processor keys plus `max_buffered_bytes`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TailSamplingConfig {
+    #[serde(default = "default_decision_wait", with = "humantime_serde")]
+    pub decision_wait: Duration,
+    #[serde(default, with = "humantime_serde")]
+    pub decision_wait_after_root_received: Duration,
+    #[serde(default = "default_num_traces")]
+    pub num_traces: u64,
+    #[serde(default)]
+    pub expected_new_traces_per_sec: u64,
+    #[serde(default)]
+    pub decision_cache: DecisionCacheConfig,
+    #[serde(default)]
+    pub sample_on_first_match: bool,
+    #[serde(default)]
+    pub drop_pending_traces_on_shutdown: bool,
+    #[serde(default)]
+    pub block_on_overflow: bool,
+    #[serde(default)]
+    pub maximum_trace_size_bytes: u64,
+    /// Bound on the span bytes held by pending traces (0 = no bound); tailgate's addition.
+    #[serde(default = "default_max_buffered_bytes")]
+    pub max_buffered_bytes: u64,
+    /// Kept as YAML here; each policy is parsed on its own so that every bad policy is
+    /// reported, with its index, in one run.
+    #[serde(default)]
+    pub policies: Vec<serde_yaml::Value>,
+    /// A YAML file holding the policy list instead of `policies`; reloaded on SIGHUP and
+    /// when it changes.
+    #[serde(default)]
+    pub policies_file: Option<PathBuf>,
+    /// Kept spans carry the deciding policy as scope attributes.
+    #[serde(default)]
+    pub record_policy: bool,
+    /// Keep every trace, marking the decision that would have been made.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+fn default_decision_wait() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_num_traces() -> u64 {
+    50_000
+}
+fn default_max_buffered_bytes() -> u64 {
+    512 * 1024 * 1024
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionCacheConfig {
+    #[serde(default)]
+    pub sampled_cache_size: u64,
+    #[serde(default)]
+    pub non_sampled_cache_size: u64,
+}
+
+/// A validated worker config.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub receivers: ReceiversConfig,
+    pub tail_sampling: TailSamplingConfig,
+    pub policies: PolicySet,
+    pub exporters: Vec<(String, ExporterConfig)>,
+    pub admin: AdminConfig,
+    pub shutdown: ShutdownConfig,
+    /// Span metrics; off when the section is absent.
+    pub spanmetrics: Option<SpanMetricsConfig>,
+    /// Off when the section is absent.
+    pub memory_limiter: Option<MemoryLimiterConfig>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkerConfig {
+    receivers: Option<serde_yaml::Value>,
+    tail_sampling: Option<serde_yaml::Value>,
+    #[serde(default)]
+    exporters: BTreeMap<String, serde_yaml::Value>,
+    admin: Option<serde_yaml::Value>,
+    shutdown: Option<serde_yaml::Value>,
+    spanmetrics: Option<serde_yaml::Value>,
+    memory_limiter: Option<serde_yaml::Value>,
+    #[serde(default)]
+    extensions: BTreeMap<String, serde_yaml::Value>,
+}
+
+/// Reads, expands and validates a worker config file.
+pub fn load_worker(path: &Path) -> Result<WorkerConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        errors: vec![FieldError {
+            path: String::new(),
+            message: format!("cannot read {}: {e}", path.display()),
+        }],
+    })?;
+    parse_worker(&text)
+}
+
+/// Parses and validates worker config text.
+pub fn parse_worker(text: &str) -> Result<WorkerConfig, ConfigError> {
+    worker_from_yaml(read_yaml(text)?)
+}
+
+/// Validates an already expanded and parsed worker config.
+pub fn worker_from_yaml(value: serde_yaml::Value) -> Result<WorkerConfig, ConfigError> {
+    let mut errors = Errors::default();
+    let Some(raw) = errors.parse::<RawWorkerConfig>("", value) else {
+        return errors.finish(None);
+    };
+    let mut receivers: Option<ReceiversConfig> = errors.parse_section("receivers", raw.receivers);
+    if let Some(r) = &mut receivers {
+        validate_receivers(r, &raw.extensions, &mut errors);
+    }
+    let tail_sampling: Option<TailSamplingConfig> = match raw.tail_sampling {
+        None | Some(serde_yaml::Value::Null) => {
+            errors.push("tail_sampling", "is required");
+            None
+        }
+        Some(v) => errors.parse("tail_sampling", v),
+    };
+    let policies = tail_sampling.as_ref().and_then(|ts| {
+        validate_tail_sampling(ts, &mut errors);
+        match &ts.policies_file {
+            Some(file) => match load_policies(file, ts.sample_on_first_match) {
+                Ok(set) => Some(set),
+                Err(e) => {
+                    for err in e.errors {
+                        errors.push(
+                            format!("tail_sampling.policies_file: {}", err.path),
+                            err.message,
+                        );
+                    }
+                    None
+                }
+            },
+            None => Some(PolicySet::compile(
+                &ts.policies,
+                "tail_sampling.policies",
+                ts.sample_on_first_match,
+                &mut errors,
+            )),
+        }
+    });
+    let exporters = parse_exporters(raw.exporters, &mut errors);
+    let admin: Option<AdminConfig> = errors.parse_section("admin", raw.admin);
+    if let Some(a) = &admin {
+        a.validate(&mut errors);
+    }
+    let shutdown: Option<ShutdownConfig> = errors.parse_section("shutdown", raw.shutdown);
+    if let Some(s) = &shutdown {
+        s.validate(&mut errors);
+    }
+    let spanmetrics: Option<SpanMetricsConfig> = raw.spanmetrics.and_then(|v| {
+        let v = if v.is_null() {
+            serde_yaml::Value::Mapping(Default::default())
+        } else {
+            v
+        };
+        errors.parse("spanmetrics", v)
+    });
+    if let Some(sm) = &spanmetrics {
+        sm.validate(&mut errors);
+    }
+    let memory_limiter = parse_memory_limiter(raw.memory_limiter, &mut errors);
+    let config = || {
+        Some(WorkerConfig {
+            receivers: receivers?,
+            tail_sampling: tail_sampling?,
+            policies: policies?,
+            exporters,
+            admin: admin?,
+            shutdown: shutdown?,
+            spanmetrics,
+            memory_limiter,
+        })
+    };
+    errors.finish(config())
+}
+
+fn validate_tail_sampling(ts: &TailSamplingConfig, errors: &mut Errors) {
+    let p = "tail_sampling";
+    errors.within_duration(format!("{p}.decision_wait"), ts.decision_wait, MS, DAY);
+    errors.within(format!("{p}.num_traces"), ts.num_traces, 1, MAX_COUNT);
+    errors.within(
+        format!("{p}.expected_new_traces_per_sec"),
+        ts.expected_new_traces_per_sec,
+        0,
+        10_000_000,
+    );
+    for (key, value) in [
+        ("max_buffered_bytes", ts.max_buffered_bytes),
+        ("maximum_trace_size_bytes", ts.maximum_trace_size_bytes),
+    ] {
+        errors.within(format!("{p}.{key}"), value, 0, MAX_MIB * 1024 * 1024);
+    }
+    for (key, value) in [
+        ("sampled_cache_size", ts.decision_cache.sampled_cache_size),
+        (
+            "non_sampled_cache_size",
+            ts.decision_cache.non_sampled_cache_size,
+        ),
+    ] {
+        errors.within(format!("{p}.decision_cache.{key}"), value, 0, MAX_COUNT);
+    }
+    if ts.decision_wait_after_root_received > ts.decision_wait {
+        errors.push(
+            "tail_sampling.decision_wait_after_root_received",
+            "must not exceed decision_wait",
+        );
+    }
+    match (ts.policies.is_empty(), &ts.policies_file) {
+        (true, None) => errors.push("tail_sampling.policies", "at least one policy is required"),
+        (false, Some(_)) => errors.push(
+            "tail_sampling.policies_file",
+            "set policies or policies_file, not both",
+        ),
+        _ => {}
+    }
+}
