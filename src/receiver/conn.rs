@@ -122,6 +122,10 @@ impl tokio_stream::Stream for Incoming {
 pub struct IdleLimited<T> {
     inner: T,
     limit: Option<Duration>,
+    /// When bytes last moved.
+    last: Instant,
+    /// Fires at `last + limit` or earlier; moved forward when it fires early, so traffic
+    /// costs a clock read per call, not a timer update.
     deadline: Pin<Box<Sleep>>,
 }
 
@@ -133,23 +137,56 @@ impl<T> IdleLimited<T> {
         Self {
             inner,
             limit,
+            last: Instant::now(),
             deadline: Box::pin(tokio::time::sleep(limit.unwrap_or(far))),
         }
     }
 
     fn moved(&mut self) {
-        if let Some(limit) = self.limit {
-            self.deadline.as_mut().reset(Instant::now() + limit);
+        if self.limit.is_some() {
+            self.last = Instant::now();
         }
     }
 
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        self.limit.is_some() && self.deadline.as_mut().poll(cx).is_ready()
+        let Some(limit) = self.limit else {
+            return false;
+        };
+        while self.deadline.as_mut().poll(cx).is_ready() {
+            let due = self.last + limit;
+            if Instant::now() >= due {
+                return true;
+            }
+            self.deadline.as_mut().reset(due);
+        }
+        false
     }
 }
 
 fn idle() -> io::Error {
     io::Error::new(io::ErrorKind::TimedOut, "connection idle too long")
+}
+
+impl<T> IdleLimited<T> {
+    /// An IO call's result, with the idle clock reset when it moved bytes and the limit
+    /// enforced while it waits.
+    fn observe<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: Poll<io::Result<R>>,
+        moved: impl FnOnce(&R) -> bool,
+    ) -> Poll<io::Result<R>> {
+        match poll {
+            Poll::Ready(Ok(r)) => {
+                if moved(&r) {
+                    self.moved();
+                }
+                Poll::Ready(Ok(r))
+            }
+            Poll::Pending if self.expired(cx) => Poll::Ready(Err(idle())),
+            other => other,
+        }
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for IdleLimited<T> {
@@ -159,17 +196,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for IdleLimited<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
-        match Pin::new(&mut self.inner).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) => {
-                if buf.filled().len() > before {
-                    self.moved();
-                }
-                Poll::Ready(Ok(()))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending if self.expired(cx) => Poll::Ready(Err(idle())),
-            Poll::Pending => Poll::Pending,
-        }
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let after = buf.filled().len();
+        self.observe(cx, poll, |_| after > before)
     }
 }
 
@@ -179,16 +208,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleLimited<T> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.inner).poll_write(cx, data) {
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    self.moved();
-                }
-                Poll::Ready(Ok(n))
-            }
-            Poll::Pending if self.expired(cx) => Poll::Ready(Err(idle())),
-            other => other,
-        }
+        let poll = Pin::new(&mut self.inner).poll_write(cx, data);
+        self.observe(cx, poll, |n| *n > 0)
     }
 
     fn poll_write_vectored(
@@ -196,16 +217,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleLimited<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    self.moved();
-                }
-                Poll::Ready(Ok(n))
-            }
-            Poll::Pending if self.expired(cx) => Poll::Ready(Err(idle())),
-            other => other,
-        }
+        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.observe(cx, poll, |n| *n > 0)
     }
 
     fn is_write_vectored(&self) -> bool {
