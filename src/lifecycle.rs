@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::config::{Errors, Section};
 use crate::exporter::BuildError;
 use crate::net::BindError;
 use crate::receiver::ReceiverError;
@@ -41,8 +42,10 @@ impl Default for ShutdownConfig {
     }
 }
 
-impl ShutdownConfig {
-    pub fn validate(&self, errors: &mut crate::config::Errors) {
+impl Section for ShutdownConfig {
+    const KEY: &'static str = "shutdown";
+
+    fn validate(&self, errors: &mut Errors) {
         errors.within_duration(
             "shutdown.grace_period",
             self.grace_period,

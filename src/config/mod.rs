@@ -42,6 +42,13 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// A top-level section of a config file that a component owns: its key, its defaults and
+/// its checks.
+pub trait Section: DeserializeOwned + Default {
+    const KEY: &'static str;
+    fn validate(&self, errors: &mut Errors);
+}
+
 /// Collects errors while a config is checked.
 #[derive(Debug, Default)]
 pub struct Errors(Vec<FieldError>);
@@ -110,6 +117,13 @@ impl Errors {
                 None
             }
         }
+    }
+
+    /// A [`Section`] of the file: parsed (its default when missing or null), then checked.
+    pub fn section<T: Section>(&mut self, value: Option<serde_yaml::Value>) -> Option<T> {
+        let section: T = self.parse_section(T::KEY, value)?;
+        section.validate(self);
+        Some(section)
     }
 
     /// Like [`Errors::parse`], treating a missing or null section as its default.

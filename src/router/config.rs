@@ -173,14 +173,8 @@ pub fn parse_router(text: &str) -> Result<RouterConfig, ConfigError> {
             routes.push(route);
         }
     }
-    let admin: Option<AdminConfig> = errors.parse_section("admin", raw.admin);
-    if let Some(a) = &admin {
-        a.validate(&mut errors);
-    }
-    let shutdown: Option<ShutdownConfig> = errors.parse_section("shutdown", raw.shutdown);
-    if let Some(s) = &shutdown {
-        s.validate(&mut errors);
-    }
+    let admin: Option<AdminConfig> = errors.section(raw.admin);
+    let shutdown: Option<ShutdownConfig> = errors.section(raw.shutdown);
     let memory_limiter =
         crate::memory_limiter::parse_memory_limiter(raw.memory_limiter, &mut errors);
     let config = || {

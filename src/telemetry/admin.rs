@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Format, Registry};
 use serde::Deserialize;
 
-use crate::config::{check_endpoint, Errors};
+use crate::config::{check_endpoint, Errors, Section};
 use crate::net::{bind, BindError};
 use crate::supervisor::{Group, Supervisor};
 
@@ -81,8 +81,10 @@ fn default_admin_endpoint() -> String {
     "0.0.0.0:8888".into()
 }
 
-impl AdminConfig {
-    pub fn validate(&self, errors: &mut Errors) {
+impl Section for AdminConfig {
+    const KEY: &'static str = "admin";
+
+    fn validate(&self, errors: &mut Errors) {
         check_endpoint(&self.endpoint, "admin.endpoint", errors);
     }
 }

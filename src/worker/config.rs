@@ -164,14 +164,8 @@ pub fn worker_from_yaml(value: serde_yaml::Value) -> Result<WorkerConfig, Config
         }
     });
     let exporters = parse_exporters(raw.exporters, &mut errors);
-    let admin: Option<AdminConfig> = errors.parse_section("admin", raw.admin);
-    if let Some(a) = &admin {
-        a.validate(&mut errors);
-    }
-    let shutdown: Option<ShutdownConfig> = errors.parse_section("shutdown", raw.shutdown);
-    if let Some(s) = &shutdown {
-        s.validate(&mut errors);
-    }
+    let admin: Option<AdminConfig> = errors.section(raw.admin);
+    let shutdown: Option<ShutdownConfig> = errors.section(raw.shutdown);
     let spanmetrics: Option<SpanMetricsConfig> = raw.spanmetrics.and_then(|v| {
         let v = if v.is_null() {
             serde_yaml::Value::Mapping(Default::default())
