@@ -363,3 +363,14 @@ exporters:
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
 }
+
+#[test]
+fn a_policy_list_that_is_not_a_list_is_an_error() {
+    let err = errors_of(
+        "receivers: {otlp: {protocols: {grpc: {}}}}\ntail_sampling: {policies: {name: all}}\nexporters: {debug: {}}\n",
+    );
+    assert!(
+        err.contains("tail_sampling.policies: must be a list of policies"),
+        "{err}"
+    );
+}

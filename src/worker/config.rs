@@ -42,10 +42,6 @@ pub struct TailSamplingConfig {
     /// Bound on the span bytes held by pending traces (0 = no bound); tailgate's addition.
     #[serde(default = "default_max_buffered_bytes")]
     pub max_buffered_bytes: u64,
-    /// Kept as YAML here; each policy is parsed on its own so that every bad policy is
-    /// reported, with its index, in one run.
-    #[serde(default)]
-    pub policies: Vec<serde_yaml::Value>,
     /// A YAML file holding the policy list instead of `policies`; reloaded on SIGHUP and
     /// when it changes.
     #[serde(default)]
@@ -133,15 +129,25 @@ pub fn worker_from_yaml(value: serde_yaml::Value) -> Result<WorkerConfig, Config
     if let Some(r) = &mut receivers {
         validate_receivers(r, &raw.extensions, &mut errors);
     }
+    // The policy list is taken out before the section is read: each policy is compiled on
+    // its own (every bad one reported with its index), into the `PolicySet` the worker runs.
+    let mut policy_list = Vec::new();
     let tail_sampling: Option<TailSamplingConfig> = match raw.tail_sampling {
         None | Some(serde_yaml::Value::Null) => {
             errors.push("tail_sampling", "is required");
             None
         }
-        Some(v) => errors.parse("tail_sampling", v),
+        Some(mut v) => {
+            match v.as_mapping_mut().and_then(|m| m.remove("policies")) {
+                None | Some(serde_yaml::Value::Null) => {}
+                Some(serde_yaml::Value::Sequence(list)) => policy_list = list,
+                Some(_) => errors.push("tail_sampling.policies", "must be a list of policies"),
+            }
+            errors.parse("tail_sampling", v)
+        }
     };
     let policies = tail_sampling.as_ref().and_then(|ts| {
-        validate_tail_sampling(ts, &mut errors);
+        validate_tail_sampling(ts, !policy_list.is_empty(), &mut errors);
         match &ts.policies_file {
             Some(file) => match load_policies(file, ts.sample_on_first_match) {
                 Ok(set) => Some(set),
@@ -156,7 +162,7 @@ pub fn worker_from_yaml(value: serde_yaml::Value) -> Result<WorkerConfig, Config
                 }
             },
             None => Some(PolicySet::compile(
-                &ts.policies,
+                &policy_list,
                 "tail_sampling.policies",
                 ts.sample_on_first_match,
                 &mut errors,
@@ -193,7 +199,7 @@ pub fn worker_from_yaml(value: serde_yaml::Value) -> Result<WorkerConfig, Config
     errors.finish(config())
 }
 
-fn validate_tail_sampling(ts: &TailSamplingConfig, errors: &mut Errors) {
+fn validate_tail_sampling(ts: &TailSamplingConfig, has_policies: bool, errors: &mut Errors) {
     let p = "tail_sampling";
     errors.within_duration(format!("{p}.decision_wait"), ts.decision_wait, MS, DAY);
     errors.within(format!("{p}.num_traces"), ts.num_traces, 1, MAX_COUNT);
@@ -224,9 +230,9 @@ fn validate_tail_sampling(ts: &TailSamplingConfig, errors: &mut Errors) {
             "must not exceed decision_wait",
         );
     }
-    match (ts.policies.is_empty(), &ts.policies_file) {
-        (true, None) => errors.push("tail_sampling.policies", "at least one policy is required"),
-        (false, Some(_)) => errors.push(
+    match (has_policies, &ts.policies_file) {
+        (false, None) => errors.push("tail_sampling.policies", "at least one policy is required"),
+        (true, Some(_)) => errors.push(
             "tail_sampling.policies_file",
             "set policies or policies_file, not both",
         ),
