@@ -261,7 +261,6 @@ impl MemoryLimiter {
         let Some(mut used) = resident_bytes() else {
             return;
         };
-        let mut active = allocator::active_bytes();
         if used > self.soft && self.purge() {
             used = resident_bytes().unwrap_or(used);
         }
@@ -281,10 +280,7 @@ impl MemoryLimiter {
                 }
             }
         }
-        if let Some(a) = allocator::active_bytes() {
-            active = Some(a);
-        }
-        if let Some(active) = active {
+        if let Some(active) = allocator::active_bytes() {
             self.heap_active.set(active as f64);
         }
         self.resident.store(used, Ordering::Relaxed);

@@ -125,11 +125,11 @@ impl Drop for Reservation {
     }
 }
 
-/// Reads a whole body of at most `max` bytes into `reservation`: a declared length is
-/// reserved before anything is read, otherwise each chunk as it comes.
+/// Reads a whole body of at most `max` bytes into `reservation`: a declared length (the
+/// body's exact size hint, from `content-length`) is reserved before anything is read,
+/// otherwise each chunk as it comes.
 pub async fn read_body<B>(
     body: B,
-    declared: Option<u64>,
     max: usize,
     reservation: &mut Reservation,
 ) -> Result<Bytes, BodyError>
@@ -137,6 +137,7 @@ where
     B: Body,
     B::Error: std::fmt::Display,
 {
+    let declared = body.size_hint().exact();
     if let Some(length) = declared {
         if length > max as u64 {
             return Err(BodyError::TooLarge(max));
@@ -214,5 +215,86 @@ pub fn gunzip(
         if filled < step {
             return Ok(out);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use http_body::{Frame, SizeHint};
+
+    use super::*;
+
+    /// A body that declares `len` bytes and fails the test if it is ever read.
+    struct Unread(u64);
+
+    impl Body for Unread {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+            panic!("the body was read although it could not get budget");
+        }
+
+        fn size_hint(&self) -> SizeHint {
+            SizeHint::with_exact(self.0)
+        }
+    }
+
+    fn budget(bytes: u64) -> RequestBudget {
+        RequestBudget::new(bytes, &Registry::new())
+    }
+
+    #[tokio::test]
+    async fn a_declared_body_over_the_budget_is_refused_before_it_is_read() {
+        let budget = budget(64 * 1024);
+        let mut reservation = budget.reservation();
+        let refused = read_body(Unread(65 * 1024), 1 << 20, &mut reservation).await;
+        assert!(matches!(refused, Err(BodyError::Exhausted)));
+        let too_large = read_body(Unread(2 << 20), 1 << 20, &mut reservation).await;
+        assert!(matches!(too_large, Err(BodyError::TooLarge(_))));
+    }
+
+    #[tokio::test]
+    async fn budget_is_held_until_the_reservation_is_dropped() {
+        let budget = budget(64 * 1024);
+        let mut first = budget.reservation();
+        let body = http_body_util::Full::new(Bytes::from(vec![7u8; 40 * 1024]));
+        assert_eq!(
+            read_body(body, 1 << 20, &mut first).await.unwrap().len(),
+            40 * 1024
+        );
+        let mut second = budget.reservation();
+        assert!(matches!(second.grow(40 * 1024), Err(BodyError::Exhausted)));
+        drop(first);
+        assert!(second.grow(40 * 1024).is_ok());
+    }
+
+    #[test]
+    fn every_gzip_member_is_inflated_within_the_limit() {
+        let mut body = Vec::new();
+        for part in [&b"first member, "[..], &b"second member"[..]] {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(part).unwrap();
+            body.extend(gz.finish().unwrap());
+        }
+        let budget = budget(1 << 20);
+        let mut reservation = budget.reservation();
+        let inflated = gunzip(&body, 5, 1024, &mut reservation).unwrap();
+        assert_eq!(&inflated[5..], b"first member, second member");
+        assert!(matches!(
+            gunzip(&body, 0, 10, &mut reservation),
+            Err(BodyError::TooLarge(10))
+        ));
+        assert!(matches!(
+            gunzip(&body[..body.len() - 3], 0, 1024, &mut reservation),
+            Err(BodyError::Gzip(_))
+        ));
     }
 }

@@ -147,7 +147,7 @@ impl TraceServer {
         B::Error: std::fmt::Display,
     {
         let max = self.max_message_bytes;
-        let framed = read_body(body, None, max + PREFIX, reservation)
+        let framed = read_body(body, max + PREFIX, reservation)
             .await
             .map_err(|e| body_status(e, max))?;
         if framed.len() < PREFIX {

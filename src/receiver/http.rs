@@ -176,12 +176,8 @@ async fn export(State(s): State<HttpState>, headers: HeaderMap, body: Body) -> R
             )
         }
     };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
     let mut reservation = s.budget.reservation();
-    let body = match read_body(body, declared, s.max_body, &mut reservation).await {
+    let body = match read_body(body, s.max_body, &mut reservation).await {
         Ok(body) if gzip => gunzip(&body, 0, s.max_body, &mut reservation).map(Bytes::from),
         other => other,
     };
