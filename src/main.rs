@@ -46,12 +46,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    tailgate::telemetry::init_logging();
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Local { config: None }) {
         Command::Local { config } => {

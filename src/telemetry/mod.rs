@@ -22,6 +22,17 @@ use metrics_exporter_prometheus::{
 pub use admin::{merge_families, Admin, AdminConfig, Health, MetricsSource};
 pub use format::Format;
 
+/// Logs to stderr for a binary of the project (the service and the tools), at `info`
+/// unless `RUST_LOG` says otherwise.
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+}
+
 pub const RECEIVER_ACCEPTED_SPANS: &str = "otelcol_receiver_accepted_spans";
 pub const RECEIVER_REFUSED_SPANS: &str = "otelcol_receiver_refused_spans";
 pub const PROCESSOR_REFUSED_SPANS: &str = "otelcol_processor_refused_spans";

@@ -163,12 +163,7 @@ struct BenchArgs {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    tailgate::telemetry::init_logging();
     match Cli::parse().command {
         Command::Loadgen(args) => run_tool(async move {
             let outcome = tailgate_tools::run(loadgen_options(*args)?).await?;
