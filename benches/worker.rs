@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
+use tailgate::membership::ring::{Ring, RingKind};
 use tailgate::otlp::view::SpanView;
 use tailgate::otlp::{scan, RequestBuilder};
 use tailgate::policy::parse_policies;
 use tailgate::receiver::{Ingest, Payload};
-use tailgate::router::ring::{Ring, RingKind};
 use tailgate::spanmetrics::{SpanMetrics, SpanMetricsConfig};
 use tailgate::telemetry::Registry;
 use tailgate::worker::config::parse_worker;
@@ -81,7 +81,11 @@ admin: {{endpoint: "127.0.0.1:0"}}
                 let started = Instant::now();
                 for r in &requests {
                     pipeline
-                        .ingest(Payload::Protobuf(r.clone()), tokio::time::Instant::now())
+                        .ingest(
+                            Payload::Protobuf(r.clone()),
+                            None,
+                            tokio::time::Instant::now(),
+                        )
                         .unwrap();
                 }
                 timed += started.elapsed();

@@ -20,6 +20,7 @@ pub mod config;
 pub mod exporter;
 pub mod lifecycle;
 pub mod local;
+pub mod membership;
 pub mod memory_limiter;
 pub mod net;
 pub mod otlp;

@@ -20,7 +20,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Errors;
-use crate::receiver::{Ingest, IngestError, Ingested, Payload};
+use crate::receiver::{Ingest, IngestError, Ingested, Payload, Relay};
 use crate::telemetry::{self, Registry};
 
 const MIB: u64 = 1024 * 1024;
@@ -337,13 +337,18 @@ struct Guarded {
 }
 
 impl Ingest for Guarded {
-    fn ingest(&self, request: Payload, now: Instant) -> Result<Ingested, IngestError> {
+    fn ingest(
+        &self,
+        request: Payload,
+        relay: Option<&Relay>,
+        now: Instant,
+    ) -> Result<Ingested, IngestError> {
         if self.limiter.refusing() {
             let spans = request.span_count();
             self.limiter.refused.increment(spans);
             return Err(IngestError::Overloaded("memory limit reached"));
         }
-        self.inner.ingest(request, now)
+        self.inner.ingest(request, relay, now)
     }
 }
 

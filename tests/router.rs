@@ -6,8 +6,8 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use tailgate::membership::ring::{Ring, RingKind};
 use tailgate::router::config::parse_router;
-use tailgate::router::ring::{Ring, RingKind};
 use tailgate::router::Router;
 use tailgate::worker::Worker;
 use tailgate_testkit::{all_spans, metric, request, roots, span, trace_id, Sink};

@@ -132,6 +132,11 @@ impl TraceBuffer {
         self.buffered_spans.load(Ordering::Relaxed)
     }
 
+    /// Whether `id` is pending here.
+    pub fn holds(&self, id: &TraceId) -> bool {
+        self.map.contains_key(id)
+    }
+
     /// Whether a limit is reached; what
     /// `block_on_overflow` refuses on instead of evicting.
     pub fn is_full(&self) -> bool {

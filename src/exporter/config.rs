@@ -377,3 +377,41 @@ pub fn validate_exporter(config: &ExporterConfig, path: &str, errors: &mut Error
         );
     }
 }
+
+/// An `otlp` exporter config every member of a fleet shares (a `loadbalancing` exporter's
+/// `protocol.otlp`, a worker's `membership.protocol.otlp`), at `path`: each member's
+/// endpoint replaces the placeholder, so the template may not set one.
+pub fn parse_otlp_template(
+    value: Option<serde_yaml::Value>,
+    path: &str,
+    errors: &mut Errors,
+) -> Option<OtlpExporterConfig> {
+    let mut template = match value {
+        Some(serde_yaml::Value::Mapping(m)) => m,
+        None | Some(serde_yaml::Value::Null) => Default::default(),
+        Some(_) => {
+            errors.push(path, "must be a mapping");
+            return None;
+        }
+    };
+    if template.contains_key("endpoint") {
+        errors.push(
+            format!("{path}.endpoint"),
+            "is set per member by the resolver",
+        );
+    }
+    template.insert("endpoint".into(), "placeholder:4317".into());
+    let otlp: OtlpExporterConfig = errors.parse(path, serde_yaml::Value::Mapping(template))?;
+    validate_exporter(&ExporterConfig::Otlp(otlp.clone()), path, errors);
+    Some(otlp)
+}
+
+/// The address a fleet member is dialled at: the ring string, with `:4317` when it has no
+/// port (the collector's `endpointWithPort`; the ring keeps the string as resolved).
+pub fn endpoint_with_port(endpoint: &str) -> String {
+    if endpoint.contains(':') {
+        endpoint.to_owned()
+    } else {
+        format!("{endpoint}:4317")
+    }
+}

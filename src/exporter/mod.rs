@@ -101,6 +101,17 @@ pub enum SendError {
 /// routing).
 pub type AttemptObserver = Arc<dyn Fn(bool) + Send + Sync>;
 
+/// Takes a request that could not be sent (retries spent), instead of it being counted as
+/// failed: a worker decides spans itself when the peer holding their trace is gone.
+pub type Fallback = Arc<dyn Fn(EncodedRequest) + Send + Sync>;
+
+/// What a fleet member's exporter is told about its sends.
+#[derive(Clone, Default)]
+pub struct Hooks {
+    pub observe: Option<AttemptObserver>,
+    pub fallback: Option<Fallback>,
+}
+
 /// A successful send; `rejected` spans were refused by the backend's partial success.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Sent {
@@ -165,27 +176,27 @@ impl ExporterSet {
         configs: &[(String, ExporterConfig)],
         registry: &Registry,
     ) -> Result<Self, BuildError> {
-        Self::build(configs, registry, None, None)
+        Self::build(configs, registry, None, Hooks::default())
     }
 
-    /// One `otlp` exporter for a router's backend at `endpoint`, with the load balancer's
-    /// per-backend metrics; `observe` hears about every send attempt.
+    /// One `otlp` exporter for a fleet member at `endpoint` (a router's backend, a
+    /// worker's peer), with the load balancer's per-backend metrics and `hooks`.
     pub fn start_backend(
         name: &str,
         config: OtlpExporterConfig,
         endpoint: &str,
-        observe: AttemptObserver,
+        hooks: Hooks,
         registry: &Registry,
     ) -> Result<Self, BuildError> {
         let configs = [(name.to_owned(), ExporterConfig::Otlp(config))];
-        Self::build(&configs, registry, Some(endpoint), Some(observe))
+        Self::build(&configs, registry, Some(endpoint), hooks)
     }
 
     fn build(
         configs: &[(String, ExporterConfig)],
         registry: &Registry,
         backend: Option<&str>,
-        observe: Option<AttemptObserver>,
+        hooks: Hooks,
     ) -> Result<Self, BuildError> {
         let mut tasks = JoinSet::new();
         let mut exporters = Vec::with_capacity(configs.len());
@@ -229,7 +240,7 @@ impl ExporterSet {
                     exporter.rx.clone(),
                     sink.clone(),
                     retry.clone(),
-                    observe.clone(),
+                    hooks.clone(),
                     exporter.metrics.clone(),
                     exporter.in_flight.clone(),
                 ));
@@ -361,7 +372,7 @@ async fn consume(
     rx: async_channel::Receiver<EncodedRequest>,
     sink: Arc<Sink>,
     retry: Option<RetryConfig>,
-    observe: Option<AttemptObserver>,
+    hooks: Hooks,
     metrics: Arc<ExporterMetrics>,
     in_flight: Arc<AtomicU64>,
 ) {
@@ -373,7 +384,7 @@ async fn consume(
             &sink,
             &request,
             retry.as_ref(),
-            observe.as_ref(),
+            hooks.observe.as_ref(),
             &metrics.resent,
         )
         .await;
@@ -399,7 +410,10 @@ async fn consume(
             }
             Err(e) => {
                 tracing::warn!(exporter = %name, spans = request.spans, error = %e, "export failed");
-                metrics.send_failed.increment(request.spans);
+                match &hooks.fallback {
+                    Some(fallback) => fallback(request),
+                    None => metrics.send_failed.increment(request.spans),
+                }
             }
         }
     }

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::admission::{gunzip, read_body, BodyError, RequestBudget};
 use super::conn::{ended, Incoming};
 use super::security::{tls_incoming, BearerAuth, Security};
-use super::{response, Ingest, IngestError, Payload, ReceiverMetrics};
+use super::{response, Ingest, IngestError, Payload, ReceiverMetrics, Relay};
 
 const PROTOBUF: &str = "application/x-protobuf";
 const JSON: &str = "application/json";
@@ -199,7 +199,10 @@ async fn export(State(s): State<HttpState>, headers: HeaderMap, body: Body) -> R
         },
     };
     let total = request.span_count();
-    let result = s.pipeline.ingest(request, tokio::time::Instant::now());
+    let relay = Relay::from_headers(&headers);
+    let result = s
+        .pipeline
+        .ingest(request, relay.as_ref(), tokio::time::Instant::now());
     s.metrics.record(&result, total);
     match result {
         Ok(ingested) => {

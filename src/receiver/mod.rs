@@ -93,9 +93,60 @@ fn invalid(e: impl std::fmt::Display) -> IngestError {
     IngestError::InvalidArgument(format!("invalid OTLP request: {e}"))
 }
 
-/// What receivers hand their requests to.
+/// The request header naming a request one worker sends another (the membership
+/// handover protocol), and the header naming the sender as the resolver lists it.
+pub const RELAY_HEADER: &str = "tailgate-relay";
+pub const RELAY_FROM_HEADER: &str = "tailgate-relay-from";
+
+/// How a worker passed a request on to another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RelayKind {
+    /// To the trace's owner on the sender's ring; the receiver takes the trace as owner.
+    Forward,
+    /// To a previous owner: take the spans if you hold the trace, else hand them on.
+    Offer,
+    /// Taken by the receiver, whatever it holds.
+    Final,
+}
+
+impl RelayKind {
+    pub const ALL: [RelayKind; 3] = [RelayKind::Forward, RelayKind::Offer, RelayKind::Final];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RelayKind::Forward => "forward",
+            RelayKind::Offer => "offer",
+            RelayKind::Final => "final",
+        }
+    }
+}
+
+/// A relayed request's marks, as the headers carry them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relay {
+    pub kind: RelayKind,
+    /// The sender's endpoint as the resolver lists it.
+    pub from: String,
+}
+
+impl Relay {
+    /// The marks of a request, when both headers are present and valid.
+    pub fn from_headers(headers: &::http::HeaderMap) -> Option<Relay> {
+        let kind = headers.get(RELAY_HEADER)?.to_str().ok()?;
+        let kind = RelayKind::ALL.into_iter().find(|k| k.as_str() == kind)?;
+        let from = headers.get(RELAY_FROM_HEADER)?.to_str().ok()?.to_owned();
+        Some(Relay { kind, from })
+    }
+}
+
+/// What receivers hand their requests to; `relay` marks a request another worker sent.
 pub trait Ingest: Send + Sync + 'static {
-    fn ingest(&self, request: Payload, now: tokio::time::Instant) -> Result<Ingested, IngestError>;
+    fn ingest(
+        &self,
+        request: Payload,
+        relay: Option<&Relay>,
+        now: tokio::time::Instant,
+    ) -> Result<Ingested, IngestError>;
 }
 
 /// Tallies the id checks of a request's spans: the counts of valid and invalid spans and

@@ -2,17 +2,16 @@
 //! `loadbalancing[/name]` exporters with the collector's keys (routing key, protocol
 //! template, resolver) plus tailgate's ring choice.
 
-use std::collections::BTreeMap;
-use std::time::Duration;
-
 use serde::Deserialize;
+use std::collections::BTreeMap;
 
-use crate::config::{read_yaml, ConfigError, Errors, HOUR, MS};
-use crate::exporter::config::{ExporterConfig, OtlpExporterConfig};
+use crate::config::{read_yaml, ConfigError, Errors};
+use crate::exporter::config::{parse_otlp_template, OtlpExporterConfig};
 use crate::lifecycle::ShutdownConfig;
+use crate::membership::resolver::{RawResolver, Resolver};
+use crate::membership::ring::{default_ring_version, ring_kind, RingChoice, RingKind};
 use crate::memory_limiter::MemoryLimiterConfig;
 use crate::receiver::config::ReceiversConfig;
-use crate::router::ring::RingKind;
 use crate::telemetry::AdminConfig;
 
 /// A validated router config.
@@ -49,47 +48,6 @@ pub enum RoutingKey {
     Attributes,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum RingChoice {
-    #[default]
-    Collector,
-    Balanced,
-}
-
-#[derive(Debug, Clone)]
-pub enum Resolver {
-    Static(Vec<String>),
-    Dns(DnsConfig),
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DnsConfig {
-    pub hostname: String,
-    /// Appended to every address; without it the ring holds bare addresses and the
-    /// router dials port 4317, as the collector does.
-    #[serde(default)]
-    pub port: Option<u16>,
-    #[serde(default = "default_interval", with = "humantime_serde")]
-    pub interval: Duration,
-    #[serde(default = "default_timeout", with = "humantime_serde")]
-    pub timeout: Duration,
-    /// `ip:port` of the DNS server to ask instead of the system's (tailgate's addition).
-    #[serde(default)]
-    pub nameserver: Option<String>,
-}
-
-fn default_interval() -> Duration {
-    Duration::from_secs(5)
-}
-fn default_timeout() -> Duration {
-    Duration::from_secs(1)
-}
-fn two() -> u8 {
-    2
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRouterConfig {
@@ -112,7 +70,7 @@ struct RawLoadBalancing {
     routing_attributes: Vec<String>,
     #[serde(default)]
     ring: RingChoice,
-    #[serde(default = "two")]
+    #[serde(default = "default_ring_version")]
     ring_version: u8,
     #[serde(default)]
     protocol: RawProtocol,
@@ -124,21 +82,6 @@ struct RawLoadBalancing {
 struct RawProtocol {
     #[serde(default)]
     otlp: Option<serde_yaml::Value>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawResolver {
-    #[serde(default, rename = "static")]
-    static_: Option<StaticConfig>,
-    #[serde(default)]
-    dns: Option<DnsConfig>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StaticConfig {
-    hostnames: Vec<String>,
 }
 
 /// Parses and validates router config text.
@@ -196,17 +139,7 @@ fn parse_route(
     errors: &mut Errors,
 ) -> Option<RouteConfig> {
     let raw: RawLoadBalancing = errors.parse(path, value)?;
-    let ring = match (raw.ring, raw.ring_version) {
-        (RingChoice::Balanced, _) => RingKind::Balanced,
-        (RingChoice::Collector, v @ (1 | 2)) => RingKind::Collector(v),
-        (RingChoice::Collector, v) => {
-            errors.push(
-                format!("{path}.ring_version"),
-                format!("{v} is not a verified ring version; use 1 or 2"),
-            );
-            return None;
-        }
-    };
+    let ring = ring_kind(raw.ring, raw.ring_version, path, errors)?;
     match (raw.routing_key, raw.routing_attributes.is_empty()) {
         (RoutingKey::Attributes, true) => {
             errors.push(
@@ -222,71 +155,8 @@ fn parse_route(
         }
         _ => {}
     }
-    // The template is an otlp exporter config whose endpoint each backend replaces.
-    let mut template = match raw.protocol.otlp {
-        Some(serde_yaml::Value::Mapping(m)) => m,
-        None | Some(serde_yaml::Value::Null) => Default::default(),
-        Some(_) => {
-            errors.push(format!("{path}.protocol.otlp"), "must be a mapping");
-            return None;
-        }
-    };
-    if template.contains_key("endpoint") {
-        errors.push(
-            format!("{path}.protocol.otlp.endpoint"),
-            "is set per backend by the resolver",
-        );
-    }
-    template.insert("endpoint".into(), "placeholder:4317".into());
-    let otlp_path = format!("{path}.protocol.otlp");
-    let otlp: OtlpExporterConfig =
-        errors.parse(&otlp_path, serde_yaml::Value::Mapping(template))?;
-    crate::exporter::config::validate_exporter(
-        &ExporterConfig::Otlp(otlp.clone()),
-        &otlp_path,
-        errors,
-    );
-    let resolver = match (raw.resolver.static_, raw.resolver.dns) {
-        (Some(s), None) => {
-            if s.hostnames.is_empty() {
-                errors.push(
-                    format!("{path}.resolver.static.hostnames"),
-                    "needs at least one hostname",
-                );
-            }
-            Resolver::Static(s.hostnames)
-        }
-        (None, Some(d)) => {
-            if d.hostname.is_empty() {
-                errors.push(format!("{path}.resolver.dns.hostname"), "is required");
-            }
-            let dns = format!("{path}.resolver.dns");
-            errors.within_duration(
-                format!("{dns}.interval"),
-                d.interval,
-                Duration::from_millis(100),
-                HOUR,
-            );
-            errors.within_duration(format!("{dns}.timeout"), d.timeout, MS, HOUR);
-            if let Some(ns) = &d.nameserver {
-                if ns.parse::<std::net::SocketAddr>().is_err() {
-                    errors.push(
-                        format!("{path}.resolver.dns.nameserver"),
-                        format!("{ns:?} is not ip:port"),
-                    );
-                }
-            }
-            Resolver::Dns(d)
-        }
-        (None, None) => {
-            errors.push(format!("{path}.resolver"), "set static or dns");
-            return None;
-        }
-        (Some(_), Some(_)) => {
-            errors.push(format!("{path}.resolver"), "set only one of static and dns");
-            return None;
-        }
-    };
+    let otlp = parse_otlp_template(raw.protocol.otlp, &format!("{path}.protocol.otlp"), errors)?;
+    let resolver = raw.resolver.validate(&format!("{path}.resolver"), errors)?;
     Some(RouteConfig {
         name: id.to_owned(),
         routing_key: raw.routing_key,
@@ -295,14 +165,4 @@ fn parse_route(
         otlp,
         resolver,
     })
-}
-
-/// The address a backend is dialled at: the ring string, with `:4317` when it has no port
-/// (the collector's `endpointWithPort`; the ring keeps the string as resolved).
-pub fn endpoint_with_port(endpoint: &str) -> String {
-    if endpoint.contains(':') {
-        endpoint.to_owned()
-    } else {
-        format!("{endpoint}:4317")
-    }
 }

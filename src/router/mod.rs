@@ -6,8 +6,6 @@
 //! refused whole with a retryable status, so nothing is half-sent and retried twice.
 
 pub mod config;
-mod resolver;
-pub mod ring;
 mod route;
 
 use std::convert::Infallible;
@@ -18,8 +16,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::lifecycle::StartError;
+use crate::membership::resolver;
 use crate::memory_limiter::MemoryLimiter;
-use crate::receiver::{check_ids, Ingest, IngestError, Ingested, Payload, Receivers};
+use crate::receiver::{check_ids, Ingest, IngestError, Ingested, Payload, Receivers, Relay};
 use crate::supervisor::{Group, Supervisor, TaskFailure};
 use crate::telemetry::{self, Admin, Health, Registry};
 use config::RouterConfig;
@@ -32,7 +31,13 @@ struct Routes {
 }
 
 impl Ingest for Routes {
-    fn ingest(&self, request: Payload, _now: Instant) -> Result<Ingested, IngestError> {
+    /// Relay marks are a worker's business; a router routes every request alike.
+    fn ingest(
+        &self,
+        request: Payload,
+        _relay: Option<&Relay>,
+        _now: Instant,
+    ) -> Result<Ingested, IngestError> {
         let request = request.scan()?;
         let checked = check_ids(&request)?;
         let plans = self
@@ -102,7 +107,13 @@ impl Router {
             .collect();
         let stop = supervisor.token(groups.membership);
         for route in &routes {
-            resolver::start(route.clone(), &mut supervisor, groups.membership).await;
+            resolver::start(
+                &route.config().resolver,
+                route.clone(),
+                &mut supervisor,
+                groups.membership,
+            )
+            .await;
             supervisor.spawn(
                 groups.membership,
                 "backend probe",
@@ -196,6 +207,3 @@ async fn probe_loop(route: Arc<Route>, stop: CancellationToken) -> Result<(), In
         }
     }
 }
-
-#[cfg(test)]
-mod tests;

@@ -12,23 +12,16 @@ use std::time::Duration;
 use metrics::{Counter, Gauge};
 use tokio::time::Instant;
 
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-
-use super::config::{endpoint_with_port, RouteConfig, RoutingKey};
-use super::resolver::Resolution;
-use super::ring::Ring;
-use crate::exporter::{AttemptObserver, ExporterSet};
+use super::config::{RouteConfig, RoutingKey};
+use crate::exporter::config::endpoint_with_port;
+use crate::exporter::{AttemptObserver, ExporterSet, Hooks};
+use crate::membership::resolver::{Follow, Resolution};
+use crate::membership::ring::Ring;
 use crate::otlp::scan::Scanned;
 use crate::otlp::view::{AnyValueView, Attributes, SpanView};
 use crate::otlp::RequestBuilder;
 use crate::receiver::{IngestError, Payload};
 use crate::telemetry::{self, Registry};
-
-/// A resolver's stream of answers ended while the route still followed it.
-#[derive(Debug, thiserror::Error)]
-#[error("the resolver stopped sending membership updates")]
-pub(crate) struct ResolverGone;
 
 /// Consecutive unreachable attempts that quarantine a backend.
 const QUARANTINE_AFTER: u32 = 3;
@@ -86,10 +79,7 @@ pub(crate) struct Plan {
 
 impl Route {
     pub(crate) fn new(config: RouteConfig, registry: &Registry, grace: Duration) -> Self {
-        let resolver_label = match config.resolver {
-            super::config::Resolver::Static(_) => "static",
-            super::config::Resolver::Dns(_) => "dns",
-        };
+        let resolver_label = config.resolver.label();
         let resolutions = |success| {
             registry.counter(
                 telemetry::LB_NUM_RESOLUTIONS,
@@ -133,97 +123,6 @@ impl Route {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
-    }
-
-    /// Follows a resolver's answers until `stop`; a resolver that stops answering (its
-    /// channel closed) ends this task, which the supervisor reports.
-    pub(crate) async fn follow(
-        self: Arc<Self>,
-        mut updates: mpsc::Receiver<Resolution>,
-        stop: CancellationToken,
-    ) -> Result<(), ResolverGone> {
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return Ok(()),
-                update = updates.recv() => match update {
-                    Some(resolution) => self.apply(resolution),
-                    None => return Err(ResolverGone),
-                },
-            }
-        }
-    }
-
-    /// Applies one resolution. A failure is counted and the current members stay. A
-    /// changed endpoint list (sorted, as the collector sorts it) builds a new ring that is
-    /// swapped in at once; clients of backends that stay are kept; removed backends are
-    /// drained in the background and what they still had queued is routed again.
-    pub(crate) fn apply(self: &Arc<Self>, resolution: Resolution) {
-        let Resolution::Members(mut endpoints) = resolution else {
-            self.resolutions_failed.increment(1);
-            return;
-        };
-        self.resolutions_ok.increment(1);
-        endpoints.sort();
-        let old = self.members();
-        if old.ring.endpoints() == endpoints.as_slice() {
-            return;
-        }
-        let existing: HashMap<&str, &Arc<Backend>> = old
-            .backends
-            .iter()
-            .map(|b| (b.endpoint.as_str(), b))
-            .collect();
-        let mut backends = Vec::with_capacity(endpoints.len());
-        let mut usable = Vec::with_capacity(endpoints.len());
-        for e in &endpoints {
-            if let Some(b) = existing.get(e.as_str()) {
-                backends.push(Arc::clone(b));
-                usable.push(e.clone());
-                continue;
-            }
-            let mut otlp = self.config.otlp.clone();
-            otlp.endpoint = endpoint_with_port(e);
-            let name = format!("{}/{e}", self.config.name);
-            let health = Arc::new(Health::default());
-            match ExporterSet::start_backend(
-                &name,
-                otlp,
-                e,
-                self.observer(e, &health),
-                &self.registry,
-            ) {
-                Ok(exporters) => {
-                    backends.push(Arc::new(Backend {
-                        endpoint: e.clone(),
-                        exporters,
-                        health,
-                    }));
-                    usable.push(e.clone());
-                }
-                Err(err) => {
-                    tracing::error!(endpoint = %e, error = %err, "cannot create a client for this backend; left out of the ring")
-                }
-            }
-        }
-        let new = Arc::new(Members {
-            ring: Ring::new(self.config.ring, usable),
-            backends,
-        });
-        *self.members.write().unwrap_or_else(|p| p.into_inner()) = new.clone();
-        self.num_backends.set(new.backends.len() as f64);
-        self.backend_updates.increment(1);
-        tracing::info!(route = %self.config.name, resolver = self.resolver_label, backends = ?new.ring.endpoints(), "ring updated");
-        let removed: Vec<Arc<Backend>> = old
-            .backends
-            .iter()
-            .filter(|b| !new.ring.endpoints().contains(&b.endpoint))
-            .cloned()
-            .collect();
-        let mut retiring = self.retiring.lock().unwrap_or_else(|p| p.into_inner());
-        for backend in removed {
-            let route = Arc::clone(self);
-            retiring.spawn(async move { route.retire(backend).await });
-        }
     }
 
     /// Counts a backend's send attempts: after `QUARANTINE_AFTER` unreachable attempts in a
@@ -382,6 +281,84 @@ impl Route {
     }
 }
 
+impl Follow for Route {
+    /// Applies one resolution. A failure is counted and the current members stay. A
+    /// changed endpoint list (sorted, as the collector sorts it) builds a new ring that is
+    /// swapped in at once; clients of backends that stay are kept; removed backends are
+    /// drained in the background and what they still had queued is routed again.
+    fn apply(self: &Arc<Self>, resolution: Resolution) {
+        let Resolution::Members(mut endpoints) = resolution else {
+            self.resolutions_failed.increment(1);
+            return;
+        };
+        self.resolutions_ok.increment(1);
+        endpoints.sort();
+        let old = self.members();
+        if old.ring.endpoints() == endpoints.as_slice() {
+            return;
+        }
+        let existing: HashMap<&str, &Arc<Backend>> = old
+            .backends
+            .iter()
+            .map(|b| (b.endpoint.as_str(), b))
+            .collect();
+        let mut backends = Vec::with_capacity(endpoints.len());
+        let mut usable = Vec::with_capacity(endpoints.len());
+        for e in &endpoints {
+            if let Some(b) = existing.get(e.as_str()) {
+                backends.push(Arc::clone(b));
+                usable.push(e.clone());
+                continue;
+            }
+            let mut otlp = self.config.otlp.clone();
+            otlp.endpoint = endpoint_with_port(e);
+            let name = format!("{}/{e}", self.config.name);
+            let health = Arc::new(Health::default());
+            match ExporterSet::start_backend(
+                &name,
+                otlp,
+                e,
+                Hooks {
+                    observe: Some(self.observer(e, &health)),
+                    fallback: None,
+                },
+                &self.registry,
+            ) {
+                Ok(exporters) => {
+                    backends.push(Arc::new(Backend {
+                        endpoint: e.clone(),
+                        exporters,
+                        health,
+                    }));
+                    usable.push(e.clone());
+                }
+                Err(err) => {
+                    tracing::error!(endpoint = %e, error = %err, "cannot create a client for this backend; left out of the ring")
+                }
+            }
+        }
+        let new = Arc::new(Members {
+            ring: Ring::new(self.config.ring, usable),
+            backends,
+        });
+        *self.members.write().unwrap_or_else(|p| p.into_inner()) = new.clone();
+        self.num_backends.set(new.backends.len() as f64);
+        self.backend_updates.increment(1);
+        tracing::info!(route = %self.config.name, resolver = self.resolver_label, backends = ?new.ring.endpoints(), "ring updated");
+        let removed: Vec<Arc<Backend>> = old
+            .backends
+            .iter()
+            .filter(|b| !new.ring.endpoints().contains(&b.endpoint))
+            .cloned()
+            .collect();
+        let mut retiring = self.retiring.lock().unwrap_or_else(|p| p.into_inner());
+        for backend in removed {
+            let route = Arc::clone(self);
+            retiring.spawn(async move { route.retire(backend).await });
+        }
+    }
+}
+
 impl Plan {
     /// Whether any backend this plan sends to has a full queue.
     pub(crate) fn blocked(&self) -> bool {
@@ -411,8 +388,11 @@ mod tests {
     use std::net::SocketAddr;
 
     use prost::Message;
+    use tokio::sync::mpsc;
+    use tokio_util::sync::CancellationToken;
 
     use super::*;
+    use crate::membership::resolver;
     use tailgate_testkit::{metric, request, span, trace_id};
 
     /// A port on loopback that nothing listens on (bound, then released).
@@ -450,7 +430,7 @@ exporters:
     fn follow(route: &Arc<Route>) -> (mpsc::Sender<Resolution>, CancellationToken) {
         let (tx, rx) = mpsc::channel(4);
         let stop = CancellationToken::new();
-        tokio::spawn(route.clone().follow(rx, stop.clone()));
+        tokio::spawn(resolver::follow(route.clone(), rx, stop.clone()));
         (tx, stop)
     }
 
@@ -519,7 +499,11 @@ exporters:
         let registry = Registry::new();
         let route = route(&registry, 1);
         let (tx, rx) = mpsc::channel(1);
-        let follower = tokio::spawn(route.clone().follow(rx, CancellationToken::new()));
+        let follower = tokio::spawn(resolver::follow(
+            route.clone(),
+            rx,
+            CancellationToken::new(),
+        ));
         drop(tx);
         assert!(follower.await.unwrap().is_err());
     }

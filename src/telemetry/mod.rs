@@ -76,6 +76,14 @@ pub const ROUTER_REROUTED_SPANS: &str = "tailgate_router_rerouted_spans";
 
 /// Backends taken out of routing (`event="quarantined"`) and back (`event="recovered"`).
 pub const ROUTER_QUARANTINES: &str = "tailgate_loadbalancer_backend_quarantine";
+pub const MEMBERSHIP_RING_VERSION: &str = "tailgate_membership_ring_version";
+pub const MEMBERSHIP_MEMBERS: &str = "tailgate_membership_members";
+pub const MEMBERSHIP_RING_CHANGES: &str = "tailgate_membership_ring_changes";
+pub const MEMBERSHIP_RELAYED_SPANS: &str = "tailgate_membership_relayed_spans";
+pub const MEMBERSHIP_OFFERS: &str = "tailgate_membership_offers";
+pub const MEMBERSHIP_HOLDER_GONE_SPANS: &str = "tailgate_membership_holder_gone_spans";
+pub const MEMBERSHIP_UNTRUSTED_RELAYS: &str = "tailgate_membership_untrusted_relays";
+pub const MEMBERSHIP_MARKER_EVICTIONS: &str = "tailgate_membership_marker_evictions";
 
 /// Resident memory as the memory limiter last saw it.
 pub const PROCESS_RESIDENT_MEMORY: &str = "tailgate_process_resident_memory";
@@ -168,6 +176,14 @@ const DESCRIPTIONS: &[Description] = &[
     (LB_BACKEND_OUTCOME, Kind::Counter, None, "Requests sent to a backend, by success."),
     (ROUTER_REROUTED_SPANS, Kind::Counter, None, "Spans moved from a removed backend's queue onto the new ring."),
     (ROUTER_QUARANTINES, Kind::Counter, None, "Backends quarantined after repeated unreachable sends, and recovered by a probe."),
+    (MEMBERSHIP_RING_VERSION, Kind::Gauge, None, "The version of this worker's current ring; each membership change adds one."),
+    (MEMBERSHIP_MEMBERS, Kind::Gauge, None, "Workers on this worker's current ring: the fleet size."),
+    (MEMBERSHIP_RING_CHANGES, Kind::Counter, None, "Membership changes this worker followed, its own leaving included."),
+    (MEMBERSHIP_RELAYED_SPANS, Kind::Counter, None, "Spans sent to another worker, by kind (forward, offer, final) and reason (not_owner, previous_owner, holder, declined)."),
+    (MEMBERSHIP_OFFERS, Kind::Counter, None, "Offers of a trace's spans from a newer owner, by result: taken (held here), declined (sent back), redirected (sent to the worker this one handed the trace to)."),
+    (MEMBERSHIP_HOLDER_GONE_SPANS, Kind::Counter, None, "Relayed spans whose peer could not be reached; decided here instead."),
+    (MEMBERSHIP_UNTRUSTED_RELAYS, Kind::Counter, None, "Requests with relay marks from an endpoint on no ring of this worker; taken as a client's."),
+    (MEMBERSHIP_MARKER_EVICTIONS, Kind::Counter, None, "Trace-to-holder markers evicted at the marker limit before their window ended."),
     (PROCESS_RESIDENT_MEMORY, Kind::Gauge, Some(Unit::Bytes), "Resident memory as the memory limiter last measured it."),
     (PROCESS_HEAP_ACTIVE, Kind::Gauge, Some(Unit::Bytes), "Heap bytes in the allocator's active pages, as the memory limiter last measured them."),
     (MEMORY_LIMITER_PURGES, Kind::Counter, None, "Times the memory limiter returned the allocator's free pages to the system."),

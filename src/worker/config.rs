@@ -11,6 +11,7 @@ use serde::Deserialize;
 use crate::config::{read_yaml, ConfigError, Errors, FieldError, DAY, MAX_COUNT, MAX_MIB, MS};
 use crate::exporter::config::{parse_exporters, ExporterConfig};
 use crate::lifecycle::ShutdownConfig;
+use crate::membership::config::{parse_membership, MembershipConfig};
 use crate::memory_limiter::{parse_memory_limiter, MemoryLimiterConfig};
 use crate::policy::{load_policies, PolicySet};
 use crate::receiver::config::{validate_receivers, ReceiversConfig};
@@ -86,6 +87,9 @@ pub struct WorkerConfig {
     pub spanmetrics: Option<SpanMetricsConfig>,
     /// Off when the section is absent.
     pub memory_limiter: Option<MemoryLimiterConfig>,
+    /// The fleet this worker shares traces with; alone (as a worker behind routers that
+    /// never change) when absent.
+    pub membership: Option<MembershipConfig>,
 }
 
 #[derive(Deserialize)]
@@ -99,6 +103,7 @@ struct RawWorkerConfig {
     shutdown: Option<serde_yaml::Value>,
     spanmetrics: Option<serde_yaml::Value>,
     memory_limiter: Option<serde_yaml::Value>,
+    membership: Option<serde_yaml::Value>,
     #[serde(default)]
     extensions: BTreeMap<String, serde_yaml::Value>,
 }
@@ -184,6 +189,15 @@ pub fn worker_from_yaml(value: serde_yaml::Value) -> Result<WorkerConfig, Config
         sm.validate(&mut errors);
     }
     let memory_limiter = parse_memory_limiter(raw.memory_limiter, &mut errors);
+    let membership = match (raw.membership, &tail_sampling, &shutdown) {
+        (Some(value), Some(ts), Some(shutdown)) => parse_membership(
+            value,
+            ts.decision_wait,
+            shutdown.grace_period,
+            &mut errors,
+        ),
+        _ => None,
+    };
     let config = || {
         Some(WorkerConfig {
             receivers: receivers?,
@@ -194,6 +208,7 @@ pub fn worker_from_yaml(value: serde_yaml::Value) -> Result<WorkerConfig, Config
             shutdown: shutdown?,
             spanmetrics,
             memory_limiter,
+            membership,
         })
     };
     errors.finish(config())

@@ -1,10 +1,12 @@
 //! `tailgate worker`: wires receivers, the pipeline, decision loops, exporters and the
 //! admin listener together, and owns the lifecycle.
 //!
-//! Shutdown order: not ready; stop the receivers (in-flight requests finish); stop the
-//! decision loops; decide (or drop) every pending trace; close the sending queues and let
-//! them drain until the grace period ends; count what is abandoned; stop the admin
-//! listener last so the final numbers can still be scraped while draining.
+//! Shutdown order: not ready; with `membership`, leave the fleet and keep taking the spans
+//! of held traces and deciding them on time for the handover window (or until the grace
+//! period ends); stop the receivers (in-flight requests finish); stop the decision loops
+//! and the membership tasks; decide (or drop) every pending trace; close the sending and
+//! peer queues and let them drain until the grace period ends; count what is abandoned;
+//! stop the admin listener last so the final numbers can still be scraped while draining.
 
 pub mod config;
 mod decider;
@@ -25,6 +27,10 @@ use tokio_util::sync::CancellationToken;
 use crate::buffer::{BufferConfig, TraceBuffer};
 use crate::exporter::ExporterSet;
 use crate::lifecycle::StartError;
+use crate::membership::fleet::Fleet;
+use crate::membership::resolver;
+use crate::otlp::EncodedRequest;
+use crate::receiver::{Ingest, IngestError, Payload, Relay, RelayKind};
 use crate::memory_limiter::MemoryLimiter;
 use crate::receiver::Receivers;
 use crate::spanmetrics::SpanMetrics;
@@ -41,6 +47,7 @@ pub struct Worker {
     pub registry: Registry,
     health: Arc<Health>,
     pipeline: Arc<Pipeline>,
+    fleet: Option<Arc<Fleet>>,
     supervisor: Supervisor,
     groups: Groups,
     drop_pending_on_shutdown: bool,
@@ -51,6 +58,7 @@ pub struct Worker {
 struct Groups {
     receivers: Group,
     decisions: Group,
+    membership: Group,
     admin: Group,
 }
 
@@ -70,6 +78,7 @@ impl Worker {
         let groups = Groups {
             receivers: supervisor.group("receivers"),
             decisions: supervisor.group("decisions"),
+            membership: supervisor.group("membership"),
             admin: supervisor.group("admin"),
         };
         let ts = &config.tail_sampling;
@@ -105,7 +114,29 @@ impl Worker {
             tracing::info!(identity = sm.identity(), "span metrics on");
             pipeline = pipeline.with_span_metrics(sm);
         }
+        let mut fleet = None;
+        if let Some(membership) = &config.membership {
+            let (f, returned) = Fleet::new(membership.clone(), &registry);
+            resolver::start(
+                &membership.resolver,
+                f.clone(),
+                &mut supervisor,
+                groups.membership,
+            )
+            .await;
+            pipeline = pipeline.with_fleet(f.clone());
+            fleet = Some((f, returned));
+        }
         let pipeline = Arc::new(pipeline);
+        let fleet = fleet.map(|(f, returned)| {
+            let stop = supervisor.token(groups.membership);
+            supervisor.spawn(
+                groups.membership,
+                "relay returns",
+                decide_returned(pipeline.clone(), f.me().to_owned(), returned, stop),
+            );
+            f
+        });
 
         let sources: Vec<Arc<dyn MetricsSource>> =
             vec![pipeline.clone(), Arc::new(registry.clone())];
@@ -180,6 +211,7 @@ impl Worker {
             registry,
             health,
             pipeline,
+            fleet,
             supervisor,
             groups,
             drop_pending_on_shutdown: ts.drop_pending_traces_on_shutdown,
@@ -203,15 +235,83 @@ impl Worker {
     pub async fn shutdown(mut self) {
         let deadline = Instant::now() + self.grace_period;
         self.health.set_ready(false);
+        if let Some(fleet) = &self.fleet {
+            self.leave(fleet, deadline).await;
+        }
         self.supervisor.stop(self.groups.receivers).await;
         self.supervisor.stop(self.groups.decisions).await;
+        self.supervisor.stop(self.groups.membership).await;
         self.pipeline
             .drain(self.drop_pending_on_shutdown, Instant::now());
         self.pipeline.exporters().shutdown(deadline).await;
+        if let Some(fleet) = &self.fleet {
+            fleet.shutdown(deadline).await;
+        }
         self.supervisor.stop(self.groups.admin).await;
         tracing::info!("worker stopped");
     }
 }
+
+impl Worker {
+    /// Leaves the fleet: starts no trace, takes the spans of the traces it holds and
+    /// decides them on time, until the window has passed and nothing is pending, or until
+    /// `deadline`.
+    async fn leave(&self, fleet: &Fleet, deadline: Instant) {
+        let left = Instant::now();
+        fleet.leave(left);
+        tracing::info!(window = ?fleet.window(), "leaving the fleet");
+        let until = (left + fleet.window()).min(deadline);
+        loop {
+            let now = Instant::now();
+            let settled = now >= until && self.pipeline.buffer().pending_traces() == 0;
+            if settled || now >= deadline {
+                return;
+            }
+            tokio::time::sleep(LEAVE_POLL).await;
+        }
+    }
+}
+
+/// How often a leaving worker checks whether it may go.
+const LEAVE_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Decides here the relayed requests whose peer could not be reached (taken as `final`
+/// relays from this worker), until `stop`; one the pipeline refuses for now is tried again.
+async fn decide_returned(
+    pipeline: Arc<Pipeline>,
+    me: String,
+    mut returned: tokio::sync::mpsc::UnboundedReceiver<EncodedRequest>,
+    stop: CancellationToken,
+) -> Result<(), Infallible> {
+    let relay = Relay {
+        kind: RelayKind::Final,
+        from: me,
+    };
+    loop {
+        let request = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            r = returned.recv() => match r {
+                Some(r) => r,
+                None => return Ok(()),
+            },
+        };
+        loop {
+            let payload = Payload::Protobuf(request.bytes.clone());
+            match pipeline.ingest(payload, Some(&relay), Instant::now()) {
+                Err(IngestError::Overloaded(_) | IngestError::Unavailable(_)) => {
+                    tokio::select! {
+                        _ = stop.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(RETURN_RETRY) => {}
+                    }
+                }
+                Ok(_) | Err(IngestError::InvalidArgument(_)) => break,
+            }
+        }
+    }
+}
+
+/// How long a returned request the pipeline refused waits before it is tried again.
+const RETURN_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Decides due traces in `shards` every [`DECISION_TICK`] until `stop`.
 async fn decide_loop(

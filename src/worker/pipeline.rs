@@ -2,9 +2,13 @@
 //! spans by trace, follows cached decisions for late spans, buffers the rest, decides due
 //! traces with the policy set and hands kept traces to the exporters.
 //!
+//! With `membership`, the spans of a trace this worker does not hold may go to another
+//! worker instead ([`Fleet::place`]); the trace's lock stripe is held from that question
+//! until the spans are buffered.
+//!
 //! Accounting invariant: every span `ingest` accepts is counted exactly once in
 //! `tailgate_spans_decided{outcome}` (sampled, not_sampled, dropped, evicted, too_large,
-//! shutdown) or is still in the buffer (`tailgate_buffered_spans`).
+//! shutdown, relayed) or is still in the buffer (`tailgate_buffered_spans`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -17,11 +21,12 @@ use tokio::time::Instant;
 use super::decider::Decider;
 use crate::buffer::{AddOutcome, ChunkFacts, TraceBuffer, TraceEntry};
 use crate::exporter::ExporterSet;
+use crate::membership::fleet::{Fleet, Place};
 use crate::memory_limiter::Shed;
 use crate::otlp::view::SpanView;
 use crate::otlp::{Chunk, Head, RequestBuilder, TraceId};
 use crate::policy::{Decision, PolicySet, StatusCodes, Verdict};
-use crate::receiver::{check_ids, Ingest, IngestError, Ingested, Payload};
+use crate::receiver::{check_ids, Ingest, IngestError, Ingested, Payload, Relay, RelayKind};
 use crate::spanmetrics::SpanMetrics;
 use crate::telemetry::{self, Format, MetricsSource, Registry};
 
@@ -44,6 +49,8 @@ struct Outcomes {
     evicted: Counter,
     too_large: Counter,
     shutdown: Counter,
+    /// Handed to another worker (membership).
+    relayed: Counter,
 }
 
 impl Outcomes {
@@ -79,6 +86,7 @@ impl Metrics {
                 evicted: outcome("evicted"),
                 too_large: outcome("too_large"),
                 shutdown: outcome("shutdown"),
+                relayed: outcome("relayed"),
             },
             processor_refused: registry.counter(
                 telemetry::PROCESSOR_REFUSED_SPANS,
@@ -115,9 +123,17 @@ pub struct Pipeline {
     sampled: Option<DecisionCache>,
     not_sampled: Option<DecisionCache>,
     exporters: ExporterSet,
+    fleet: Option<Arc<Fleet>>,
     block_on_overflow: bool,
     metrics: Metrics,
 }
+
+/// One request's spans for other workers, by peer and relay kind.
+type Relayed = Vec<(
+    Arc<crate::membership::fleet::Peer>,
+    RelayKind,
+    RequestBuilder,
+)>;
 
 /// Decisions by trace id, hashed with ahash (randomly keyed per process, like the buffer's
 /// map) instead of moka's default SipHash, which showed in profiles: every group of spans
@@ -146,7 +162,12 @@ pub struct DecisionSettings {
 impl Ingest for Pipeline {
     /// Takes one OTLP request. Invalid spans are rejected one by one (partial success);
     /// the request is refused whole when every span is invalid or when the worker is full.
-    fn ingest(&self, request: Payload, now: Instant) -> Result<Ingested, IngestError> {
+    fn ingest(
+        &self,
+        request: Payload,
+        relay: Option<&Relay>,
+        now: Instant,
+    ) -> Result<Ingested, IngestError> {
         let request = request.scan()?;
         let checked = check_ids(&request)?;
         let total = checked.accepted + checked.rejected;
@@ -154,6 +175,16 @@ impl Ingest for Pipeline {
             self.metrics.processor_refused.increment(total);
             return Err(IngestError::Overloaded("the sending queue is full"));
         }
+        let relay = match &self.fleet {
+            Some(fleet) if fleet.is_full() => {
+                self.metrics.processor_refused.increment(total);
+                return Err(IngestError::Overloaded(
+                    "a peer worker's sending queue is full",
+                ));
+            }
+            Some(fleet) => fleet.trust(relay, now),
+            None => None,
+        };
         if self.block_on_overflow && self.buffer.is_full() {
             self.metrics.processor_refused.increment(total);
             return Err(IngestError::Overloaded("the trace buffer is full"));
@@ -167,6 +198,7 @@ impl Ingest for Pipeline {
             sm.record(&request, &spans, now);
         }
         let mut late = RequestBuilder::default();
+        let mut relayed: Relayed = Vec::new();
         let mut keys: Vec<(TraceId, u32)> = Vec::new();
         for scope in &request.scopes {
             let spans = &spans[scope.spans.clone()];
@@ -174,11 +206,19 @@ impl Ingest for Pipeline {
             let Ok(()) = request.group_scope(scope, &mut keys, by_trace, |id, group| {
                 let members = group.iter().map(|(_, i)| &spans[*i as usize]);
                 let bytes = request.framed_group(scope, group);
-                self.take_group(id, members, bytes, &scope.head, &mut late, now)
+                let out = Out {
+                    late: &mut late,
+                    relayed: &mut relayed,
+                    relay,
+                };
+                self.take_group(id, members, bytes, &scope.head, out, now)
             });
         }
         if !late.is_empty() {
             self.exporters.enqueue(late.take());
+        }
+        for (peer, kind, mut share) in relayed {
+            peer.send(kind, share.take());
         }
         self.update_gauges();
         Ok(checked)
@@ -213,8 +253,15 @@ impl Pipeline {
             sampled: cache(settings.sampled_cache_size),
             not_sampled: cache(settings.non_sampled_cache_size),
             exporters,
+            fleet: None,
             block_on_overflow: settings.block_on_overflow,
         }
+    }
+
+    /// Shares traces with the other workers of `fleet`.
+    pub fn with_fleet(mut self, fleet: Arc<Fleet>) -> Self {
+        self.fleet = Some(fleet);
+        self
     }
 
     /// Counts every accepted span into span metrics, before buffering.
@@ -257,11 +304,35 @@ impl Pipeline {
         members: impl Iterator<Item = &'a SpanView<'a>> + Clone,
         bytes: impl Iterator<Item = &'a [u8]> + Clone,
         head: &Arc<Head>,
-        late: &mut RequestBuilder,
+        out: Out<'_>,
         now: Instant,
     ) {
         let n = members.clone().count() as u64;
-        if let Some(cached) = self.cached(&id) {
+        // Held until the spans are buffered: see the module comment.
+        let _stripe = self.fleet.as_ref().map(|f| f.lock(&id));
+        let cached = self.cached(&id);
+        if let Some(fleet) = &self.fleet {
+            let holds = cached.is_some() || self.buffer.holds(&id);
+            if let Place::Peer(peer, kind, reason) = fleet.place(&id, holds, out.relay, now) {
+                fleet.relayed(kind, reason, n);
+                self.metrics.outcomes.relayed.increment(n);
+                let share = match out
+                    .relayed
+                    .iter()
+                    .position(|(p, k, _)| Arc::ptr_eq(p, &peer) && *k == kind)
+                {
+                    Some(i) => &mut out.relayed[i].2,
+                    None => {
+                        out.relayed.push((peer, kind, RequestBuilder::default()));
+                        &mut out.relayed.last_mut().expect("just pushed").2
+                    }
+                };
+                share.push_spans(head, &[], bytes);
+                return;
+            }
+        }
+        let late = out.late;
+        if let Some(cached) = cached {
             self.metrics.late_span_age.record(
                 now.saturating_duration_since(cached.decided_at)
                     .as_secs_f64(),
@@ -446,6 +517,16 @@ impl Pipeline {
             .buffered_bytes
             .set(self.buffer.buffered_bytes() as f64);
     }
+}
+
+/// Where one request's spans that are not buffered go.
+struct Out<'a> {
+    /// Late spans of traces kept earlier, for the exporters.
+    late: &'a mut RequestBuilder,
+    /// Spans for other workers.
+    relayed: &'a mut Relayed,
+    /// The request's relay marks, when trusted.
+    relay: Option<&'a Relay>,
 }
 
 fn age(entry: &TraceEntry, now: Instant) -> f64 {

@@ -32,6 +32,7 @@ async fn traces_are_decided_within_one_tick_of_their_deadline() {
     let t0 = Instant::now();
     p.ingest(
         Payload::Decoded(request("a", vec![span(trace_id(1), 2, Some(1))])),
+        None,
         t0,
     )
     .unwrap();
@@ -39,6 +40,7 @@ async fn traces_are_decided_within_one_tick_of_their_deadline() {
     // A second trace arriving later keeps its own deadline.
     p.ingest(
         Payload::Decoded(request("a", vec![span(trace_id(2), 2, Some(1))])),
+        None,
         Instant::now(),
     )
     .unwrap();
@@ -82,12 +84,14 @@ async fn a_root_span_brings_the_decision_forward() {
     let t0 = Instant::now();
     p.ingest(
         Payload::Decoded(request("a", vec![span(trace_id(1), 2, Some(1))])),
+        None,
         t0,
     )
     .unwrap();
     tokio::time::sleep(Duration::from_secs(5)).await;
     p.ingest(
         Payload::Decoded(request("a", vec![span(trace_id(1), 1, None)])),
+        None,
         Instant::now(),
     )
     .unwrap();
@@ -117,7 +121,7 @@ async fn heavy_ingest_does_not_delay_decisions() {
                 let spans = (0..10)
                     .map(|s| span(trace_id(n), s + 1, Some(99)))
                     .collect();
-                p.ingest(Payload::Decoded(request("a", spans)), Instant::now())
+                p.ingest(Payload::Decoded(request("a", spans)), None, Instant::now())
                     .unwrap();
                 if n % 10 == 0 {
                     tokio::time::sleep(Duration::from_millis(1)).await;

@@ -1,4 +1,4 @@
-use super::ring::{positions, slot_counts, Ring, RingKind};
+use super::{positions, slot_counts, Ring, RingKind};
 
 fn hex(s: &str) -> Vec<u8> {
     (0..s.len())

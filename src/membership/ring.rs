@@ -16,6 +16,40 @@ const V2_PROBE_LIMIT: u32 = 10;
 /// Maglev table size: a prime, so every skip value generates a full permutation.
 const MAGLEV_SLOTS: u64 = 1_000_003;
 
+/// The `ring` key as written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum RingChoice {
+    #[default]
+    Collector,
+    Balanced,
+}
+
+/// The collector's default `ring_version`.
+pub(crate) fn default_ring_version() -> u8 {
+    2
+}
+
+/// The ring of `ring` and `ring_version` in the section at `path`.
+pub(crate) fn ring_kind(
+    choice: RingChoice,
+    version: u8,
+    path: &str,
+    errors: &mut crate::config::Errors,
+) -> Option<RingKind> {
+    match (choice, version) {
+        (RingChoice::Balanced, _) => Some(RingKind::Balanced),
+        (RingChoice::Collector, v @ (1 | 2)) => Some(RingKind::Collector(v)),
+        (RingChoice::Collector, v) => {
+            errors.push(
+                format!("{path}.ring_version"),
+                format!("{v} is not a verified ring version; use 1 or 2"),
+            );
+            None
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RingKind {
     /// The collector's ring, version 1 or 2.
@@ -232,3 +266,7 @@ pub(super) fn slot_counts(ring: &Ring) -> Vec<usize> {
     }
     counts
 }
+
+#[cfg(test)]
+#[path = "ring_tests.rs"]
+mod tests;
