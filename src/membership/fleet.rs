@@ -11,8 +11,8 @@
 //! - an `offer` from S: to the worker this one handed T to, when it did; else back to S as
 //!   `final`, after promising (a marker) to send any later span of T to S;
 //! - a `forward` from S, or a client's request this worker owns on its current ring: to the
-//!   worker this one handed T to, when it did; else as an `offer` to T's oldest previous
-//!   owner within the window; else here;
+//!   worker this one handed or promised T to (S included), when it did; else as an `offer`
+//!   to T's oldest previous owner within the window other than S; else here;
 //! - a client's request another worker owns: to that worker as `forward` (and marked).
 //!
 //! The caller holds T's lock stripe from the question until the spans are buffered, so an
@@ -275,11 +275,9 @@ impl Fleet {
     /// with the trace's stripe held (see the module comment for the rules).
     pub fn place(&self, id: &TraceId, holds: bool, relay: Option<&Relay>, now: Instant) -> Place {
         let key = u128::from_be_bytes(*id);
-        let handed = || {
-            self.markers
-                .get(&key)
-                .filter(|to| **to != *self.me && relay.is_none_or(|r| **to != *r.from))
-        };
+        // Where this worker handed the trace (or promised it), the sender included: a
+        // sender that was promised the trace gets it back as final.
+        let handed = || self.markers.get(&key).filter(|to| **to != *self.me);
         match relay.map(|r| (r.kind, r.from.as_str())) {
             Some((RelayKind::Final, _)) => Place::Here,
             Some((RelayKind::Offer, from)) => {
@@ -287,7 +285,7 @@ impl Fleet {
                     self.metrics.offers_taken.increment(1);
                     return Place::Here;
                 }
-                if let Some(to) = handed() {
+                if let Some(to) = handed().filter(|to| **to != *from) {
                     self.metrics.offers_redirected.increment(1);
                     return self.to(&to, RelayKind::Final, Reason::Holder);
                 }

@@ -190,12 +190,9 @@ pub fn worker_from_yaml(value: serde_yaml::Value) -> Result<WorkerConfig, Config
     }
     let memory_limiter = parse_memory_limiter(raw.memory_limiter, &mut errors);
     let membership = match (raw.membership, &tail_sampling, &shutdown) {
-        (Some(value), Some(ts), Some(shutdown)) => parse_membership(
-            value,
-            ts.decision_wait,
-            shutdown.grace_period,
-            &mut errors,
-        ),
+        (Some(value), Some(ts), Some(shutdown)) => {
+            parse_membership(value, ts.decision_wait, shutdown.grace_period, &mut errors)
+        }
         _ => None,
     };
     let config = || {
