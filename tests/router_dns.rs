@@ -4,69 +4,13 @@
 mod common;
 
 use std::net::Ipv4Addr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hickory_proto::op::{Message, ResponseCode};
-use hickory_proto::rr::rdata::A;
-use hickory_proto::rr::{RData, Record, RecordType};
+use common::dns::{dns_server, Zone};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use tailgate::router::config::parse_router;
 use tailgate::router::Router;
 use tailgate_testkit::{metric, request, roots, span, trace_id, Sink};
-
-/// What the DNS server answers for every A query: these addresses, or SERVFAIL.
-#[derive(Clone, Default)]
-struct Zone(Arc<Mutex<Option<Vec<Ipv4Addr>>>>);
-
-impl Zone {
-    fn set(&self, answer: Option<Vec<Ipv4Addr>>) {
-        *self.0.lock().unwrap() = answer;
-    }
-}
-
-/// A DNS server over UDP on 127.0.0.1, answering from `zone` with a TTL of 1 s.
-async fn dns_server(zone: Zone) -> std::net::SocketAddr {
-    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 4096];
-        loop {
-            let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
-                return;
-            };
-            let Ok(query) = Message::from_vec(&buf[..n]) else {
-                continue;
-            };
-            let answer = zone.0.lock().unwrap().clone();
-            let mut response = match &answer {
-                Some(_) => Message::response(query.metadata.id, query.metadata.op_code),
-                None => Message::error_msg(
-                    query.metadata.id,
-                    query.metadata.op_code,
-                    ResponseCode::ServFail,
-                ),
-            };
-            response.metadata.recursion_desired = query.metadata.recursion_desired;
-            response.metadata.recursion_available = true;
-            response.metadata.authoritative = true;
-            for q in &query.queries {
-                response.add_query(q.clone());
-                if let (Some(ips), RecordType::A) = (&answer, q.query_type()) {
-                    for ip in ips {
-                        response.add_answer(Record::from_rdata(
-                            q.name().clone(),
-                            1,
-                            RData::A(A(*ip)),
-                        ));
-                    }
-                }
-            }
-            let _ = socket.send_to(&response.to_vec().unwrap(), peer).await;
-        }
-    });
-    addr
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ring_follows_dns_and_survives_a_failed_lookup() {
