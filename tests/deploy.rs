@@ -72,13 +72,21 @@ fn the_embedded_tailgate_configs_are_valid() {
         worker_cm["data"]["policies.yaml"].as_str().unwrap(),
     )
     .unwrap();
-    let worker = worker_cm["data"]["worker.yaml"].as_str().unwrap().replace(
-        "/etc/tailgate/policies.yaml",
-        &policies.display().to_string(),
-    );
+    // POD_IP comes from the StatefulSet's downward API.
+    let worker = worker_cm["data"]["worker.yaml"]
+        .as_str()
+        .unwrap()
+        .replace(
+            "/etc/tailgate/policies.yaml",
+            &policies.display().to_string(),
+        )
+        .replace("${POD_IP}", "10.1.2.3");
     let worker = tailgate::worker::config::parse_worker(&worker)
         .unwrap_or_else(|e| panic!("k8s worker: {e}"));
     assert_eq!(worker.policies.policies().len(), 4);
+    let membership = worker.membership.expect("k8s workers follow the fleet");
+    assert_eq!(membership.advertise, "10.1.2.3:4317");
+    assert!(read("deploy/k8s/worker-statefulset.yaml").contains("fieldPath: status.podIP"));
     let router_cm: serde_yaml::Value =
         serde_yaml::from_str(&read("deploy/k8s/router-config.yaml")).unwrap();
     tailgate::router::config::parse_router(router_cm["data"]["router.yaml"].as_str().unwrap())
