@@ -585,7 +585,7 @@ exporters:
     .to_string();
     for want in [
         "exporters.loadbalancing.routing_attributes: required with routing_key: attributes",
-        "exporters.loadbalancing.protocol.otlp.endpoint: is set per backend by the resolver",
+        "exporters.loadbalancing.protocol.otlp.endpoint: is set per member by the resolver",
         "exporters.loadbalancing.resolver: set only one of static and dns",
     ] {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
