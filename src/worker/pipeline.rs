@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use super::decider::Decider;
 use crate::buffer::{AddOutcome, ChunkFacts, TraceBuffer, TraceEntry};
 use crate::exporter::ExporterSet;
-use crate::membership::fleet::{Fleet, Place};
+use crate::membership::fleet::{Fleet, Peer, Place};
 use crate::memory_limiter::Shed;
 use crate::otlp::view::SpanView;
 use crate::otlp::{Chunk, Head, RequestBuilder, TraceId};
@@ -129,11 +129,7 @@ pub struct Pipeline {
 }
 
 /// One request's spans for other workers, by peer and relay kind.
-type Relayed = Vec<(
-    Arc<crate::membership::fleet::Peer>,
-    RelayKind,
-    RequestBuilder,
-)>;
+type Relayed = Vec<(Arc<Peer>, RelayKind, RequestBuilder)>;
 
 /// Decisions by trace id, hashed with ahash (randomly keyed per process, like the buffer's
 /// map) instead of moka's default SipHash, which showed in profiles: every group of spans
@@ -194,7 +190,8 @@ impl Ingest for Pipeline {
             .iter()
             .map(|s| SpanView::parse(request.body(s)))
             .collect();
-        if let Some(sm) = &self.span_metrics {
+        // A relayed request's spans were counted by the worker that first accepted them.
+        if let (Some(sm), None) = (&self.span_metrics, relay) {
             sm.record(&request, &spans, now);
         }
         let mut late = RequestBuilder::default();
