@@ -61,6 +61,8 @@ pub struct TraceEntry {
     pub latest_end: u64,
     /// The span status codes seen, as [`StatusCodes`].
     pub status_codes: StatusCodes,
+    /// The `rv` of the trace's spans' tracestate, when one carried it.
+    pub rv: Option<u64>,
     pub timer: TimerKey,
 }
 
@@ -71,6 +73,8 @@ pub struct ChunkFacts {
     pub earliest_start: u64,
     pub latest_end: u64,
     pub status_codes: StatusCodes,
+    /// The `rv` of the first span that carried one.
+    pub rv: Option<u64>,
 }
 
 /// The result of [`TraceBuffer::add`].
@@ -186,6 +190,7 @@ impl TraceBuffer {
                 e.earliest_start = e.earliest_start.min(facts.earliest_start);
                 e.latest_end = e.latest_end.max(facts.latest_end);
                 e.status_codes = e.status_codes.union(facts.status_codes);
+                e.rv = e.rv.or(facts.rv);
                 self.buffered_bytes
                     .fetch_add(chunk_bytes, Ordering::Relaxed);
                 self.buffered_spans
@@ -227,6 +232,7 @@ impl TraceBuffer {
                     earliest_start: facts.earliest_start,
                     latest_end: facts.latest_end,
                     status_codes: facts.status_codes,
+                    rv: facts.rv,
                     timer: key,
                 };
                 let max = self.config.maximum_trace_size_bytes;

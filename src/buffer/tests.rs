@@ -30,12 +30,14 @@ const CHILD: ChunkFacts = ChunkFacts {
     earliest_start: 10,
     latest_end: 20,
     status_codes: StatusCodes::NONE,
+    rv: None,
 };
 const ROOT: ChunkFacts = ChunkFacts {
     has_root: true,
     earliest_start: 5,
     latest_end: 30,
     status_codes: StatusCodes::NONE,
+    rv: None,
 };
 
 /// Every trace due at `now`; the invariants are checked before and after.

@@ -9,6 +9,7 @@
 
 mod codec;
 pub mod scan;
+pub mod tracestate;
 pub mod view;
 
 use std::sync::Arc;
@@ -221,6 +222,29 @@ impl RequestBuilder {
             std::iter::once(&chunk.spans[..]),
             chunk.span_count,
         );
+    }
+
+    /// Adds one `ResourceSpans` of `head` holding `spans` (framed as field 2 of
+    /// `ScopeSpans`), each with the `th` of its tracestate replaced by what `threshold`
+    /// makes of the one it carries (`None` erases it); every other byte as received.
+    /// `scratch` is reused between calls.
+    pub fn push_with_thresholds<'a>(
+        &mut self,
+        head: &Head,
+        scope_fragment: &[u8],
+        spans: impl Iterator<Item = &'a [u8]>,
+        threshold: impl Fn(Option<tracestate::Threshold>) -> Option<tracestate::Threshold>,
+        scratch: &mut BytesMut,
+    ) {
+        scratch.clear();
+        let mut count = 0;
+        for body in spans.flat_map(|framed| view::messages(framed, 2)) {
+            let old = SpanView::parse(body).trace_state();
+            let new = tracestate::with_threshold(old, threshold(tracestate::read(old).threshold));
+            view::put_span_with_trace_state(body, new.as_deref().unwrap_or(old), scratch);
+            count += 1;
+        }
+        self.push_parts(head, scope_fragment, std::iter::once(&scratch[..]), count);
     }
 
     /// Adds one `ResourceSpans` of `head` holding `spans`, each framed as field 2 of

@@ -424,6 +424,13 @@ pub(super) struct Fields<'a> {
     pos: usize,
 }
 
+impl Fields<'_> {
+    /// Where the next field starts.
+    pub(super) fn position(&self) -> usize {
+        self.pos
+    }
+}
+
 impl<'a> Iterator for Fields<'a> {
     type Item = (u32, Wire<'a>);
 

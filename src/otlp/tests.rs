@@ -386,3 +386,68 @@ mod scanning {
         }
     }
 }
+
+/// Kept spans get a threshold written into their encoded bytes; prost decodes the result
+/// as the same span with only its tracestate changed.
+#[test]
+fn thresholds_are_written_into_spans_without_touching_anything_else() {
+    use tracestate::Threshold;
+    let mut with_state = span(trace_id(1), 1, None);
+    with_state.trace_state = "vendor=a,ot=rv:0123456789abcd;th:c".into();
+    with_state.name = "with state".into();
+    let mut without_state = span(trace_id(1), 2, Some(1));
+    without_state.name = "without state".into();
+    let request = request("svc", vec![with_state.clone(), without_state.clone()]);
+    let chunk = chunks_of(&request).unwrap().remove(0);
+    let mut out = RequestBuilder::default();
+    let mut scratch = BytesMut::new();
+    // 50 % after the incoming 25 %: the larger threshold stays.
+    out.push_with_thresholds(
+        &chunk.head,
+        &[],
+        std::iter::once(&chunk.spans[..]),
+        |incoming| incoming.max(Threshold::parse("8")),
+        &mut scratch,
+    );
+    let sent = ExportTraceServiceRequest::decode(out.take().bytes).unwrap();
+    let got: Vec<Span> = spans(&sent).cloned().collect();
+    let expect = |mut s: Span, state: &str| {
+        s.trace_state = state.into();
+        s
+    };
+    assert_eq!(
+        got,
+        vec![
+            expect(with_state, "ot=th:c;rv:0123456789abcd,vendor=a"),
+            expect(without_state, "ot=th:8"),
+        ]
+    );
+    // Erasing the threshold of a span that has none changes no byte.
+    let mut same = RequestBuilder::default();
+    same.push_with_thresholds(
+        &chunk.head,
+        &[],
+        std::iter::once(&chunk.spans[..]),
+        |_| None,
+        &mut scratch,
+    );
+    let mut plain = RequestBuilder::default();
+    plain.push(&chunk);
+    let erased = ExportTraceServiceRequest::decode(same.take().bytes).unwrap();
+    assert_eq!(spans(&erased).nth(1), spans(&request).nth(1));
+    assert_eq!(
+        spans(&erased).next().unwrap().trace_state,
+        "ot=rv:0123456789abcd,vendor=a"
+    );
+    assert_eq!(plain.take().bytes.len(), {
+        let mut b = RequestBuilder::default();
+        b.push_with_thresholds(
+            &chunk.head,
+            &[],
+            std::iter::once(&chunk.spans[..]),
+            |incoming| incoming,
+            &mut scratch,
+        );
+        b.take().bytes.len()
+    });
+}

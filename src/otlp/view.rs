@@ -14,10 +14,52 @@
 //! building them (a `String` and a `Vec` for every attribute) was most of the worker's
 //! cost.
 
+use bytes::{BufMut, BytesMut};
 use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
+use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
 use prost::Message;
 
 use super::scan::{fields, Fields, Wire};
+
+/// Appends `body` (a `Span` message body) framed as field 2 of `ScopeSpans`, with its
+/// `trace_state` replaced by `trace_state` (left out when empty): the field stays where it
+/// was, or goes before the first higher-numbered field; every other byte is copied as is.
+pub fn put_span_with_trace_state(body: &[u8], trace_state: &str, out: &mut BytesMut) {
+    let mut it = fields(body);
+    let mut at = None;
+    loop {
+        let start = it.position();
+        match it.next() {
+            Some((3, _)) => {
+                at = Some(start..it.position());
+                break;
+            }
+            Some((tag, _)) if tag > 3 => {
+                at = Some(start..start);
+                break;
+            }
+            Some(_) => {}
+            None => break,
+        }
+    }
+    let at = at.unwrap_or(body.len()..body.len());
+    let field_len = if trace_state.is_empty() {
+        0
+    } else {
+        1 + encoded_len_varint(trace_state.len() as u64) + trace_state.len()
+    };
+    let len = body.len() - at.len() + field_len;
+    out.reserve(1 + encoded_len_varint(len as u64) + len);
+    encode_key(2, WireType::LengthDelimited, out);
+    encode_varint(len as u64, out);
+    out.put_slice(&body[..at.start]);
+    if field_len > 0 {
+        encode_key(3, WireType::LengthDelimited, out);
+        encode_varint(trace_state.len() as u64, out);
+        out.put_slice(trace_state.as_bytes());
+    }
+    out.put_slice(&body[at.end..]);
+}
 
 /// A span, read in place.
 #[derive(Debug, Clone, Copy)]

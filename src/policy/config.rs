@@ -89,6 +89,9 @@ struct ProbabilisticConfig {
     sampling_percentage: f64,
     #[serde(default)]
     hash_salt: Option<String>,
+    /// `hash_seed` (the collector's) or `equalizing` (consistent with head sampling).
+    #[serde(default)]
+    mode: super::probabilistic::Mode,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -293,9 +296,10 @@ impl PolicyConfig {
                     );
                     return None;
                 }
-                Some(Rule::Probabilistic(Probabilistic::new(
+                Some(Rule::Probabilistic(Probabilistic::with_mode(
                     pct,
                     c.hash_salt.as_deref(),
+                    c.mode,
                 )))
             }
             "status_code" => {

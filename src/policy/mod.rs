@@ -17,9 +17,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::{read_yaml, ConfigError, Errors, FieldError};
+use crate::otlp::tracestate::{Threshold, SPACE};
 use crate::otlp::view::{Attributes, ScopeView, SpanView};
 use crate::otlp::{Chunk, TraceId};
-pub use probabilistic::Probabilistic;
+pub use probabilistic::{Mode as ProbabilisticMode, Probabilistic};
 pub use rules::EvalError;
 
 /// A policy's vote on one trace. The two inverted votes are the collector's deprecated
@@ -131,6 +132,97 @@ impl StatusCodes {
     }
 }
 
+/// The probability a kept trace was kept with, as the spans' `th` will say it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chance {
+    /// Kept with the probability of `threshold`: by the trace's randomness compared to it
+    /// (`consistent`, so it composes with consistent head sampling by the larger
+    /// threshold), or independently of it (the composed probability is the product).
+    Known {
+        threshold: Threshold,
+        consistent: bool,
+    },
+    /// Kept by a budget: no probability can be stated, and `th` is erased.
+    Unknown,
+}
+
+impl Chance {
+    /// Probability 1.
+    pub const ALWAYS: Chance = Chance::Known {
+        threshold: Threshold::ALWAYS,
+        consistent: true,
+    };
+
+    fn probability(self) -> Option<f64> {
+        match self {
+            Chance::Known { threshold, .. } => Some(threshold.probability()),
+            Chance::Unknown => None,
+        }
+    }
+
+    /// Two votes to keep: the higher probability. Certainty beats everything; otherwise a
+    /// budget's unknown probability may be the higher one, so the result is unknown.
+    pub fn or(self, other: Chance) -> Chance {
+        match (self.probability(), other.probability()) {
+            (Some(1.0), _) => self,
+            (_, Some(1.0)) => other,
+            (Some(a), Some(b)) if b > a => other,
+            (Some(_), Some(_)) => self,
+            _ => Chance::Unknown,
+        }
+    }
+
+    /// Both draws kept the trace: the larger threshold when both are consistent, the
+    /// product of the probabilities otherwise.
+    pub fn and(self, other: Chance) -> Chance {
+        match (self, other) {
+            (
+                Chance::Known {
+                    threshold: a,
+                    consistent: true,
+                },
+                Chance::Known {
+                    threshold: b,
+                    consistent: true,
+                },
+            ) => Chance::Known {
+                threshold: a.max(b),
+                consistent: true,
+            },
+            (Chance::Known { threshold: a, .. }, Chance::Known { threshold: b, .. }) => {
+                match Threshold::of_probability(a.probability() * b.probability()) {
+                    Some(threshold) => Chance::Known {
+                        threshold,
+                        consistent: false,
+                    },
+                    None => Chance::Unknown,
+                }
+            }
+            _ => Chance::Unknown,
+        }
+    }
+
+    /// The threshold a kept span carries, given the one it arrived with: never lowered;
+    /// `None` (erase) when the probability is unknown.
+    pub fn threshold_after(self, incoming: Option<Threshold>) -> Option<Threshold> {
+        let incoming = incoming.map_or(Chance::ALWAYS, |threshold| Chance::Known {
+            threshold,
+            consistent: true,
+        });
+        match incoming.and(self) {
+            Chance::Known { threshold, .. } => Some(threshold),
+            Chance::Unknown => None,
+        }
+    }
+}
+
+/// The randomness of a trace: its `rv`, else its id's low 56 bits.
+pub fn randomness(trace_id: &TraceId, rv: Option<u64>) -> u64 {
+    rv.unwrap_or_else(|| {
+        u64::from_be_bytes(trace_id[8..16].try_into().expect("8 bytes")) & (SPACE - 1)
+    })
+}
+
 /// What a policy may look at.
 #[derive(Debug, Clone, Copy)]
 pub struct TraceView<'a> {
@@ -143,6 +235,8 @@ pub struct TraceView<'a> {
     pub latest_end: u64,
     /// The status codes of the trace's spans.
     pub status_codes: StatusCodes,
+    /// The trace's 56-bit randomness ([`randomness`]).
+    pub randomness: u64,
     /// The spans; empty when no policy needs them.
     pub batches: &'a [Batch<'a>],
     /// Decision time, for the rate limiters.
@@ -159,6 +253,8 @@ pub struct Verdict {
     pub policy: Option<Arc<str>>,
     /// For a trace kept by a composite policy, the sub-policy that took it.
     pub composite_policy: Option<Arc<str>>,
+    /// For a kept trace, the probability it was kept with.
+    pub chance: Chance,
 }
 
 /// A policy's vote as reported to the caller's telemetry.
@@ -219,6 +315,7 @@ impl PolicySet {
         mut on_vote: impl FnMut(Vote),
     ) -> Verdict {
         let mut sampled: Option<(&Arc<str>, Option<Arc<str>>)> = None;
+        let mut chance: Option<Chance> = None;
         let mut invert_sampled: Option<&Arc<str>> = None;
         let mut invert_not_sampled: Option<&Arc<str>> = None;
         let mut any_not_sampled = false;
@@ -242,10 +339,13 @@ impl PolicySet {
                         decision,
                         policy: Some(policy.name.clone()),
                         composite_policy: None,
+                        chance: Chance::Unknown,
                     }
                 }
                 Decision::Sampled => {
                     sampled.get_or_insert((&policy.name, sub));
+                    let c = policy.rule.chance();
+                    chance = Some(chance.map_or(c, |k| k.or(c)));
                     if self.sample_on_first_match {
                         break;
                     }
@@ -263,6 +363,8 @@ impl PolicySet {
             decision,
             policy: policy.cloned(),
             composite_policy,
+            // An inverted match keeps every trace it matches.
+            chance: chance.unwrap_or(Chance::ALWAYS),
         };
         if let Some(p) = invert_not_sampled {
             verdict(Decision::NotSampled, Some(p), None)

@@ -1,10 +1,24 @@
-//! The `probabilistic` policy, bit-compatible with the collector: FNV-1a-64 over the salt
-//! bytes followed by the 16 raw trace-id bytes, sampled iff the hash is at most a
-//! threshold computed as Go's `math/big` does, so decisions are bit-identical to the collector's.
+//! The `probabilistic` policy in two modes. `hash_seed` (the default) is bit-compatible with
+//! the collector: FNV-1a-64 over the salt bytes followed by the 16 raw trace-id bytes,
+//! sampled iff the hash is at most a threshold computed as Go's `math/big` does, so
+//! decisions are bit-identical to the collector's; it samples independently of any
+//! earlier sampler. `equalizing` is OpenTelemetry's consistent probability sampling: a
+//! trace is kept when its randomness (`rv`, else the trace id's low 56 bits) is at least
+//! the 56-bit threshold of the percentage, so it composes with consistent head sampling.
 
+use crate::otlp::tracestate::Threshold;
 use crate::otlp::TraceId;
 
-use super::Decision;
+use super::{Chance, Decision};
+
+/// How the `probabilistic` policy draws.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    #[default]
+    HashSeed,
+    Equalizing,
+}
 
 const DEFAULT_SALT: &str = "default-hash-seed";
 const FNV_OFFSET: u64 = 14_695_981_039_346_656_037;
@@ -15,14 +29,34 @@ pub struct Probabilistic {
     /// FNV-1a state after the salt, so a decision hashes only the 16 id bytes.
     salted: u64,
     threshold: u64,
+    mode: Mode,
+    /// The 56-bit rejection threshold of the percentage; `None` at 0 %.
+    rejection: Option<Threshold>,
 }
 
 impl Probabilistic {
     pub fn new(percentage: f64, salt: Option<&str>) -> Self {
+        Self::with_mode(percentage, salt, Mode::HashSeed)
+    }
+
+    pub fn with_mode(percentage: f64, salt: Option<&str>, mode: Mode) -> Self {
         let salt = salt.filter(|s| !s.is_empty()).unwrap_or(DEFAULT_SALT);
         Self {
             salted: fnv1a(FNV_OFFSET, salt.as_bytes()),
             threshold: threshold(percentage / 100.0),
+            mode,
+            rejection: Threshold::of_probability(percentage / 100.0),
+        }
+    }
+
+    /// The probability a kept trace was kept with.
+    pub fn chance(&self) -> Chance {
+        match self.rejection {
+            Some(threshold) => Chance::Known {
+                threshold,
+                consistent: self.mode == Mode::Equalizing,
+            },
+            None => Chance::Unknown,
         }
     }
 
@@ -34,8 +68,13 @@ impl Probabilistic {
         self.threshold
     }
 
-    pub fn decide(&self, trace_id: &TraceId) -> Decision {
-        if self.hash(trace_id) <= self.threshold {
+    /// The vote on a trace with 56-bit `randomness`.
+    pub fn decide(&self, trace_id: &TraceId, randomness: u64) -> Decision {
+        let keep = match self.mode {
+            Mode::HashSeed => self.hash(trace_id) <= self.threshold,
+            Mode::Equalizing => self.rejection.is_some_and(|t| randomness >= t.value()),
+        };
+        if keep {
             Decision::Sampled
         } else {
             Decision::NotSampled

@@ -11,7 +11,7 @@ use super::composite::Composite;
 use super::ottl::OttlCondition;
 use super::probabilistic::Probabilistic;
 use super::token_bucket::TokenBucket;
-use super::{Decision, TraceView};
+use super::{Chance, Decision, TraceView};
 use crate::otlp::view::{AnyValueView, SpanView};
 
 /// Why a policy could not decide; the policy abstains.
@@ -146,6 +146,29 @@ impl Rule {
         }
     }
 
+    /// The probability a trace this rule voted to keep was kept with: 1 for rules that keep
+    /// every trace that matches, the percentage for `probabilistic`, unknown for budgets
+    /// (rate, bytes, composite) and for rules built on those.
+    pub(super) fn chance(&self) -> Chance {
+        match self {
+            Rule::Probabilistic(p) => p.chance(),
+            Rule::RateLimiting(_) | Rule::BytesLimiting(_) | Rule::Composite(_) => Chance::Unknown,
+            Rule::And(subs) => subs
+                .iter()
+                .map(Rule::chance)
+                .fold(Chance::ALWAYS, Chance::and),
+            // Keeping what a rule rejects is certain only when the rule is.
+            Rule::Not(sub) => {
+                if sub.chance() == Chance::ALWAYS {
+                    Chance::ALWAYS
+                } else {
+                    Chance::Unknown
+                }
+            }
+            _ => Chance::ALWAYS,
+        }
+    }
+
     /// Whether the vote depends on state beyond the trace (budgets).
     pub(super) fn is_stateful(&self) -> bool {
         match self {
@@ -176,7 +199,7 @@ impl Rule {
         let sampled = |b: bool| if b { Sampled } else { NotSampled };
         Ok(match self {
             Rule::AlwaysSample => Sampled,
-            Rule::Probabilistic(p) => p.decide(t.trace_id),
+            Rule::Probabilistic(p) => p.decide(t.trace_id, t.randomness),
             Rule::Latency {
                 threshold_ms,
                 upper_threshold_ms,

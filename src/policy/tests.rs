@@ -82,6 +82,7 @@ impl Trace {
             earliest_start: self.earliest_start,
             latest_end: self.latest_end,
             status_codes: self.status_codes,
+            randomness: super::randomness(&self.id, None),
             batches,
             now: self.now,
         }
@@ -100,6 +101,7 @@ fn view(id: &TraceId) -> TraceView<'_> {
         earliest_start: 0,
         latest_end: 0,
         status_codes: StatusCodes::NONE,
+        randomness: super::randomness(id, None),
         batches: &[],
         now: Instant::now(),
     }
@@ -204,19 +206,19 @@ fn threshold_matches_big_float_rounding() {
 fn probabilistic_decides_on_hash_against_threshold() {
     let p = Probabilistic::new(50.0, None);
     // trace 1 hashes below 2^63, trace 2 above.
-    assert_eq!(p.decide(&trace_id(1)), Decision::Sampled);
-    assert_eq!(p.decide(&trace_id(2)), Decision::NotSampled);
+    assert_eq!(p.decide(&trace_id(1), 0), Decision::Sampled);
+    assert_eq!(p.decide(&trace_id(2), 0), Decision::NotSampled);
     let none = Probabilistic::new(0.0, None);
-    assert_eq!(none.decide(&trace_id(1)), Decision::NotSampled);
+    assert_eq!(none.decide(&trace_id(1), 0), Decision::NotSampled);
     let all = Probabilistic::new(100.0, None);
-    assert_eq!(all.decide(&trace_id(2)), Decision::Sampled);
+    assert_eq!(all.decide(&trace_id(2), 0), Decision::Sampled);
 }
 
 #[test]
 fn probabilistic_keeps_about_its_share() {
     let p = Probabilistic::new(10.0, None);
     let kept = (0..20_000u64)
-        .filter(|n| p.decide(&trace_id(*n)) == Decision::Sampled)
+        .filter(|n| p.decide(&trace_id(*n), 0) == Decision::Sampled)
         .count();
     assert!(
         (1_700..2_300).contains(&kept),
@@ -726,4 +728,41 @@ fn status_codes_keep_the_three_nameable_codes() {
     assert!(!codes.contains(0) && !codes.contains(1) && !codes.contains(7));
     let both = codes.union(StatusCodes::NONE.with(0));
     assert!(both.contains(0) && both.contains(2) && !both.contains(1));
+}
+
+mod chances {
+    use super::super::Chance;
+    use crate::otlp::tracestate::Threshold;
+
+    fn known(hex: &str, consistent: bool) -> Chance {
+        Chance::Known {
+            threshold: Threshold::parse(hex).unwrap(),
+            consistent,
+        }
+    }
+
+    #[test]
+    fn votes_to_keep_take_the_highest_probability_and_certainty_wins() {
+        let half = known("8", true);
+        let quarter = known("c", false);
+        assert_eq!(half.or(quarter), half);
+        assert_eq!(quarter.or(half), half);
+        assert_eq!(Chance::Unknown.or(Chance::ALWAYS), Chance::ALWAYS);
+        assert_eq!(half.or(Chance::Unknown), Chance::Unknown);
+    }
+
+    #[test]
+    fn thresholds_are_only_raised_and_independent_draws_multiply() {
+        let th = |hex| Threshold::parse(hex);
+        // Consistent: the larger threshold.
+        assert_eq!(known("c", true).threshold_after(th("8")), th("c"));
+        assert_eq!(known("8", true).threshold_after(th("c")), th("c"));
+        assert_eq!(Chance::ALWAYS.threshold_after(th("8")), th("8"));
+        assert_eq!(Chance::ALWAYS.threshold_after(None), th("0"));
+        // Independent: 50 % after 50 % is 25 %.
+        assert_eq!(known("8", false).threshold_after(th("8")), th("c"));
+        assert_eq!(known("8", false).threshold_after(None), th("8"));
+        // Unknown erases.
+        assert_eq!(Chance::Unknown.threshold_after(th("8")), None);
+    }
 }

@@ -76,6 +76,7 @@ pub const ROUTER_REROUTED_SPANS: &str = "tailgate_router_rerouted_spans";
 
 /// Backends taken out of routing (`event="quarantined"`) and back (`event="recovered"`).
 pub const ROUTER_QUARANTINES: &str = "tailgate_loadbalancer_backend_quarantine";
+pub const TRACESTATE_MALFORMED_SPANS: &str = "tailgate_tracestate_malformed_spans";
 pub const MEMBERSHIP_RING_VERSION: &str = "tailgate_membership_ring_version";
 pub const MEMBERSHIP_MEMBERS: &str = "tailgate_membership_members";
 pub const MEMBERSHIP_RING_CHANGES: &str = "tailgate_membership_ring_changes";
@@ -176,6 +177,7 @@ const DESCRIPTIONS: &[Description] = &[
     (LB_BACKEND_OUTCOME, Kind::Counter, None, "Requests sent to a backend, by success."),
     (ROUTER_REROUTED_SPANS, Kind::Counter, None, "Spans moved from a removed backend's queue onto the new ring."),
     (ROUTER_QUARANTINES, Kind::Counter, None, "Backends quarantined after repeated unreachable sends, and recovered by a probe."),
+    (TRACESTATE_MALFORMED_SPANS, Kind::Counter, None, "Spans whose tracestate had a malformed th or rv value (ignored; the span is kept as it is)."),
     (MEMBERSHIP_RING_VERSION, Kind::Gauge, None, "The version of this worker's current ring; each membership change adds one."),
     (MEMBERSHIP_MEMBERS, Kind::Gauge, None, "Workers on this worker's current ring: the fleet size."),
     (MEMBERSHIP_RING_CHANGES, Kind::Counter, None, "Membership changes this worker followed, its own leaving included."),

@@ -53,6 +53,14 @@ pub struct TailSamplingConfig {
     /// Keep every trace, marking the decision that would have been made.
     #[serde(default)]
     pub dry_run: bool,
+    /// Kept spans carry their sampling probability as the W3C tracestate `ot=th` entry;
+    /// tailgate's addition, on by default.
+    #[serde(default = "yes")]
+    pub write_sampling_threshold: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_decision_wait() -> Duration {

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use crate::buffer::TraceEntry;
 use crate::otlp::{scope_attributes_fragment, TraceId};
-use crate::policy::{Batch, Decision, PolicySet, TraceView, Verdict};
+use crate::policy::{randomness, Batch, Decision, PolicySet, TraceView, Verdict};
 use crate::telemetry::{self, Registry};
 
 struct PolicyMetrics {
@@ -122,6 +122,7 @@ impl Decider {
             earliest_start: entry.earliest_start,
             status_codes: entry.status_codes,
             latest_end: entry.latest_end,
+            randomness: randomness(id, entry.rv),
             batches: &batches,
             now,
         };

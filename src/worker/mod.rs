@@ -105,6 +105,7 @@ impl Worker {
                 block_on_overflow: ts.block_on_overflow,
                 record_policy: ts.record_policy,
                 dry_run: ts.dry_run,
+                write_thresholds: ts.write_sampling_threshold,
             },
             exporters,
             &registry,

@@ -14,6 +14,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use metrics::{Counter, Gauge, Histogram};
 use moka::sync::Cache;
 use tokio::time::Instant;
@@ -23,9 +24,10 @@ use crate::buffer::{AddOutcome, ChunkFacts, TraceBuffer, TraceEntry};
 use crate::exporter::ExporterSet;
 use crate::membership::fleet::{Fleet, Peer, Place};
 use crate::memory_limiter::Shed;
+use crate::otlp::tracestate;
 use crate::otlp::view::SpanView;
 use crate::otlp::{Chunk, Head, RequestBuilder, TraceId};
-use crate::policy::{Decision, PolicySet, StatusCodes, Verdict};
+use crate::policy::{Chance, Decision, PolicySet, StatusCodes, Verdict};
 use crate::receiver::{check_ids, Ingest, IngestError, Ingested, Payload, Relay, RelayKind};
 use crate::spanmetrics::SpanMetrics;
 use crate::telemetry::{self, Format, MetricsSource, Registry};
@@ -39,7 +41,19 @@ const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 struct Cached {
     decision: Decision,
     policy: Option<Arc<str>>,
+    chance: Chance,
     decided_at: Instant,
+}
+
+impl Cached {
+    fn verdict(self) -> Verdict {
+        Verdict {
+            decision: self.decision,
+            policy: self.policy,
+            composite_policy: None,
+            chance: self.chance,
+        }
+    }
 }
 
 /// Where an accepted span ended.
@@ -62,6 +76,7 @@ impl Outcomes {
 struct Metrics {
     outcomes: Outcomes,
     processor_refused: Counter,
+    malformed_tracestate: Counter,
     new_traces: Counter,
     dropped_too_early: Counter,
     dropped_too_large: Counter,
@@ -92,6 +107,7 @@ impl Metrics {
                 telemetry::PROCESSOR_REFUSED_SPANS,
                 &[("processor", "tail_sampling")],
             ),
+            malformed_tracestate: registry.counter(telemetry::TRACESTATE_MALFORMED_SPANS, &[]),
             new_traces: registry.counter(telemetry::TS_NEW_TRACE_ID_RECEIVED, &[]),
             dropped_too_early: registry.counter(telemetry::TS_TRACE_DROPPED_TOO_EARLY, &[]),
             dropped_too_large: registry.counter(telemetry::TS_TRACES_DROPPED_TOO_LARGE, &[]),
@@ -125,6 +141,8 @@ pub struct Pipeline {
     exporters: ExporterSet,
     fleet: Option<Arc<Fleet>>,
     block_on_overflow: bool,
+    /// Kept spans carry their trace's sampling threshold (not in a dry run, which keeps all).
+    thresholds: bool,
     metrics: Metrics,
 }
 
@@ -153,6 +171,8 @@ pub struct DecisionSettings {
     pub block_on_overflow: bool,
     pub record_policy: bool,
     pub dry_run: bool,
+    /// Write each kept span's sampling threshold into its tracestate.
+    pub write_thresholds: bool,
 }
 
 impl Ingest for Pipeline {
@@ -252,6 +272,7 @@ impl Pipeline {
             exporters,
             fleet: None,
             block_on_overflow: settings.block_on_overflow,
+            thresholds: settings.write_thresholds && !settings.dry_run,
         }
     }
 
@@ -339,18 +360,21 @@ impl Pipeline {
             } else {
                 self.metrics.early_release_not_sampled.increment(n);
             }
-            let verdict = Verdict {
-                decision: cached.decision,
-                policy: cached.policy,
-                composite_policy: None,
-            };
+            let verdict = cached.verdict();
             if self.decider.exports(verdict.decision) {
                 self.metrics
                     .outcomes
                     .decided(Decision::Sampled)
                     .increment(n);
                 let annotation = self.decider.annotation(&verdict, true).unwrap_or_default();
-                late.push_spans(head, &annotation, bytes);
+                self.push_kept(
+                    late,
+                    head,
+                    &annotation,
+                    bytes,
+                    &verdict,
+                    &mut BytesMut::new(),
+                );
                 if late.span_count() >= MAX_BATCH_SPANS {
                     self.exporters.enqueue(late.take());
                 }
@@ -365,12 +389,14 @@ impl Pipeline {
                 earliest_start: u64::MAX,
                 latest_end: 0,
                 status_codes: StatusCodes::NONE,
+                rv: None,
             },
             |f, s| ChunkFacts {
                 has_root: f.has_root || s.is_root(),
                 earliest_start: f.earliest_start.min(s.start_time_unix_nano),
                 latest_end: f.latest_end.max(s.end_time_unix_nano),
                 status_codes: f.status_codes.with(s.status_code),
+                rv: f.rv.or_else(|| self.randomness_of(s)),
             },
         );
         let chunk = Chunk::from_framed(head.clone(), bytes);
@@ -387,7 +413,13 @@ impl Pipeline {
         if let Some(entry) = too_large {
             self.metrics.dropped_too_large.increment(1);
             self.metrics.outcomes.too_large.increment(entry.span_count);
-            self.remember(&id, Decision::NotSampled, None, now);
+            let dropped = Verdict {
+                decision: Decision::NotSampled,
+                policy: None,
+                composite_policy: None,
+                chance: Chance::Unknown,
+            };
+            self.remember(&id, &dropped, now);
             self.metrics.removal_age.record(age(&entry, now));
         }
         self.count_evicted(&evicted, now);
@@ -410,7 +442,47 @@ impl Pipeline {
             .or_else(|| self.not_sampled.as_ref().and_then(|c| c.get(&key)))
     }
 
-    fn remember(&self, id: &TraceId, decision: Decision, policy: Option<Arc<str>>, now: Instant) {
+    /// A span's `rv`, reading its tracestate only when it has one; malformed `th` or `rv`
+    /// values are counted and ignored.
+    fn randomness_of(&self, span: &SpanView<'_>) -> Option<u64> {
+        let state = span.trace_state();
+        if state.is_empty() {
+            return None;
+        }
+        let sampling = tracestate::read(state);
+        if sampling.malformed {
+            self.metrics.malformed_tracestate.increment(1);
+        }
+        sampling.randomness
+    }
+
+    /// Adds kept `spans` (framed) to `out`, each with its trace's sampling threshold when
+    /// thresholds are written.
+    fn push_kept<'a>(
+        &self,
+        out: &mut RequestBuilder,
+        head: &Head,
+        annotation: &[u8],
+        spans: impl Iterator<Item = &'a [u8]> + Clone,
+        verdict: &Verdict,
+        scratch: &mut BytesMut,
+    ) {
+        if self.thresholds && verdict.decision == Decision::Sampled {
+            let chance = verdict.chance;
+            out.push_with_thresholds(
+                head,
+                annotation,
+                spans,
+                |incoming| chance.threshold_after(incoming),
+                scratch,
+            );
+        } else {
+            out.push_spans(head, annotation, spans);
+        }
+    }
+
+    fn remember(&self, id: &TraceId, verdict: &Verdict, now: Instant) {
+        let decision = verdict.decision;
         let cache = if decision == Decision::Sampled {
             &self.sampled
         } else {
@@ -421,7 +493,8 @@ impl Pipeline {
                 u128::from_be_bytes(*id),
                 Cached {
                     decision,
-                    policy,
+                    policy: verdict.policy.clone(),
+                    chance: verdict.chance,
                     decided_at: now,
                 },
             );
@@ -460,6 +533,7 @@ impl Pipeline {
 
     fn decide_batch(&self, due: Vec<(TraceId, TraceEntry)>, now: Instant) {
         let mut out = RequestBuilder::default();
+        let mut scratch = BytesMut::new();
         for (id, entry) in due {
             self.metrics.lateness.record(
                 now.saturating_duration_since(entry.timer.deadline)
@@ -469,11 +543,7 @@ impl Pipeline {
             // A trace whose id already has a decision (its spans raced the previous
             // decision into a new entry) follows that decision.
             let verdict = match self.cached(&id) {
-                Some(c) => Verdict {
-                    decision: c.decision,
-                    policy: c.policy,
-                    composite_policy: None,
-                },
+                Some(c) => c.verdict(),
                 None => self.decider.decide(&id, &entry, now),
             };
             self.metrics.global[verdict.decision.index()].increment(1);
@@ -484,7 +554,15 @@ impl Pipeline {
                     .increment(entry.span_count);
                 let annotation = self.decider.annotation(&verdict, false).unwrap_or_default();
                 for chunk in &entry.chunks {
-                    out.push_annotated(chunk, &annotation);
+                    let spans = std::iter::once(&chunk.spans[..]);
+                    self.push_kept(
+                        &mut out,
+                        &chunk.head,
+                        &annotation,
+                        spans,
+                        &verdict,
+                        &mut scratch,
+                    );
                 }
                 if out.span_count() >= MAX_BATCH_SPANS || out.encoded_len() >= MAX_BATCH_BYTES {
                     self.exporters.enqueue(out.take());
@@ -495,7 +573,7 @@ impl Pipeline {
                     .decided(verdict.decision)
                     .increment(entry.span_count);
             }
-            self.remember(&id, verdict.decision, verdict.policy, now);
+            self.remember(&id, &verdict, now);
         }
         if !out.is_empty() {
             self.exporters.enqueue(out.take());

@@ -49,6 +49,8 @@ pub struct PolicyInput {
     earliest_start: u64,
     latest_end: u64,
     status_codes: StatusCodes,
+    /// The `rv` of the first on-time span whose tracestate has one.
+    rv: Option<u64>,
 }
 
 impl PolicyInput {
@@ -61,6 +63,7 @@ impl PolicyInput {
             earliest_start: u64::MAX,
             status_codes: StatusCodes::NONE,
             latest_end: 0,
+            rv: None,
         };
         let mut instances: Vec<usize> = Vec::new();
         for s in trace.spans.iter().filter(|s| !s.late) {
@@ -68,6 +71,9 @@ impl PolicyInput {
             let code = s.span.status.as_ref().map_or(0, |st| st.code);
             input.status_codes = input.status_codes.with(code);
             input.latest_end = input.latest_end.max(s.span.end_time_unix_nano);
+            input.rv = input
+                .rv
+                .or(tailgate::otlp::tracestate::read(&s.span.trace_state).randomness);
             input.bytes += s.span.encoded_len() as u64;
             input.spans += 1;
             let i = match instances.iter().position(|&i| i == s.instance) {
@@ -108,6 +114,7 @@ impl PolicyInput {
             earliest_start: self.earliest_start,
             status_codes: self.status_codes,
             latest_end: self.latest_end,
+            randomness: tailgate::policy::randomness(trace_id, self.rv),
             batches,
             now,
         }

@@ -86,6 +86,7 @@ fn run(span: &[&str], event: &[&str], mode: ErrorMode) -> Result<Decision, EvalE
         earliest_start: 0,
         latest_end: 0,
         status_codes: StatusCodes::NONE,
+        randomness: 0,
         batches: &batches,
         now: Instant::now(),
     })
