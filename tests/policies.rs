@@ -72,6 +72,11 @@ async fn record_policy_marks_kept_spans_with_the_deciding_policy() {
         scope_attribute(&first.attributes, "tailsampling.cached_decision"),
         None
     );
+    // A budget's probability is unknown: none is shown (and th is erased).
+    assert_eq!(
+        scope_attribute(&first.attributes, "tailsampling.probability"),
+        None
+    );
     // The late span was released by the cache, and says so.
     let late = scope(1);
     assert_eq!(
@@ -81,6 +86,36 @@ async fn record_policy_marks_kept_spans_with_the_deciding_policy() {
     assert_eq!(
         scope_attribute(&late.attributes, "tailsampling.cached_decision"),
         Some(Value::BoolValue(true))
+    );
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn record_policy_shows_the_sampling_probability() {
+    let sink = Sink::start(vec![]).await;
+    let worker = Worker::start(common::config(
+        &sink,
+        r#"
+  decision_wait: 200ms
+  record_policy: true
+  policies:
+    - {name: quarter, type: probabilistic, probabilistic: {sampling_percentage: 25, mode: equalizing}}
+"#,
+    ))
+    .await
+    .unwrap();
+    let mut client = common::grpc_client(&worker).await;
+    let mut kept = span(trace_id(1), 1, None);
+    kept.trace_state = "ot=rv:f0000000000000".into();
+    client.export(request("a", vec![kept])).await.unwrap();
+    assert_eq!(sink.wait_for_spans(1, Duration::from_secs(20)).await, 1);
+    let scope = sink.requests()[0].resource_spans[0].scope_spans[0]
+        .scope
+        .clone()
+        .unwrap();
+    assert_eq!(
+        scope_attribute(&scope.attributes, "tailsampling.probability"),
+        Some(Value::DoubleValue(0.25))
     );
     worker.shutdown().await;
 }

@@ -147,3 +147,44 @@ async fn openmetrics_scrapes_carry_exemplars_of_kept_traces() {
     assert!(!text.contains("# TYPE otelcol_receiver_accepted_spans_total"));
     w.shutdown().await;
 }
+
+/// Spans that arrive head-sampled count for the spans they stand for (their adjusted
+/// count from `ot=th`), in calls and in the duration histogram's count.
+#[tokio::test]
+async fn head_sampled_spans_count_by_their_adjusted_count() {
+    let sink = Sink::start(vec![]).await;
+    let w = worker(&sink, "weights").await;
+    let mut client = common::grpc_client(&w).await;
+    let states = [
+        ("ot=th:8", 3),          // 50 %: 2 each
+        ("vendor=a,ot=th:c", 2), // 25 %: 4 each
+        ("", 1),                 // not sampled upstream: 1
+        ("ot=th:zz", 1),         // malformed: ignored, 1
+    ];
+    let mut spans = Vec::new();
+    let mut n = 0;
+    for (state, count) in states {
+        for _ in 0..count {
+            n += 1;
+            let mut s = span(trace_id(n), n, None);
+            s.name = "weighted".into();
+            s.trace_state = state.into();
+            spans.push(s);
+        }
+    }
+    client.export(request("svc", spans)).await.unwrap();
+    // A series is first exposed at zero (so the first increase is not lost), then counted.
+    let _ = scrape(&w, "text/plain").await;
+    let (_, text) = scrape(&w, "text/plain").await;
+    assert_eq!(
+        calls(&text).get(&("weights".into(), "weighted".into())),
+        Some(&16.0)
+    );
+    let count = tailgate_testkit::metric(
+        &text,
+        "traces_span_metrics_duration_milliseconds_count",
+        &[("span_name", "weighted")],
+    );
+    assert_eq!(count, 16.0);
+    w.shutdown().await;
+}

@@ -19,6 +19,7 @@ pub use config::{NoIdentity, SpanMetricsConfig};
 use table::{Observation, Recorded, Table};
 
 use crate::otlp::scan::Scanned;
+use crate::otlp::tracestate;
 use crate::otlp::view::{AnyValueView, Attributes, SpanView};
 use crate::otlp::TraceId;
 use crate::telemetry::{self, Format, Registry};
@@ -166,8 +167,10 @@ impl SpanMetrics {
                 let nanos = span
                     .end_time_unix_nano
                     .saturating_sub(span.start_time_unix_nano);
+                let count = adjusted_count(span);
                 let observation = Observation {
                     value: self.unit.of(std::time::Duration::from_nanos(nanos)),
+                    count,
                     exemplar: self.exemplars.then(|| (trace_id, span_id(span))),
                 };
                 match self.calls.record(&key, observation, now) {
@@ -187,6 +190,7 @@ impl SpanMetrics {
                         );
                         let o = Observation {
                             value: 0.0,
+                            count,
                             exemplar: None,
                         };
                         match events.record(&key, o, now) {
@@ -333,3 +337,31 @@ fn fields(key: &str) -> Vec<Option<&str>> {
 
 #[cfg(test)]
 mod tests;
+
+/// How many spans `span` stands for: the adjusted count of the sampling threshold in its
+/// tracestate (1 without one), rounded to a whole count as the spanmetrics connector does,
+/// stochastically, but drawn from the span id so a span always counts the same: the
+/// fraction is added with its own probability, so sums stay unbiased.
+fn adjusted_count(span: &SpanView<'_>) -> u64 {
+    let state = span.trace_state();
+    if state.is_empty() {
+        return 1;
+    }
+    let Some(threshold) = tracestate::read(state).threshold else {
+        return 1;
+    };
+    let a = threshold.adjusted_count();
+    let whole = a.floor();
+    let id = span
+        .span_id
+        .try_into()
+        .map(u64::from_be_bytes)
+        .unwrap_or_default();
+    // splitmix64: a uniform draw in [0, 1) from the span id.
+    let mut z = id.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    let draw = (z >> 11) as f64 / (1u64 << 53) as f64;
+    whole as u64 + u64::from(draw < a - whole)
+}

@@ -69,6 +69,8 @@ impl Series {
 pub struct Observation {
     /// The duration in the histogram's unit; ignored without histogram.
     pub value: f64,
+    /// How many spans the span stands for (its adjusted count, rounded).
+    pub count: u64,
     pub exemplar: Option<(TraceId, [u8; 8])>,
 }
 
@@ -128,13 +130,13 @@ impl Table {
     }
 
     fn observe(&self, s: &mut Series, o: Observation, now: Instant) {
-        s.calls += 1;
+        s.calls += o.count;
         s.last_seen = now;
         if self.histogram {
             // The first bound >= value: a value equal to a bound is in that bucket.
             let i = self.bounds.partition_point(|b| *b < o.value);
-            s.buckets[i] += 1;
-            s.sum += o.value;
+            s.buckets[i] += o.count;
+            s.sum += o.value * o.count as f64;
         }
         if let (Some((trace_id, span_id)), true) = (o.exemplar, self.max_exemplars > 0) {
             if s.exemplars.len() == self.max_exemplars {

@@ -354,3 +354,31 @@ fn config_checks_and_identity() {
     assert!(text(&m).contains("calls_total{"));
     assert!(!text(&m).contains("traces_span_metrics"));
 }
+
+#[test]
+fn fractional_adjusted_counts_round_without_bias() {
+    use prost::Message as _;
+    // 30 %: each span stands for 3.33 spans.
+    let threshold = crate::otlp::tracestate::Threshold::of_probability(0.3).unwrap();
+    let mut state = String::from("ot=th:");
+    threshold.write(&mut state);
+    let n = 30_000u64;
+    let total: u64 = (1..=n)
+        .map(|i| {
+            let mut s = span(trace_id(i), i, None);
+            s.trace_state = state.clone();
+            adjusted_count(&SpanView::parse(&s.encode_to_vec()))
+        })
+        .sum();
+    let expected = n as f64 / 0.3;
+    assert!(
+        (total as f64 - expected).abs() < expected * 0.01,
+        "{total} for {expected}"
+    );
+    // The same span always counts the same.
+    let mut s = span(trace_id(1), 1, None);
+    s.trace_state = state;
+    let once = adjusted_count(&SpanView::parse(&s.encode_to_vec()));
+    assert!(once == 3 || once == 4);
+    assert_eq!(adjusted_count(&SpanView::parse(&s.encode_to_vec())), once);
+}

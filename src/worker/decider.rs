@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use crate::buffer::TraceEntry;
 use crate::otlp::{scope_attributes_fragment, TraceId};
-use crate::policy::{randomness, Batch, Decision, PolicySet, TraceView, Verdict};
+use crate::policy::{randomness, Batch, Chance, Decision, PolicySet, TraceView, Verdict};
 use crate::telemetry::{self, Registry};
 
 struct PolicyMetrics {
@@ -148,11 +148,25 @@ impl Decider {
     /// The scope attributes exported spans carry, as a fragment for
     /// `RequestBuilder::push_annotated`: the decision in a dry run, and with
     /// `record_policy` the deciding policy (and composite sub-policy), plus
-    /// `tailsampling.cached_decision` for late spans released by the decision cache.
+    /// `tailsampling.cached_decision` for late spans released by the decision cache. Both
+    /// show a kept trace's sampling probability (`tailsampling.probability`) when it is
+    /// known.
     pub(crate) fn annotation(&self, verdict: &Verdict, cached: bool) -> Option<Bytes> {
         let mut attributes = Vec::new();
         if self.dry_run {
             attributes.push(string("tailsampling.decision", verdict.decision.label()));
+        }
+        let kept = verdict.decision == Decision::Sampled;
+        if let (true, true, Chance::Known { threshold, .. }) =
+            (self.dry_run || self.record_policy, kept, verdict.chance)
+        {
+            attributes.push(KeyValue {
+                key: "tailsampling.probability".into(),
+                value: Some(AnyValue {
+                    value: Some(any_value::Value::DoubleValue(threshold.probability())),
+                }),
+                ..Default::default()
+            });
         }
         if self.record_policy && verdict.decision == Decision::Sampled {
             if let Some(p) = &verdict.policy {
