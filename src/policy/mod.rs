@@ -132,87 +132,113 @@ impl StatusCodes {
     }
 }
 
-/// The probability a kept trace was kept with, as the spans' `th` will say it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The probability a kept trace was kept with, as the spans' `th` will say it: the chance
+/// that any of the draws that could keep it did.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Chance {
-    /// Kept with the probability of `threshold`: by the trace's randomness compared to it
-    /// (`consistent`, so it composes with consistent head sampling by the larger
-    /// threshold), or independently of it (the composed probability is the product).
     Known {
-        threshold: Threshold,
-        consistent: bool,
+        /// The lowest threshold of the consistent draws (the trace's randomness compared
+        /// to it), if any.
+        consistent: Option<Threshold>,
+        /// The probability that every independent draw (hash-based) misses.
+        miss: f64,
     },
     /// Kept by a budget: no probability can be stated, and `th` is erased.
     Unknown,
 }
 
 impl Chance {
-    /// Probability 1.
+    /// Certain.
     pub const ALWAYS: Chance = Chance::Known {
-        threshold: Threshold::ALWAYS,
-        consistent: true,
+        consistent: Some(Threshold::ALWAYS),
+        miss: 1.0,
+    };
+    /// No draw at all.
+    pub const NEVER: Chance = Chance::Known {
+        consistent: None,
+        miss: 1.0,
     };
 
-    fn probability(self) -> Option<f64> {
+    /// A consistent draw at `threshold`.
+    pub fn consistent(threshold: Option<Threshold>) -> Chance {
+        Chance::Known {
+            consistent: threshold,
+            miss: 1.0,
+        }
+    }
+
+    /// An independent draw with probability `p`.
+    pub fn independent(p: f64) -> Chance {
+        Chance::Known {
+            consistent: None,
+            miss: 1.0 - p.clamp(0.0, 1.0),
+        }
+    }
+
+    /// The probability of keeping, for a trace that arrived kept with probability `p_in`
+    /// by a consistent sampler (so its randomness is at least that sampler's threshold).
+    pub fn probability_given(self, p_in: f64) -> Option<f64> {
         match self {
-            Chance::Known { threshold, .. } => Some(threshold.probability()),
+            Chance::Known { consistent, miss } => {
+                let c = consistent.map_or(0.0, |t| (t.probability() / p_in).min(1.0));
+                Some(1.0 - (1.0 - c) * miss)
+            }
             Chance::Unknown => None,
         }
     }
 
-    /// Two votes to keep: the higher probability. Certainty beats everything; otherwise a
-    /// budget's unknown probability may be the higher one, so the result is unknown.
-    pub fn or(self, other: Chance) -> Chance {
-        match (self.probability(), other.probability()) {
-            (Some(1.0), _) => self,
-            (_, Some(1.0)) => other,
-            (Some(a), Some(b)) if b > a => other,
-            (Some(_), Some(_)) => self,
-            _ => Chance::Unknown,
-        }
-    }
-
-    /// Both draws kept the trace: the larger threshold when both are consistent, the
-    /// product of the probabilities otherwise.
-    pub fn and(self, other: Chance) -> Chance {
+    /// Either draw keeps.
+    pub fn either(self, other: Chance) -> Chance {
         match (self, other) {
             (
                 Chance::Known {
-                    threshold: a,
-                    consistent: true,
+                    consistent: a,
+                    miss: m,
                 },
                 Chance::Known {
-                    threshold: b,
-                    consistent: true,
+                    consistent: b,
+                    miss: n,
                 },
             ) => Chance::Known {
-                threshold: a.max(b),
-                consistent: true,
+                consistent: match (a, b) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                },
+                miss: m * n,
             },
-            (Chance::Known { threshold: a, .. }, Chance::Known { threshold: b, .. }) => {
-                match Threshold::of_probability(a.probability() * b.probability()) {
-                    Some(threshold) => Chance::Known {
-                        threshold,
-                        consistent: false,
-                    },
-                    None => Chance::Unknown,
-                }
-            }
             _ => Chance::Unknown,
         }
     }
 
-    /// The threshold a kept span carries, given the one it arrived with: never lowered;
-    /// `None` (erase) when the probability is unknown.
-    pub fn threshold_after(self, incoming: Option<Threshold>) -> Option<Threshold> {
-        let incoming = incoming.map_or(Chance::ALWAYS, |threshold| Chance::Known {
-            threshold,
-            consistent: true,
-        });
-        match incoming.and(self) {
-            Chance::Known { threshold, .. } => Some(threshold),
-            Chance::Unknown => None,
+    /// Both draws keep: the larger threshold when both are consistent, the product of
+    /// the probabilities otherwise.
+    pub fn both(self, other: Chance) -> Chance {
+        match (self, other) {
+            (
+                Chance::Known {
+                    consistent: a,
+                    miss: 1.0,
+                },
+                Chance::Known {
+                    consistent: b,
+                    miss: 1.0,
+                },
+            ) => Chance::consistent(a.zip(b).map(|(a, b)| a.max(b))),
+            (a, b) => match (a.probability_given(1.0), b.probability_given(1.0)) {
+                (Some(p), Some(q)) => Chance::independent(p * q),
+                _ => Chance::Unknown,
+            },
         }
+    }
+
+    /// The threshold a kept span carries, given the one it arrived with: the composed
+    /// probability, so never lower than the incoming threshold; `None` (erase) when the
+    /// probability is unknown.
+    pub fn threshold_after(self, incoming: Option<Threshold>) -> Option<Threshold> {
+        let p_in = incoming.map_or(1.0, Threshold::probability);
+        let p = p_in * self.probability_given(p_in)?;
+        let t = Threshold::of_probability(p)?;
+        Some(incoming.map_or(t, |i| t.max(i)))
     }
 }
 
@@ -244,7 +270,7 @@ pub struct TraceView<'a> {
 }
 
 /// The set's final decision and the policy that made it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Verdict {
     /// Sampled, NotSampled or Dropped.
     pub decision: Decision,
@@ -272,6 +298,8 @@ pub struct PolicySet {
     policies: Arc<[Policy]>,
     sample_on_first_match: bool,
     needs_spans: bool,
+    /// The top-level probabilistic policies' draws, which every trace gets.
+    draws: Chance,
 }
 
 #[derive(Debug)]
@@ -315,7 +343,11 @@ impl PolicySet {
         mut on_vote: impl FnMut(Vote),
     ) -> Verdict {
         let mut sampled: Option<(&Arc<str>, Option<Arc<str>>)> = None;
-        let mut chance: Option<Chance> = None;
+        // The chance a kept trace was kept with: certain when a policy that keeps every
+        // match kept it; unknown when a budget did; otherwise any of the draws: every
+        // top-level probabilistic policy (whatever its vote: it draws for every trace) and
+        // the compound policies that kept it.
+        let (mut certain, mut budget, mut drawn) = (false, false, self.draws);
         let mut invert_sampled: Option<&Arc<str>> = None;
         let mut invert_not_sampled: Option<&Arc<str>> = None;
         let mut any_not_sampled = false;
@@ -344,8 +376,12 @@ impl PolicySet {
                 }
                 Decision::Sampled => {
                     sampled.get_or_insert((&policy.name, sub));
-                    let c = policy.rule.chance();
-                    chance = Some(chance.map_or(c, |k| k.or(c)));
+                    match policy.rule.chance() {
+                        c if c == Chance::ALWAYS => certain = true,
+                        Chance::Unknown => budget = true,
+                        _ if policy.rule.is_probabilistic() => {}
+                        c => drawn = drawn.either(c),
+                    }
                     if self.sample_on_first_match {
                         break;
                     }
@@ -363,8 +399,13 @@ impl PolicySet {
             decision,
             policy: policy.cloned(),
             composite_policy,
-            // An inverted match keeps every trace it matches.
-            chance: chance.unwrap_or(Chance::ALWAYS),
+            chance: if certain {
+                Chance::ALWAYS
+            } else if budget {
+                Chance::Unknown
+            } else {
+                drawn
+            },
         };
         if let Some(p) = invert_not_sampled {
             verdict(Decision::NotSampled, Some(p), None)
@@ -408,6 +449,10 @@ impl PolicySet {
         policies.sort_by_key(|p| !p.rule.is_drop());
         PolicySet {
             needs_spans: policies.iter().any(|p| p.rule.needs_spans()),
+            draws: policies
+                .iter()
+                .filter(|p| p.rule.is_probabilistic())
+                .fold(Chance::NEVER, |c, p| c.either(p.rule.chance())),
             policies: policies.into(),
             sample_on_first_match,
         }

@@ -49,14 +49,11 @@ impl Probabilistic {
         }
     }
 
-    /// The probability a kept trace was kept with.
+    /// The draw this policy makes for every trace.
     pub fn chance(&self) -> Chance {
-        match self.rejection {
-            Some(threshold) => Chance::Known {
-                threshold,
-                consistent: self.mode == Mode::Equalizing,
-            },
-            None => Chance::Unknown,
+        match self.mode {
+            Mode::Equalizing => Chance::consistent(self.rejection),
+            Mode::HashSeed => Chance::independent(self.rejection.map_or(0.0, |t| t.probability())),
         }
     }
 

@@ -156,7 +156,7 @@ impl Rule {
             Rule::And(subs) => subs
                 .iter()
                 .map(Rule::chance)
-                .fold(Chance::ALWAYS, Chance::and),
+                .fold(Chance::ALWAYS, Chance::both),
             // Keeping what a rule rejects is certain only when the rule is.
             Rule::Not(sub) => {
                 if sub.chance() == Chance::ALWAYS {
@@ -167,6 +167,10 @@ impl Rule {
             }
             _ => Chance::ALWAYS,
         }
+    }
+
+    pub(super) fn is_probabilistic(&self) -> bool {
+        matches!(self, Rule::Probabilistic(_))
     }
 
     /// Whether the vote depends on state beyond the trace (budgets).

@@ -734,34 +734,56 @@ mod chances {
     use super::super::Chance;
     use crate::otlp::tracestate::Threshold;
 
-    fn known(hex: &str, consistent: bool) -> Chance {
-        Chance::Known {
-            threshold: Threshold::parse(hex).unwrap(),
-            consistent,
-        }
+    fn th(hex: &str) -> Option<Threshold> {
+        Threshold::parse(hex)
     }
 
     #[test]
-    fn votes_to_keep_take_the_highest_probability_and_certainty_wins() {
-        let half = known("8", true);
-        let quarter = known("c", false);
-        assert_eq!(half.or(quarter), half);
-        assert_eq!(quarter.or(half), half);
-        assert_eq!(Chance::Unknown.or(Chance::ALWAYS), Chance::ALWAYS);
-        assert_eq!(half.or(Chance::Unknown), Chance::Unknown);
+    fn any_of_several_draws_keeps() {
+        // 50 % independent or 25 % consistent: 1 - 0.5 * 0.75.
+        let both = Chance::independent(0.5).either(Chance::consistent(th("c")));
+        assert_eq!(both.probability_given(1.0), Some(0.625));
+        assert_eq!(
+            Chance::ALWAYS
+                .either(Chance::independent(0.1))
+                .probability_given(1.0),
+            Some(1.0)
+        );
+        assert_eq!(Chance::NEVER.probability_given(1.0), Some(0.0));
+        assert_eq!(both.either(Chance::Unknown), Chance::Unknown);
+        // Two consistent draws: the lower threshold decides.
+        let c = Chance::consistent(th("8")).either(Chance::consistent(th("c")));
+        assert_eq!(c, Chance::consistent(th("8")));
+        // Both must keep: consistent ones by the higher threshold, others multiply.
+        assert_eq!(
+            Chance::consistent(th("8")).both(Chance::consistent(th("c"))),
+            Chance::consistent(th("c"))
+        );
+        assert_eq!(
+            Chance::independent(0.5)
+                .both(Chance::consistent(th("8")))
+                .probability_given(1.0),
+            Some(0.25)
+        );
     }
 
     #[test]
-    fn thresholds_are_only_raised_and_independent_draws_multiply() {
-        let th = |hex| Threshold::parse(hex);
-        // Consistent: the larger threshold.
-        assert_eq!(known("c", true).threshold_after(th("8")), th("c"));
-        assert_eq!(known("8", true).threshold_after(th("c")), th("c"));
+    fn thresholds_compose_with_the_incoming_one_and_are_never_lowered() {
+        // Certain: the incoming threshold stays; none incoming is th:0.
         assert_eq!(Chance::ALWAYS.threshold_after(th("8")), th("8"));
         assert_eq!(Chance::ALWAYS.threshold_after(None), th("0"));
-        // Independent: 50 % after 50 % is 25 %.
-        assert_eq!(known("8", false).threshold_after(th("8")), th("c"));
-        assert_eq!(known("8", false).threshold_after(None), th("8"));
+        // Consistent after consistent: the larger threshold.
+        assert_eq!(
+            Chance::consistent(th("c")).threshold_after(th("8")),
+            th("c")
+        );
+        assert_eq!(
+            Chance::consistent(th("8")).threshold_after(th("c")),
+            th("c")
+        );
+        // Independent after consistent: 50 % of 50 % is 25 %.
+        assert_eq!(Chance::independent(0.5).threshold_after(th("8")), th("c"));
+        assert_eq!(Chance::independent(0.5).threshold_after(None), th("8"));
         // Unknown erases.
         assert_eq!(Chance::Unknown.threshold_after(th("8")), None);
     }

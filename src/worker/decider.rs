@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use crate::buffer::TraceEntry;
 use crate::otlp::{scope_attributes_fragment, TraceId};
-use crate::policy::{randomness, Batch, Chance, Decision, PolicySet, TraceView, Verdict};
+use crate::policy::{randomness, Batch, Decision, PolicySet, TraceView, Verdict};
 use crate::telemetry::{self, Registry};
 
 struct PolicyMetrics {
@@ -157,13 +157,15 @@ impl Decider {
             attributes.push(string("tailsampling.decision", verdict.decision.label()));
         }
         let kept = verdict.decision == Decision::Sampled;
-        if let (true, true, Chance::Known { threshold, .. }) =
-            (self.dry_run || self.record_policy, kept, verdict.chance)
-        {
+        if let (true, true, Some(p)) = (
+            self.dry_run || self.record_policy,
+            kept,
+            verdict.chance.probability_given(1.0),
+        ) {
             attributes.push(KeyValue {
                 key: "tailsampling.probability".into(),
                 value: Some(AnyValue {
-                    value: Some(any_value::Value::DoubleValue(threshold.probability())),
+                    value: Some(any_value::Value::DoubleValue(p)),
                 }),
                 ..Default::default()
             });

@@ -65,6 +65,12 @@ struct WorkloadArgs {
     /// Spans per request.
     #[arg(long, default_value_t = 512)]
     batch_size: usize,
+    /// Share of traces sent head-sampled (tracestate `ot=th` and a matching `rv`).
+    #[arg(long, default_value_t = 0.0)]
+    head_sampled_rate: f64,
+    /// The head sampler's probability for those traces, in percent.
+    #[arg(long, default_value_t = 50.0)]
+    head_sampling_percentage: f64,
 }
 
 impl WorkloadArgs {
@@ -75,9 +81,14 @@ impl WorkloadArgs {
             ("--health-check-rate", self.health_check_rate),
             ("--late-rate", self.late_rate),
             ("--out-of-order-rate", self.out_of_order_rate),
+            ("--head-sampled-rate", self.head_sampled_rate),
         ] {
             anyhow::ensure!((0.0..=1.0).contains(&share), "{name} must be in [0, 1]");
         }
+        anyhow::ensure!(
+            self.head_sampling_percentage > 0.0 && self.head_sampling_percentage <= 100.0,
+            "--head-sampling-percentage must be in (0, 100]"
+        );
         anyhow::ensure!(
             self.services > 0 && self.instances > 0,
             "--services and --instances must be positive"
@@ -93,6 +104,8 @@ impl WorkloadArgs {
             late_rate: self.late_rate,
             out_of_order_rate: self.out_of_order_rate,
             batch_size: self.batch_size,
+            head_sampled_rate: self.head_sampled_rate,
+            head_sampling_percentage: self.head_sampling_percentage,
             start_unix_nano: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64),

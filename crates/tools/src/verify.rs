@@ -127,6 +127,32 @@ pub struct Expectations {
     has_stateful: bool,
     traces: HashMap<TraceId, Expected>,
     spans: u64,
+    /// By service: the spans the generated spans stand for (a head-sampled span counts
+    /// its adjusted count).
+    represented: HashMap<String, f64>,
+}
+
+/// The `service.name` of a resource.
+fn service_of(resource: Option<&Resource>) -> String {
+    resource
+        .and_then(|r| {
+            r.attributes.iter().find_map(|kv| {
+                match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                    Some(any_value::Value::StringValue(s)) if kv.key == "service.name" => {
+                        Some(s.clone())
+                    }
+                    _ => None,
+                }
+            })
+        })
+        .unwrap_or_default()
+}
+
+/// The adjusted count of a span's tracestate threshold, if it has one.
+fn adjusted_count(trace_state: &str) -> Option<f64> {
+    tailgate::otlp::tracestate::read(trace_state)
+        .threshold
+        .map(|t| t.adjusted_count())
 }
 
 impl Expectations {
@@ -137,6 +163,7 @@ impl Expectations {
             has_stateful,
             traces: HashMap::new(),
             spans: 0,
+            represented: HashMap::new(),
         }
     }
 
@@ -167,6 +194,12 @@ impl Expectations {
             _ => Must::Drop,
         };
         self.spans += trace.spans.len() as u64;
+        for s in &trace.spans {
+            *self
+                .represented
+                .entry(service_of(resources.get(s.instance)))
+                .or_default() += adjusted_count(&s.span.trace_state).unwrap_or(1.0);
+        }
         self.traces.insert(
             trace.trace_id,
             Expected {
@@ -194,6 +227,11 @@ struct Received {
     workers: Vec<String>,
     spans: u64,
     last_change: Option<std::time::Instant>,
+    /// By service and trace: the adjusted count of the trace's exported spans and how many
+    /// of its spans arrived.
+    adjusted: HashMap<(String, TraceId), (f64, u64)>,
+    /// Exported spans without a threshold (counted as 1).
+    unweighted_spans: u64,
 }
 
 /// What the workers export, recorded by the test kit's OTLP sink.
@@ -224,6 +262,7 @@ impl Received {
             }
         };
         for rs in &request.resource_spans {
+            let service = service_of(rs.resource.as_ref());
             for ss in &rs.scope_spans {
                 let policy = ss.scope.as_ref().and_then(|scope| {
                     scope.attributes.iter().find_map(|kv| {
@@ -245,6 +284,15 @@ impl Received {
                         continue;
                     };
                     self.spans += 1;
+                    let a = adjusted_count(&span.trace_state).unwrap_or_else(|| {
+                        self.unweighted_spans += 1;
+                        1.0
+                    });
+                    let by_trace = self
+                        .adjusted
+                        .entry((service.clone(), trace_id))
+                        .or_insert((a, 0));
+                    by_trace.1 += 1;
                     let seen = self.traces.entry(trace_id).or_default();
                     let span_id = u64::from_be_bytes(span_id);
                     if seen.span_ids.contains(&span_id) {
@@ -374,6 +422,31 @@ impl VerifySink {
                 }
             }
         }
+        let mut by_service: HashMap<&str, (f64, f64)> = HashMap::new();
+        for ((service, _), (a, y)) in &received.adjusted {
+            let e = by_service.entry(service.as_str()).or_default();
+            let y = *y as f64;
+            e.0 += a * y;
+            e.1 += (a * a - a) * y * y;
+        }
+        r.estimates = expected
+            .represented
+            .iter()
+            .map(|(service, represented)| {
+                let (estimated, variance) = by_service
+                    .get(service.as_str())
+                    .copied()
+                    .unwrap_or_default();
+                Estimate {
+                    service: service.clone(),
+                    represented: *represented,
+                    estimated,
+                    std_error: variance.sqrt(),
+                }
+            })
+            .collect();
+        r.estimates.sort_by(|a, b| a.service.cmp(&b.service));
+        r.unweighted_spans = received.unweighted_spans;
         r.unexpected_spans = received
             .traces
             .iter()
@@ -416,6 +489,35 @@ pub struct Report {
     pub kept_by_budget: u64,
     pub unexpected_spans: u64,
     pub policies: Vec<PolicyShare>,
+    /// By service: the spans the traffic represents against the sum of adjusted counts over
+    /// the kept spans, with the estimate's standard error.
+    pub estimates: Vec<Estimate>,
+    /// Kept spans that carried no threshold (each counted as 1).
+    pub unweighted_spans: u64,
+}
+
+/// One service's adjusted-count estimate.
+#[derive(Debug, Default, Clone)]
+pub struct Estimate {
+    pub service: String,
+    pub represented: f64,
+    pub estimated: f64,
+    /// The standard error of `estimated` (traces are kept whole, each with its own
+    /// probability: the Horvitz-Thompson variance estimate).
+    pub std_error: f64,
+}
+
+impl Estimate {
+    /// How many standard errors the estimate is off.
+    pub fn deviation(&self) -> f64 {
+        if self.std_error > 0.0 {
+            (self.estimated - self.represented) / self.std_error
+        } else if self.estimated == self.represented {
+            0.0
+        } else {
+            f64::INFINITY
+        }
+    }
 }
 
 impl Report {
@@ -510,6 +612,31 @@ impl Report {
                 should,
                 kept,
                 format!("{:.2} %", pct(p.decided, self.generated_traces))
+            );
+        }
+        let (represented, estimated) = self
+            .estimates
+            .iter()
+            .fold((0.0, 0.0), |(r, e), s| (r + s.represented, e + s.estimated));
+        let worst = self
+            .estimates
+            .iter()
+            .max_by(|a, b| a.deviation().abs().total_cmp(&b.deviation().abs()));
+        let _ = writeln!(
+            out,
+            "\n  adjusted counts: the kept spans stand for {estimated:.0} spans; the traffic \
+             represents {represented:.0} ({:+.2} %); {} kept span(s) without a threshold",
+            100.0 * (estimated - represented) / represented.max(1.0),
+            self.unweighted_spans
+        );
+        if let Some(w) = worst {
+            let _ = writeln!(
+                out,
+                "  furthest service: {} at {:.0} for {:.0} ({:+.1} standard errors)",
+                w.service,
+                w.estimated,
+                w.represented,
+                w.deviation()
             );
         }
         let _ = writeln!(

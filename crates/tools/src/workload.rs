@@ -10,6 +10,7 @@ use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, LogNormal};
+use tailgate::otlp::tracestate::{Threshold, SPACE};
 
 /// The shape of the generated traffic.
 #[derive(Debug, Clone)]
@@ -32,6 +33,11 @@ pub struct WorkloadConfig {
     pub out_of_order_rate: f64,
     /// Spans per request, as an SDK's batch processor sends them.
     pub batch_size: usize,
+    /// Share of traces that arrive head-sampled: every span's tracestate carries
+    /// `ot=th:…;rv:…` for `head_sampling_percentage`, with randomness the head sampler
+    /// would have kept.
+    pub head_sampled_rate: f64,
+    pub head_sampling_percentage: f64,
     /// Timestamps start here (Unix nanoseconds).
     pub start_unix_nano: u64,
 }
@@ -49,6 +55,8 @@ impl Default for WorkloadConfig {
             late_rate: 0.01,
             out_of_order_rate: 0.1,
             batch_size: 512,
+            head_sampled_rate: 0.0,
+            head_sampling_percentage: 50.0,
             start_unix_nano: 1_798_761_600_000_000_000, // 2027-01-01T00:00:00Z
         }
     }
@@ -223,7 +231,7 @@ impl Workload {
                 int("http.response.status_code", 200),
                 string("user_agent.original", "kube-probe/1.33"),
             ];
-            return GeneratedTrace {
+            let mut trace = GeneratedTrace {
                 trace_id,
                 spans: vec![GeneratedSpan {
                     instance,
@@ -231,6 +239,8 @@ impl Workload {
                     late: false,
                 }],
             };
+            self.head_sample(&mut trace);
+            return trace;
         }
 
         let count =
@@ -317,7 +327,31 @@ impl Workload {
         } else {
             spans.sort_by_key(|s| s.span.end_time_unix_nano);
         }
-        GeneratedTrace { trace_id, spans }
+        let mut trace = GeneratedTrace { trace_id, spans };
+        self.head_sample(&mut trace);
+        trace
+    }
+
+    /// Marks a share of traces as kept by a consistent head sampler: `th` of the head
+    /// probability and an `rv` at or above it on every span. Draws nothing when the share
+    /// is 0, so seeds keep their traces.
+    fn head_sample(&mut self, trace: &mut GeneratedTrace) {
+        let rate = self.config.head_sampled_rate;
+        if rate <= 0.0 || !self.rng.random_bool(rate.min(1.0)) {
+            return;
+        }
+        let Some(threshold) =
+            Threshold::of_probability(self.config.head_sampling_percentage / 100.0)
+        else {
+            return;
+        };
+        let rv = self.rng.random_range(threshold.value()..SPACE);
+        let mut state = String::from("ot=th:");
+        threshold.write(&mut state);
+        state.push_str(&format!(";rv:{rv:014x}"));
+        for s in &mut trace.spans {
+            s.span.trace_state.clone_from(&state);
+        }
     }
 
     fn span(

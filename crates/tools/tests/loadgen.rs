@@ -203,3 +203,70 @@ async fn the_command_verifies_a_worker_and_exits_zero() {
     assert!(stdout.contains("refused 0"), "{stdout}");
     worker.shutdown().await;
 }
+
+/// Over a generated workload with a share of head-sampled traces, the adjusted counts of
+/// the kept spans estimate, per service, the spans the traffic represents within the
+/// estimate's statistical error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adjusted_counts_of_kept_spans_estimate_the_traffic_per_service() {
+    const SAMPLING: &str = r#"
+- {name: errors, type: status_code, status_code: {status_codes: [ERROR]}}
+- {name: ten-percent, type: probabilistic, probabilistic: {sampling_percentage: 10}}
+- {name: quarter, type: probabilistic, probabilistic: {sampling_percentage: 25, mode: equalizing}}
+"#;
+    let sink = VerifySink::start("127.0.0.1:0").await.unwrap();
+    let policies: String = SAMPLING.lines().map(|l| format!("    {l}\n")).collect();
+    let config = worker_config(sink.addr, "w0").replace(
+        &POLICIES
+            .lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>(),
+        &policies,
+    );
+    let worker = Worker::start(parse_worker(&config).unwrap()).await.unwrap();
+    let workload = WorkloadConfig {
+        head_sampled_rate: 0.4,
+        head_sampling_percentage: 50.0,
+        late_rate: 0.0,
+        ..workload(29)
+    };
+    let mut generator = Generator::new(workload, 40_000, None).with_expectations(
+        Expectations::new(parse_policies(SAMPLING, "test", false).unwrap()),
+    );
+    let endpoint = worker.grpc_addr.unwrap().to_string();
+    let sender = Sender::start(&endpoint, Protocol::Grpc, 6).unwrap();
+    drive(
+        generator.by_ref(),
+        &sender,
+        None,
+        Duration::from_millis(100),
+        &progress_bar(None),
+    )
+    .await;
+    sender.finish().await;
+    let expected = generator.expectations.take().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !sink.settled(&expected, Duration::from_millis(500))
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let report = sink.report(&expected);
+    eprintln!("{}", report.render());
+    assert!(report.passed(), "{}", report.render());
+    assert_eq!(report.unweighted_spans, 0, "{}", report.render());
+    assert!(report.estimates.len() > 5);
+    for e in &report.estimates {
+        assert!(
+            e.deviation().abs() < 4.0,
+            "{} estimated {:.0} for {:.0} ({:.1} standard errors)\n{}",
+            e.service,
+            e.estimated,
+            e.represented,
+            e.deviation(),
+            report.render()
+        );
+    }
+    worker.shutdown().await;
+    sink.stop().await;
+}
