@@ -102,8 +102,9 @@ pub enum SendError {
 pub type AttemptObserver = Arc<dyn Fn(bool) + Send + Sync>;
 
 /// Takes a request that could not be sent (retries spent), instead of it being counted as
-/// failed: a worker decides spans itself when the peer holding their trace is gone.
-pub type Fallback = Arc<dyn Fn(EncodedRequest) + Send + Sync>;
+/// failed: a worker decides spans itself when the peer holding their trace is gone. A
+/// request it gives back is counted as failed after all.
+pub type Fallback = Arc<dyn Fn(EncodedRequest) -> Result<(), EncodedRequest> + Send + Sync>;
 
 /// What a fleet member's exporter is told about its sends.
 #[derive(Clone, Default)]
@@ -410,9 +411,12 @@ async fn consume(
             }
             Err(e) => {
                 tracing::warn!(exporter = %name, spans = request.spans, error = %e, "export failed");
-                match &hooks.fallback {
-                    Some(fallback) => fallback(request),
-                    None => metrics.send_failed.increment(request.spans),
+                let failed = match &hooks.fallback {
+                    Some(fallback) => fallback(request).err(),
+                    None => Some(request),
+                };
+                if let Some(request) = failed {
+                    metrics.send_failed.increment(request.spans);
                 }
             }
         }

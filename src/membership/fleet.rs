@@ -460,8 +460,10 @@ impl Fleet {
             let hooks = Hooks {
                 observe: None,
                 fallback: Some(Arc::new(move |request: EncodedRequest| {
-                    gone.increment(request.spans);
-                    let _ = returned.send(request);
+                    let spans = request.spans;
+                    returned.send(request).map_err(|e| e.0)?;
+                    gone.increment(spans);
+                    Ok(())
                 })),
             };
             let name = format!("membership/{endpoint}/{}", kind.as_str());

@@ -31,8 +31,7 @@ use crate::membership::fleet::Fleet;
 use crate::membership::resolver;
 use crate::memory_limiter::MemoryLimiter;
 use crate::otlp::EncodedRequest;
-use crate::receiver::Receivers;
-use crate::receiver::{Ingest, IngestError, Payload, Relay, RelayKind};
+use crate::receiver::{Ingest, IngestError, Payload, Receivers, Relay, RelayKind};
 use crate::spanmetrics::SpanMetrics;
 use crate::supervisor::{Group, Supervisor, TaskFailure};
 use crate::telemetry::{Admin, Health, MetricsSource, Registry};
@@ -251,9 +250,7 @@ impl Worker {
         self.supervisor.stop(self.groups.admin).await;
         tracing::info!("worker stopped");
     }
-}
 
-impl Worker {
     /// Leaves the fleet: starts no trace, takes the spans of the traces it holds and
     /// decides them on time, until the window has passed and nothing is pending, or until
     /// `deadline`.
@@ -278,6 +275,7 @@ const LEAVE_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Decides here the relayed requests whose peer could not be reached (taken as `final`
 /// relays from this worker), until `stop`; one the pipeline refuses for now is tried again.
+/// What is still waiting at `stop` is counted as abandoned at shutdown.
 async fn decide_returned(
     pipeline: Arc<Pipeline>,
     me: String,
@@ -288,9 +286,19 @@ async fn decide_returned(
         kind: RelayKind::Final,
         from: me,
     };
+    let abandon = |mut returned: tokio::sync::mpsc::UnboundedReceiver<EncodedRequest>,
+                   pending: u64| {
+        returned.close();
+        let mut spans = pending;
+        while let Ok(request) = returned.try_recv() {
+            spans += request.spans;
+        }
+        pipeline.abandoned_at_shutdown(spans);
+        Ok(())
+    };
     loop {
         let request = tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
+            _ = stop.cancelled() => return abandon(returned, 0),
             r = returned.recv() => match r {
                 Some(r) => r,
                 None => return Ok(()),
@@ -301,7 +309,7 @@ async fn decide_returned(
             match pipeline.ingest(payload, Some(&relay), Instant::now()) {
                 Err(IngestError::Overloaded(_) | IngestError::Unavailable(_)) => {
                     tokio::select! {
-                        _ = stop.cancelled() => return Ok(()),
+                        _ = stop.cancelled() => return abandon(returned, request.spans),
                         _ = tokio::time::sleep(RETURN_RETRY) => {}
                     }
                 }

@@ -276,6 +276,12 @@ impl Pipeline {
         }
     }
 
+    /// Counts spans that were handed back to be decided here and could not be before
+    /// shutdown.
+    pub fn abandoned_at_shutdown(&self, spans: u64) {
+        self.metrics.outcomes.shutdown.increment(spans);
+    }
+
     /// Shares traces with the other workers of `fleet`.
     pub fn with_fleet(mut self, fleet: Arc<Fleet>) -> Self {
         self.fleet = Some(fleet);
