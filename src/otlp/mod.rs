@@ -238,10 +238,18 @@ impl RequestBuilder {
     ) {
         scratch.clear();
         let mut count = 0;
+        // The spans of a trace mostly share one tracestate: the last rewrite is reused.
+        let mut last: Option<(&str, Option<String>)> = None;
         for body in spans.flat_map(|framed| view::messages(framed, 2)) {
-            let old = SpanView::parse(body).trace_state();
-            let new = tracestate::with_threshold(old, threshold(tracestate::read(old).threshold));
-            view::put_span_with_trace_state(body, new.as_deref().unwrap_or(old), scratch);
+            let (at, old) = view::trace_state_field(body);
+            let new = match &last {
+                Some((seen, new)) if *seen == old => new,
+                _ => {
+                    let t = threshold(tracestate::read(old).threshold);
+                    &last.insert((old, tracestate::with_threshold(old, t))).1
+                }
+            };
+            view::put_span_with_trace_state(body, at, new.as_deref().unwrap_or(old), scratch);
             count += 1;
         }
         self.push_parts(head, scope_fragment, std::iter::once(&scratch[..]), count);

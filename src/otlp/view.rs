@@ -21,28 +21,30 @@ use prost::Message;
 
 use super::scan::{fields, Fields, Wire};
 
-/// Appends `body` (a `Span` message body) framed as field 2 of `ScopeSpans`, with its
-/// `trace_state` replaced by `trace_state` (left out when empty): the field stays where it
-/// was, or goes before the first higher-numbered field; every other byte is copied as is.
-pub fn put_span_with_trace_state(body: &[u8], trace_state: &str, out: &mut BytesMut) {
+/// Where a `Span` body's `trace_state` field is (or would go: before the first
+/// higher-numbered field), and its value. Reads only the fields before it.
+pub fn trace_state_field(body: &[u8]) -> (std::ops::Range<usize>, &str) {
     let mut it = fields(body);
-    let mut at = None;
     loop {
         let start = it.position();
         match it.next() {
-            Some((3, _)) => {
-                at = Some(start..it.position());
-                break;
-            }
-            Some((tag, _)) if tag > 3 => {
-                at = Some(start..start);
-                break;
-            }
+            Some((3, Wire::Len(v))) => return (start..it.position(), text(v)),
+            Some((tag, _)) if tag >= 3 => return (start..start, ""),
             Some(_) => {}
-            None => break,
+            None => return (body.len()..body.len(), ""),
         }
     }
-    let at = at.unwrap_or(body.len()..body.len());
+}
+
+/// Appends `body` (a `Span` message body) framed as field 2 of `ScopeSpans`, with the
+/// `trace_state` field at `at` ([`trace_state_field`]) replaced by `trace_state` (left out
+/// when empty); every other byte is copied as is.
+pub fn put_span_with_trace_state(
+    body: &[u8],
+    at: std::ops::Range<usize>,
+    trace_state: &str,
+    out: &mut BytesMut,
+) {
     let field_len = if trace_state.is_empty() {
         0
     } else {
