@@ -213,6 +213,11 @@ impl Fleet {
         self.config.handover_window
     }
 
+    /// Workers on the current ring (at least 1: this one).
+    pub fn size(&self) -> usize {
+        self.views().current.endpoints().len().max(1)
+    }
+
     /// The current ring's version and its members.
     pub fn current(&self) -> (u64, Vec<String>) {
         let views = self.views();

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+use super::adaptive::{Ema, Goal, Settings};
 use super::composite::{Composite, SubPolicy};
 use super::ottl::{ErrorMode, OttlCondition};
 use super::probabilistic::Probabilistic;
@@ -58,6 +59,10 @@ pub(super) struct PolicyConfig {
     not: Option<NotConfig>,
     #[serde(default)]
     composite: Option<CompositeConfig>,
+    #[serde(default)]
+    ema_throughput: Option<EmaConfig>,
+    #[serde(default)]
+    ema_dynamic: Option<EmaConfig>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -172,6 +177,132 @@ struct OttlConfig {
     span: Vec<String>,
     #[serde(default)]
     spanevent: Vec<String>,
+}
+
+/// `ema_throughput` and `ema_dynamic`, Refinery's keys and defaults.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmaConfig {
+    #[serde(default)]
+    goal_throughput_per_sec: Option<f64>,
+    #[serde(default)]
+    goal_sample_rate: Option<f64>,
+    #[serde(default)]
+    field_list: Vec<String>,
+    #[serde(default)]
+    use_trace_length: bool,
+    #[serde(default = "default_adjustment_interval", with = "humantime_serde")]
+    adjustment_interval: std::time::Duration,
+    #[serde(default = "half")]
+    weight: f64,
+    #[serde(default = "half")]
+    age_out_value: f64,
+    #[serde(default = "two")]
+    burst_multiple: f64,
+    #[serde(default = "three")]
+    burst_detection_delay: u32,
+    #[serde(default = "default_max_keys")]
+    max_keys: u64,
+}
+
+fn default_adjustment_interval() -> std::time::Duration {
+    std::time::Duration::from_secs(15)
+}
+fn half() -> f64 {
+    0.5
+}
+fn two() -> f64 {
+    2.0
+}
+fn three() -> u32 {
+    3
+}
+fn default_max_keys() -> u64 {
+    500
+}
+
+/// Compiles an adaptive policy: `throughput` says which of the two goals it takes.
+fn compile_ema(
+    c: Option<EmaConfig>,
+    throughput: bool,
+    path: &str,
+    errors: &mut Errors,
+) -> Option<Rule> {
+    let Some(c) = c else {
+        errors.push(path, "is required");
+        return None;
+    };
+    let (goal, wrong) = if throughput {
+        (
+            c.goal_throughput_per_sec.map(Goal::Throughput),
+            c.goal_sample_rate.map(|_| "goal_sample_rate"),
+        )
+    } else {
+        (
+            c.goal_sample_rate.map(Goal::SampleRate),
+            c.goal_throughput_per_sec.map(|_| "goal_throughput_per_sec"),
+        )
+    };
+    if let Some(key) = wrong {
+        errors.push(
+            format!("{path}.{key}"),
+            "belongs to the other adaptive policy type",
+        );
+    }
+    let goal = match goal {
+        Some(Goal::Throughput(g)) if g > 0.0 && g.is_finite() => Goal::Throughput(g),
+        Some(Goal::SampleRate(r)) if (1.0..1e9).contains(&r) => Goal::SampleRate(r),
+        Some(_) => {
+            let key = if throughput {
+                "goal_throughput_per_sec"
+            } else {
+                "goal_sample_rate"
+            };
+            let need = if throughput {
+                "must be positive"
+            } else {
+                "must be at least 1"
+            };
+            errors.push(format!("{path}.{key}"), need);
+            return None;
+        }
+        None => {
+            let key = if throughput {
+                "goal_throughput_per_sec"
+            } else {
+                "goal_sample_rate"
+            };
+            errors.push(format!("{path}.{key}"), "is required");
+            return None;
+        }
+    };
+    errors.within_duration(
+        format!("{path}.adjustment_interval"),
+        c.adjustment_interval,
+        std::time::Duration::from_millis(100),
+        crate::config::HOUR,
+    );
+    if !(c.weight > 0.0 && c.weight <= 1.0) {
+        errors.push(format!("{path}.weight"), "must be in (0, 1]");
+    }
+    if !(c.age_out_value >= 0.0 && c.age_out_value.is_finite()) {
+        errors.push(format!("{path}.age_out_value"), "must not be negative");
+    }
+    if !(c.burst_multiple >= 1.0 && c.burst_multiple.is_finite()) {
+        errors.push(format!("{path}.burst_multiple"), "must be at least 1");
+    }
+    errors.within(format!("{path}.max_keys"), c.max_keys, 1, 1_000_000);
+    Some(Rule::Adaptive(Box::new(Ema::new(Settings {
+        goal,
+        fields: c.field_list,
+        use_trace_length: c.use_trace_length,
+        interval: c.adjustment_interval,
+        weight: c.weight,
+        age_out_value: c.age_out_value,
+        burst_multiple: c.burst_multiple,
+        burst_detection_delay: c.burst_detection_delay,
+        max_keys: usize::try_from(c.max_keys).unwrap_or(usize::MAX),
+    }))))
 }
 
 fn propagate() -> ErrorMode {
@@ -379,6 +510,16 @@ impl PolicyConfig {
                     errors,
                 )?;
                 Some(Rule::BytesLimiting(bucket))
+            }
+            "ema_throughput" | "ema_dynamic" => {
+                nested(&kind, errors);
+                let throughput = kind == "ema_throughput";
+                let c = if throughput {
+                    self.ema_throughput
+                } else {
+                    self.ema_dynamic
+                };
+                compile_ema(c, throughput, &block(&kind), errors)
             }
             "span_count" => {
                 let c = self.span_count.unwrap_or_default();

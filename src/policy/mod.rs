@@ -3,6 +3,7 @@
 //! closed enum ([`rules::Rule`]) compiled once at load time ([`config`]); evaluating a
 //! policy allocates nothing but a regex-cache entry on a value not seen before.
 
+mod adaptive;
 mod composite;
 mod config;
 mod ottl;
@@ -20,6 +21,7 @@ use crate::config::{read_yaml, ConfigError, Errors, FieldError};
 use crate::otlp::tracestate::{Threshold, SPACE};
 use crate::otlp::view::{Attributes, ScopeView, SpanView};
 use crate::otlp::{Chunk, TraceId};
+pub use adaptive::AdaptiveMetrics;
 pub use probabilistic::{Mode as ProbabilisticMode, Probabilistic};
 pub use rules::EvalError;
 
@@ -263,6 +265,8 @@ pub struct TraceView<'a> {
     pub status_codes: StatusCodes,
     /// The trace's 56-bit randomness ([`randomness`]).
     pub randomness: u64,
+    /// Workers in the fleet (1 without membership): adaptive goals are shared among them.
+    pub fleet_size: usize,
     /// The spans; empty when no policy needs them.
     pub batches: &'a [Batch<'a>],
     /// Decision time, for the rate limiters.
@@ -309,6 +313,13 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// Gives an adaptive policy its metric handles (other policies have none).
+    pub fn bind_adaptive(&self, metrics: impl FnOnce() -> AdaptiveMetrics) {
+        if let rules::Rule::Adaptive(ema) = &self.rule {
+            ema.bind(metrics());
+        }
+    }
+
     /// Whether the vote depends on more than the trace (rate and byte budgets, composite
     /// allocations), so it cannot be predicted from the trace alone.
     pub fn is_stateful(&self) -> bool {
@@ -359,12 +370,21 @@ impl PolicySet {
             let result = policy.rule.evaluate_named(trace);
             on_vote(Vote {
                 policy_index,
-                decision: result.as_ref().map(|(d, _)| *d).map_err(|e| *e),
+                decision: result.as_ref().map(|v| v.decision).map_err(|e| *e),
                 elapsed: started.elapsed(),
             });
-            let Ok((decision, sub)) = result else {
+            let Ok(rules::RuleVote {
+                decision,
+                sub,
+                draw,
+            }) = result
+            else {
                 continue;
             };
+            // An adaptive policy draws for every trace, whatever its vote.
+            if let Some(d) = draw {
+                drawn = drawn.either(d);
+            }
             match decision {
                 Decision::Dropped => {
                     return Verdict {
@@ -377,9 +397,9 @@ impl PolicySet {
                 Decision::Sampled => {
                     sampled.get_or_insert((&policy.name, sub));
                     match policy.rule.chance() {
+                        _ if policy.rule.is_probabilistic() || draw.is_some() => {}
                         c if c == Chance::ALWAYS => certain = true,
                         Chance::Unknown => budget = true,
-                        _ if policy.rule.is_probabilistic() => {}
                         c => drawn = drawn.either(c),
                     }
                     if self.sample_on_first_match {

@@ -7,6 +7,7 @@ use std::collections::HashSet;
 
 use moka::sync::Cache;
 
+use super::adaptive::Ema;
 use super::composite::Composite;
 use super::ottl::OttlCondition;
 use super::probabilistic::Probabilistic;
@@ -19,6 +20,14 @@ use crate::otlp::view::{AnyValueView, SpanView};
 pub enum EvalError {
     #[error("an ottl condition could not be evaluated")]
     Condition,
+}
+
+/// A top-level rule's vote: the decision, the composite sub-policy that sampled, and for
+/// an adaptive policy the draw it made for this trace (whatever its vote).
+pub(super) struct RuleVote {
+    pub decision: Decision,
+    pub sub: Option<std::sync::Arc<str>>,
+    pub draw: Option<Chance>,
 }
 
 #[derive(Debug)]
@@ -62,6 +71,8 @@ pub(super) enum Rule {
     And(Vec<Rule>),
     Drop(Vec<Rule>),
     Not(Box<Rule>),
+    /// `ema_throughput` and `ema_dynamic`.
+    Adaptive(Box<Ema>),
     Composite(Composite),
     Ottl(OttlCondition),
 }
@@ -142,6 +153,7 @@ impl Rule {
             | Rule::Ottl(_) => true,
             Rule::And(subs) | Rule::Drop(subs) => subs.iter().any(Rule::needs_spans),
             Rule::Not(sub) => sub.needs_spans(),
+            Rule::Adaptive(ema) => ema.needs_spans(),
             Rule::Composite(c) => c.subs().iter().any(|s| s.rule.needs_spans()),
         }
     }
@@ -152,7 +164,12 @@ impl Rule {
     pub(super) fn chance(&self) -> Chance {
         match self {
             Rule::Probabilistic(p) => p.chance(),
-            Rule::RateLimiting(_) | Rule::BytesLimiting(_) | Rule::Composite(_) => Chance::Unknown,
+            // An adaptive policy's chance is its trace's key's rate (see `evaluate_named`);
+            // nested (not allowed) it would be unknown.
+            Rule::RateLimiting(_)
+            | Rule::BytesLimiting(_)
+            | Rule::Composite(_)
+            | Rule::Adaptive(_) => Chance::Unknown,
             Rule::And(subs) => subs
                 .iter()
                 .map(Rule::chance)
@@ -176,7 +193,10 @@ impl Rule {
     /// Whether the vote depends on state beyond the trace (budgets).
     pub(super) fn is_stateful(&self) -> bool {
         match self {
-            Rule::RateLimiting(_) | Rule::BytesLimiting(_) | Rule::Composite(_) => true,
+            Rule::RateLimiting(_)
+            | Rule::BytesLimiting(_)
+            | Rule::Composite(_)
+            | Rule::Adaptive(_) => true,
             Rule::And(subs) | Rule::Drop(subs) => subs.iter().any(Rule::is_stateful),
             Rule::Not(sub) => sub.is_stateful(),
             _ => false,
@@ -188,13 +208,19 @@ impl Rule {
     }
 
     /// The rule's vote; for a composite, also the sub-policy that sampled.
-    pub(super) fn evaluate_named(
-        &self,
-        t: &TraceView<'_>,
-    ) -> Result<(Decision, Option<std::sync::Arc<str>>), EvalError> {
+    pub(super) fn evaluate_named(&self, t: &TraceView<'_>) -> Result<RuleVote, EvalError> {
+        let vote = |decision, sub, draw| RuleVote {
+            decision,
+            sub,
+            draw,
+        };
         match self {
-            Rule::Composite(c) => c.evaluate(t),
-            other => other.evaluate(t).map(|d| (d, None)),
+            Rule::Composite(c) => c.evaluate(t).map(|(d, sub)| vote(d, sub, None)),
+            Rule::Adaptive(ema) => {
+                let (d, chance) = ema.evaluate(t);
+                Ok(vote(d, None, Some(chance)))
+            }
+            other => other.evaluate(t).map(|d| vote(d, None, None)),
         }
     }
 
@@ -276,6 +302,7 @@ impl Rule {
                 other => other,
             },
             Rule::Composite(c) => c.evaluate(t)?.0,
+            Rule::Adaptive(ema) => ema.evaluate(t).0,
             Rule::Ottl(c) => c.evaluate(t)?,
         })
     }

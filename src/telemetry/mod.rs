@@ -76,6 +76,11 @@ pub const ROUTER_REROUTED_SPANS: &str = "tailgate_router_rerouted_spans";
 
 /// Backends taken out of routing (`event="quarantined"`) and back (`event="recovered"`).
 pub const ROUTER_QUARANTINES: &str = "tailgate_loadbalancer_backend_quarantine";
+pub const ADAPTIVE_GOAL: &str = "tailgate_adaptive_goal";
+pub const ADAPTIVE_KEYS: &str = "tailgate_adaptive_keys";
+pub const ADAPTIVE_RATE_MIN: &str = "tailgate_adaptive_sample_rate_min";
+pub const ADAPTIVE_RATE_MAX: &str = "tailgate_adaptive_sample_rate_max";
+pub const ADAPTIVE_OVERFLOW: &str = "tailgate_adaptive_overflow_traces";
 pub const TRACESTATE_MALFORMED_SPANS: &str = "tailgate_tracestate_malformed_spans";
 pub const MEMBERSHIP_RING_VERSION: &str = "tailgate_membership_ring_version";
 pub const MEMBERSHIP_MEMBERS: &str = "tailgate_membership_members";
@@ -177,6 +182,11 @@ const DESCRIPTIONS: &[Description] = &[
     (LB_BACKEND_OUTCOME, Kind::Counter, None, "Requests sent to a backend, by success."),
     (ROUTER_REROUTED_SPANS, Kind::Counter, None, "Spans moved from a removed backend's queue onto the new ring."),
     (ROUTER_QUARANTINES, Kind::Counter, None, "Backends quarantined after repeated unreachable sends, and recovered by a probe."),
+    (ADAPTIVE_GOAL, Kind::Gauge, None, "An adaptive policy's goal on this worker: its share of goal_throughput_per_sec (spans/s), or goal_sample_rate."),
+    (ADAPTIVE_KEYS, Kind::Gauge, None, "Keys an adaptive policy holds moving averages for."),
+    (ADAPTIVE_RATE_MIN, Kind::Gauge, None, "The lowest sample rate (keep 1 in N) among an adaptive policy's keys."),
+    (ADAPTIVE_RATE_MAX, Kind::Gauge, None, "The highest sample rate (keep 1 in N) among an adaptive policy's keys."),
+    (ADAPTIVE_OVERFLOW, Kind::Counter, None, "Traces whose key did not fit under max_keys and shared the overflow key."),
     (TRACESTATE_MALFORMED_SPANS, Kind::Counter, None, "Spans whose tracestate had a malformed th or rv value (ignored; the span is kept as it is)."),
     (MEMBERSHIP_RING_VERSION, Kind::Gauge, None, "The version of this worker's current ring; each membership change adds one."),
     (MEMBERSHIP_MEMBERS, Kind::Gauge, None, "Workers on this worker's current ring: the fleet size."),

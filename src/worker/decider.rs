@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use crate::buffer::TraceEntry;
 use crate::otlp::{scope_attributes_fragment, TraceId};
-use crate::policy::{randomness, Batch, Decision, PolicySet, TraceView, Verdict};
+use crate::policy::{randomness, AdaptiveMetrics, Batch, Decision, PolicySet, TraceView, Verdict};
 use crate::telemetry::{self, Registry};
 
 struct PolicyMetrics {
@@ -41,6 +41,16 @@ impl Active {
                 )
             })
         };
+        for p in set.policies() {
+            let labels = [("policy", &*p.name)];
+            p.bind_adaptive(|| AdaptiveMetrics {
+                goal: registry.gauge(telemetry::ADAPTIVE_GOAL, &labels),
+                keys: registry.gauge(telemetry::ADAPTIVE_KEYS, &labels),
+                min_rate: registry.gauge(telemetry::ADAPTIVE_RATE_MIN, &labels),
+                max_rate: registry.gauge(telemetry::ADAPTIVE_RATE_MAX, &labels),
+                overflow: registry.counter(telemetry::ADAPTIVE_OVERFLOW, &labels),
+            });
+        }
         let metrics = set
             .policies()
             .iter()
@@ -107,8 +117,15 @@ impl Decider {
             .clone()
     }
 
-    /// Evaluates the policies on a pending trace, counting each vote.
-    pub(crate) fn decide(&self, id: &TraceId, entry: &TraceEntry, now: Instant) -> Verdict {
+    /// Evaluates the policies on a pending trace, counting each vote; adaptive goals are
+    /// shared among `fleet_size` workers.
+    pub(crate) fn decide(
+        &self,
+        id: &TraceId,
+        entry: &TraceEntry,
+        fleet_size: usize,
+        now: Instant,
+    ) -> Verdict {
         let active = self.current();
         let batches: Vec<Batch<'_>> = if active.set.needs_spans() {
             entry.chunks.iter().map(Batch::of).collect()
@@ -123,6 +140,7 @@ impl Decider {
             status_codes: entry.status_codes,
             latest_end: entry.latest_end,
             randomness: randomness(id, entry.rv),
+            fleet_size,
             batches: &batches,
             now,
         };

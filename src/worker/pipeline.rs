@@ -538,6 +538,7 @@ impl Pipeline {
     }
 
     fn decide_batch(&self, due: Vec<(TraceId, TraceEntry)>, now: Instant) {
+        let fleet_size = self.fleet.as_ref().map_or(1, |f| f.size());
         let mut out = RequestBuilder::default();
         let mut scratch = BytesMut::new();
         for (id, entry) in due {
@@ -550,7 +551,7 @@ impl Pipeline {
             // decision into a new entry) follows that decision.
             let verdict = match self.cached(&id) {
                 Some(c) => c.verdict(),
-                None => self.decider.decide(&id, &entry, now),
+                None => self.decider.decide(&id, &entry, fleet_size, now),
             };
             self.metrics.global[verdict.decision.index()].increment(1);
             if self.decider.exports(verdict.decision) {

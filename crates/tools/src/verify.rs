@@ -115,6 +115,7 @@ impl PolicyInput {
             status_codes: self.status_codes,
             latest_end: self.latest_end,
             randomness: tailgate::policy::randomness(trace_id, self.rv),
+            fleet_size: 1,
             batches,
             now,
         }

@@ -87,6 +87,7 @@ fn run(span: &[&str], event: &[&str], mode: ErrorMode) -> Result<Decision, EvalE
         latest_end: 0,
         status_codes: StatusCodes::NONE,
         randomness: 0,
+        fleet_size: 1,
         batches: &batches,
         now: Instant::now(),
     })

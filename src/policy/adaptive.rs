@@ -1,0 +1,331 @@
+//! Adaptive policies, Refinery's EMA samplers: `ema_throughput` holds a volume goal (kept
+//! spans per second, for the whole fleet: each worker takes its share), `ema_dynamic` a goal
+//! sample rate. Each trace gets a key from `field_list`; every `adjustment_interval` the
+//! per-key rates (keep 1 in N) are recomputed from an exponential moving average of each
+//! key's span count, logarithmically, so rare keys keep more of their traces than common
+//! ones. A trace is kept when its randomness is at least the threshold of 1/N, so the
+//! decision is consistent and its probability goes into the spans' `th`.
+//!
+//! State is per policy and per worker, bounded by `max_keys` (keys past it share one
+//! overflow key, counted) and aged out below `age_out_value`. A burst (the interval's count
+//! reaching `burst_multiple` times the averages' sum, after `burst_detection_delay`
+//! intervals) recomputes the rates at once.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use metrics::{Counter, Gauge};
+use tokio::time::Instant;
+
+use super::{Batch, Chance, Decision, TraceView};
+use crate::otlp::tracestate::Threshold;
+use crate::otlp::view::AnyValueView;
+
+/// What an adaptive policy aims at.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Goal {
+    /// Kept spans per second, for the whole fleet.
+    Throughput(f64),
+    /// Keep one in this many spans on average.
+    SampleRate(f64),
+}
+
+/// The settings of an adaptive policy, Refinery's keys.
+#[derive(Debug, Clone)]
+pub(super) struct Settings {
+    pub goal: Goal,
+    pub fields: Vec<String>,
+    pub use_trace_length: bool,
+    pub interval: Duration,
+    pub weight: f64,
+    pub age_out_value: f64,
+    pub burst_multiple: f64,
+    pub burst_detection_delay: u32,
+    pub max_keys: usize,
+}
+
+/// The key shared by traces whose own key did not fit under `max_keys`.
+const OVERFLOW_KEY: &str = "\u{0}overflow";
+
+/// Metric handles, bound by the worker that runs the policy.
+#[derive(Debug)]
+pub struct AdaptiveMetrics {
+    /// This worker's share of the goal (spans/s, or the sample rate).
+    pub goal: Gauge,
+    pub keys: Gauge,
+    pub min_rate: Gauge,
+    pub max_rate: Gauge,
+    pub overflow: Counter,
+}
+
+#[derive(Debug)]
+pub(super) struct Ema {
+    settings: Settings,
+    state: Mutex<State>,
+    metrics: OnceLock<AdaptiveMetrics>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Span counts of this interval, by key.
+    current: HashMap<Box<str>, f64>,
+    current_sum: f64,
+    /// Moving averages of the per-interval counts, by key.
+    average: HashMap<Box<str>, f64>,
+    /// Keep 1 in N, by key; a key without a rate keeps everything.
+    rates: HashMap<Box<str>, u64>,
+    next_adjustment: Option<Instant>,
+    intervals: u32,
+    burst_threshold: f64,
+}
+
+impl Ema {
+    pub(super) fn new(settings: Settings) -> Ema {
+        Ema {
+            settings,
+            state: Mutex::new(State::default()),
+            metrics: OnceLock::new(),
+        }
+    }
+
+    pub(super) fn needs_spans(&self) -> bool {
+        !self.settings.fields.is_empty()
+    }
+
+    /// Binds the metric handles (once; a reloaded policy set has its own policies).
+    pub fn bind(&self, metrics: AdaptiveMetrics) {
+        let _ = self.metrics.set(metrics);
+    }
+
+    /// The vote on a trace, and the probability it is kept with.
+    pub(super) fn evaluate(&self, t: &TraceView<'_>) -> (Decision, Chance) {
+        let key = self.key(t);
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let next = *s
+            .next_adjustment
+            .get_or_insert(t.now + self.settings.interval);
+        if t.now >= next {
+            self.adjust(&mut s, t.fleet_size);
+            s.next_adjustment = Some(t.now + self.settings.interval);
+        }
+        let known = s.current.contains_key(key.as_str()) || s.average.contains_key(key.as_str());
+        let key: &str = if known || s.current.len() < self.settings.max_keys {
+            &key
+        } else {
+            if let Some(m) = self.metrics.get() {
+                m.overflow.increment(1);
+            }
+            OVERFLOW_KEY
+        };
+        let count = t.span_count as f64;
+        *s.current.entry(key.into()).or_default() += count;
+        s.current_sum += count;
+        let rate = s.rates.get(key).copied().unwrap_or(1);
+        let burst = s.burst_threshold > 0.0
+            && s.current_sum >= s.burst_threshold
+            && s.intervals >= self.settings.burst_detection_delay;
+        if burst {
+            self.adjust(&mut s, t.fleet_size);
+            s.next_adjustment = Some(t.now + self.settings.interval);
+        }
+        drop(s);
+        let threshold = Threshold::of_probability(1.0 / rate as f64);
+        let keep = threshold.is_some_and(|th| t.randomness >= th.value());
+        let decision = if keep {
+            Decision::Sampled
+        } else {
+            Decision::NotSampled
+        };
+        (decision, Chance::consistent(threshold))
+    }
+
+    /// The trace's key: for each field, the distinct values across its spans (span
+    /// attributes first, then resource attributes; `span.name`, `span.kind` and
+    /// `status.code` from the spans), sorted and joined; with `use_trace_length`, the span
+    /// count last.
+    fn key(&self, t: &TraceView<'_>) -> String {
+        let mut key = String::new();
+        let mut values: BTreeSet<String> = BTreeSet::new();
+        for field in &self.settings.fields {
+            values.clear();
+            for batch in t.batches {
+                collect(batch, field, &mut values);
+            }
+            for (i, v) in values.iter().enumerate() {
+                if i > 0 {
+                    key.push('•');
+                }
+                key.push_str(v);
+            }
+            key.push(',');
+        }
+        if self.settings.use_trace_length {
+            key.push_str(&t.span_count.to_string());
+        }
+        key
+    }
+
+    /// Folds the interval into the moving averages and recomputes every key's rate.
+    fn adjust(&self, s: &mut State, fleet_size: usize) {
+        let w = self.settings.weight;
+        let age_out = self.settings.age_out_value;
+        let current = std::mem::take(&mut s.current);
+        s.average.retain(|key, avg| {
+            if current.contains_key(key) {
+                return true;
+            }
+            *avg *= 1.0 - w;
+            *avg >= age_out
+        });
+        for (key, count) in current {
+            let avg = s.average.entry(key).or_default();
+            *avg = w * count + (1.0 - w) * *avg;
+        }
+        s.current_sum = 0.0;
+        s.intervals = s.intervals.saturating_add(1);
+        let sum: f64 = s.average.values().sum();
+        s.burst_threshold = sum * self.settings.burst_multiple;
+        let goal = match self.settings.goal {
+            Goal::Throughput(per_sec) => {
+                per_sec / fleet_size.max(1) as f64 * self.settings.interval.as_secs_f64()
+            }
+            Goal::SampleRate(rate) => sum / rate,
+        };
+        s.rates = rates(&s.average, goal);
+        if let Some(m) = self.metrics.get() {
+            m.goal.set(match self.settings.goal {
+                Goal::Throughput(per_sec) => per_sec / fleet_size.max(1) as f64,
+                Goal::SampleRate(rate) => rate,
+            });
+            m.keys.set(s.average.len() as f64);
+            m.min_rate
+                .set(s.rates.values().copied().min().unwrap_or(1) as f64);
+            m.max_rate
+                .set(s.rates.values().copied().max().unwrap_or(1) as f64);
+        }
+    }
+}
+
+/// The distinct values of `field` in a batch's spans, then its resource.
+fn collect(batch: &Batch<'_>, field: &str, out: &mut BTreeSet<String>) {
+    fn push(v: Option<AnyValueView<'_>>, out: &mut BTreeSet<String>) {
+        if let Some(v) = v {
+            let mut s = String::new();
+            v.write_to(&mut s);
+            out.insert(s);
+        }
+    }
+    match field {
+        "span.name" => batch.spans().iter().for_each(|s| {
+            out.insert(s.name().to_owned());
+        }),
+        "span.kind" => batch.spans().iter().for_each(|s| {
+            out.insert(s.kind.to_string());
+        }),
+        "status.code" => batch.spans().iter().for_each(|s| {
+            out.insert(s.status_code.to_string());
+        }),
+        _ => {
+            let before = out.len();
+            for attributes in batch.span_attributes() {
+                push(attributes.get(field), out);
+            }
+            if out.len() == before {
+                push(batch.resource.get(field), out);
+            }
+        }
+    }
+}
+
+/// Refinery's allocation: each key's share of the goal grows with the logarithm of its
+/// count (so rare keys keep more); keys that need less than their share pass the rest on
+/// to the larger ones; a key keeps 1 in ceil(count / share). Below the goal, everything is
+/// kept.
+fn rates(average: &HashMap<Box<str>, f64>, goal: f64) -> HashMap<Box<str>, u64> {
+    let sum: f64 = average.values().sum();
+    if sum <= goal || average.is_empty() {
+        return average.keys().map(|k| (k.clone(), 1)).collect();
+    }
+    let mut keys: Vec<(&Box<str>, f64)> = average.iter().map(|(k, v)| (k, *v)).collect();
+    keys.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(b.0)));
+    let log_sum: f64 = keys.iter().map(|(_, c)| c.max(1.0).log10()).sum();
+    let ratio = if log_sum > 0.0 { goal / log_sum } else { goal };
+    let mut extra = 0.0;
+    let mut remaining = keys.len() as f64;
+    let mut out = HashMap::with_capacity(keys.len());
+    for (key, count) in keys {
+        let mut share = (count.max(1.0).log10() * ratio).max(1.0);
+        let extra_for_key = extra / remaining;
+        share += extra_for_key;
+        extra -= extra_for_key;
+        remaining -= 1.0;
+        let rate = if count <= share {
+            extra += share - count;
+            1
+        } else {
+            let rate = (count / share).ceil();
+            extra += share - count / rate;
+            rate as u64
+        };
+        out.insert(key.clone(), rate.max(1));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn averages(counts: &[(&str, f64)]) -> HashMap<Box<str>, f64> {
+        counts.iter().map(|(k, c)| ((*k).into(), *c)).collect()
+    }
+
+    #[test]
+    fn rates_follow_refinerys_allocation_by_hand() {
+        // Counts 1 000, 100 and 10 against a goal of 300 per interval: log sum 3 + 2 + 1 = 6,
+        // 50 per log unit. Smallest first: share 50, needs 10, rate 1, 40 left over. Middle:
+        // share 100 plus half the 40, needs 100, rate 1, 20 + 20 left over. Largest: share
+        // 150 + 40 = 190; 1 000 / 190 rounds up to 6.
+        let r = rates(
+            &averages(&[("big", 1000.0), ("mid", 100.0), ("small", 10.0)]),
+            300.0,
+        );
+        assert_eq!(r["small"], 1);
+        assert_eq!(r["mid"], 1);
+        assert_eq!(r["big"], 6);
+        // Under the goal everything is kept.
+        let r = rates(&averages(&[("a", 10.0), ("b", 20.0)]), 100.0);
+        assert!(r.values().all(|r| *r == 1));
+    }
+
+    #[test]
+    fn moving_averages_weigh_the_new_interval_and_age_keys_out() {
+        let ema = Ema::new(Settings {
+            goal: Goal::SampleRate(10.0),
+            fields: vec![],
+            use_trace_length: false,
+            interval: Duration::from_secs(1),
+            weight: 0.5,
+            age_out_value: 0.5,
+            burst_multiple: 2.0,
+            burst_detection_delay: 3,
+            max_keys: 10,
+        });
+        let mut s = State::default();
+        s.current.insert("a".into(), 100.0);
+        s.current.insert("b".into(), 1.0);
+        ema.adjust(&mut s, 1);
+        // New keys: weight * count.
+        assert_eq!(s.average["a"], 50.0);
+        assert_eq!(s.average["b"], 0.5);
+        s.current.insert("a".into(), 300.0);
+        ema.adjust(&mut s, 1);
+        // 0.5 * 300 + 0.5 * 50; b decays to 0.25, under the age-out value: gone.
+        assert_eq!(s.average["a"], 175.0);
+        assert!(!s.average.contains_key("b"));
+        assert_eq!(s.burst_threshold, 350.0);
+        // Goal sample rate 10 of 175: 17.5 per interval for one key: rate ceil(175/17.5).
+        assert_eq!(s.rates["a"], 10);
+    }
+}
