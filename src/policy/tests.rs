@@ -821,19 +821,21 @@ mod adaptive {
         set
     }
 
-    /// Kept spans per interval for `traces` traces per interval whose span counts cycle
-    /// through `sizes` (the keys, with `use_trace_length`), over `intervals` intervals.
+    /// Kept spans per 1 s interval (and kept traces by size) for traces whose span counts
+    /// cycle through `sizes` (the keys, with `use_trace_length`), in phases of
+    /// (traces per interval, intervals) on one timeline.
     fn kept_per_interval(
         set: &PolicySet,
         sizes: &[u64],
-        traces: u64,
-        intervals: u64,
+        phases: &[(u64, u64)],
         fleet: usize,
     ) -> Vec<(u64, Vec<u64>)> {
         let start = Instant::now();
         let mut n = 0;
-        (0..intervals)
-            .map(|i| {
+        let mut second = 0;
+        let mut out = Vec::new();
+        for &(traces, intervals) in phases {
+            for _ in 0..intervals {
                 let mut kept = 0;
                 let mut kept_by_size = vec![0; sizes.len()];
                 for j in 0..traces {
@@ -851,16 +853,22 @@ mod adaptive {
                         randomness: randomness(&id, None),
                         fleet_size: fleet,
                         batches: &[],
-                        now: start + Duration::from_millis(i * 1000 + j * 1000 / traces),
+                        now: start + Duration::from_millis(second * 1000 + j * 1000 / traces),
                     };
                     if set.decide(&view, |_| {}).decision == Decision::Sampled {
                         kept += span_count;
                         kept_by_size[size_index] += 1;
                     }
                 }
-                (kept, kept_by_size)
-            })
-            .collect()
+                second += 1;
+                out.push((kept, kept_by_size));
+            }
+        }
+        out
+    }
+
+    fn mean(runs: &[(u64, Vec<u64>)]) -> f64 {
+        runs.iter().map(|r| r.0).sum::<u64>() as f64 / runs.len() as f64
     }
 
     #[test]
@@ -870,14 +878,11 @@ mod adaptive {
         );
         // 2 000 traces a second, most of them small: about 10 400 spans/s, 20 x the goal.
         let sizes = [1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 3, 5, 8, 13, 40];
-        let runs = kept_per_interval(&set, &sizes, 2000, 12, 1);
+        let runs = kept_per_interval(&set, &sizes, &[(2000, 12)], 1);
         // The first interval keeps everything (no averages yet); after three intervals of
         // warm-up the kept volume is the goal within 15 % (an interval alone varies more:
         // the large traces are few).
         assert!(runs[0].0 > 10_000);
-        let mean = |runs: &[(u64, Vec<u64>)]| {
-            runs.iter().map(|r| r.0).sum::<u64>() as f64 / runs.len() as f64
-        };
         assert!((425.0..=575.0).contains(&mean(&runs[3..])), "{runs:?}");
         // Every key keeps traces, the rare 40-span ones included.
         let mut by_size = vec![0; sizes.len()];
@@ -891,8 +896,27 @@ mod adaptive {
         let set = compile(
             "[{name: a, type: ema_throughput, ema_throughput: {goal_throughput_per_sec: 500, adjustment_interval: 1s, use_trace_length: true}}]",
         );
-        let runs = kept_per_interval(&set, &sizes, 2000, 12, 2);
+        let runs = kept_per_interval(&set, &sizes, &[(2000, 12)], 2);
         assert!((212.0..=288.0).contains(&mean(&runs[3..])), "{runs:?}");
+    }
+
+    #[test]
+    fn ema_throughput_follows_the_input_rate_up_and_down_threefold() {
+        let set = compile(
+            "[{name: a, type: ema_throughput, ema_throughput: {goal_throughput_per_sec: 500, adjustment_interval: 1s, use_trace_length: true}}]",
+        );
+        let sizes = [1, 1, 1, 1, 2, 2, 3, 5, 8];
+        let runs = kept_per_interval(&set, &sizes, &[(1000, 10), (3000, 10), (1000, 10)], 1);
+        // The last six intervals of each phase (after a burst or four intervals of
+        // catching up): the goal within 15 %.
+        for phase in 0..3 {
+            let settled = &runs[phase * 10 + 4..phase * 10 + 10];
+            let m = mean(settled);
+            assert!(
+                (425.0..=575.0).contains(&m),
+                "phase {phase}: {m} ({runs:?})"
+            );
+        }
     }
 
     #[test]
@@ -901,7 +925,7 @@ mod adaptive {
             "[{name: a, type: ema_dynamic, ema_dynamic: {goal_sample_rate: 10, adjustment_interval: 1s, use_trace_length: true}}]",
         );
         let sizes = [1, 1, 1, 1, 2, 2, 3, 5];
-        let runs = kept_per_interval(&set, &sizes, 2000, 10, 1);
+        let runs = kept_per_interval(&set, &sizes, &[(2000, 10)], 1);
         let total: u64 = (0..2000).map(|j| sizes[(j * 7919) % sizes.len()]).sum();
         let kept: u64 = runs[3..].iter().map(|r| r.0).sum();
         // About one in ten: rates round up, rare keys keep more.
