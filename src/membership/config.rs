@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::resolver::{RawResolver, Resolver};
 use super::ring::{ring_kind, RingChoice, RingKind};
-use crate::config::{check_endpoint, Errors, DAY};
+use crate::config::{check_endpoint, Errors, DAY, MS};
 use crate::exporter::config::{parse_otlp_template, OtlpExporterConfig};
 
 /// How much longer than `decision_wait` the default window lasts: the time late spans and
@@ -76,7 +76,7 @@ pub fn parse_membership(
             format!("must be at least decision_wait ({decision_wait:?})"),
         );
     }
-    errors.within_duration("membership.handover_window", window, decision_wait, DAY);
+    errors.within_duration("membership.handover_window", window, MS, DAY);
     if window > grace_period {
         errors.push(
             "membership.handover_window",

@@ -45,6 +45,12 @@ pub(super) struct Settings {
     pub max_keys: usize,
 }
 
+/// Intervals before the kept volume corrects the goal: the rates need a few intervals of
+/// averages first.
+const WARM_UP_INTERVALS: u32 = 3;
+/// How close an interval's volume must be to the averages' for it to correct the goal.
+const STEADY: f64 = 0.1;
+
 /// The key shared by traces whose own key did not fit under `max_keys`.
 const OVERFLOW_KEY: &str = "\u{0}overflow";
 
@@ -66,7 +72,7 @@ pub(super) struct Ema {
     metrics: OnceLock<AdaptiveMetrics>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
     /// Span counts of this interval, by key.
     current: HashMap<Box<str>, f64>,
@@ -78,6 +84,28 @@ struct State {
     next_adjustment: Option<Instant>,
     intervals: u32,
     burst_threshold: f64,
+    /// Spans this policy kept in this interval, and their moving average.
+    kept_current: f64,
+    kept_average: Option<f64>,
+    /// The correction the goal is multiplied by (1 until the kept volume is known).
+    scale: f64,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            current: HashMap::new(),
+            current_sum: 0.0,
+            average: HashMap::new(),
+            rates: HashMap::new(),
+            next_adjustment: None,
+            intervals: 0,
+            burst_threshold: 0.0,
+            kept_current: 0.0,
+            kept_average: None,
+            scale: 1.0,
+        }
+    }
 }
 
 impl Ema {
@@ -129,9 +157,12 @@ impl Ema {
             self.adjust(&mut s, t.fleet_size);
             s.next_adjustment = Some(t.now + self.settings.interval);
         }
-        drop(s);
         let threshold = Threshold::of_probability(1.0 / rate as f64);
         let keep = threshold.is_some_and(|th| t.randomness >= th.value());
+        if keep {
+            s.kept_current += count;
+        }
+        drop(s);
         let decision = if keep {
             Decision::Sampled
         } else {
@@ -142,8 +173,8 @@ impl Ema {
 
     /// The trace's key: for each field, the distinct values across its spans (span
     /// attributes first, then resource attributes; `span.name`, `span.kind` and
-    /// `status.code` from the spans), sorted and joined; with `use_trace_length`, the span
-    /// count last.
+    /// `status.code` from the spans; `root.` fields from the root span), sorted and joined;
+    /// with `use_trace_length`, the span count last.
     fn key(&self, t: &TraceView<'_>) -> String {
         let mut key = String::new();
         let mut values: BTreeSet<String> = BTreeSet::new();
@@ -171,6 +202,10 @@ impl Ema {
         let w = self.settings.weight;
         let age_out = self.settings.age_out_value;
         let current = std::mem::take(&mut s.current);
+        // Whether this interval's volume is the one the rates were computed for (within
+        // 10 %): only then does the kept volume say how far the rates miss the goal.
+        let before: f64 = s.average.values().sum();
+        let steady = before > 0.0 && (s.current_sum - before).abs() <= STEADY * before;
         s.average.retain(|key, avg| {
             if current.contains_key(key) {
                 return true;
@@ -192,7 +227,20 @@ impl Ema {
             }
             Goal::SampleRate(rate) => sum / rate,
         };
-        s.rates = rates(&s.average, goal);
+        // Rates from moving averages keep more than the goal when the interval counts vary
+        // (a key whose average dipped keeps more of the next interval than a steady one
+        // loses): once the rates rest on a few intervals, the kept volume's own average over
+        // steady intervals corrects the goal, a square-root step at a time, within 1/4 to 4
+        // times it.
+        let kept = std::mem::take(&mut s.kept_current);
+        if steady && s.intervals > WARM_UP_INTERVALS {
+            let avg = s.kept_average.map_or(kept, |a| w * kept + (1.0 - w) * a);
+            s.kept_average = Some(avg);
+            if avg > 0.0 && goal > 0.0 {
+                s.scale = (s.scale * (goal / avg).sqrt()).clamp(0.25, 4.0);
+            }
+        }
+        s.rates = rates(&s.average, goal * s.scale);
         if let Some(m) = self.metrics.get() {
             m.goal.set(match self.settings.goal {
                 Goal::Throughput(per_sec) => per_sec / fleet_size.max(1) as f64,
@@ -207,14 +255,29 @@ impl Ema {
     }
 }
 
-/// The distinct values of `field` in a batch's spans, then its resource.
+/// The distinct values of `field` in a batch's spans, then its resource; a field named
+/// `root.<field>` reads the root span (and its resource) only.
 fn collect(batch: &Batch<'_>, field: &str, out: &mut BTreeSet<String>) {
-    fn push(v: Option<AnyValueView<'_>>, out: &mut BTreeSet<String>) {
-        if let Some(v) = v {
-            let mut s = String::new();
-            v.write_to(&mut s);
-            out.insert(s);
+    if let Some(field) = field.strip_prefix("root.") {
+        for root in batch.spans().iter().filter(|s| s.is_root()) {
+            let before = out.len();
+            match field {
+                "span.name" => {
+                    out.insert(root.name().to_owned());
+                }
+                "span.kind" => {
+                    out.insert(root.kind.to_string());
+                }
+                "status.code" => {
+                    out.insert(root.status_code.to_string());
+                }
+                _ => push(root.attributes().get(field), out),
+            }
+            if out.len() == before {
+                push(batch.resource.get(field), out);
+            }
         }
+        return;
     }
     match field {
         "span.name" => batch.spans().iter().for_each(|s| {
@@ -235,6 +298,14 @@ fn collect(batch: &Batch<'_>, field: &str, out: &mut BTreeSet<String>) {
                 push(batch.resource.get(field), out);
             }
         }
+    }
+}
+
+fn push(v: Option<AnyValueView<'_>>, out: &mut BTreeSet<String>) {
+    if let Some(v) = v {
+        let mut s = String::new();
+        v.write_to(&mut s);
+        out.insert(s);
     }
 }
 
