@@ -76,6 +76,9 @@ pub(super) struct Ema {
 struct State {
     /// Span counts of this interval, by key.
     current: HashMap<Box<str>, f64>,
+    /// Keys of `current` without a moving average yet: `average` and these are every key
+    /// held, which `max_keys` bounds.
+    new_keys: usize,
     current_sum: f64,
     /// Moving averages of the per-interval counts, by key.
     average: HashMap<Box<str>, f64>,
@@ -95,6 +98,7 @@ impl Default for State {
     fn default() -> Self {
         State {
             current: HashMap::new(),
+            new_keys: 0,
             current_sum: 0.0,
             average: HashMap::new(),
             rates: HashMap::new(),
@@ -138,7 +142,10 @@ impl Ema {
             s.next_adjustment = Some(t.now + self.settings.interval);
         }
         let known = s.current.contains_key(key.as_str()) || s.average.contains_key(key.as_str());
-        let key: &str = if known || s.current.len() < self.settings.max_keys {
+        let key: &str = if known {
+            &key
+        } else if s.average.len() + s.new_keys < self.settings.max_keys {
+            s.new_keys += 1;
             &key
         } else {
             if let Some(m) = self.metrics.get() {
@@ -202,6 +209,7 @@ impl Ema {
         let w = self.settings.weight;
         let age_out = self.settings.age_out_value;
         let current = std::mem::take(&mut s.current);
+        s.new_keys = 0;
         // Whether this interval's volume is the one the rates were computed for (within
         // 10 %): only then does the kept volume say how far the rates miss the goal.
         let before: f64 = s.average.values().sum();
@@ -398,5 +406,45 @@ mod tests {
         assert_eq!(s.burst_threshold, 350.0);
         // Goal sample rate 10 of 175: 17.5 per interval for one key: rate ceil(175/17.5).
         assert_eq!(s.rates["a"], 10);
+    }
+
+    #[test]
+    fn keys_beyond_max_keys_share_the_overflow_key_across_intervals() {
+        let ema = Ema::new(Settings {
+            goal: Goal::SampleRate(10.0),
+            fields: vec![],
+            use_trace_length: true,
+            interval: Duration::from_secs(1),
+            weight: 0.5,
+            age_out_value: 0.5,
+            burst_multiple: 2.0,
+            burst_detection_delay: 3,
+            max_keys: 3,
+        });
+        let id = [7u8; 16];
+        let start = Instant::now();
+        for (second, sizes) in [(0u64, [1, 2, 3, 4]), (1, [5, 6, 7, 8])] {
+            for size in sizes {
+                ema.evaluate(&TraceView {
+                    trace_id: &id,
+                    span_count: size,
+                    bytes: 0,
+                    earliest_start: 0,
+                    latest_end: 0,
+                    status_codes: super::super::StatusCodes::NONE,
+                    randomness: 0,
+                    fleet_size: 1,
+                    batches: &[],
+                    now: start + Duration::from_secs(second),
+                });
+            }
+        }
+        let s = ema.state.lock().unwrap();
+        // Three keys from the first second (the fourth overflowed) keep their averages; the
+        // second second's keys are all new and all overflow.
+        assert_eq!(s.average.len(), 4);
+        assert!(s.average.contains_key(OVERFLOW_KEY));
+        assert_eq!(s.current.len(), 1);
+        assert_eq!(s.current[OVERFLOW_KEY], 26.0);
     }
 }
