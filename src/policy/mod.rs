@@ -1,7 +1,9 @@
-//! Sampling policies: the compiled policy set and the exact rule that combines the
-//! policies' votes into one decision (the collector's, described in the README). Policies are a
-//! closed enum ([`rules::Rule`]) compiled once at load time ([`config`]); evaluating a
-//! policy allocates nothing but a regex-cache entry on a value not seen before.
+//! Sampling policies: the compiled policy set, the exact rule that combines the policies'
+//! votes into one decision (the collector's, described in the README), and the chance a kept
+//! trace was kept with ([`Chance`], for its spans' `th`). Policies are a closed enum
+//! ([`rules::Rule`]) compiled once at load time ([`config`]); evaluating a policy allocates
+//! nothing but a regex-cache entry on a value not seen before, and an adaptive policy's key
+//! (`adaptive`).
 
 mod adaptive;
 mod composite;
