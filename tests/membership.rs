@@ -8,16 +8,7 @@ use std::time::Duration;
 use tailgate::membership::ring::{Ring, RingKind};
 use tailgate::worker::config::parse_worker;
 use tailgate::worker::Worker;
-use tailgate_testkit::{metric, request, span, trace_id, Sink};
-
-/// A loopback port nothing listens on (bound, then released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use tailgate_testkit::{free_port, metric, request, span, trace_id, Sink};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_for_a_peer_that_is_gone_are_decided_here_and_counted() {

@@ -395,12 +395,9 @@ mod tests {
     use crate::membership::resolver;
     use tailgate_testkit::{metric, request, span, trace_id};
 
-    /// A port on loopback that nothing listens on (bound, then released).
+    /// A port on loopback that nothing listens on.
     fn closed_port() -> SocketAddr {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
+        SocketAddr::from(([127, 0, 0, 1], tailgate_testkit::free_port()))
     }
 
     fn route(registry: &Registry, consumers: usize) -> Arc<Route> {

@@ -23,6 +23,16 @@ use tonic::{Code, Request, Response, Status};
 use tailgate::otlp::view::{AnyValueView, Attributes, SpanView};
 
 /// A trace id whose every byte is derived from `n` (never all zero).
+/// A loopback port nothing listens on (bound, then released): for a peer that is gone, or
+/// for a process that must know its own endpoint before it binds.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind loopback")
+        .local_addr()
+        .expect("local address")
+        .port()
+}
+
 pub fn trace_id(n: u64) -> [u8; 16] {
     let mut id = [0u8; 16];
     id[..8].copy_from_slice(&n.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes());

@@ -45,6 +45,18 @@ admin: {{endpoint: "127.0.0.1:0"}}
     )
 }
 
+/// The verifier's report once every must-keep trace has arrived and nothing arrived for
+/// half a second (or after 30 s).
+async fn settled_report(sink: &VerifySink, expected: &Expectations) -> tailgate_tools::Report {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !sink.settled(expected, Duration::from_millis(500))
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sink.report(expected)
+}
+
 fn workload(seed: u64) -> WorkloadConfig {
     WorkloadConfig {
         seed,
@@ -85,13 +97,7 @@ async fn every_kept_trace_comes_back_whole_from_a_real_worker() {
             handed
         );
         let expected = generator.expectations.take().unwrap();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while !sink.settled(&expected, Duration::from_millis(500))
-            && tokio::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let report = sink.report(&expected);
+        let report = settled_report(&sink, &expected).await;
         assert!(report.passed(), "{protocol:?}:\n{}", report.render());
         assert!(report.kept_traces > 10, "{}", report.render());
         assert_eq!(report.complete_traces, report.kept_traces);
@@ -245,13 +251,7 @@ async fn adjusted_counts_of_kept_spans_estimate_the_traffic_per_service() {
     .await;
     sender.finish().await;
     let expected = generator.expectations.take().unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !sink.settled(&expected, Duration::from_millis(500))
-        && tokio::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let report = sink.report(&expected);
+    let report = settled_report(&sink, &expected).await;
     eprintln!("{}", report.render());
     assert!(report.passed(), "{}", report.render());
     assert_eq!(report.unweighted_spans, 0, "{}", report.render());
@@ -271,16 +271,6 @@ async fn adjusted_counts_of_kept_spans_estimate_the_traffic_per_service() {
     sink.stop().await;
 }
 
-/// A port free on loopback (bound, then released), for a worker that must know its own
-/// endpoint before it starts.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Two workers that know each other behind a router, an `ema_throughput` goal for the
 /// fleet, and the load generator's skewed workload at about ten times the goal: the fleet
 /// total meets the goal, every kept span carries its probability, and the adjusted counts
@@ -289,7 +279,8 @@ fn free_port() -> u16 {
 async fn an_adaptive_goal_holds_for_a_fleet_of_two_behind_a_router() {
     const GOAL: f64 = 400.0;
     let sink = VerifySink::start("127.0.0.1:0").await.unwrap();
-    let endpoints = [free_port(), free_port()].map(|p| format!("127.0.0.1:{p}"));
+    let endpoints = [tailgate_testkit::free_port(), tailgate_testkit::free_port()]
+        .map(|p| format!("127.0.0.1:{p}"));
     let mut workers = Vec::new();
     for (i, me) in endpoints.iter().enumerate() {
         let text = format!(
