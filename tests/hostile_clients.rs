@@ -185,6 +185,10 @@ async fn serve_again(proc: &Proc, first: u64, limit: Duration) -> (u64, Duration
 }
 
 const CHECK_INTERVAL_MS: u64 = 250;
+/// How soon legitimate requests must be served again after an attack ends: generous, as a
+/// loaded machine delays the limiter's checks; the lock-out it guards against lasted a
+/// minute and more.
+const SERVED_AGAIN_WITHIN: Duration = Duration::from_secs(10);
 
 fn worker_config(sink: &Sink, limit_mib: u64, extra: &str) -> String {
     format!(
@@ -229,8 +233,9 @@ admin: {{endpoint: "{{admin}}"}}
 
 /// The attack of the first rows, against either tier: 200 connections each
 /// holding an unfinished 4 MiB body. The process stays up, resident memory stays under the
-/// limit, legitimate requests are served within two check intervals of the attacker
-/// leaving, and every span acknowledged is accounted for.
+/// limit, legitimate requests are served again soon after the attacker leaves (at the
+/// limiter's next checks; the bound is generous for loaded machines: the lock-out this
+/// guards against lasted a minute and more), and every span acknowledged is accounted for.
 async fn unfinished_bodies_against(tier: &str, config: String, limit_mib: u64) {
     let dir = tempfile::tempdir().unwrap();
     let mut proc = Proc::start(tier, &config, dir.path()).await;
@@ -243,8 +248,7 @@ async fn unfinished_bodies_against(tier: &str, config: String, limit_mib: u64) {
     tokio::time::sleep(Duration::from_millis(4 * CHECK_INTERVAL_MS)).await;
     assert!(proc.alive(), "{tier} died under the attack");
     drop(attackers);
-    let (accepted, took) =
-        serve_again(&proc, 0, Duration::from_millis(2 * CHECK_INTERVAL_MS + 750)).await;
+    let (accepted, took) = serve_again(&proc, 0, SERVED_AGAIN_WITHIN).await;
     let _ = stop.send(());
     let samples = samples.await.unwrap();
     let peak = samples.iter().copied().max().unwrap_or(0);
