@@ -299,16 +299,8 @@ impl Fleet {
                 self.markers.insert(key, from.clone());
                 self.to(&from, RelayKind::Final, Reason::Declined)
             }
-            Some((RelayKind::Forward, from)) => {
-                if holds {
-                    return Place::Here;
-                }
-                if let Some(to) = handed() {
-                    return self.to(&to, RelayKind::Final, Reason::Holder);
-                }
-                self.offer(id, Some(from), now)
-            }
-            None => {
+            // A client's request, or a forward from S (never forwarded again by the ring).
+            forward => {
                 if holds {
                     return Place::Here;
                 }
@@ -316,17 +308,18 @@ impl Fleet {
                     return self.to(&to, RelayKind::Final, Reason::Holder);
                 }
                 let views = self.views();
-                match views
+                let except = forward.map(|(_, from)| from);
+                let owner = views
                     .current
                     .route(id)
-                    .map(|i| &views.current.endpoints()[i])
-                {
-                    Some(owner) if **owner != *self.me => {
+                    .map(|i| &views.current.endpoints()[i]);
+                match owner {
+                    Some(owner) if except.is_none() && **owner != *self.me => {
                         let owner: Arc<str> = owner.as_str().into();
                         self.markers.insert(key, owner.clone());
                         self.to(&owner, RelayKind::Forward, Reason::NotOwner)
                     }
-                    _ => self.offer(id, None, now),
+                    _ => self.offer(&views, id, except, now),
                 }
             }
         }
@@ -334,10 +327,9 @@ impl Fleet {
 
     /// Offers the trace to its oldest previous owner within the window that is neither
     /// this worker nor `except`; here when there is none.
-    fn offer(&self, id: &TraceId, except: Option<&str>, now: Instant) -> Place {
-        let views = self.views();
+    fn offer(&self, views: &Views, id: &TraceId, except: Option<&str>, now: Instant) -> Place {
         let previous = self
-            .live_previous(&views, now)
+            .live_previous(views, now)
             .filter_map(|ring| ring.route(id).map(|i| ring.endpoints()[i].as_str()))
             .find(|owner| *owner != &*self.me && Some(*owner) != except);
         match previous {

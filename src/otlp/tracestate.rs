@@ -90,15 +90,10 @@ pub fn read(tracestate: &str) -> Sampling {
                 Some(t) => out.threshold = Some(t),
                 None => out.malformed = true,
             },
-            Some(("rv", v)) => {
-                match (v.len() == 14)
-                    .then(|| u64::from_str_radix(v, 16).ok())
-                    .flatten()
-                {
-                    Some(r) if v.bytes().all(|b| b.is_ascii_hexdigit()) => out.randomness = Some(r),
-                    _ => out.malformed = true,
-                }
+            Some(("rv", v)) if v.len() == 14 && v.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                out.randomness = u64::from_str_radix(v, 16).ok();
             }
+            Some(("rv", _)) => out.malformed = true,
             _ => {}
         }
     }

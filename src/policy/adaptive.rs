@@ -266,46 +266,35 @@ impl Ema {
 /// The distinct values of `field` in a batch's spans, then its resource; a field named
 /// `root.<field>` reads the root span (and its resource) only.
 fn collect(batch: &Batch<'_>, field: &str, out: &mut BTreeSet<String>) {
-    if let Some(field) = field.strip_prefix("root.") {
-        for root in batch.spans().iter().filter(|s| s.is_root()) {
-            let before = out.len();
-            match field {
-                "span.name" => {
-                    out.insert(root.name().to_owned());
-                }
-                "span.kind" => {
-                    out.insert(root.kind.to_string());
-                }
-                "status.code" => {
-                    out.insert(root.status_code.to_string());
-                }
-                _ => push(root.attributes().get(field), out),
-            }
-            if out.len() == before {
-                push(batch.resource.get(field), out);
-            }
-        }
-        return;
-    }
+    let (field, roots_only) = match field.strip_prefix("root.") {
+        Some(field) => (field, true),
+        None => (field, false),
+    };
+    let spans = || {
+        batch
+            .spans()
+            .iter()
+            .filter(move |s| !roots_only || s.is_root())
+    };
+    let before = out.len();
     match field {
-        "span.name" => batch.spans().iter().for_each(|s| {
+        "span.name" => spans().for_each(|s| {
             out.insert(s.name().to_owned());
         }),
-        "span.kind" => batch.spans().iter().for_each(|s| {
+        "span.kind" => spans().for_each(|s| {
             out.insert(s.kind.to_string());
         }),
-        "status.code" => batch.spans().iter().for_each(|s| {
+        "status.code" => spans().for_each(|s| {
             out.insert(s.status_code.to_string());
         }),
-        _ => {
-            let before = out.len();
-            for attributes in batch.span_attributes() {
-                push(attributes.get(field), out);
-            }
-            if out.len() == before {
-                push(batch.resource.get(field), out);
-            }
-        }
+        _ if roots_only => spans().for_each(|s| push(s.attributes().get(field), out)),
+        // Attributes alone, without reading the spans' other fields.
+        _ => batch
+            .span_attributes()
+            .for_each(|a| push(a.get(field), out)),
+    }
+    if out.len() == before && (!roots_only || spans().next().is_some()) {
+        push(batch.resource.get(field), out);
     }
 }
 
