@@ -7,9 +7,12 @@
 //! decision is consistent and its probability goes into the spans' `th`.
 //!
 //! State is per policy and per worker, bounded by `max_keys` (keys past it share one
-//! overflow key, counted) and aged out below `age_out_value`. A burst (the interval's count
-//! reaching `burst_multiple` times the averages' sum, after `burst_detection_delay`
-//! intervals) recomputes the rates at once.
+//! overflow key, counted) and aged out below `age_out_value`. A level shift (the volume so
+//! far this interval, projected to the whole interval, at `burst_multiple` times the
+//! averages' sum or at its `1/burst_multiple`, after `burst_detection_delay` intervals)
+//! recomputes the rates at once; a throughput goal's rates are set for the interval's own
+//! volume when it moved away from the averages, so the kept volume follows the goal through
+//! a change of input rate rather than the averages' catching up.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Mutex, OnceLock};
@@ -50,6 +53,13 @@ pub(super) struct Settings {
 const WARM_UP_INTERVALS: u32 = 3;
 /// How close an interval's volume must be to the averages' for it to correct the goal.
 const STEADY: f64 = 0.1;
+/// A level shift is judged on at least this share of an interval.
+/// An interval's count is scaled to a whole interval from at least this share of one.
+const MIN_FRACTION: f64 = 0.1;
+/// The probe for level shifts covers at least this share of an interval and at least
+/// this many traces (so that a large trace or two do not look like a shift).
+const PROBE: f64 = 0.02;
+const PROBE_TRACES: u32 = 50;
 
 /// The key shared by traces whose own key did not fit under `max_keys`.
 const OVERFLOW_KEY: &str = "\u{0}overflow";
@@ -83,10 +93,19 @@ struct State {
     /// Moving averages of the per-interval counts, by key.
     average: HashMap<Box<str>, f64>,
     /// Keep 1 in N, by key; a key without a rate keeps everything.
-    rates: HashMap<Box<str>, u64>,
-    next_adjustment: Option<Instant>,
+    rates: HashMap<Box<str>, f64>,
+    /// When the interval being counted began.
+    interval_start: Option<Instant>,
+    /// The volume per interval the rates were set for.
+    level: f64,
+    /// A level shift seen less than an interval ago: since when, and the spans since. The
+    /// interval's volume mixes two levels; the one since the shift is the current one.
+    shift: Option<(Instant, f64)>,
+    /// The level-shift probe: since when, spans and traces.
+    probe_start: Option<Instant>,
+    probe_sum: f64,
+    probe_traces: u32,
     intervals: u32,
-    burst_threshold: f64,
     /// Spans this policy kept in this interval, and their moving average.
     kept_current: f64,
     kept_average: Option<f64>,
@@ -102,9 +121,13 @@ impl Default for State {
             current_sum: 0.0,
             average: HashMap::new(),
             rates: HashMap::new(),
-            next_adjustment: None,
+            interval_start: None,
+            level: 0.0,
+            shift: None,
+            probe_start: None,
+            probe_sum: 0.0,
+            probe_traces: 0,
             intervals: 0,
-            burst_threshold: 0.0,
             kept_current: 0.0,
             kept_average: None,
             scale: 1.0,
@@ -134,12 +157,9 @@ impl Ema {
     pub(super) fn evaluate(&self, t: &TraceView<'_>) -> (Decision, Chance) {
         let key = self.key(t);
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let next = *s
-            .next_adjustment
-            .get_or_insert(t.now + self.settings.interval);
-        if t.now >= next {
-            self.adjust(&mut s, t.fleet_size);
-            s.next_adjustment = Some(t.now + self.settings.interval);
+        let start = *s.interval_start.get_or_insert(t.now);
+        if t.now >= start + self.settings.interval {
+            self.adjust(&mut s, t.fleet_size, t.now);
         }
         let known = s.current.contains_key(key.as_str()) || s.average.contains_key(key.as_str());
         let key: &str = if known {
@@ -156,15 +176,9 @@ impl Ema {
         let count = t.span_count as f64;
         *s.current.entry(key.into()).or_default() += count;
         s.current_sum += count;
-        let rate = s.rates.get(key).copied().unwrap_or(1);
-        let burst = s.burst_threshold > 0.0
-            && s.current_sum >= s.burst_threshold
-            && s.intervals >= self.settings.burst_detection_delay;
-        if burst {
-            self.adjust(&mut s, t.fleet_size);
-            s.next_adjustment = Some(t.now + self.settings.interval);
-        }
-        let threshold = Threshold::of_probability(1.0 / rate as f64);
+        let rate = s.rates.get(key).copied().unwrap_or(1.0);
+        self.probe(&mut s, count, t.fleet_size, t.now);
+        let threshold = Threshold::of_probability(1.0 / rate);
         let keep = threshold.is_some_and(|th| t.randomness >= th.value());
         if keep {
             s.kept_current += count;
@@ -204,16 +218,93 @@ impl Ema {
         key
     }
 
-    /// Folds the interval into the moving averages and recomputes every key's rate.
-    fn adjust(&self, s: &mut State, fleet_size: usize) {
+    /// The share of an interval since the current one began (at least
+    /// [`MIN_FRACTION`]).
+    fn elapsed(&self, s: &State, now: Instant) -> f64 {
+        s.interval_start.map_or(1.0, |start| {
+            (now.saturating_duration_since(start).as_secs_f64()
+                / self.settings.interval.as_secs_f64())
+            .max(MIN_FRACTION)
+        })
+    }
+
+    /// Counts a trace into the probe; when the probe is long enough, judges it: a volume
+    /// (per interval) `burst_multiple` times the one the rates were set for, or a
+    /// `burst_multiple`-th of it, is a level shift, and a throughput goal's rates are set
+    /// for the new volume at once (the averages keep theirs until the interval ends). For
+    /// an interval, each probe then sets them again for the volume since the shift was
+    /// seen (the probe that saw it straddles the change). Refinery's burst detection
+    /// compares the interval's count so far with the averages, which sees a rise late and
+    /// a drop never.
+    fn probe(&self, s: &mut State, count: f64, fleet_size: usize, now: Instant) {
+        let Goal::Throughput(_) = self.settings.goal else {
+            return;
+        };
+        let interval = self.settings.interval.as_secs_f64();
+        let start = *s.probe_start.get_or_insert(now);
+        s.probe_sum += count;
+        s.probe_traces += 1;
+        if let Some((_, spans)) = &mut s.shift {
+            *spans += count;
+        }
+        let elapsed = now.saturating_duration_since(start).as_secs_f64() / interval;
+        if elapsed < PROBE || s.probe_traces < PROBE_TRACES {
+            return;
+        }
+        let probed = s.probe_sum / elapsed;
+        s.probe_start = Some(now);
+        s.probe_sum = 0.0;
+        s.probe_traces = 0;
+        let multiple = self.settings.burst_multiple;
+        let volume = match s.shift {
+            Some((since, spans)) => spans / (now.saturating_duration_since(since).as_secs_f64() / interval),
+            None if s.intervals >= self.settings.burst_detection_delay
+                && s.level > 0.0
+                && (probed >= s.level * multiple || probed * multiple <= s.level) =>
+            {
+                s.shift = Some((now, 0.0));
+                probed
+            }
+            None => return,
+        };
+        let sum: f64 = s.average.values().sum();
+        s.rates = rates(&s.average, volume / sum, self.goal(fleet_size) * s.scale);
+        s.level = volume;
+        self.publish(s, fleet_size);
+    }
+
+    /// A throughput goal in spans per interval for this worker, or a sample rate.
+    fn goal(&self, fleet_size: usize) -> f64 {
+        match self.settings.goal {
+            Goal::Throughput(per_sec) => {
+                per_sec / fleet_size.max(1) as f64 * self.settings.interval.as_secs_f64()
+            }
+            Goal::SampleRate(rate) => rate,
+        }
+    }
+
+    /// Folds the interval (up to `now`, scaled to a whole interval) into the moving
+    /// averages and recomputes every key's rate.
+    fn adjust(&self, s: &mut State, fleet_size: usize, now: Instant) {
         let w = self.settings.weight;
         let age_out = self.settings.age_out_value;
+        let scale_to_interval = 1.0 / self.elapsed(s, now);
+        s.interval_start = Some(now);
         let current = std::mem::take(&mut s.current);
+        let volume = s.current_sum * scale_to_interval;
         s.new_keys = 0;
         // Whether this interval's volume is the one the rates were computed for (within
         // 10 %): only then does the kept volume say how far the rates miss the goal.
         let before: f64 = s.average.values().sum();
-        let steady = before > 0.0 && (s.current_sum - before).abs() <= STEADY * before;
+        // A shift keeps measuring the volume since it was seen for an interval.
+        let shifted = s.shift.is_some();
+        if s
+            .shift
+            .is_some_and(|(since, _)| now.saturating_duration_since(since) >= self.settings.interval)
+        {
+            s.shift = None;
+        }
+        let steady = !shifted && before > 0.0 && (volume - before).abs() <= STEADY * before;
         s.average.retain(|key, avg| {
             if current.contains_key(key) {
                 return true;
@@ -223,24 +314,31 @@ impl Ema {
         });
         for (key, count) in current {
             let avg = s.average.entry(key).or_default();
-            *avg = w * count + (1.0 - w) * *avg;
+            *avg = w * count * scale_to_interval + (1.0 - w) * *avg;
         }
         s.current_sum = 0.0;
         s.intervals = s.intervals.saturating_add(1);
         let sum: f64 = s.average.values().sum();
-        s.burst_threshold = sum * self.settings.burst_multiple;
-        let goal = match self.settings.goal {
-            Goal::Throughput(per_sec) => {
-                per_sec / fleet_size.max(1) as f64 * self.settings.interval.as_secs_f64()
-            }
-            Goal::SampleRate(rate) => sum / rate,
+        // A throughput goal is spans per interval: when the volume moved away from the
+        // averages, rates that the averages' sum would keep the goal at are set for the
+        // volume itself. A sample-rate goal is a ratio, the same at any volume.
+        s.level = if shifted {
+            s.level
+        } else if steady || volume <= 0.0 {
+            sum
+        } else {
+            volume
+        };
+        let (level, goal) = match self.settings.goal {
+            Goal::Throughput(_) => (s.level / sum, self.goal(fleet_size)),
+            Goal::SampleRate(rate) => (1.0, sum / rate),
         };
         // Rates from moving averages keep more than the goal when the interval counts vary
         // (a key whose average dipped keeps more of the next interval than a steady one
         // loses): once the rates rest on a few intervals, the kept volume's own average over
         // steady intervals corrects the goal, a square-root step at a time, within 1/4 to 4
         // times it.
-        let kept = std::mem::take(&mut s.kept_current);
+        let kept = std::mem::take(&mut s.kept_current) * scale_to_interval;
         if steady && s.intervals > WARM_UP_INTERVALS {
             let avg = s.kept_average.map_or(kept, |a| w * kept + (1.0 - w) * a);
             s.kept_average = Some(avg);
@@ -248,7 +346,12 @@ impl Ema {
                 s.scale = (s.scale * (goal / avg).sqrt()).clamp(0.25, 4.0);
             }
         }
-        s.rates = rates(&s.average, goal * s.scale);
+        s.rates = rates(&s.average, level, goal * s.scale);
+        self.publish(s, fleet_size);
+    }
+
+    /// The policy's metrics after its rates changed.
+    fn publish(&self, s: &State, fleet_size: usize) {
         if let Some(m) = self.metrics.get() {
             m.goal.set(match self.settings.goal {
                 Goal::Throughput(per_sec) => per_sec / fleet_size.max(1) as f64,
@@ -256,9 +359,9 @@ impl Ema {
             });
             m.keys.set(s.average.len() as f64);
             m.min_rate
-                .set(s.rates.values().copied().min().unwrap_or(1) as f64);
+                .set(s.rates.values().copied().reduce(f64::min).unwrap_or(1.0));
             m.max_rate
-                .set(s.rates.values().copied().max().unwrap_or(1) as f64);
+                .set(s.rates.values().copied().reduce(f64::max).unwrap_or(1.0));
         }
     }
 }
@@ -308,14 +411,15 @@ fn push(v: Option<AnyValueView<'_>>, out: &mut BTreeSet<String>) {
 
 /// Refinery's allocation: each key's share of the goal grows with the logarithm of its
 /// count (so rare keys keep more); keys that need less than their share pass the rest on
-/// to the larger ones; a key keeps 1 in ceil(count / share). Below the goal, everything is
-/// kept.
-fn rates(average: &HashMap<Box<str>, f64>, goal: f64) -> HashMap<Box<str>, u64> {
-    let sum: f64 = average.values().sum();
+/// to the larger ones; a key keeps 1 in count / share (Refinery rounds that up to a
+/// whole number, which keeps less than the goal; a threshold takes any probability).
+/// Below the goal, everything is kept.
+fn rates(average: &HashMap<Box<str>, f64>, level: f64, goal: f64) -> HashMap<Box<str>, f64> {
+    let sum: f64 = average.values().sum::<f64>() * level;
     if sum <= goal || average.is_empty() {
-        return average.keys().map(|k| (k.clone(), 1)).collect();
+        return average.keys().map(|k| (k.clone(), 1.0)).collect();
     }
-    let mut keys: Vec<(&Box<str>, f64)> = average.iter().map(|(k, v)| (k, *v)).collect();
+    let mut keys: Vec<(&Box<str>, f64)> = average.iter().map(|(k, v)| (k, v * level)).collect();
     keys.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(b.0)));
     let log_sum: f64 = keys.iter().map(|(_, c)| c.max(1.0).log10()).sum();
     let ratio = if log_sum > 0.0 { goal / log_sum } else { goal };
@@ -330,13 +434,11 @@ fn rates(average: &HashMap<Box<str>, f64>, goal: f64) -> HashMap<Box<str>, u64> 
         remaining -= 1.0;
         let rate = if count <= share {
             extra += share - count;
-            1
+            1.0
         } else {
-            let rate = (count / share).ceil();
-            extra += share - count / rate;
-            rate as u64
+            count / share
         };
-        out.insert(key.clone(), rate.max(1));
+        out.insert(key.clone(), rate);
     }
     out
 }
@@ -354,17 +456,26 @@ mod tests {
         // Counts 1 000, 100 and 10 against a goal of 300 per interval: log sum 3 + 2 + 1 = 6,
         // 50 per log unit. Smallest first: share 50, needs 10, rate 1, 40 left over. Middle:
         // share 100 plus half the 40, needs 100, rate 1, 20 + 20 left over. Largest: share
-        // 150 + 40 = 190; 1 000 / 190 rounds up to 6.
+        // 150 + 40 = 190: 1 in 1 000 / 190.
         let r = rates(
             &averages(&[("big", 1000.0), ("mid", 100.0), ("small", 10.0)]),
+            1.0,
             300.0,
         );
-        assert_eq!(r["small"], 1);
-        assert_eq!(r["mid"], 1);
-        assert_eq!(r["big"], 6);
+        assert_eq!(r["small"], 1.0);
+        assert_eq!(r["mid"], 1.0);
+        assert!((r["big"] - 1000.0 / 190.0).abs() < 1e-9, "{r:?}");
         // Under the goal everything is kept.
-        let r = rates(&averages(&[("a", 10.0), ("b", 20.0)]), 100.0);
-        assert!(r.values().all(|r| *r == 1));
+        let r = rates(&averages(&[("a", 10.0), ("b", 20.0)]), 1.0, 100.0);
+        assert!(r.values().all(|r| *r == 1.0));
+        // The same counts at three times their averages' level.
+        let r = rates(
+            &averages(&[("big", 1000.0 / 3.0), ("mid", 100.0 / 3.0), ("small", 10.0 / 3.0)]),
+            3.0,
+            300.0,
+        );
+        assert_eq!((r["small"], r["mid"]), (1.0, 1.0));
+        assert!((r["big"] - 1000.0 / 190.0).abs() < 1e-9, "{r:?}");
     }
 
     #[test]
@@ -383,18 +494,22 @@ mod tests {
         let mut s = State::default();
         s.current.insert("a".into(), 100.0);
         s.current.insert("b".into(), 1.0);
-        ema.adjust(&mut s, 1);
+        s.current_sum = 101.0;
+        let start = Instant::now();
+        ema.adjust(&mut s, 1, start);
         // New keys: weight * count.
         assert_eq!(s.average["a"], 50.0);
         assert_eq!(s.average["b"], 0.5);
         s.current.insert("a".into(), 300.0);
-        ema.adjust(&mut s, 1);
+        s.current_sum = 300.0;
+        ema.adjust(&mut s, 1, start + Duration::from_secs(1));
         // 0.5 * 300 + 0.5 * 50; b decays to 0.25, under the age-out value: gone.
         assert_eq!(s.average["a"], 175.0);
         assert!(!s.average.contains_key("b"));
-        assert_eq!(s.burst_threshold, 350.0);
-        // Goal sample rate 10 of 175: 17.5 per interval for one key: rate ceil(175/17.5).
-        assert_eq!(s.rates["a"], 10);
+        // The volume moved far from the averages' 50.5: the rates are set for it.
+        assert_eq!(s.level, 300.0);
+        // Goal sample rate 10 of 175: 17.5 per interval for one key: 1 in 175 / 17.5.
+        assert_eq!(s.rates["a"], 10.0);
     }
 
     #[test]

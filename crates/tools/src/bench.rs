@@ -18,7 +18,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
-use crate::{drive, progress_bar, Expectations, Generator, Protocol, Report, Sender, VerifySink};
+use crate::{
+    drive, progress_bar, Expectations, Generator, Pace, Protocol, Report, Sender, VerifySink,
+};
 use crate::{Outgoing, WorkloadConfig, WORKER_HEADER};
 use tailgate::memory_limiter::resident_bytes_of;
 use tailgate::policy::parse_policies;
@@ -177,7 +179,13 @@ async fn send_all(
     let sender = Sender::start(&endpoint.to_string(), Protocol::Grpc, connections)?;
     let total = requests.iter().map(|r| u64::from(r.spans)).sum();
     let bar = progress_bar(Some(total));
-    let handed = drive(requests.iter().cloned(), &sender, None, late_after, &bar).await;
+    let handed = drive(
+        requests.iter().cloned(),
+        &sender,
+        &Pace::UNLIMITED,
+        late_after,
+        &bar,
+    ).await;
     bar.finish_and_clear();
     Ok((handed, sender.finish().await))
 }

@@ -6,6 +6,7 @@
 
 pub mod batch;
 pub mod bench;
+mod pace;
 mod send;
 mod verify;
 mod workload;
@@ -17,8 +18,12 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::time::Instant;
 
 pub use batch::Batcher;
+pub use pace::{Pace, PaceError};
 pub use send::{Protocol, SendStats, Sender};
-pub use verify::{Expectations, PolicyInput, PolicyShare, Report, VerifySink, WORKER_HEADER};
+pub use verify::{
+    Expectations, PolicyInput, PolicyShare, Report, VerifySink, Window, BUSY_KEY_SPANS,
+    TIMELINE_SECONDS, WORKER_HEADER,
+};
 pub use workload::{GeneratedSpan, GeneratedTrace, Outgoing, Workload, WorkloadConfig};
 
 /// Generated requests, until a span count or a deadline is reached; every trace started
@@ -100,12 +105,12 @@ pub fn progress_bar(total: Option<u64>) -> ProgressBar {
     bar
 }
 
-/// Sends every request of `requests`, paced to `rate` spans per second when given; late
-/// requests leave `late_after` after their turn. Returns the spans handed to the sender.
+/// Sends every request of `requests` at `pace`; late requests leave `late_after` after
+/// their turn. Returns the spans handed to the sender.
 pub async fn drive(
     requests: impl Iterator<Item = Outgoing>,
     sender: &Sender,
-    rate: Option<f64>,
+    pace: &Pace,
     late_after: Duration,
     progress: &ProgressBar,
 ) -> u64 {
@@ -126,8 +131,8 @@ pub async fn drive(
             late.push_back((Instant::now() + late_after, outgoing));
             continue;
         }
-        if let Some(rate) = rate.filter(|r| *r > 0.0) {
-            tokio::time::sleep_until(started + Duration::from_secs_f64(handed as f64 / rate)).await;
+        if let Some(due) = pace.due(handed) {
+            tokio::time::sleep_until(started + due).await;
         }
         hand(outgoing, &mut handed).await;
     }
@@ -142,8 +147,7 @@ pub async fn drive(
 pub struct LoadgenOptions {
     pub endpoint: String,
     pub protocol: Protocol,
-    /// Spans per second; `None`: as fast as the target takes them.
-    pub rate: Option<f64>,
+    pub pace: Pace,
     pub spans: u64,
     pub duration: Option<Duration>,
     pub connections: usize,
@@ -188,7 +192,7 @@ pub async fn run(options: LoadgenOptions) -> anyhow::Result<Outcome> {
     let handed = drive(
         generator.by_ref(),
         &sender,
-        options.rate,
+        &options.pace,
         options.late_after,
         &bar,
     )

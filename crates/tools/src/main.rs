@@ -71,6 +71,10 @@ struct WorkloadArgs {
     /// The head sampler's probability for those traces, in percent.
     #[arg(long, default_value_t = 50.0)]
     head_sampling_percentage: f64,
+    /// How skewed traffic is over services and their operations: the k-th is chosen with
+    /// weight 1/k^skew (1.0: a Zipf law, a few hot endpoints and a long rare tail).
+    #[arg(long, default_value_t = 0.0)]
+    skew: f64,
 }
 
 impl WorkloadArgs {
@@ -90,6 +94,10 @@ impl WorkloadArgs {
             "--head-sampling-percentage must be in (0, 100]"
         );
         anyhow::ensure!(
+            self.skew >= 0.0 && self.skew.is_finite(),
+            "--skew must be a non-negative number"
+        );
+        anyhow::ensure!(
             self.services > 0 && self.instances > 0,
             "--services and --instances must be positive"
         );
@@ -106,6 +114,7 @@ impl WorkloadArgs {
             batch_size: self.batch_size,
             head_sampled_rate: self.head_sampled_rate,
             head_sampling_percentage: self.head_sampling_percentage,
+            skew: self.skew,
             start_unix_nano: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64),
@@ -120,9 +129,11 @@ struct LoadgenArgs {
     endpoint: String,
     #[arg(long, value_enum, default_value = "grpc")]
     protocol: tailgate_tools::Protocol,
-    /// Spans per second; without it, as fast as the target takes them.
+    /// Spans per second (`3000`), or steps of rates each held for a while, the last until
+    /// the spans run out (`3000:40s,9000:40s,3000`); without it, as fast as the target
+    /// takes them.
     #[arg(long)]
-    rate: Option<f64>,
+    rate: Option<tailgate_tools::Pace>,
     /// Stop after this many spans.
     #[arg(long, default_value_t = 100_000)]
     spans: u64,
@@ -259,7 +270,7 @@ fn loadgen_options(args: LoadgenArgs) -> anyhow::Result<tailgate_tools::LoadgenO
     Ok(tailgate_tools::LoadgenOptions {
         endpoint: args.endpoint,
         protocol: args.protocol,
-        rate: args.rate,
+        pace: args.rate.unwrap_or(tailgate_tools::Pace::UNLIMITED),
         spans: if args.duration.is_some() {
             u64::MAX
         } else {

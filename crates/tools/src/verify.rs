@@ -3,7 +3,7 @@
 //! export (by trace, span and exporting worker, recorded by the test kit's OTLP sink), and
 //! the report that compares the two.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -38,6 +38,31 @@ struct Expected {
     must: Must,
     /// Bit i: policy i of the set, alone, samples the trace.
     matched: u64,
+    /// The minute of the run it was sent in, from 0.
+    minute: u32,
+    /// Its root's (service, route) key, as an index into `Expectations::keys`.
+    key: Option<u32>,
+}
+
+/// A root (service, route) key needs this many spans (of the traces it is the root of) in
+/// a minute to be owed a kept trace in that minute.
+pub const BUSY_KEY_SPANS: u32 = 20;
+
+/// The current Unix second.
+fn unix_second() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A span's `http.route`, if it has one.
+fn route_of(span: &opentelemetry_proto::tonic::trace::v1::Span) -> Option<&str> {
+    span.attributes
+        .iter()
+        .find_map(|kv| match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+            Some(any_value::Value::StringValue(s)) if kv.key == "http.route" => Some(s.as_str()),
+            _ => None,
+        })
 }
 
 /// What a worker's policies see of a generated trace: its on-time spans grouped by
@@ -131,6 +156,14 @@ pub struct Expectations {
     /// By service: the spans the generated spans stand for (a head-sampled span counts
     /// its adjusted count).
     represented: HashMap<String, f64>,
+    /// The Unix second the first trace was recorded in.
+    first_second: Option<u64>,
+    /// Spans recorded (sent) per Unix second.
+    sent: BTreeMap<u64, u64>,
+    /// Every root (service, route) key seen, and its traces' spans per minute of the run.
+    keys: Vec<(String, String)>,
+    key_index: HashMap<(String, String), u32>,
+    key_spans: HashMap<(u32, u32), u32>,
 }
 
 /// The `service.name` of a resource.
@@ -165,6 +198,11 @@ impl Expectations {
             traces: HashMap::new(),
             spans: 0,
             represented: HashMap::new(),
+            first_second: None,
+            sent: BTreeMap::new(),
+            keys: Vec::new(),
+            key_index: HashMap::new(),
+            key_spans: HashMap::new(),
         }
     }
 
@@ -195,11 +233,25 @@ impl Expectations {
             _ => Must::Drop,
         };
         self.spans += trace.spans.len() as u64;
+        let second = unix_second();
+        let first = *self.first_second.get_or_insert(second);
+        let minute = (second.saturating_sub(first) / 60) as u32;
+        *self.sent.entry(second).or_default() += trace.spans.len() as u64;
+        let mut key = None;
         for s in &trace.spans {
-            *self
-                .represented
-                .entry(service_of(resources.get(s.instance)))
-                .or_default() += adjusted_count(&s.span.trace_state).unwrap_or(1.0);
+            let service = service_of(resources.get(s.instance));
+            if let (true, Some(route)) = (s.span.parent_span_id.is_empty(), route_of(&s.span)) {
+                let root = (service.clone(), route.to_owned());
+                let next = self.keys.len() as u32;
+                let index = *self.key_index.entry(root.clone()).or_insert(next);
+                if index == next {
+                    self.keys.push(root);
+                }
+                *self.key_spans.entry((minute, index)).or_default() += trace.spans.len() as u32;
+                key = Some(index);
+            }
+            *self.represented.entry(service).or_default() +=
+                adjusted_count(&s.span.trace_state).unwrap_or(1.0);
         }
         self.traces.insert(
             trace.trace_id,
@@ -207,6 +259,8 @@ impl Expectations {
                 spans: trace.spans.len() as u32,
                 must,
                 matched,
+                minute,
+                key,
             },
         );
     }
@@ -233,6 +287,8 @@ struct Received {
     adjusted: HashMap<(String, TraceId), (f64, u64)>,
     /// Exported spans without a threshold (counted as 1).
     unweighted_spans: u64,
+    /// Spans received per Unix second.
+    per_second: BTreeMap<u64, u64>,
 }
 
 /// What the workers export, recorded by the test kit's OTLP sink.
@@ -262,6 +318,7 @@ impl Received {
                 (self.workers.len() - 1) as u16
             }
         };
+        let spans_before = self.spans;
         for rs in &request.resource_spans {
             let service = service_of(rs.resource.as_ref());
             for ss in &rs.scope_spans {
@@ -310,6 +367,7 @@ impl Received {
                 }
             }
         }
+        *self.per_second.entry(unix_second()).or_default() += self.spans - spans_before;
         self.last_change = Some(std::time::Instant::now());
     }
 }
@@ -423,6 +481,44 @@ impl VerifySink {
                 }
             }
         }
+        let mut covered: std::collections::HashSet<(u32, u32)> = Default::default();
+        for (id, e) in &expected.traces {
+            if let (Some(key), true) = (e.key, received.traces.contains_key(id)) {
+                covered.insert((e.minute, key));
+            }
+        }
+        // Whole minutes of the run only: a key's spans in the last seconds say little.
+        let minutes = match (expected.first_second, expected.sent.keys().next_back()) {
+            (Some(first), Some(last)) => ((last + 1 - first) / 60) as u32,
+            _ => 0,
+        };
+        for (&(minute, key), &spans) in &expected.key_spans {
+            if spans >= BUSY_KEY_SPANS && minute < minutes {
+                r.busy_keys += 1;
+                if !covered.contains(&(minute, key)) {
+                    let (service, route) = &expected.keys[key as usize];
+                    r.busy_keys_not_kept.push(format!("minute {minute}: {service} {route}"));
+                }
+            }
+        }
+        r.busy_keys_not_kept.sort();
+        if let Some(first) = expected.first_second {
+            let window = |second: u64| (second.saturating_sub(first) / TIMELINE_SECONDS) as usize;
+            for (tally, is_kept) in [(&expected.sent, false), (&received.per_second, true)] {
+                for (&second, &spans) in tally {
+                    let i = window(second);
+                    if r.timeline.len() <= i {
+                        r.timeline.resize(i + 1, Window::default());
+                    }
+                    let w = &mut r.timeline[i];
+                    if is_kept {
+                        w.kept_spans += spans;
+                    } else {
+                        w.sent_spans += spans;
+                    }
+                }
+            }
+        }
         let mut by_service: HashMap<&str, (f64, f64)> = HashMap::new();
         for ((service, _), (a, y)) in &received.adjusted {
             let e = by_service.entry(service.as_str()).or_default();
@@ -456,6 +552,16 @@ impl VerifySink {
             .sum();
         r
     }
+}
+
+/// The report's timeline has a row per this many seconds of the run.
+pub const TIMELINE_SECONDS: u64 = 10;
+
+/// Spans sent and spans kept (received from the workers) in one window of the run.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Window {
+    pub sent_spans: u64,
+    pub kept_spans: u64,
 }
 
 /// One policy's share of the workload.
@@ -495,6 +601,13 @@ pub struct Report {
     pub estimates: Vec<Estimate>,
     /// Kept spans that carried no threshold (each counted as 1).
     pub unweighted_spans: u64,
+    /// (minute, root service, root route) triples with at least [`BUSY_KEY_SPANS`] spans
+    /// sent, over the run's whole minutes.
+    pub busy_keys: u64,
+    /// Of those, the ones no kept trace of that minute carries.
+    pub busy_keys_not_kept: Vec<String>,
+    /// Per [`TIMELINE_SECONDS`] from the first span sent.
+    pub timeline: Vec<Window>,
 }
 
 /// One service's adjusted-count estimate.
@@ -633,11 +746,34 @@ impl Report {
         if let Some(w) = worst {
             let _ = writeln!(
                 out,
-                "  furthest service: {} at {:.0} for {:.0} ({:+.1} standard errors)",
+                "  furthest service: {} at {:.0} for {:.0} ({:+.1} standard errors, {:+.1} %)",
                 w.service,
                 w.estimated,
                 w.represented,
-                w.deviation()
+                w.deviation(),
+                100.0 * (w.estimated - w.represented) / w.represented.max(1.0)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "  root (service, route) keys with {BUSY_KEY_SPANS}+ spans in a minute: {}, {} without a \
+             kept trace in that minute{}",
+            self.busy_keys,
+            self.busy_keys_not_kept.len(),
+            self.busy_keys_not_kept
+                .iter()
+                .take(5)
+                .fold(String::new(), |s, k| s + "\n    " + k)
+        );
+        let _ = writeln!(out, "\n  {:>8}{:>14}{:>14}", "from s", "sent/s", "kept/s");
+        for (i, w) in self.timeline.iter().enumerate() {
+            let per_second = |n: u64| n as f64 / TIMELINE_SECONDS as f64;
+            let _ = writeln!(
+                out,
+                "  {:>8}{:>14.0}{:>14.0}",
+                i as u64 * TIMELINE_SECONDS,
+                per_second(w.sent_spans),
+                per_second(w.kept_spans)
             );
         }
         let _ = writeln!(

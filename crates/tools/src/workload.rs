@@ -6,7 +6,7 @@ use bytes::Bytes;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{span, status, Span, Status};
-use rand::seq::{IndexedRandom, SliceRandom};
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, LogNormal};
@@ -38,6 +38,9 @@ pub struct WorkloadConfig {
     /// would have kept.
     pub head_sampled_rate: f64,
     pub head_sampling_percentage: f64,
+    /// How skewed traffic is over services and over each service's operations: the k-th
+    /// is chosen with weight 1/k^skew (a Zipf law); 0 chooses uniformly.
+    pub skew: f64,
     /// Timestamps start here (Unix nanoseconds).
     pub start_unix_nano: u64,
 }
@@ -57,6 +60,7 @@ impl Default for WorkloadConfig {
             batch_size: 512,
             head_sampled_rate: 0.0,
             head_sampling_percentage: 50.0,
+            skew: 0.0,
             start_unix_nano: 1_798_761_600_000_000_000, // 2027-01-01T00:00:00Z
         }
     }
@@ -202,6 +206,10 @@ impl Workload {
         self.resources.len()
     }
 
+    fn pick_service(&mut self) -> usize {
+        pick(&mut self.rng, self.services.len(), self.config.skew)
+    }
+
     /// The next trace.
     pub fn next_trace(&mut self) -> GeneratedTrace {
         let mut trace_id = [0u8; 16];
@@ -219,7 +227,7 @@ impl Workload {
             self.rng.random_bool(c.out_of_order_rate),
         );
         if health {
-            let service = self.rng.random_range(0..self.services.len());
+            let service = self.pick_service();
             let instance = service * instances + self.rng.random_range(0..instances);
             let mut root = self.span(trace_id, None, service, start, 2_000_000);
             root.name = "GET /healthz".into();
@@ -253,7 +261,7 @@ impl Workload {
         let root_ns = (root_ms * 1e6) as u64 + 1_000;
         // (span, depth, service)
         let mut tree: Vec<(Span, usize, usize)> = Vec::with_capacity(count);
-        let root_service = self.rng.random_range(0..self.services.len());
+        let root_service = self.pick_service();
         let root = self.span(trace_id, None, root_service, start, root_ns);
         tree.push((root, 0, root_service));
         while tree.len() < count {
@@ -271,7 +279,7 @@ impl Workload {
             let service = if self.rng.random_bool(0.5) {
                 tree[p].2
             } else {
-                self.rng.random_range(0..self.services.len())
+                self.pick_service()
             };
             let parent_id = tree[p].0.span_id.clone();
             let child = self.span(
@@ -366,11 +374,8 @@ impl Workload {
         self.rng.fill(&mut span_id);
         span_id[0] |= 1;
         let service = &self.services[service];
-        let (name, kind, detail) = service
-            .operations
-            .choose(&mut self.rng)
-            .expect("operations")
-            .clone();
+        let operation = pick(&mut self.rng, service.operations.len(), self.config.skew);
+        let (name, kind, detail) = service.operations[operation].clone();
         let kind = if parent.is_none() {
             span::SpanKind::Server as i32
         } else {
@@ -391,6 +396,22 @@ impl Workload {
             ..Default::default()
         }
     }
+}
+
+/// One of `n` choices, the k-th (from 1) with weight 1/k^skew.
+fn pick(rng: &mut ChaCha8Rng, n: usize, skew: f64) -> usize {
+    if skew == 0.0 {
+        return rng.random_range(0..n);
+    }
+    let weight = |k: usize| (k as f64 + 1.0).powf(-skew);
+    let mut left = rng.random_range(0.0..(0..n).map(weight).sum::<f64>());
+    for k in 0..n {
+        left -= weight(k);
+        if left < 0.0 {
+            return k;
+        }
+    }
+    n - 1
 }
 
 /// 5 to 15 attributes fitting the span's kind.

@@ -9,7 +9,7 @@ use tailgate::worker::config::parse_worker;
 use tailgate::worker::Worker;
 use tailgate_testkit::request;
 use tailgate_tools::{
-    drive, progress_bar, Expectations, Generator, Protocol, Sender, VerifySink, WorkloadConfig,
+    drive, progress_bar, Expectations, Generator, Pace, Protocol, Sender, VerifySink, WorkloadConfig,
     WORKER_HEADER,
 };
 
@@ -86,7 +86,7 @@ async fn every_kept_trace_comes_back_whole_from_a_real_worker() {
         let handed = drive(
             generator.by_ref(),
             &sender,
-            None,
+            &Pace::UNLIMITED,
             Duration::from_millis(2500),
             &progress_bar(None),
         )
@@ -244,7 +244,7 @@ async fn adjusted_counts_of_kept_spans_estimate_the_traffic_per_service() {
     drive(
         generator.by_ref(),
         &sender,
-        None,
+        &Pace::UNLIMITED,
         Duration::from_millis(100),
         &progress_bar(None),
     )
@@ -272,12 +272,13 @@ async fn adjusted_counts_of_kept_spans_estimate_the_traffic_per_service() {
 }
 
 /// Two workers that know each other behind a router, an `ema_throughput` goal for the
-/// fleet, and the load generator's skewed workload at about ten times the goal: the fleet
-/// total meets the goal, every kept span carries its probability, and the adjusted counts
+/// fleet, and the load generator's skewed workload at three times the goal, then nine
+/// times, then three again: the fleet total meets the goal at both rates, every busy
+/// endpoint keeps traces, every kept span carries its probability, and the adjusted counts
 /// estimate each service's spans.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_adaptive_goal_holds_for_a_fleet_of_two_behind_a_router() {
-    const GOAL: f64 = 400.0;
+    const GOAL: f64 = 300.0;
     let sink = VerifySink::start("127.0.0.1:0").await.unwrap();
     let endpoints = [tailgate_testkit::free_port(), tailgate_testkit::free_port()]
         .map(|p| format!("127.0.0.1:{p}"));
@@ -333,10 +334,12 @@ admin: {{endpoint: "127.0.0.1:0"}}
     .unwrap();
     let workload = WorkloadConfig {
         late_rate: 0.0,
+        skew: 1.0,
         ..workload(41)
     };
+    let pace: Pace = "1000:12s,3000:18s,1000".parse().unwrap();
     let mut generator =
-        Generator::new(workload, 160_000, None).with_expectations(Expectations::new(policies));
+        Generator::new(workload, 1000 * 12 + 3000 * 18 + 1000 * 18, None).with_expectations(Expectations::new(policies));
     let sender = Sender::start(&router.grpc_addr.unwrap().to_string(), Protocol::Grpc, 4).unwrap();
     let kept = || {
         let workers = &workers;
@@ -353,37 +356,45 @@ admin: {{endpoint: "127.0.0.1:0"}}
             sum
         }
     };
-    // 6 000 spans a second for 11 s; the kept rate is read over the last 6 s of decisions.
     let bar = progress_bar(None);
     let load = drive(
         generator.by_ref(),
         &sender,
-        Some(4000.0),
+        &pace,
         Duration::from_millis(100),
         &bar,
     );
-    // 4 000 spans a second for 40 s; the kept rate is read over 30 s after 10 s of warm-up
-    // (a second alone varies by a third: a key keeps a trace or two of varying size).
+    // Decisions trail the input by decision_wait (2 s); each rate is read over 14 s after
+    // 4 s of adapting to it.
     let measure = async {
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        let (k0, t0) = (kept().await, tokio::time::Instant::now());
-        tokio::time::sleep(Duration::from_secs(30)).await;
-        (kept().await - k0) / t0.elapsed().as_secs_f64()
+        let rate_over = async |seconds: u64| {
+            let (k0, t0) = (kept().await, tokio::time::Instant::now());
+            tokio::time::sleep(Duration::from_secs(seconds)).await;
+            (kept().await - k0) / t0.elapsed().as_secs_f64()
+        };
+        tokio::time::sleep(Duration::from_secs(18)).await;
+        let high = rate_over(14).await;
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        (high, rate_over(14).await)
     };
-    let (_, rate) = tokio::join!(load, measure);
+    let (_, (high, low)) = tokio::join!(load, measure);
     sender.finish().await;
-    assert!(
-        (GOAL * 0.8..=GOAL * 1.2).contains(&rate),
-        "the fleet kept {rate:.0} spans/s for a goal of {GOAL}"
-    );
+    for (input, rate) in [("3 000", high), ("1 000", low)] {
+        assert!(
+            (GOAL * 0.8..=GOAL * 1.2).contains(&rate),
+            "the fleet kept {rate:.0} spans/s of {input} for a goal of {GOAL}"
+        );
+    }
     let expected = generator.expectations.take().unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let report = sink.report(&expected);
     eprintln!(
-        "kept {rate:.0} spans/s for a goal of {GOAL}\n{}",
+        "kept {high:.0} spans/s of 3 000 and {low:.0} of 1 000 for a goal of {GOAL}\n{}",
         report.render()
     );
     assert_eq!(report.split_traces, 0);
+    assert!(report.busy_keys > 20, "{}", report.render());
+    assert_eq!(report.busy_keys_not_kept, Vec::<String>::new());
     assert_eq!(report.unweighted_spans, 0);
     // Per service, within the estimate's statistical error (a service keeps a hundred
     // traces or so in the run, some of them hundreds of spans: about a tenth).
