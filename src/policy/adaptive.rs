@@ -257,7 +257,9 @@ impl Ema {
         s.probe_traces = 0;
         let multiple = self.settings.burst_multiple;
         let volume = match s.shift {
-            Some((since, spans)) => spans / (now.saturating_duration_since(since).as_secs_f64() / interval),
+            Some((since, spans)) => {
+                spans / (now.saturating_duration_since(since).as_secs_f64() / interval)
+            }
             None if s.intervals >= self.settings.burst_detection_delay
                 && s.level > 0.0
                 && (probed >= s.level * multiple || probed * multiple <= s.level) =>
@@ -267,8 +269,19 @@ impl Ema {
             }
             None => return,
         };
+        // The averages at the new level, and keys new this interval at their pace so far
+        // (a rise brings keys the averages have not seen, which would keep everything).
         let sum: f64 = s.average.values().sum();
-        s.rates = rates(&s.average, volume / sum, self.goal(fleet_size) * s.scale);
+        let so_far = self.elapsed(s, now);
+        let mut view: HashMap<Box<str>, f64> = s
+            .average
+            .iter()
+            .map(|(k, a)| (k.clone(), a * volume / sum))
+            .collect();
+        for (k, c) in &s.current {
+            view.entry(k.clone()).or_insert(c / so_far);
+        }
+        s.rates = rates(&view, 1.0, self.goal(fleet_size) * s.scale);
         s.level = volume;
         self.publish(s, fleet_size);
     }
@@ -298,10 +311,9 @@ impl Ema {
         let before: f64 = s.average.values().sum();
         // A shift keeps measuring the volume since it was seen for an interval.
         let shifted = s.shift.is_some();
-        if s
-            .shift
-            .is_some_and(|(since, _)| now.saturating_duration_since(since) >= self.settings.interval)
-        {
+        if s.shift.is_some_and(|(since, _)| {
+            now.saturating_duration_since(since) >= self.settings.interval
+        }) {
             s.shift = None;
         }
         let steady = !shifted && before > 0.0 && (volume - before).abs() <= STEADY * before;
@@ -470,7 +482,11 @@ mod tests {
         assert!(r.values().all(|r| *r == 1.0));
         // The same counts at three times their averages' level.
         let r = rates(
-            &averages(&[("big", 1000.0 / 3.0), ("mid", 100.0 / 3.0), ("small", 10.0 / 3.0)]),
+            &averages(&[
+                ("big", 1000.0 / 3.0),
+                ("mid", 100.0 / 3.0),
+                ("small", 10.0 / 3.0),
+            ]),
             3.0,
             300.0,
         );
