@@ -28,6 +28,7 @@ pub mod policy;
 pub mod receiver;
 pub mod router;
 pub mod spanmetrics;
+pub mod storage;
 pub mod supervisor;
 pub mod telemetry;
 pub mod worker;

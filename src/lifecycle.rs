@@ -23,6 +23,8 @@ pub enum StartError {
     Exporter(#[from] BuildError),
     #[error(transparent)]
     SpanMetrics(#[from] NoIdentity),
+    #[error("storage: {0}")]
+    Storage(#[from] crate::storage::StorageError),
 }
 
 /// `shutdown`: how long draining may take after SIGTERM before what is left is counted

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 
 use crate::otlp::{Chunk, TraceId};
 use crate::policy::StatusCodes;
+use crate::storage::Appended;
 
 /// Limits and timing, from `tail_sampling`.
 #[derive(Debug, Clone)]
@@ -64,6 +65,9 @@ pub struct TraceEntry {
     /// The `rv` of the trace's spans' tracestate, when one carried it.
     pub rv: Option<u64>,
     pub timer: TimerKey,
+    /// With a log: a pin on the record of the trace's first spans (keeping them and every
+    /// later record on disk), and the place of its latest spans' record.
+    pub logged: Option<Appended>,
 }
 
 /// What one chunk tells the buffer about its spans.
@@ -173,6 +177,7 @@ impl TraceBuffer {
         id: TraceId,
         chunk: Chunk,
         facts: ChunkFacts,
+        logged: Option<&Appended>,
         now: Instant,
         evict: bool,
     ) -> AddOutcome {
@@ -191,6 +196,9 @@ impl TraceBuffer {
                 e.latest_end = e.latest_end.max(facts.latest_end);
                 e.status_codes = e.status_codes.union(facts.status_codes);
                 e.rv = e.rv.or(facts.rv);
+                if let (Some(mine), Some(new)) = (&mut e.logged, logged) {
+                    mine.seq = mine.seq.max(new.seq);
+                }
                 self.buffered_bytes
                     .fetch_add(chunk_bytes, Ordering::Relaxed);
                 self.buffered_spans
@@ -234,6 +242,10 @@ impl TraceBuffer {
                     status_codes: facts.status_codes,
                     rv: facts.rv,
                     timer: key,
+                    logged: logged.map(|l| Appended {
+                        seq: l.seq,
+                        pin: l.pin.clone(),
+                    }),
                 };
                 let max = self.config.maximum_trace_size_bytes;
                 if max > 0 && chunk_bytes > max {

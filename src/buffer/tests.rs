@@ -57,11 +57,18 @@ async fn a_trace_is_due_at_first_span_plus_decision_wait() {
     let t0 = Instant::now();
     assert!(
         buffer
-            .add(trace_id(1), chunk(1, &[1, 2]), CHILD, t0, true)
+            .add(trace_id(1), chunk(1, &[1, 2]), CHILD, None, t0, true)
             .new_trace
     );
     tokio::time::advance(Duration::from_secs(4)).await;
-    let later = buffer.add(trace_id(1), chunk(1, &[3]), ROOT, Instant::now(), true);
+    let later = buffer.add(
+        trace_id(1),
+        chunk(1, &[3]),
+        ROOT,
+        None,
+        Instant::now(),
+        true,
+    );
     assert!(!later.new_trace);
     assert!(due(&buffer, t0 + Duration::from_millis(9_999)).is_empty());
     let taken = due(&buffer, t0 + Duration::from_secs(10));
@@ -88,11 +95,12 @@ async fn the_root_span_moves_the_decision_earlier_but_never_later() {
         4,
     );
     let t0 = Instant::now();
-    buffer.add(trace_id(1), chunk(1, &[1]), CHILD, t0, true);
+    buffer.add(trace_id(1), chunk(1, &[1]), CHILD, None, t0, true);
     buffer.add(
         trace_id(1),
         chunk(1, &[2]),
         ROOT,
+        None,
         t0 + Duration::from_secs(1),
         true,
     );
@@ -100,11 +108,12 @@ async fn the_root_span_moves_the_decision_earlier_but_never_later() {
     assert_eq!(due(&buffer, t0 + Duration::from_secs(3)).len(), 1);
 
     // A root arriving late, when the regular deadline is sooner, changes nothing.
-    buffer.add(trace_id(2), chunk(2, &[1]), CHILD, t0, true);
+    buffer.add(trace_id(2), chunk(2, &[1]), CHILD, None, t0, true);
     buffer.add(
         trace_id(2),
         chunk(2, &[2]),
         ROOT,
+        None,
         t0 + Duration::from_secs(9),
         true,
     );
@@ -112,7 +121,7 @@ async fn the_root_span_moves_the_decision_earlier_but_never_later() {
     assert_eq!(due(&buffer, t0 + Duration::from_secs(10)).len(), 1);
 
     // A trace whose first span is its root waits only the short time.
-    buffer.add(trace_id(3), chunk(3, &[1]), ROOT, t0, true);
+    buffer.add(trace_id(3), chunk(3, &[1]), ROOT, None, t0, true);
     assert_eq!(due(&buffer, t0 + Duration::from_secs(2)).len(), 1);
 }
 
@@ -131,6 +140,7 @@ async fn over_num_traces_the_oldest_pending_trace_is_evicted() {
             trace_id(n),
             chunk(n, &[1]),
             CHILD,
+            None,
             t0 + Duration::from_secs(n),
             true,
         );
@@ -140,6 +150,7 @@ async fn over_num_traces_the_oldest_pending_trace_is_evicted() {
         trace_id(4),
         chunk(4, &[1]),
         CHILD,
+        None,
         t0 + Duration::from_secs(4),
         true,
     );
@@ -165,9 +176,9 @@ async fn without_eviction_the_buffer_reports_full() {
         4,
     );
     let t0 = Instant::now();
-    buffer.add(trace_id(1), chunk(1, &[1]), CHILD, t0, false);
+    buffer.add(trace_id(1), chunk(1, &[1]), CHILD, None, t0, false);
     assert!(!buffer.is_full());
-    buffer.add(trace_id(2), chunk(2, &[1]), CHILD, t0, false);
+    buffer.add(trace_id(2), chunk(2, &[1]), CHILD, None, t0, false);
     assert!(buffer.is_full());
 }
 
@@ -187,6 +198,7 @@ async fn max_buffered_bytes_evicts_until_under_the_bound() {
             trace_id(n),
             chunk(n, &[1]),
             CHILD,
+            None,
             t0 + Duration::from_millis(n),
             true,
         );
@@ -196,6 +208,7 @@ async fn max_buffered_bytes_evicts_until_under_the_bound() {
         trace_id(9),
         chunk(9, &[1, 2, 3]),
         CHILD,
+        None,
         t0 + Duration::from_millis(9),
         true,
     );
@@ -216,16 +229,16 @@ async fn a_trace_over_maximum_trace_size_bytes_is_released_at_once() {
     );
     let t0 = Instant::now();
     assert!(buffer
-        .add(trace_id(1), chunk(1, &[1, 2]), CHILD, t0, true)
+        .add(trace_id(1), chunk(1, &[1, 2]), CHILD, None, t0, true)
         .too_large
         .is_none());
-    let out = buffer.add(trace_id(1), chunk(1, &[3]), CHILD, t0, true);
+    let out = buffer.add(trace_id(1), chunk(1, &[3]), CHILD, None, t0, true);
     assert_eq!(out.too_large.map(|e| e.span_count), Some(3));
     assert_eq!(buffer.pending_traces(), 0);
     assert_eq!(buffer.buffered_bytes(), 0);
     assert!(due(&buffer, t0 + Duration::from_secs(60)).is_empty());
     // A single chunk over the limit never enters the buffer.
-    let out = buffer.add(trace_id(2), chunk(2, &[1, 2, 3]), CHILD, t0, true);
+    let out = buffer.add(trace_id(2), chunk(2, &[1, 2, 3]), CHILD, None, t0, true);
     assert!(out.too_large.is_some() && !out.new_trace);
     assert_eq!(buffer.pending_traces(), 0);
 }
@@ -235,7 +248,7 @@ async fn take_all_empties_every_shard() {
     let buffer = TraceBuffer::new(config(), 8);
     let t0 = Instant::now();
     for n in 1..=50 {
-        buffer.add(trace_id(n), chunk(n, &[1, 2]), CHILD, t0, true);
+        buffer.add(trace_id(n), chunk(n, &[1, 2]), CHILD, None, t0, true);
     }
     let mut all = Vec::new();
     buffer.take_all(&mut all);
@@ -261,7 +274,14 @@ fn concurrent_adds_keep_the_counters_exact() {
                 for i in 0..500u64 {
                     // Threads share traces, so entries are created and extended concurrently.
                     let n = i % 250;
-                    buffer.add(trace_id(n), chunk(n, &[t * 1000 + i + 1]), CHILD, now, true);
+                    buffer.add(
+                        trace_id(n),
+                        chunk(n, &[t * 1000 + i + 1]),
+                        CHILD,
+                        None,
+                        now,
+                        true,
+                    );
                 }
             });
         }
@@ -283,6 +303,7 @@ async fn shedding_evicts_the_oldest_until_the_bytes_are_freed() {
             trace_id(n),
             chunk(n, &[1]),
             CHILD,
+            None,
             t0 + Duration::from_millis(n),
             true,
         );

@@ -374,3 +374,96 @@ fn a_policy_list_that_is_not_a_list_is_an_error() {
         "{err}"
     );
 }
+
+#[test]
+fn storage_keys_name_one_file_storage_extension() {
+    let config = |extra_ts: &str, queue: &str, extensions: &str| {
+        format!(
+            r#"
+receivers: {{otlp: {{protocols: {{grpc: {{}}}}}}}}
+extensions: {{{extensions}}}
+tail_sampling:
+  policies: [{{name: all, type: always_sample}}]
+  {extra_ts}
+exporters:
+  otlp: {{endpoint: "backend:4317", sending_queue: {{{queue}}}}}
+  otlp/second: {{endpoint: "other:4317"}}
+"#
+        )
+    };
+    let ok = parse_worker(&config(
+        "tail_storage: file_storage/wal",
+        "storage: file_storage/wal",
+        r#"file_storage/wal: {directory: /var/lib/tailgate, fsync: true}"#,
+    ))
+    .unwrap();
+    let storage = ok.storage.unwrap();
+    assert_eq!(storage.directory, std::path::Path::new("/var/lib/tailgate"));
+    assert!(storage.fsync);
+    // The exporter's key alone turns it on too.
+    let queue_only = parse_worker(&config(
+        "",
+        "storage: file_storage",
+        "file_storage: {directory: /data}",
+    ))
+    .unwrap();
+    assert!(queue_only.storage.is_some());
+    assert!(parse_worker(MINIMAL).unwrap().storage.is_none());
+
+    let err = errors_of(&config(
+        "tail_storage: file_storage/a",
+        "storage: file_storage/b",
+        "file_storage/a: {directory: /a}, file_storage/b: {directory: /b}",
+    ));
+    assert!(
+        err.contains("exporters.otlp.sending_queue.storage: names \"file_storage/b\", but tail_sampling.tail_storage names \"file_storage/a\""),
+        "{err}"
+    );
+    let err = errors_of(&config("tail_storage: file_storage", "", ""));
+    assert!(
+        err.contains("tail_sampling.tail_storage: extension \"file_storage\" is not configured"),
+        "{err}"
+    );
+    let err = errors_of(&config("tail_storage: redis", "", "redis: {}"));
+    assert!(
+        err.contains("tail_sampling.tail_storage: \"redis\" is not a file_storage extension"),
+        "{err}"
+    );
+    let err = errors_of(&config(
+        "tail_storage: file_storage\n  max_buffered_bytes: 0",
+        "",
+        "file_storage: {directory: /d, compaction: {}}",
+    ));
+    assert!(
+        err.contains("tail_sampling.max_buffered_bytes: must be set with storage"),
+        "{err}"
+    );
+    assert!(
+        err.contains("extensions.file_storage.compaction: unknown field `compaction`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_router_refuses_storage() {
+    let err = crate::router::config::parse_router(
+        r#"
+receivers: {otlp: {protocols: {grpc: {}}}}
+extensions: {file_storage: {directory: /data}}
+exporters:
+  loadbalancing:
+    protocol: {otlp: {sending_queue: {storage: file_storage}}}
+    resolver: {static: {hostnames: ["w:4317"]}}
+"#,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("extensions.file_storage: file_storage is a worker's"),
+        "{err}"
+    );
+    assert!(
+        err.contains("exporters.loadbalancing.protocol.otlp.sending_queue.storage"),
+        "{err}"
+    );
+}

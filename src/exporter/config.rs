@@ -54,6 +54,9 @@ pub struct SendingQueueConfig {
     /// Capacity in export requests (the collector's default `requests` sizer).
     #[serde(default = "default_queue_size")]
     pub queue_size: usize,
+    /// A `file_storage` extension: kept spans stay in the worker's log until exported.
+    #[serde(default)]
+    pub storage: Option<String>,
 }
 
 impl Default for SendingQueueConfig {
@@ -62,6 +65,7 @@ impl Default for SendingQueueConfig {
             enabled: true,
             num_consumers: default_num_consumers(),
             queue_size: default_queue_size(),
+            storage: None,
         }
     }
 }
@@ -281,18 +285,29 @@ pub fn parse_exporters(
     out
 }
 
+impl ExporterConfig {
+    pub fn sending_queue(&self) -> &SendingQueueConfig {
+        match self {
+            ExporterConfig::Otlp(c) => &c.sending_queue,
+            ExporterConfig::OtlpHttp(c) => &c.sending_queue,
+            ExporterConfig::File(c) => &c.sending_queue,
+            ExporterConfig::Debug(c) => &c.sending_queue,
+        }
+    }
+}
+
 pub fn validate_exporter(config: &ExporterConfig, path: &str, errors: &mut Errors) {
     let timeout = match config {
         ExporterConfig::Otlp(c) => Some(c.timeout),
         ExporterConfig::OtlpHttp(c) => Some(c.timeout),
         ExporterConfig::File(_) | ExporterConfig::Debug(_) => None,
     };
-    let (queue, retry) = match config {
+    let retry = match config {
         ExporterConfig::Otlp(c) => {
             if c.endpoint.is_empty() {
                 errors.push(format!("{path}.endpoint"), "must not be empty");
             }
-            (&c.sending_queue, Some(&c.retry_on_failure))
+            Some(&c.retry_on_failure)
         }
         ExporterConfig::OtlpHttp(c) => {
             if c.endpoint.is_none() && c.traces_endpoint.is_none() {
@@ -314,7 +329,7 @@ pub fn validate_exporter(config: &ExporterConfig, path: &str, errors: &mut Error
                     }
                 }
             }
-            (&c.sending_queue, Some(&c.retry_on_failure))
+            Some(&c.retry_on_failure)
         }
         ExporterConfig::File(c) => {
             errors.within(
@@ -329,10 +344,11 @@ pub fn validate_exporter(config: &ExporterConfig, path: &str, errors: &mut Error
                 0,
                 10_000,
             );
-            (&c.sending_queue, None)
+            None
         }
-        ExporterConfig::Debug(c) => (&c.sending_queue, None),
+        ExporterConfig::Debug(_) => None,
     };
+    let queue = config.sending_queue();
     errors.within(
         format!("{path}.sending_queue.queue_size"),
         queue.queue_size,
@@ -403,6 +419,12 @@ pub fn parse_otlp_template(
     template.insert("endpoint".into(), "placeholder:4317".into());
     let otlp: OtlpExporterConfig = errors.parse(path, serde_yaml::Value::Mapping(template))?;
     validate_exporter(&ExporterConfig::Otlp(otlp.clone()), path, errors);
+    if otlp.sending_queue.storage.is_some() {
+        errors.push(
+            format!("{path}.sending_queue.storage"),
+            "queues to fleet members need no storage of their own: a router has none, and a worker's log keeps what it relays until the peer has it",
+        );
+    }
     Some(otlp)
 }
 

@@ -275,7 +275,12 @@ impl ExporterSet {
         }
         for e in &self.exporters {
             match e.tx.try_send(request.clone()) {
-                Ok(()) => e.metrics.queue_size.set(e.tx.len() as f64),
+                Ok(()) => {
+                    if let Some(s) = &request.settlement {
+                        s.enlist();
+                    }
+                    e.metrics.queue_size.set(e.tx.len() as f64);
+                }
                 Err(_) => e.metrics.enqueue_failed.increment(request.spans),
             }
         }
@@ -399,8 +404,12 @@ async fn consume(
             .increment(1);
         }
         // Counted and cleared together, with no await between, so an abort at shutdown
-        // sees the spans either in flight or counted, never both.
+        // sees the spans either in flight or counted, never both; the same for settling
+        // (an aborted send is not settled, and stays in the log for the next start).
         in_flight.fetch_sub(request.spans, Ordering::SeqCst);
+        if let Some(s) = &request.settlement {
+            s.settle();
+        }
         match result {
             Ok(sent) => {
                 metrics.sent.increment(request.spans - sent.rejected);

@@ -21,6 +21,8 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
 use prost::Message;
 
+use crate::storage::Settlement;
+
 pub use codec::{RawExportCodec, RawExportServerCodec, EXPORT_PATH, TRACE_SERVICE};
 use view::{Attributes, ScopeView, SpanView};
 
@@ -311,6 +313,7 @@ impl RequestBuilder {
         EncodedRequest {
             bytes: self.buf.split().freeze(),
             spans: std::mem::take(&mut self.spans),
+            settlement: None,
         }
     }
 }
@@ -321,6 +324,8 @@ impl RequestBuilder {
 pub struct EncodedRequest {
     pub bytes: Bytes,
     pub spans: u64,
+    /// With a log, what to record once every sending queue is done with the request.
+    pub settlement: Option<Arc<Settlement>>,
 }
 
 #[cfg(test)]

@@ -62,6 +62,11 @@ impl Scanned {
         &self.bytes[span.framed.clone()]
     }
 
+    /// The whole request as received.
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
     /// The span's encoded fields, a `Span` message body.
     pub fn body(&self, span: &ScannedSpan) -> &[u8] {
         &self.bytes[span.body..span.framed.end]

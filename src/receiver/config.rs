@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use crate::config::{check_endpoint, Errors, DAY, HOUR, MAX_MIB, MS};
+use crate::storage::config::is_file_storage;
 
 /// `receivers.otlp`.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -262,6 +263,13 @@ pub fn validate_receivers(
 ) {
     for (name, value) in extensions {
         let path = format!("extensions.{name}");
+        if is_file_storage(name) {
+            errors.push(
+                path,
+                "file_storage is a worker's (tail_storage); a router keeps nothing on disk",
+            );
+            continue;
+        }
         if name != "bearertokenauth" && !name.starts_with("bearertokenauth/") {
             errors.push(path, "unsupported extension; tailgate has bearertokenauth");
             continue;

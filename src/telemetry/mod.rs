@@ -90,6 +90,13 @@ pub const MEMBERSHIP_OFFERS: &str = "tailgate_membership_offers";
 pub const MEMBERSHIP_HOLDER_GONE_SPANS: &str = "tailgate_membership_holder_gone_spans";
 pub const MEMBERSHIP_UNTRUSTED_RELAYS: &str = "tailgate_membership_untrusted_relays";
 pub const MEMBERSHIP_MARKER_EVICTIONS: &str = "tailgate_membership_marker_evictions";
+pub const STORAGE_BYTES: &str = "tailgate_storage_bytes";
+pub const STORAGE_CORRUPT_RECORDS: &str = "tailgate_storage_corrupt_records";
+pub const STORAGE_FSYNC_LATENCY: &str = "tailgate_storage_fsync_latency";
+pub const STORAGE_REFUSED_RECORDS: &str = "tailgate_storage_refused_records";
+pub const STORAGE_REPLAYED_RECORDS: &str = "tailgate_storage_replayed_records";
+pub const STORAGE_REPLAYED_SPANS: &str = "tailgate_storage_replayed_spans";
+pub const STORAGE_REPLAY_DURATION: &str = "tailgate_storage_replay_duration";
 
 /// Resident memory as the memory limiter last saw it.
 pub const PROCESS_RESIDENT_MEMORY: &str = "tailgate_process_resident_memory";
@@ -139,6 +146,10 @@ const BACKEND_LATENCY_BUCKETS_MS: &[f64] = &[
 /// meaningful; the benchmark reads these bounds back (`loadgen::bench`).
 pub const LATENESS_BUCKETS_S: &[f64] = &[
     0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+const FSYNC_BUCKETS_S: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 ];
 
 type Description = (&'static str, Kind, Option<Unit>, &'static str);
@@ -196,6 +207,13 @@ const DESCRIPTIONS: &[Description] = &[
     (MEMBERSHIP_HOLDER_GONE_SPANS, Kind::Counter, None, "Relayed spans whose peer could not be reached; decided here instead."),
     (MEMBERSHIP_UNTRUSTED_RELAYS, Kind::Counter, None, "Requests with relay marks from an endpoint on no ring of this worker; taken as a client's."),
     (MEMBERSHIP_MARKER_EVICTIONS, Kind::Counter, None, "Trace-to-holder markers evicted at the marker limit before their window ended."),
+    (STORAGE_BYTES, Kind::Gauge, Some(Unit::Bytes), "Record bytes of the log on disk."),
+    (STORAGE_CORRUPT_RECORDS, Kind::Counter, None, "Damaged records found at start (a torn write or a bad checksum); the rest of their segment is skipped."),
+    (STORAGE_FSYNC_LATENCY, Kind::Histogram, Some(Unit::Seconds), "Time to fsync one record (with fsync: true)."),
+    (STORAGE_REFUSED_RECORDS, Kind::Counter, None, "Records the log refused: full (its limit or the disk), or a write error; the request was pushed back."),
+    (STORAGE_REPLAYED_RECORDS, Kind::Counter, None, "Records read back from the log at start."),
+    (STORAGE_REPLAYED_SPANS, Kind::Counter, None, "Spans taken back from the log at start: buffered again, or exported again after a decision to keep them."),
+    (STORAGE_REPLAY_DURATION, Kind::Gauge, Some(Unit::Seconds), "How long the replay at start took."),
     (PROCESS_RESIDENT_MEMORY, Kind::Gauge, Some(Unit::Bytes), "Resident memory as the memory limiter last measured it."),
     (PROCESS_HEAP_ACTIVE, Kind::Gauge, Some(Unit::Bytes), "Heap bytes in the allocator's active pages, as the memory limiter last measured them."),
     (MEMORY_LIMITER_PURGES, Kind::Counter, None, "Times the memory limiter returned the allocator's free pages to the system."),
@@ -237,11 +255,12 @@ impl Registry {
     }
 
     fn labelled(label: Option<(&str, &str)>) -> Self {
-        let buckets: [(&str, &[f64]); 5] = [
+        let buckets: [(&str, &[f64]); 6] = [
             (TS_DECISION_TIMER_LATENCY, TIMER_LATENCY_BUCKETS_MS),
             (TS_TRACE_REMOVAL_AGE, AGE_BUCKETS_S),
             (TS_LATE_SPAN_AGE, AGE_BUCKETS_S),
             (DECISION_LATENESS, LATENESS_BUCKETS_S),
+            (STORAGE_FSYNC_LATENCY, FSYNC_BUCKETS_S),
             (LB_BACKEND_LATENCY, BACKEND_LATENCY_BUCKETS_MS),
         ];
         let mut base = PrometheusBuilder::new().with_recommended_naming(true);

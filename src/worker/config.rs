@@ -16,6 +16,7 @@ use crate::memory_limiter::{parse_memory_limiter, MemoryLimiterConfig};
 use crate::policy::{load_policies, PolicySet};
 use crate::receiver::config::{validate_receivers, ReceiversConfig};
 use crate::spanmetrics::SpanMetricsConfig;
+use crate::storage::config::{is_file_storage, storage_extension, FileStorageConfig};
 use crate::telemetry::AdminConfig;
 
 /// `tail_sampling`, the collector's processor keys plus `max_buffered_bytes`.
@@ -57,6 +58,10 @@ pub struct TailSamplingConfig {
     /// tailgate's addition, on by default.
     #[serde(default = "yes")]
     pub write_sampling_threshold: bool,
+    /// The `file_storage` extension holding pending traces (and, with them, kept spans
+    /// until exported): the write-ahead log.
+    #[serde(default)]
+    pub tail_storage: Option<String>,
 }
 
 fn yes() -> bool {
@@ -98,6 +103,9 @@ pub struct WorkerConfig {
     /// The fleet this worker shares traces with; alone (as a worker behind routers that
     /// never change) when absent.
     pub membership: Option<MembershipConfig>,
+    /// Where the write-ahead log lives (`tail_storage`, or an exporter's
+    /// `sending_queue.storage`); in memory only when absent.
+    pub storage: Option<FileStorageConfig>,
 }
 
 #[derive(Deserialize)]
@@ -140,7 +148,14 @@ pub fn worker_from_yaml(value: serde_yaml::Value) -> Result<WorkerConfig, Config
     };
     let mut receivers: Option<ReceiversConfig> = errors.parse_section("receivers", raw.receivers);
     if let Some(r) = &mut receivers {
-        validate_receivers(r, &raw.extensions, &mut errors);
+        // file_storage extensions are the storage's (below), the rest the receivers'.
+        let auth: BTreeMap<String, serde_yaml::Value> = raw
+            .extensions
+            .iter()
+            .filter(|(name, _)| !is_file_storage(name))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        validate_receivers(r, &auth, &mut errors);
     }
     // The policy list is taken out before the section is read: each policy is compiled on
     // its own (every bad one reported with its index), into the `PolicySet` the worker runs.
@@ -183,6 +198,9 @@ pub fn worker_from_yaml(value: serde_yaml::Value) -> Result<WorkerConfig, Config
         }
     });
     let exporters = parse_exporters(raw.exporters, &mut errors);
+    let storage = tail_sampling
+        .as_ref()
+        .and_then(|ts| storage_of(ts, &exporters, &raw.extensions, &mut errors));
     let admin: Option<AdminConfig> = errors.section(raw.admin);
     let shutdown: Option<ShutdownConfig> = errors.section(raw.shutdown);
     let spanmetrics: Option<SpanMetricsConfig> = raw.spanmetrics.and_then(|v| {
@@ -214,9 +232,46 @@ pub fn worker_from_yaml(value: serde_yaml::Value) -> Result<WorkerConfig, Config
             spanmetrics,
             memory_limiter,
             membership,
+            storage,
         })
     };
     errors.finish(config())
+}
+
+/// The one `file_storage` extension the `storage:` keys name: `tail_sampling.tail_storage`
+/// and the exporters' `sending_queue.storage` all name it, or none does. Either puts the
+/// whole pipeline on it: pending traces, and kept spans until exported.
+fn storage_of(
+    ts: &TailSamplingConfig,
+    exporters: &[(String, ExporterConfig)],
+    extensions: &BTreeMap<String, serde_yaml::Value>,
+    errors: &mut Errors,
+) -> Option<FileStorageConfig> {
+    let mut named: Vec<(String, &str)> = Vec::new();
+    if let Some(name) = &ts.tail_storage {
+        named.push(("tail_sampling.tail_storage".into(), name));
+    }
+    for (exporter, config) in exporters {
+        if let Some(name) = config.sending_queue().storage.as_deref() {
+            named.push((format!("exporters.{exporter}.sending_queue.storage"), name));
+        }
+    }
+    let (first_path, first) = named.first()?;
+    for (path, name) in &named[1..] {
+        if name != first {
+            errors.push(
+                path.clone(),
+                format!("names {name:?}, but {first_path} names {first:?}: one log holds pending traces and the export queue, so every storage key must name the same extension"),
+            );
+        }
+    }
+    if ts.max_buffered_bytes == 0 {
+        errors.push(
+            "tail_sampling.max_buffered_bytes",
+            "must be set with storage: it bounds the log on disk",
+        );
+    }
+    storage_extension(extensions, first, first_path, errors)
 }
 
 fn validate_tail_sampling(ts: &TailSamplingConfig, has_policies: bool, errors: &mut Errors) {

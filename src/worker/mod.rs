@@ -7,9 +7,13 @@
 //! and the membership tasks; decide (or drop) every pending trace; close the sending and
 //! peer queues and let them drain until the grace period ends; count what is abandoned;
 //! stop the admin listener last so the final numbers can still be scraped while draining.
+//!
+//! With storage, start-up replays the log (see [`durable`]) before the decision loops and
+//! the receivers start: the worker is ready only once that is done.
 
 pub mod config;
 mod decider;
+pub mod durable;
 pub mod pipeline;
 #[cfg(test)]
 mod tests;
@@ -36,6 +40,7 @@ use crate::spanmetrics::SpanMetrics;
 use crate::supervisor::{Group, Supervisor, TaskFailure};
 use crate::telemetry::{Admin, Health, MetricsSource, Registry};
 use config::WorkerConfig;
+use durable::Durable;
 use pipeline::{DecisionSettings, Pipeline, DECISION_TICK};
 
 /// A running worker.
@@ -114,6 +119,14 @@ impl Worker {
             tracing::info!(identity = sm.identity(), "span metrics on");
             pipeline = pipeline.with_span_metrics(sm);
         }
+        let durable = match &config.storage {
+            Some(storage) => {
+                let durable = Arc::new(Durable::open(storage, storage_limit(ts), &registry)?);
+                pipeline = pipeline.with_durable(durable.clone());
+                Some(durable)
+            }
+            None => None,
+        };
         let mut fleet = None;
         if let Some(membership) = &config.membership {
             let (f, returned) = Fleet::new(membership.clone(), &registry);
@@ -149,7 +162,17 @@ impl Worker {
         )
         .await?;
 
+        if let Some(durable) = &durable {
+            replay(&pipeline, durable)?;
+        }
         let stop = supervisor.token(groups.decisions);
+        if let Some(durable) = durable {
+            supervisor.spawn(
+                groups.decisions,
+                "storage compaction",
+                compact(durable, stop.clone()),
+            );
+        }
         let decision_loops = cores.min(pipeline.buffer().timer_shards());
         for d in 0..decision_loops {
             let shards: Vec<usize> = (d..pipeline.buffer().timer_shards())
@@ -266,6 +289,54 @@ impl Worker {
                 return;
             }
             tokio::time::sleep(LEAVE_POLL).await;
+        }
+    }
+}
+
+/// The bound on the log's bytes on disk: the buffer's bound for pending traces, and as
+/// much again for kept spans waiting for their export and decided traces whose records
+/// wait for older ones to be deleted.
+fn storage_limit(ts: &config::TailSamplingConfig) -> u64 {
+    ts.max_buffered_bytes.saturating_mul(2)
+}
+
+/// Takes the log's requests back: decisions and settled exports first, then every request,
+/// each at its original arrival time.
+fn replay(pipeline: &Pipeline, durable: &Durable) -> Result<(), StartError> {
+    let started = std::time::Instant::now();
+    let history = durable.history()?;
+    let now = Instant::now();
+    pipeline.remember_history(&history, now);
+    let mut spans = 0;
+    durable.requests(|logged| spans += pipeline.replay(logged, &history, now))?;
+    let seconds = started.elapsed().as_secs_f64();
+    durable.replayed(seconds);
+    tracing::info!(
+        spans,
+        decisions = history.decided.len(),
+        settled = history.settled.len(),
+        seconds,
+        "storage replayed"
+    );
+    Ok(())
+}
+
+/// How often the log's segments that nothing needs are deleted.
+const COMPACTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Deletes what the log no longer needs, every [`COMPACTION_INTERVAL`] until `stop`. A
+/// failure is logged and tried again: the log only grows meanwhile (and pushes back at its
+/// limit).
+async fn compact(durable: Arc<Durable>, stop: CancellationToken) -> Result<(), Infallible> {
+    let mut tick = tokio::time::interval(COMPACTION_INTERVAL);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = durable.compact() {
+            tracing::warn!(error = %e, "storage compaction failed");
         }
     }
 }

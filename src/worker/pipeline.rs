@@ -6,9 +6,15 @@
 //! worker instead ([`Fleet::place`]); the trace's lock stripe is held from that question
 //! until the spans are buffered.
 //!
-//! Accounting invariant: every span `ingest` accepts is counted exactly once in
-//! `tailgate_spans_decided{outcome}` (sampled, not_sampled, dropped, evicted, too_large,
-//! shutdown, relayed) or is still in the buffer (`tailgate_buffered_spans`).
+//! With a log ([`Durable`]), a request is written to it before its spans go anywhere,
+//! decisions are recorded before the traces' pins are let go, and kept spans leave with a
+//! settlement that records their export once it is done; at start, [`Pipeline::replay`]
+//! takes the log's requests back.
+//!
+//! Accounting invariant: every span `ingest` accepts or `replay` takes back is counted
+//! exactly once in `tailgate_spans_decided{outcome}` (sampled, not_sampled, dropped,
+//! evicted, too_large, shutdown, relayed) or is still in the buffer
+//! (`tailgate_buffered_spans`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -20,16 +26,18 @@ use moka::sync::Cache;
 use tokio::time::Instant;
 
 use super::decider::Decider;
+use super::durable::{unix_nanos, Durable, History, Logged};
 use crate::buffer::{AddOutcome, ChunkFacts, TraceBuffer, TraceEntry};
 use crate::exporter::ExporterSet;
 use crate::membership::fleet::{Fleet, Peer, Place};
 use crate::memory_limiter::Shed;
 use crate::otlp::tracestate;
 use crate::otlp::view::SpanView;
-use crate::otlp::{Chunk, Head, RequestBuilder, TraceId};
+use crate::otlp::{Chunk, EncodedRequest, Head, RequestBuilder, TraceId};
 use crate::policy::{Chance, Decision, PolicySet, StatusCodes, Verdict};
 use crate::receiver::{check_ids, Ingest, IngestError, Ingested, Payload, Relay, RelayKind};
 use crate::spanmetrics::SpanMetrics;
+use crate::storage::{Appended, Pin, StorageError};
 use crate::telemetry::{self, Format, MetricsSource, Registry};
 
 /// Largest export request the decision loop builds, in spans and in bytes.
@@ -43,6 +51,8 @@ struct Cached {
     policy: Option<Arc<str>>,
     chance: Chance,
     decided_at: Instant,
+    /// With a log, where the decision is recorded: late spans' exports pin it.
+    recorded: Option<u64>,
 }
 
 impl Cached {
@@ -140,6 +150,7 @@ pub struct Pipeline {
     not_sampled: Option<DecisionCache>,
     exporters: ExporterSet,
     fleet: Option<Arc<Fleet>>,
+    durable: Option<Arc<Durable>>,
     block_on_overflow: bool,
     /// Kept spans carry their trace's sampling threshold (not in a dry run, which keeps all).
     thresholds: bool,
@@ -147,7 +158,7 @@ pub struct Pipeline {
 }
 
 /// One request's spans for other workers, by peer and relay kind.
-type Relayed = Vec<(Arc<Peer>, RelayKind, RequestBuilder)>;
+type Relayed = Vec<(Arc<Peer>, RelayKind, Kept)>;
 
 /// Decisions by trace id, hashed with ahash (randomly keyed per process, like the buffer's
 /// map) instead of moka's default SipHash, which showed in profiles: every group of spans
@@ -205,6 +216,22 @@ impl Ingest for Pipeline {
             self.metrics.processor_refused.increment(total);
             return Err(IngestError::Overloaded("the trace buffer is full"));
         }
+        let logged = match &self.durable {
+            Some(durable) => match durable.log_request(request.bytes(), unix_nanos()) {
+                Ok(appended) => Some(appended),
+                Err(e) => {
+                    self.metrics.processor_refused.increment(total);
+                    return Err(match e {
+                        StorageError::Full { .. } => IngestError::Overloaded("the storage is full"),
+                        e => {
+                            tracing::warn!(error = %e, "cannot write to the storage");
+                            IngestError::Unavailable("the storage cannot be written")
+                        }
+                    });
+                }
+            },
+            None => None,
+        };
         let spans: Vec<SpanView<'_>> = request
             .spans
             .iter()
@@ -214,7 +241,7 @@ impl Ingest for Pipeline {
         if let (Some(sm), None) = (&self.span_metrics, relay) {
             sm.record(&request, &spans, now);
         }
-        let mut late = RequestBuilder::default();
+        let mut late = Kept::default();
         let mut relayed: Relayed = Vec::new();
         let mut keys: Vec<(TraceId, u32)> = Vec::new();
         for scope in &request.scopes {
@@ -227,15 +254,16 @@ impl Ingest for Pipeline {
                     late: &mut late,
                     relayed: &mut relayed,
                     relay,
+                    logged: logged.as_ref(),
                 };
                 self.take_group(id, members, bytes, &scope.head, out, now)
             });
         }
-        if !late.is_empty() {
-            self.exporters.enqueue(late.take());
+        if !late.request.is_empty() {
+            self.exporters.enqueue(late.take(self.durable.as_deref()));
         }
         for (peer, kind, mut share) in relayed {
-            peer.send(kind, share.take());
+            peer.send(kind, share.take(self.durable.as_deref()));
         }
         self.update_gauges();
         Ok(checked)
@@ -271,6 +299,7 @@ impl Pipeline {
             not_sampled: cache(settings.non_sampled_cache_size),
             exporters,
             fleet: None,
+            durable: None,
             block_on_overflow: settings.block_on_overflow,
             thresholds: settings.write_thresholds && !settings.dry_run,
         }
@@ -285,6 +314,12 @@ impl Pipeline {
     /// Shares traces with the other workers of `fleet`.
     pub fn with_fleet(mut self, fleet: Arc<Fleet>) -> Self {
         self.fleet = Some(fleet);
+        self
+    }
+
+    /// Writes every request to `durable` before taking it.
+    pub fn with_durable(mut self, durable: Arc<Durable>) -> Self {
+        self.durable = Some(durable);
         self
     }
 
@@ -347,15 +382,20 @@ impl Pipeline {
                 {
                     Some(i) => &mut out.relayed[i].2,
                     None => {
-                        out.relayed.push((peer, kind, RequestBuilder::default()));
+                        out.relayed.push((peer, kind, Kept::default()));
                         &mut out.relayed.last_mut().expect("just pushed").2
                     }
                 };
-                share.push_spans(head, &[], bytes);
+                share.request.push_spans(head, &[], bytes);
+                // With a log, the request stays on disk until the peer has the spans, and
+                // is then recorded as settled for this trace (not to be taken back).
+                if let Some(logged) = out.logged {
+                    share.traces.push((id, logged.seq));
+                    share.pins.push(logged.pin.clone());
+                }
                 return;
             }
         }
-        let late = out.late;
         if let Some(cached) = cached {
             self.metrics.late_span_age.record(
                 now.saturating_duration_since(cached.decided_at)
@@ -366,29 +406,65 @@ impl Pipeline {
             } else {
                 self.metrics.early_release_not_sampled.increment(n);
             }
-            let verdict = cached.verdict();
-            if self.decider.exports(verdict.decision) {
-                self.metrics
-                    .outcomes
-                    .decided(Decision::Sampled)
-                    .increment(n);
-                let annotation = self.decider.annotation(&verdict, true).unwrap_or_default();
-                self.push_kept(
-                    late,
-                    head,
-                    &annotation,
-                    bytes,
-                    &verdict,
-                    &mut BytesMut::new(),
-                );
-                if late.span_count() >= MAX_BATCH_SPANS {
-                    self.exporters.enqueue(late.take());
-                }
-            } else {
-                self.metrics.outcomes.decided(verdict.decision).increment(n);
-            }
+            let recorded = cached.recorded;
+            let spans = Spans { head, bytes, n };
+            self.follow(out.late, id, &cached.verdict(), recorded, spans, out.logged);
             return;
         }
+        self.buffer_group(id, members, bytes, head, out.logged, now);
+    }
+
+    /// Spans of a decided trace follow its decision: to the exporters when it was kept
+    /// (with a log, pinned at the decision's record), otherwise counted.
+    fn follow<'a>(
+        &self,
+        late: &mut Kept,
+        id: TraceId,
+        verdict: &Verdict,
+        recorded: Option<u64>,
+        spans: Spans<'_, impl Iterator<Item = &'a [u8]> + Clone>,
+        logged: Option<&Appended>,
+    ) {
+        if !self.decider.exports(verdict.decision) {
+            self.metrics
+                .outcomes
+                .decided(verdict.decision)
+                .increment(spans.n);
+            return;
+        }
+        self.metrics
+            .outcomes
+            .decided(Decision::Sampled)
+            .increment(spans.n);
+        let annotation = self.decider.annotation(verdict, true).unwrap_or_default();
+        self.push_kept(
+            &mut late.request,
+            spans.head,
+            &annotation,
+            spans.bytes,
+            verdict,
+            &mut BytesMut::new(),
+        );
+        if let (Some(durable), Some(logged)) = (&self.durable, logged) {
+            late.traces.push((id, logged.seq));
+            late.pins
+                .push(recorded.map_or_else(|| logged.pin.clone(), |seq| durable.pin(seq)));
+        }
+        if late.request.span_count() >= MAX_BATCH_SPANS {
+            self.exporters.enqueue(late.take(self.durable.as_deref()));
+        }
+    }
+
+    /// Buffers spans of a trace not decided yet.
+    fn buffer_group<'a>(
+        &self,
+        id: TraceId,
+        members: impl Iterator<Item = &'a SpanView<'a>> + Clone,
+        bytes: impl Iterator<Item = &'a [u8]> + Clone,
+        head: &Arc<Head>,
+        logged: Option<&Appended>,
+        now: Instant,
+    ) {
         let facts = members.clone().fold(
             ChunkFacts {
                 has_root: false,
@@ -412,7 +488,7 @@ impl Pipeline {
             evicted,
         } = self
             .buffer
-            .add(id, chunk, facts, now, !self.block_on_overflow);
+            .add(id, chunk, facts, logged, now, !self.block_on_overflow);
         if new_trace {
             self.metrics.new_traces.increment(1);
         }
@@ -425,7 +501,7 @@ impl Pipeline {
                 composite_policy: None,
                 chance: Chance::Unknown,
             };
-            self.remember(&id, &dropped, now);
+            self.remember(&id, &dropped, now, None);
             self.metrics.removal_age.record(age(&entry, now));
         }
         self.count_evicted(&evicted, now);
@@ -487,7 +563,7 @@ impl Pipeline {
         }
     }
 
-    fn remember(&self, id: &TraceId, verdict: &Verdict, now: Instant) {
+    fn remember(&self, id: &TraceId, verdict: &Verdict, now: Instant, recorded: Option<u64>) {
         let decision = verdict.decision;
         let cache = if decision == Decision::Sampled {
             &self.sampled
@@ -502,6 +578,7 @@ impl Pipeline {
                     policy: verdict.policy.clone(),
                     chance: verdict.chance,
                     decided_at: now,
+                    recorded,
                 },
             );
         }
@@ -539,20 +616,32 @@ impl Pipeline {
 
     fn decide_batch(&self, due: Vec<(TraceId, TraceEntry)>, now: Instant) {
         let fleet_size = self.fleet.as_ref().map_or(1, |f| f.size());
-        let mut out = RequestBuilder::default();
+        let mut out = Kept::default();
         let mut scratch = BytesMut::new();
-        for (id, entry) in due {
+        let decided: Vec<(TraceId, TraceEntry, Verdict)> = due
+            .into_iter()
+            .map(|(id, entry)| {
+                // A trace whose id already has a decision (its spans raced the previous
+                // decision into a new entry) follows that decision.
+                let verdict = match self.cached(&id) {
+                    Some(c) => c.verdict(),
+                    None => self.decider.decide(&id, &entry, fleet_size, now),
+                };
+                (id, entry, verdict)
+            })
+            .collect();
+        // Recorded before the traces' pins are let go: from here on the log may lose
+        // their spans.
+        let recorded = self
+            .durable
+            .as_ref()
+            .and_then(|d| d.log_decisions(decided.iter().map(|(id, _, v)| (id, v))));
+        for (id, entry, verdict) in decided {
             self.metrics.lateness.record(
                 now.saturating_duration_since(entry.timer.deadline)
                     .as_secs_f64(),
             );
             self.metrics.removal_age.record(age(&entry, now));
-            // A trace whose id already has a decision (its spans raced the previous
-            // decision into a new entry) follows that decision.
-            let verdict = match self.cached(&id) {
-                Some(c) => c.verdict(),
-                None => self.decider.decide(&id, &entry, fleet_size, now),
-            };
             self.metrics.global[verdict.decision.index()].increment(1);
             if self.decider.exports(verdict.decision) {
                 self.metrics
@@ -563,7 +652,7 @@ impl Pipeline {
                 for chunk in &entry.chunks {
                     let spans = std::iter::once(&chunk.spans[..]);
                     self.push_kept(
-                        &mut out,
+                        &mut out.request,
                         &chunk.head,
                         &annotation,
                         spans,
@@ -571,8 +660,14 @@ impl Pipeline {
                         &mut scratch,
                     );
                 }
-                if out.span_count() >= MAX_BATCH_SPANS || out.encoded_len() >= MAX_BATCH_BYTES {
-                    self.exporters.enqueue(out.take());
+                if let Some(logged) = entry.logged {
+                    out.traces.push((id, logged.seq));
+                    out.pins.push(logged.pin);
+                }
+                if out.request.span_count() >= MAX_BATCH_SPANS
+                    || out.request.encoded_len() >= MAX_BATCH_BYTES
+                {
+                    self.exporters.enqueue(out.take(self.durable.as_deref()));
                 }
             } else {
                 self.metrics
@@ -580,12 +675,86 @@ impl Pipeline {
                     .decided(verdict.decision)
                     .increment(entry.span_count);
             }
-            self.remember(&id, &verdict, now);
+            self.remember(&id, &verdict, now, recorded);
         }
-        if !out.is_empty() {
-            self.exporters.enqueue(out.take());
+        if !out.request.is_empty() {
+            self.exporters.enqueue(out.take(self.durable.as_deref()));
         }
         self.update_gauges();
+    }
+
+    /// Takes back, at start, a request from the log, written `logged.arrival_unix_nanos`
+    /// ago: per trace, its spans are done with when `history` says their export was
+    /// settled or their trace dropped; exported when it was kept; otherwise buffered as
+    /// if they arrived then. Returns the spans taken back, counted as replayed.
+    pub fn replay(&self, logged: Logged, history: &History, now: Instant) -> u64 {
+        let Some(durable) = self.durable.clone() else {
+            return 0;
+        };
+        let Ok(request) = Payload::Protobuf(logged.bytes).scan() else {
+            return 0;
+        };
+        let age = Duration::from_nanos(unix_nanos().saturating_sub(logged.arrival_unix_nanos));
+        let arrived = now.checked_sub(age).unwrap_or(now);
+        let appended = Appended {
+            seq: logged.seq,
+            pin: durable.pin(logged.seq),
+        };
+        let spans: Vec<SpanView<'_>> = request
+            .spans
+            .iter()
+            .map(|s| SpanView::parse(request.body(s)))
+            .collect();
+        let mut kept = Kept::default();
+        let mut taken = 0;
+        let mut keys: Vec<(TraceId, u32)> = Vec::new();
+        for scope in &request.scopes {
+            let spans = &spans[scope.spans.clone()];
+            let by_trace = |_: &_, id: &TraceId| Ok::<_, Infallible>(Some(*id));
+            let Ok(()) = request.group_scope(scope, &mut keys, by_trace, |id, group| {
+                if history.settled.get(&id).is_some_and(|&s| s >= logged.seq) {
+                    return;
+                }
+                let members = group.iter().map(|(_, i)| &spans[*i as usize]);
+                let bytes = request.framed_group(scope, group);
+                let n = members.clone().count() as u64;
+                match history.decided.get(&id) {
+                    Some((verdict, _)) if !self.decider.exports(verdict.decision) => return,
+                    Some((verdict, recorded)) => {
+                        let spans = Spans {
+                            head: &scope.head,
+                            bytes,
+                            n,
+                        };
+                        self.follow(
+                            &mut kept,
+                            id,
+                            verdict,
+                            Some(*recorded),
+                            spans,
+                            Some(&appended),
+                        );
+                    }
+                    None => {
+                        self.buffer_group(id, members, bytes, &scope.head, Some(&appended), arrived)
+                    }
+                }
+                taken += n;
+            });
+        }
+        if !kept.request.is_empty() {
+            self.exporters.enqueue(kept.take(Some(&durable)));
+        }
+        durable.replayed_spans.increment(taken);
+        self.update_gauges();
+        taken
+    }
+
+    /// Rebuilds the decision caches from the log's decisions.
+    pub fn remember_history(&self, history: &History, now: Instant) {
+        for (id, (verdict, recorded)) in &history.decided {
+            self.remember(id, verdict, now, Some(*recorded));
+        }
     }
 
     fn update_gauges(&self) {
@@ -604,11 +773,43 @@ impl Pipeline {
 /// Where one request's spans that are not buffered go.
 struct Out<'a> {
     /// Late spans of traces kept earlier, for the exporters.
-    late: &'a mut RequestBuilder,
+    late: &'a mut Kept,
     /// Spans for other workers.
     relayed: &'a mut Relayed,
     /// The request's relay marks, when trusted.
     relay: Option<&'a Relay>,
+    /// The request's record in the log.
+    logged: Option<&'a Appended>,
+}
+
+/// One trace's spans from one `ScopeSpans`: their head, the spans framed, how many.
+struct Spans<'h, I> {
+    head: &'h Head,
+    bytes: I,
+    n: u64,
+}
+
+/// Spans on their way to the exporters (or to a peer) and, with a log, what their sending
+/// settles: per trace, the last request whose spans are in it, and pins keeping those
+/// requests on disk until then.
+#[derive(Default)]
+struct Kept {
+    request: RequestBuilder,
+    traces: Vec<(TraceId, u64)>,
+    pins: Vec<Pin>,
+}
+
+impl Kept {
+    /// The export request, carrying its settlement when there is a log.
+    fn take(&mut self, durable: Option<&Durable>) -> EncodedRequest {
+        let mut request = self.request.take();
+        if let (Some(durable), false) = (durable, self.traces.is_empty()) {
+            request.settlement =
+                Some(durable.settlement(&self.traces, std::mem::take(&mut self.pins)));
+            self.traces.clear();
+        }
+        request
+    }
 }
 
 fn age(entry: &TraceEntry, now: Instant) -> f64 {

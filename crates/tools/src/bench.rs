@@ -40,6 +40,9 @@ pub struct BenchOptions {
     pub decision_wait: Duration,
     /// Where the child processes' configs and logs go.
     pub dir: PathBuf,
+    /// Also run the workers with storage (`Some(fsync)`), against the same run without, and
+    /// measure a replay.
+    pub storage: Option<bool>,
 }
 
 /// The benchmark's policy set (issue 7's "realistic" set).
@@ -185,7 +188,8 @@ async fn send_all(
         &Pace::UNLIMITED,
         late_after,
         &bar,
-    ).await;
+    )
+    .await;
     bar.finish_and_clear();
     Ok((handed, sender.finish().await))
 }
@@ -202,6 +206,18 @@ pub struct Results {
     pub lateness_ms: [f64; 2],
     pub decision_wait: Duration,
     pub report: Report,
+    pub storage: Option<StorageResults>,
+}
+
+/// The same workers on a log, and a replay.
+pub struct StorageResults {
+    pub fsync: bool,
+    pub worker_spans_per_cpu_second: f64,
+    pub rss_bytes_per_buffered_span: f64,
+    pub report: Report,
+    /// One worker killed with every span pending, and started again on its log.
+    pub replayed_spans: u64,
+    pub replay_seconds: f64,
 }
 
 /// Runs the benchmark.
@@ -237,6 +253,65 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<Results> {
         "the baseline took {delivered} of {spans} spans"
     );
 
+    // 2. Router and workers, exporting to the verify sink; then, with storage, the same
+    // again on a log, and a replay.
+    let plain = fleet(&options, &requests, &expectations, None).await?;
+    let storage = match options.storage {
+        Some(fsync) => {
+            let dir = options.dir.join("storage");
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir)?;
+            let fleet = fleet(&options, &requests, &expectations, Some((&dir, fsync))).await?;
+            let replay_dir = options.dir.join("replay");
+            let _ = std::fs::remove_dir_all(&replay_dir);
+            std::fs::create_dir_all(&replay_dir)?;
+            let (replayed_spans, replay_seconds) =
+                replay(&options, &requests, &replay_dir, fsync).await?;
+            Some(StorageResults {
+                fsync,
+                worker_spans_per_cpu_second: fleet.worker_spans_per_cpu_second,
+                rss_bytes_per_buffered_span: fleet.rss_bytes_per_buffered_span,
+                report: fleet.report,
+                replayed_spans,
+                replay_seconds,
+            })
+        }
+        None => None,
+    };
+    Ok(Results {
+        spans,
+        wire_bytes_per_span: wire as f64 / spans as f64,
+        baseline_spans_per_cpu_second: spans as f64 / baseline_cpu.as_secs_f64().max(1e-9),
+        router_spans_per_cpu_second: plain.router_spans_per_cpu_second,
+        worker_spans_per_cpu_second: plain.worker_spans_per_cpu_second,
+        peak_buffered_spans: plain.peak_buffered_spans,
+        rss_bytes_per_buffered_span: plain.rss_bytes_per_buffered_span,
+        lateness_ms: plain.lateness_ms,
+        decision_wait: options.decision_wait,
+        report: plain.report,
+        storage,
+    })
+}
+
+/// What one run of the router and workers measured.
+struct Fleet {
+    router_spans_per_cpu_second: f64,
+    worker_spans_per_cpu_second: f64,
+    peak_buffered_spans: u64,
+    rss_bytes_per_buffered_span: f64,
+    lateness_ms: [f64; 2],
+    report: Report,
+}
+
+/// Runs the router and workers (on a log in `storage` when given, with fsync or not) on
+/// `requests`, exporting to a verify sink.
+async fn fleet(
+    options: &BenchOptions,
+    requests: &[Outgoing],
+    expectations: &Expectations,
+    storage: Option<(&Path, bool)>,
+) -> anyhow::Result<Fleet> {
+    let spans: u64 = requests.iter().map(|r| u64::from(r.spans)).sum();
     // 2. Router and workers, exporting to the verify sink.
     let sink = VerifySink::start("127.0.0.1:0").await?;
     let mut workers = Vec::new();
@@ -244,7 +319,18 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<Results> {
     let mut worker_endpoints = Vec::new();
     for i in 0..options.workers {
         let (grpc, admin) = (free_addr()?, free_addr()?);
-        let config = worker_config(i, grpc, admin, sink.addr, options.decision_wait);
+        let storage = storage.map(|(dir, fsync)| (dir.join(format!("worker-{i}")), fsync));
+        if let Some((dir, _)) = &storage {
+            std::fs::create_dir_all(dir)?;
+        }
+        let config = worker_config(
+            i,
+            grpc,
+            admin,
+            sink.addr,
+            options.decision_wait,
+            storage.as_ref().map(|(d, f)| (d.as_path(), *f)),
+        );
         parse_worker(&config)?;
         let path = options.dir.join(format!("worker-{i}.yaml"));
         std::fs::write(&path, config)?;
@@ -312,13 +398,13 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<Results> {
         })
     };
     let late_after = options.decision_wait + Duration::from_secs(2);
-    let (_, stats) = send_all(&requests, router_grpc, options.connections, late_after).await?;
+    let (_, stats) = send_all(requests, router_grpc, options.connections, late_after).await?;
     let refused = crate::SendStats::get(&stats.refused);
 
     // Wait for every decision and export, then read the books.
     eprintln!("waiting for decisions ...");
     let deadline = Instant::now() + options.decision_wait + Duration::from_secs(60);
-    while !sink.settled(&expectations, Duration::from_secs(2)) && Instant::now() < deadline {
+    while !sink.settled(expectations, Duration::from_secs(2)) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     stop_sampling.cancel();
@@ -346,7 +432,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<Results> {
             &[("le", "+Inf")],
         );
     }
-    let report = sink.report(&expectations);
+    let report = sink.report(expectations);
     sink.stop().await;
     router.stop().await;
     for w in workers {
@@ -355,19 +441,56 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<Results> {
     anyhow::ensure!(refused == 0, "the router refused {refused} spans");
 
     let per_cpu = |cpu: Duration| spans as f64 / cpu.as_secs_f64().max(1e-9);
-    Ok(Results {
-        spans,
-        wire_bytes_per_span: wire as f64 / spans as f64,
-        baseline_spans_per_cpu_second: per_cpu(baseline_cpu),
+    Ok(Fleet {
         router_spans_per_cpu_second: per_cpu(router_cpu),
         worker_spans_per_cpu_second: per_cpu(workers_cpu),
         peak_buffered_spans: peak_buffered,
         rss_bytes_per_buffered_span: peak_rss.saturating_sub(idle_rss) as f64
             / peak_buffered.max(1) as f64,
         lateness_ms: LATENESS_QUANTILES.map(|q| quantile(&lateness, q) * 1000.0),
-        decision_wait: options.decision_wait,
         report,
     })
+}
+
+/// One worker on a log: every request sent to it with a decision_wait long enough that
+/// all of it is pending, then SIGKILL, and a new worker on the same directory: the spans it
+/// replayed and how long that took.
+async fn replay(
+    options: &BenchOptions,
+    requests: &[Outgoing],
+    dir: &Path,
+    fsync: bool,
+) -> anyhow::Result<(u64, f64)> {
+    let (grpc, admin, sink) = (free_addr()?, free_addr()?, free_addr()?);
+    let config = worker_config(
+        0,
+        grpc,
+        admin,
+        sink,
+        Duration::from_secs(600),
+        Some((dir, fsync)),
+    );
+    let path = options.dir.join("replay.yaml");
+    std::fs::write(&path, config)?;
+    let path = path.display().to_string();
+    let args = ["worker", "--config", path.as_str()];
+    let mut first = Proc::spawn("replay-first", &options.tailgate, &args, &options.dir).await?;
+    wait_listening(grpc, "the worker").await?;
+    eprintln!("replay: filling one worker's log");
+    let (_, stats) = send_all(requests, grpc, options.connections, Duration::ZERO).await?;
+    let delivered = crate::SendStats::get(&stats.delivered);
+    first.child.kill().await?;
+    let second = Proc::spawn("replay-second", &options.tailgate, &args, &options.dir).await?;
+    wait_listening(grpc, "the restarted worker").await?;
+    let text = scrape(admin).await?;
+    let replayed = metric(&text, "tailgate_storage_replayed_spans_total", &[]) as u64;
+    let seconds = metric(&text, "tailgate_storage_replay_duration_seconds", &[]);
+    anyhow::ensure!(
+        replayed == delivered,
+        "the restarted worker replayed {replayed} of the {delivered} spans it had acknowledged"
+    );
+    second.stop().await;
+    Ok((replayed, seconds))
 }
 
 /// The q-quantile of a cumulative histogram (counts per `LATENESS_BUCKETS_S` bound, then
@@ -400,10 +523,21 @@ fn worker_config(
     admin: SocketAddr,
     sink: SocketAddr,
     decision_wait: Duration,
+    storage: Option<(&Path, bool)>,
 ) -> String {
+    let (extensions, tail_storage) = match storage {
+        Some((dir, fsync)) => (
+            format!(
+                "extensions:\n  file_storage: {{directory: \"{}\", fsync: {fsync}}}\n",
+                dir.display()
+            ),
+            "\n  tail_storage: file_storage",
+        ),
+        None => (String::new(), ""),
+    };
     format!(
         r#"# Written by `tailgate bench`.
-receivers:
+{extensions}receivers:
   otlp:
     protocols:
       grpc: {{endpoint: "{grpc}", max_recv_msg_size_mib: 64}}
@@ -412,7 +546,7 @@ tail_sampling:
   num_traces: 2000000
   max_buffered_bytes: 4294967296
   decision_cache: {{sampled_cache_size: 200000, non_sampled_cache_size: 1000000}}
-  record_policy: true
+  record_policy: true{tail_storage}
   policies:{POLICIES}
 spanmetrics:
   instance_id: worker-{i}
@@ -501,6 +635,28 @@ impl Results {
             self.lateness_ms[0], self.lateness_ms[1], self.decision_wait
         );
         out.push_str(&self.report.render());
+        if let Some(s) = &self.storage {
+            let ratio = s.worker_spans_per_cpu_second / self.worker_spans_per_cpu_second;
+            let _ = writeln!(
+                out,
+                "\n  with storage (fsync: {}): worker(s) {:.0} spans/CPU-s = {:.2} x the baseline, {:.2} x the same workers without storage ({}0.7); {:.0} B resident per buffered span = {:.2} x wire",
+                s.fsync,
+                s.worker_spans_per_cpu_second,
+                s.worker_spans_per_cpu_second / self.baseline_spans_per_cpu_second,
+                ratio,
+                if ratio >= 0.7 { ">= " } else { "MISS " },
+                s.rss_bytes_per_buffered_span,
+                s.rss_bytes_per_buffered_span / self.wire_bytes_per_span,
+            );
+            let _ = writeln!(
+                out,
+                "  replay: {} spans in {:.2} s = {:.0} spans/s\n",
+                s.replayed_spans,
+                s.replay_seconds,
+                s.replayed_spans as f64 / s.replay_seconds.max(1e-9)
+            );
+            out.push_str(&s.report.render());
+        }
         out
     }
 }

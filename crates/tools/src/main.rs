@@ -182,8 +182,19 @@ struct BenchArgs {
     /// to this binary (`cargo build --release` builds both into `target/release`).
     #[arg(long)]
     tailgate: Option<PathBuf>,
+    /// Also run the workers with storage (`on`, or `fsync` for fsync on every record),
+    /// against the same run without, and time a replay.
+    #[arg(long, value_enum, default_value = "off")]
+    storage: StorageArg,
     #[command(flatten)]
     workload: WorkloadArgs,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum StorageArg {
+    Off,
+    On,
+    Fsync,
 }
 
 fn main() -> ExitCode {
@@ -213,10 +224,15 @@ fn main() -> ExitCode {
                 connections: args.connections,
                 decision_wait: args.decision_wait,
                 dir: args.dir,
+                storage: match args.storage {
+                    StorageArg::Off => None,
+                    StorageArg::On => Some(false),
+                    StorageArg::Fsync => Some(true),
+                },
             })
             .await?;
             print!("{}", results.render());
-            Ok(results.report.passed())
+            Ok(results.report.passed() && results.storage.is_none_or(|s| s.report.passed()))
         }),
         Command::DecodeSink { endpoint } => run_tool(async move {
             tailgate_tools::bench::decode_sink(&endpoint).await?;

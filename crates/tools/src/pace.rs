@@ -93,7 +93,10 @@ mod tests {
         assert_eq!(pace.due(16_000), Some(Duration::from_secs(12)));
         assert_eq!(pace.due(25_000), Some(Duration::from_secs(15)));
         assert_eq!(pace.due(26_000), Some(Duration::from_secs(17)));
-        assert_eq!(Pace::steady(200.0).due(100), Some(Duration::from_millis(500)));
+        assert_eq!(
+            Pace::steady(200.0).due(100),
+            Some(Duration::from_millis(500))
+        );
         assert_eq!(Pace::UNLIMITED.due(100), None);
     }
 

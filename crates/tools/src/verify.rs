@@ -57,12 +57,12 @@ fn unix_second() -> u64 {
 
 /// A span's `http.route`, if it has one.
 fn route_of(span: &opentelemetry_proto::tonic::trace::v1::Span) -> Option<&str> {
-    span.attributes
-        .iter()
-        .find_map(|kv| match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+    span.attributes.iter().find_map(
+        |kv| match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
             Some(any_value::Value::StringValue(s)) if kv.key == "http.route" => Some(s.as_str()),
             _ => None,
-        })
+        },
+    )
 }
 
 /// What a worker's policies see of a generated trace: its on-time spans grouped by
@@ -497,7 +497,8 @@ impl VerifySink {
                 r.busy_keys += 1;
                 if !covered.contains(&(minute, key)) {
                     let (service, route) = &expected.keys[key as usize];
-                    r.busy_keys_not_kept.push(format!("minute {minute}: {service} {route}"));
+                    r.busy_keys_not_kept
+                        .push(format!("minute {minute}: {service} {route}"));
                 }
             }
         }

@@ -9,8 +9,8 @@ use tailgate::worker::config::parse_worker;
 use tailgate::worker::Worker;
 use tailgate_testkit::request;
 use tailgate_tools::{
-    drive, progress_bar, Expectations, Generator, Pace, Protocol, Sender, VerifySink, WorkloadConfig,
-    WORKER_HEADER,
+    drive, progress_bar, Expectations, Generator, Pace, Protocol, Sender, VerifySink,
+    WorkloadConfig, WORKER_HEADER,
 };
 
 const POLICIES: &str = r#"
@@ -338,8 +338,8 @@ admin: {{endpoint: "127.0.0.1:0"}}
         ..workload(41)
     };
     let pace: Pace = "1000:12s,3000:18s,1000".parse().unwrap();
-    let mut generator =
-        Generator::new(workload, 1000 * 12 + 3000 * 18 + 1000 * 18, None).with_expectations(Expectations::new(policies));
+    let mut generator = Generator::new(workload, 1000 * 12 + 3000 * 18 + 1000 * 18, None)
+        .with_expectations(Expectations::new(policies));
     let sender = Sender::start(&router.grpc_addr.unwrap().to_string(), Protocol::Grpc, 4).unwrap();
     let kept = || {
         let workers = &workers;

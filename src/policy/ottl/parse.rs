@@ -156,7 +156,7 @@ fn lex(src: &str) -> Result<Vec<(Tok, usize)>, ParseError> {
                         end += 1;
                     }
                     let hex: String = chars[start..end].iter().collect();
-                    if hex.is_empty() || hex.len() % 2 != 0 {
+                    if hex.is_empty() || !hex.len().is_multiple_of(2) {
                         return err(col, "a byte literal needs an even number of hex digits");
                     }
                     let bytes = (0..hex.len())

@@ -1,0 +1,308 @@
+//! Crash safety with `file_storage`: real worker processes killed with SIGKILL and started
+//! again on the same directory, a real OTLP client and a real gRPC backend; every span the
+//! worker acknowledged reaches the backend, once. And the log's limits: a full log pushes
+//! back, a directory another worker holds is refused.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use tailgate_testkit::{free_port, metric, request, scrape, span, trace_id, Sink};
+
+/// Five spans a trace: a root and four children.
+const SPANS_PER_TRACE: u64 = 5;
+
+fn worker_config(dir: &Path, grpc: u16, admin: u16, backend: u16, max_buffered: u64) -> String {
+    format!(
+        r#"
+receivers: {{otlp: {{protocols: {{grpc: {{endpoint: "127.0.0.1:{grpc}"}}}}}}}}
+extensions:
+  file_storage: {{directory: "{}"}}
+tail_sampling:
+  decision_wait: 1s
+  tail_storage: file_storage
+  max_buffered_bytes: {max_buffered}
+  policies: [{{name: all, type: always_sample}}]
+exporters:
+  otlp:
+    endpoint: "127.0.0.1:{backend}"
+    tls: {{insecure: true}}
+    retry_on_failure: {{initial_interval: 20ms, max_interval: 100ms, max_elapsed_time: 0s}}
+    sending_queue: {{storage: file_storage}}
+admin: {{endpoint: "127.0.0.1:{admin}"}}
+shutdown: {{grace_period: 1s}}
+"#,
+        dir.display()
+    )
+}
+
+/// A worker process; killed when dropped.
+struct Process {
+    child: Child,
+    grpc: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Process {
+    /// Starts `tailgate worker` on `config` and waits until it listens (after its replay).
+    fn start(config: &Path, grpc: u16, admin: u16) -> Process {
+        let child = Command::new(env!("CARGO_BIN_EXE_tailgate"))
+            .args(["worker", "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let grpc: SocketAddr = format!("127.0.0.1:{grpc}").parse().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(grpc).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the worker did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Process {
+            child,
+            grpc,
+            admin: format!("127.0.0.1:{admin}").parse().unwrap(),
+        }
+    }
+
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric(&scrape(self.admin).await.unwrap(), name, labels)
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends traces `traces` (five spans each, in one request per 20 traces); returns the
+/// spans acknowledged.
+async fn send(to: SocketAddr, traces: std::ops::Range<u64>) -> u64 {
+    let mut client = TraceServiceClient::connect(format!("http://{to}"))
+        .await
+        .unwrap();
+    let mut acknowledged = 0;
+    let all: Vec<u64> = traces.collect();
+    for chunk in all.chunks(20) {
+        let spans = chunk
+            .iter()
+            .flat_map(|&t| {
+                (1..=SPANS_PER_TRACE)
+                    .map(move |s| span(trace_id(t), t * 100 + s, (s > 1).then_some(t * 100 + 1)))
+            })
+            .collect();
+        client.export(request("shop", spans)).await.unwrap();
+        acknowledged += chunk.len() as u64 * SPANS_PER_TRACE;
+    }
+    acknowledged
+}
+
+/// How often each (trace, span) arrived at the backend.
+fn arrivals(backend: &Sink) -> HashMap<(Vec<u8>, Vec<u8>), u32> {
+    let mut seen = HashMap::new();
+    for r in backend.requests() {
+        for rs in r.resource_spans {
+            for ss in rs.scope_spans {
+                for s in ss.spans {
+                    *seen.entry((s.trace_id, s.span_id)).or_default() += 1;
+                }
+            }
+        }
+    }
+    seen
+}
+
+fn assert_each_once(seen: &HashMap<(Vec<u8>, Vec<u8>), u32>, traces: std::ops::Range<u64>) {
+    for t in traces {
+        for s in 1..=SPANS_PER_TRACE {
+            let key = (trace_id(t).to_vec(), (t * 100 + s).to_be_bytes().to_vec());
+            assert_eq!(seen.get(&key), Some(&1), "trace {t} span {s}");
+        }
+    }
+}
+
+/// The newest segment of the worker's log.
+fn newest_segment(dir: &Path) -> std::path::PathBuf {
+    let mut segments: Vec<_> = std::fs::read_dir(dir.join("tail_sampling"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    segments.sort();
+    segments.pop().unwrap()
+}
+
+/// Backend down: traces decided and waiting for their export, and traces still pending,
+/// when the worker is killed. Started again on the same directory, with the backend back
+/// and a torn write at the log's end: every acknowledged span arrives once, and the books
+/// add up across the restart (what the first process accepted, the second replayed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_span_survives_a_kill_with_the_backend_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let (grpc, admin, backend_port) = (free_port(), free_port(), free_port());
+    let config = dir.path().join("worker.yaml");
+    std::fs::write(
+        &config,
+        worker_config(dir.path(), grpc, admin, backend_port, 67108864),
+    )
+    .unwrap();
+    let first = Process::start(&config, grpc, admin);
+    let mut acknowledged = send(first.grpc, 0..200).await;
+    // Decided (after 1 s) and kept, the export failing against a backend that is not up.
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    acknowledged += send(first.grpc, 200..300).await;
+    let labels = [("receiver", "otlp"), ("transport", "grpc")];
+    let accepted = first
+        .metric("otelcol_receiver_accepted_spans_total", &labels)
+        .await;
+    let decided = first
+        .metric("tailgate_spans_decided_total", &[("outcome", "sampled")])
+        .await;
+    assert_eq!(accepted, acknowledged as f64);
+    assert_eq!(decided, 1000.0, "the first 200 traces were decided");
+    first.kill();
+
+    // A record cut short by the crash.
+    let segment = newest_segment(dir.path());
+    let mut torn = std::fs::read(&segment).unwrap();
+    torn.extend_from_slice(&[200, 0, 0, 0, 1, 2, 3]);
+    std::fs::write(&segment, torn).unwrap();
+
+    let backend = Sink::start_at(&format!("127.0.0.1:{backend_port}")).await;
+    let second = Process::start(&config, grpc, admin);
+    assert_eq!(
+        backend
+            .wait_for_spans(acknowledged as usize, Duration::from_secs(30))
+            .await,
+        acknowledged as usize
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_each_once(&arrivals(&backend), 0..300);
+    assert_eq!(
+        second
+            .metric("tailgate_storage_replayed_spans_total", &[])
+            .await,
+        acknowledged as f64
+    );
+    assert_eq!(
+        second
+            .metric("tailgate_spans_decided_total", &[("outcome", "sampled")])
+            .await,
+        acknowledged as f64
+    );
+    assert_eq!(
+        second
+            .metric("otelcol_receiver_accepted_spans_total", &labels)
+            .await,
+        0.0
+    );
+    assert_eq!(
+        second
+            .metric("tailgate_storage_corrupt_records_total", &[])
+            .await,
+        1.0
+    );
+    second.kill();
+    backend.stop().await;
+}
+
+/// Backend up: what was exported before the kill is not sent again; what was pending is
+/// decided and sent by the next process, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_settled_before_a_kill_are_not_sent_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (grpc, admin) = (free_port(), free_port());
+    let backend = Sink::start(vec![]).await;
+    let config = dir.path().join("worker.yaml");
+    std::fs::write(
+        &config,
+        worker_config(dir.path(), grpc, admin, backend.addr.port(), 67108864),
+    )
+    .unwrap();
+    let first = Process::start(&config, grpc, admin);
+    let exported = send(first.grpc, 0..100).await;
+    assert_eq!(
+        backend
+            .wait_for_spans(exported as usize, Duration::from_secs(10))
+            .await,
+        exported as usize
+    );
+    // The settlements are written after the backend answered.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pending = send(first.grpc, 100..160).await;
+    first.kill();
+    let second = Process::start(&config, grpc, admin);
+    let total = (exported + pending) as usize;
+    assert_eq!(
+        backend.wait_for_spans(total, Duration::from_secs(30)).await,
+        total
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_each_once(&arrivals(&backend), 0..160);
+    assert_eq!(
+        second
+            .metric("tailgate_storage_replayed_spans_total", &[])
+            .await,
+        pending as f64
+    );
+    second.kill();
+    backend.stop().await;
+}
+
+/// A log at its limit (the backend down, nothing can be let go) refuses with a retryable
+/// status and counts it; a second worker on the same directory is refused at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_log_pushes_back_and_a_held_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (grpc, admin, backend) = (free_port(), free_port(), free_port());
+    let text = worker_config(dir.path(), grpc, admin, backend, 65536);
+    let worker =
+        tailgate::worker::Worker::start(tailgate::worker::config::parse_worker(&text).unwrap())
+            .await
+            .unwrap();
+    let mut client = TraceServiceClient::connect(format!("http://127.0.0.1:{grpc}"))
+        .await
+        .unwrap();
+    let mut refused = None;
+    for t in 0..5000u64 {
+        let spans = (1..=SPANS_PER_TRACE)
+            .map(|s| span(trace_id(t), t * 100 + s, None))
+            .collect();
+        if let Err(status) = client.export(request("shop", spans)).await {
+            refused = Some((t, status));
+            break;
+        }
+    }
+    let (at, status) = refused.expect("the log filled up");
+    assert!(at > 10, "refused after {at} requests");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("storage is full"), "{status:?}");
+    let text = scrape(worker.admin_addr).await.unwrap();
+    assert_eq!(
+        metric(&text, "tailgate_storage_refused_records_total", &[]),
+        1.0
+    );
+
+    let other = worker_config(dir.path(), free_port(), free_port(), backend, 65536);
+    let e =
+        tailgate::worker::Worker::start(tailgate::worker::config::parse_worker(&other).unwrap())
+            .await
+            .err()
+            .expect("the directory is held");
+    assert!(e.to_string().contains("in use by another process"), "{e}");
+    worker.shutdown().await;
+}
