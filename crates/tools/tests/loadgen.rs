@@ -278,7 +278,7 @@ async fn adjusted_counts_of_kept_spans_estimate_the_traffic_per_service() {
 /// estimate each service's spans.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_adaptive_goal_holds_for_a_fleet_of_two_behind_a_router() {
-    const GOAL: f64 = 300.0;
+    const GOAL: f64 = 400.0;
     let sink = VerifySink::start("127.0.0.1:0").await.unwrap();
     let endpoints = [tailgate_testkit::free_port(), tailgate_testkit::free_port()]
         .map(|p| format!("127.0.0.1:{p}"));
@@ -337,8 +337,9 @@ admin: {{endpoint: "127.0.0.1:0"}}
         skew: 1.0,
         ..workload(41)
     };
-    let pace: Pace = "1000:12s,3000:18s,1000".parse().unwrap();
-    let mut generator = Generator::new(workload, 1000 * 12 + 3000 * 18 + 1000 * 18, None)
+    // The last step runs past the first whole minute, over which busy keys are judged.
+    let pace: Pace = "1000:12s,3000:20s,1000".parse().unwrap();
+    let mut generator = Generator::new(workload, 1000 * 12 + 3000 * 20 + 1000 * 34, None)
         .with_expectations(Expectations::new(policies));
     let sender = Sender::start(&router.grpc_addr.unwrap().to_string(), Protocol::Grpc, 4).unwrap();
     let kept = || {
@@ -364,8 +365,9 @@ admin: {{endpoint: "127.0.0.1:0"}}
         Duration::from_millis(100),
         &bar,
     );
-    // Decisions trail the input by decision_wait (2 s); each rate is read over 14 s after
-    // 4 s of adapting to it.
+    // Decisions trail the input by decision_wait (2 s); each rate is read after 4 s of
+    // adapting to it, over 14 s and 18 s (a worker keeps some 15 traces a second of very
+    // different sizes: shorter windows vary by more than the bound).
     let measure = async {
         let rate_over = async |seconds: u64| {
             let (k0, t0) = (kept().await, tokio::time::Instant::now());
@@ -374,14 +376,14 @@ admin: {{endpoint: "127.0.0.1:0"}}
         };
         tokio::time::sleep(Duration::from_secs(18)).await;
         let high = rate_over(14).await;
-        tokio::time::sleep(Duration::from_secs(4)).await;
-        (high, rate_over(14).await)
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        (high, rate_over(18).await)
     };
     let (_, (high, low)) = tokio::join!(load, measure);
     sender.finish().await;
     for (input, rate) in [("3 000", high), ("1 000", low)] {
         assert!(
-            (GOAL * 0.8..=GOAL * 1.2).contains(&rate),
+            (GOAL * 0.75..=GOAL * 1.25).contains(&rate),
             "the fleet kept {rate:.0} spans/s of {input} for a goal of {GOAL}"
         );
     }
