@@ -133,7 +133,8 @@ struct Metrics {
 
 /// The segment being written.
 struct Active {
-    file: File,
+    /// Shared with a concurrent fsync.
+    file: Arc<File>,
     segment: u64,
     written: u64,
     /// Record bytes of this and every older segment still on disk.
@@ -149,6 +150,10 @@ pub struct Log {
     segment_bytes: u64,
     limit: u64,
     active: Mutex<Active>,
+    /// One fsync at a time, and how far the log is known to be on the device (a position
+    /// as in `seq`): an appender whose record an earlier fsync covered waits no more.
+    syncing: Mutex<()>,
+    synced: AtomicU64,
     /// Segments on disk before the active one, oldest first, with their sizes.
     sealed: Mutex<std::collections::VecDeque<(u64, u64)>>,
     pins: Arc<Pins>,
@@ -207,13 +212,15 @@ impl Log {
             segment_bytes,
             limit,
             active: Mutex::new(Active {
-                file,
+                file: Arc::new(file),
                 segment: next,
                 written: 0,
                 on_disk,
                 scratch: Vec::new(),
             }),
             sealed: Mutex::new(sealed),
+            syncing: Mutex::new(()),
+            synced: AtomicU64::new(0),
             pins: Arc::new(Pins {
                 slots: (0..PIN_SLOTS).map(|_| AtomicU64::new(0)).collect(),
             }),
@@ -264,7 +271,7 @@ impl Log {
             let Active { file, scratch, .. } = &mut *active;
             scratch.clear();
             segment::encode(kind, parts, scratch);
-            file.write_all(scratch)
+            (&**file).write_all(scratch)
         };
         if let Err(e) = written {
             // A record cut short by a full disk would end the segment's reading: cut it
@@ -278,39 +285,61 @@ impl Log {
                 _ => StorageError::io(&path, e),
             });
         }
-        if self.fsync {
-            let started = Instant::now();
-            active
-                .file
-                .sync_data()
-                .map_err(|e| StorageError::io(&path, e))?;
-            self.metrics.fsync.record(started.elapsed().as_secs_f64());
-        }
         let seq = (active.segment << 32) | active.written;
         active.written += record;
         active.on_disk += record;
         self.metrics.bytes.set(active.on_disk as f64);
-        Ok(Appended {
-            seq,
-            pin: Pin::new(self.pins.clone(), active.segment),
-        })
+        let pin = Pin::new(self.pins.clone(), active.segment);
+        drop(active);
+        if self.fsync {
+            self.sync_through(seq + record)?;
+        }
+        Ok(Appended { seq, pin })
+    }
+
+    /// Makes every record before position `end` durable. One fsync covers every record
+    /// written before it, so appenders waiting at once share one (group commit).
+    fn sync_through(&self, end: u64) -> Result<(), StorageError> {
+        let _one = self.syncing.lock().expect("sync lock");
+        if self.synced.load(Ordering::Acquire) >= end {
+            return Ok(());
+        }
+        let (file, upto, segment) = {
+            let active = self.active.lock().expect("log lock");
+            (
+                active.file.clone(),
+                (active.segment << 32) | active.written,
+                active.segment,
+            )
+        };
+        let started = Instant::now();
+        file.sync_data()
+            .map_err(|e| StorageError::io(&segment_path(&self.dir, segment), e))?;
+        self.metrics.fsync.record(started.elapsed().as_secs_f64());
+        self.synced.fetch_max(upto, Ordering::AcqRel);
+        Ok(())
     }
 
     /// Seals the active segment and starts the next.
     fn roll(&self, active: &mut Active) -> Result<(), StorageError> {
         let next = active.segment + 1;
         let file = segment::create(&self.dir, next)?;
-        if self.fsync {
-            sync_dir(&self.dir)?;
-        }
-        let sealed = std::mem::replace(&mut active.file, file);
-        drop(sealed);
+        let sealed = std::mem::replace(&mut active.file, Arc::new(file));
+        let (segment, end) = (active.segment, (active.segment << 32) | active.written);
         self.sealed
             .lock()
             .expect("sealed lock")
             .push_back((active.segment, active.written));
         active.segment = next;
         active.written = 0;
+        if self.fsync {
+            // The sealed segment's records are durable before any of the next one's.
+            sealed
+                .sync_data()
+                .map_err(|e| StorageError::io(&segment_path(&self.dir, segment), e))?;
+            self.synced.fetch_max(end, Ordering::AcqRel);
+            sync_dir(&self.dir)?;
+        }
         Ok(())
     }
 

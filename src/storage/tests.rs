@@ -212,3 +212,53 @@ fn a_settlement_records_only_work_done_everywhere() {
         (9, &b"done"[..])
     );
 }
+
+#[test]
+fn concurrent_appends_with_fsync_share_syncs_and_all_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::new();
+    let fsynced = FileStorageConfig {
+        fsync: true,
+        ..config(dir.path())
+    };
+    let (log, _) = Log::open(&fsynced, "test", 1 << 30, &registry).unwrap();
+    let log = Arc::new(log);
+    let seqs: Vec<u64> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4u32)
+            .map(|t| {
+                let log = log.clone();
+                // 100 KiB records: segments roll under the appenders.
+                s.spawn(move || {
+                    (0..50u32)
+                        .map(|i| {
+                            log.append(1, &[&payload(t * 1000 + i, 100 << 10)], true)
+                                .unwrap()
+                                .seq
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let mut unique = seqs.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), 200);
+    let syncs = metric(&registry, "tailgate_storage_fsync_latency_seconds_count");
+    assert!((1.0..=200.0).contains(&syncs), "{syncs} fsyncs");
+    drop(log);
+    let (log, found, _) = open(dir.path(), 1 << 30);
+    let mut ids: Vec<u32> = read_all(&log, &found)
+        .iter()
+        .map(|r| u32::from_le_bytes(r.payload[..4].try_into().unwrap()))
+        .collect();
+    ids.sort_unstable();
+    let expected: Vec<u32> = (0..4)
+        .flat_map(|t| (0..50).map(move |i| t * 1000 + i))
+        .collect();
+    assert_eq!(ids, expected);
+}
