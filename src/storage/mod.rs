@@ -76,6 +76,18 @@ pub struct Record {
     pub payload: Vec<u8>,
 }
 
+/// What a record is to the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// What was acknowledged: refused when the log would pass its limit (new data pushes
+    /// back), and on the device before `append` returns when `fsync` is set.
+    Data,
+    /// Bookkeeping that lets the log shrink: always taken while the disk has room, and not
+    /// fsynced on its own (lost to a machine's crash, the work it records is done again:
+    /// at least once).
+    Note,
+}
+
 /// A record's place in the log and a pin on its segment.
 #[derive(Debug)]
 pub struct Appended {
@@ -246,16 +258,15 @@ impl Log {
         Pin::new(self.pins.clone(), seq >> 32)
     }
 
-    /// Appends one record of `kind` made of `parts`; written (and fsynced, when
-    /// configured) when this returns. A `limited` record is refused when the log would
-    /// pass its limit (new data pushes back; the small records that let the log shrink
-    /// are always taken while the disk has room).
+    /// Appends one record of `kind` made of `parts`; written when this returns, and for
+    /// [`Class::Data`] fsynced too when configured.
     pub fn append(
         &self,
         kind: u8,
         parts: &[&[u8]],
-        limited: bool,
+        class: Class,
     ) -> Result<Appended, StorageError> {
+        let limited = class == Class::Data;
         let len: usize = 1 + parts.iter().map(|p| p.len()).sum::<usize>();
         let record = (segment::HEADER + len) as u64;
         let mut active = self.active.lock().expect("log lock");
@@ -291,7 +302,7 @@ impl Log {
         self.metrics.bytes.set(active.on_disk as f64);
         let pin = Pin::new(self.pins.clone(), active.segment);
         drop(active);
-        if self.fsync {
+        if self.fsync && class == Class::Data {
             self.sync_through(seq + record)?;
         }
         Ok(Appended { seq, pin })
@@ -426,7 +437,7 @@ impl Drop for Settlement {
         if enlisted == 0 || *self.settled.get_mut() < enlisted {
             return;
         }
-        if let Err(e) = self.log.append(self.kind, &[&self.payload], false) {
+        if let Err(e) = self.log.append(self.kind, &[&self.payload], Class::Note) {
             // The work is done but not recorded: at the next start it is done again (sent
             // twice), which is what at-least-once allows.
             tracing::warn!(error = %e, "could not record a finished export");

@@ -50,7 +50,11 @@ fn records_come_back_in_order_across_segments_and_restarts() {
         assert!(found.is_empty());
         // 300 KiB records roll the 1 MiB segments every few records.
         for i in 0..20 {
-            seqs.push(log.append(7, &[&payload(i, 300 << 10)], true).unwrap().seq);
+            seqs.push(
+                log.append(7, &[&payload(i, 300 << 10)], Class::Data)
+                    .unwrap()
+                    .seq,
+            );
         }
     }
     assert!(seqs.windows(2).all(|w| w[0] < w[1]));
@@ -63,7 +67,7 @@ fn records_come_back_in_order_across_segments_and_restarts() {
         assert_eq!(r.payload, payload(i as u32, 300 << 10));
     }
     // New records go to a new segment, after every old one.
-    let next = log.append(1, &[b"x"], true).unwrap().seq;
+    let next = log.append(1, &[b"x"], Class::Data).unwrap().seq;
     assert!(next >> 32 > *found.last().unwrap());
 }
 
@@ -73,7 +77,8 @@ fn a_torn_tail_and_a_bad_checksum_are_skipped_and_counted() {
     {
         let (log, _, _) = open(dir.path(), 1 << 30);
         for i in 0..6 {
-            log.append(1, &[&payload(i, 400 << 10)], true).unwrap();
+            log.append(1, &[&payload(i, 400 << 10)], Class::Data)
+                .unwrap();
         }
     }
     let (_, segments, _) = open(dir.path(), 1 << 30);
@@ -135,7 +140,7 @@ fn pins_hold_their_segment_and_the_limit_pushes_back_until_compaction() {
     let mut pins = Vec::new();
     let mut refused = 0;
     for i in 0..20 {
-        match log.append(1, &[&payload(i, 500 << 10)], true) {
+        match log.append(1, &[&payload(i, 500 << 10)], Class::Data) {
             Ok(a) => pins.push(a.pin),
             Err(StorageError::Full { .. }) => refused += 1,
             Err(e) => panic!("{e}"),
@@ -157,7 +162,9 @@ fn pins_hold_their_segment_and_the_limit_pushes_back_until_compaction() {
     let first = pins[0].segment();
     pins.retain(|p| p.segment() != first);
     assert_eq!(log.compact().unwrap(), 2);
-    assert!(log.append(1, &[&payload(99, 500 << 10)], true).is_ok());
+    assert!(log
+        .append(1, &[&payload(99, 500 << 10)], Class::Data)
+        .is_ok());
     assert!(log.bytes() < 4 << 20);
 }
 
@@ -167,7 +174,8 @@ fn a_crash_part_way_through_compaction_leaves_a_readable_log() {
     {
         let (log, _, _) = open(dir.path(), 1 << 30);
         for i in 0..8 {
-            log.append(1, &[&payload(i, 400 << 10)], true).unwrap();
+            log.append(1, &[&payload(i, 400 << 10)], Class::Data)
+                .unwrap();
         }
     }
     // Compaction deletes oldest first; a crash after the first deletion leaves the rest.
@@ -231,7 +239,7 @@ fn concurrent_appends_with_fsync_share_syncs_and_all_come_back() {
                 s.spawn(move || {
                     (0..50u32)
                         .map(|i| {
-                            log.append(1, &[&payload(t * 1000 + i, 100 << 10)], true)
+                            log.append(1, &[&payload(t * 1000 + i, 100 << 10)], Class::Data)
                                 .unwrap()
                                 .seq
                         })

@@ -23,7 +23,9 @@ use metrics::{Counter, Gauge};
 use crate::otlp::tracestate::Threshold;
 use crate::otlp::TraceId;
 use crate::policy::{Chance, Decision, Verdict};
-use crate::storage::{Appended, FileStorageConfig, Log, Pin, Record, Settlement, StorageError};
+use crate::storage::{
+    Appended, Class, FileStorageConfig, Log, Pin, Record, Settlement, StorageError,
+};
 use crate::telemetry::{self, Registry};
 
 const REQUEST: u8 = 1;
@@ -81,8 +83,11 @@ impl Durable {
         bytes: &[u8],
         arrival_unix_nanos: u64,
     ) -> Result<Appended, StorageError> {
-        self.log
-            .append(REQUEST, &[&arrival_unix_nanos.to_le_bytes(), bytes], true)
+        self.log.append(
+            REQUEST,
+            &[&arrival_unix_nanos.to_le_bytes(), bytes],
+            Class::Data,
+        )
     }
 
     /// Records decisions; returns the record's `seq`, for late spans of kept traces to pin.
@@ -97,7 +102,7 @@ impl Durable {
         if payload.is_empty() {
             return None;
         }
-        match self.log.append(DECIDED, &[&payload], false) {
+        match self.log.append(DECIDED, &[&payload], Class::Note) {
             Ok(a) => Some(a.seq),
             Err(e) => {
                 // Not recorded, the traces are decided again at the next start.
