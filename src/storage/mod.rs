@@ -1,12 +1,12 @@
 //! `file_storage`, the collector's extension for local disk, and the log tailgate keeps in
 //! it: segment files of length-prefixed, CRC-checked records, appended under one lock,
-//! fsynced per record when asked, read back in order at start, and deleted oldest first
-//! once nothing pins them.
+//! data records fsynced when asked (appenders waiting at once share one fsync), read back
+//! in order at start, and deleted oldest first once nothing pins them.
 //!
 //! What the records mean is the user's business (the worker's, see
 //! `worker::durable`); this module owns the files: the directory lock, the segments, the
-//! disk limit, the pins that keep a segment (and every later one) on disk, and the
-//! storage metrics.
+//! disk limit, the pins that keep a segment (and every later one) on disk, settlements
+//! (records appended once a piece of work is done everywhere), and the storage metrics.
 //!
 //! Written here rather than taken from a crate: the embedded stores (sled, redb, fjall)
 //! are key-value stores with their own compaction and write amplification, where this
@@ -32,8 +32,9 @@ pub use config::FileStorageConfig;
 use segment::segment_path;
 
 /// Slots of the pin table: a segment's pins live in slot `segment % PIN_SLOTS`. Segments
-/// are sized so that fewer than this many fit under the disk limit; should two live
-/// segments share a slot, each looks pinned while the other is, which only delays deletion.
+/// are sized so that a quarter as many fit under the disk limit (up to limits of 1 TiB;
+/// above, segments stay at 1 GiB); should two live segments share a slot, each looks pinned
+/// while the other is, which only delays deletion.
 const PIN_SLOTS: usize = 4096;
 /// Segments hold at least this much, and the limit is divided into at most
 /// `PIN_SLOTS / 4` segments.
