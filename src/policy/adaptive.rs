@@ -101,6 +101,9 @@ struct State {
     /// A level shift seen less than an interval ago: since when, and the spans since. The
     /// interval's volume mixes two levels; the one since the shift is the current one.
     shift: Option<(Instant, f64)>,
+    /// The last probe's volume, when it was outside the band (and whether above): a shift
+    /// needs two such probes in a row, the same way.
+    outside: Option<(bool, f64)>,
     /// The level-shift probe: since when, spans and traces.
     probe_start: Option<Instant>,
     probe_sum: f64,
@@ -124,6 +127,7 @@ impl Default for State {
             interval_start: None,
             level: 0.0,
             shift: None,
+            outside: None,
             probe_start: None,
             probe_sum: 0.0,
             probe_traces: 0,
@@ -260,14 +264,25 @@ impl Ema {
             Some((since, spans)) => {
                 spans / (now.saturating_duration_since(since).as_secs_f64() / interval)
             }
-            None if s.intervals >= self.settings.burst_detection_delay
-                && s.level > 0.0
-                && (probed >= s.level * multiple || probed * multiple <= s.level) =>
-            {
-                s.shift = Some((now, 0.0));
-                probed
+            None => {
+                let up = probed >= s.level * multiple;
+                let outside = (up || probed * multiple <= s.level)
+                    && s.intervals >= self.settings.burst_detection_delay
+                    && s.level > 0.0;
+                // Traces reach the policy in clumps (requests arrive in batches, due traces
+                // are decided per tick): one probe alone can be off by twice or more.
+                match (outside, s.outside.take()) {
+                    (true, Some((was_up, before))) if was_up == up => {
+                        s.shift = Some((now, 0.0));
+                        (before + probed) / 2.0
+                    }
+                    (true, _) => {
+                        s.outside = Some((up, probed));
+                        return;
+                    }
+                    (false, _) => return,
+                }
             }
-            None => return,
         };
         // The averages at the new level, and keys new this interval at their pace so far
         // (a rise brings keys the averages have not seen, which would keep everything).
