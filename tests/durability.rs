@@ -80,6 +80,18 @@ impl Process {
     async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         metric(&scrape(self.admin).await.unwrap(), name, labels)
     }
+
+    /// Waits (up to 20 s) until the metric reaches `at_least`.
+    async fn wait_for(&self, name: &str, labels: &[(&str, &str)], at_least: f64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while self.metric(name, labels).await < at_least {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} did not reach {at_least}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 impl Drop for Process {
@@ -164,11 +176,9 @@ async fn every_acknowledged_span_survives_a_kill_with_the_backend_down() {
     let mut acknowledged = send(first.grpc, 0..200).await;
     // Decided (after 1 s) and kept, the export failing against a backend that is not up.
     let sampled = [("outcome", "sampled")];
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while first.metric("tailgate_spans_decided_total", &sampled).await < 1000.0 {
-        assert!(std::time::Instant::now() < deadline, "not decided in time");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    first
+        .wait_for("tailgate_spans_decided_total", &sampled, 1000.0)
+        .await;
     acknowledged += send(first.grpc, 200..300).await;
     let labels = [("receiver", "otlp"), ("transport", "grpc")];
     let accepted = first
@@ -248,11 +258,9 @@ async fn exports_settled_before_a_kill_are_not_sent_again() {
         exported as usize
     );
     // The settlements are written once the exporter counted the spans sent.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while first.metric("otelcol_exporter_sent_spans_total", &[]).await < exported as f64 {
-        assert!(std::time::Instant::now() < deadline, "not sent in time");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    first
+        .wait_for("otelcol_exporter_sent_spans_total", &[], exported as f64)
+        .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let pending = send(first.grpc, 100..160).await;
     first.kill();

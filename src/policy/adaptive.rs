@@ -7,12 +7,12 @@
 //! decision is consistent and its probability goes into the spans' `th`.
 //!
 //! State is per policy and per worker, bounded by `max_keys` (keys past it share one
-//! overflow key, counted) and aged out below `age_out_value`. A level shift (the volume so
-//! far this interval, projected to the whole interval, at `burst_multiple` times the
-//! averages' sum or at its `1/burst_multiple`, after `burst_detection_delay` intervals)
-//! recomputes the rates at once; a throughput goal's rates are set for the interval's own
-//! volume when it moved away from the averages, so the kept volume follows the goal through
-//! a change of input rate rather than the averages' catching up.
+//! overflow key, counted) and aged out below `age_out_value`. A level shift (two short
+//! probes in a row measuring `burst_multiple` times the volume the rates were set for, or
+//! a `burst_multiple`-th of it, after `burst_detection_delay` intervals) sets a throughput
+//! goal's rates for the new volume at once; an interval whose volume moved away from the
+//! averages sets the next one's rates for that volume too, so the kept volume follows the
+//! goal through a change of input rate rather than the averages' catching up.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Mutex, OnceLock};
@@ -53,7 +53,6 @@ pub(super) struct Settings {
 const WARM_UP_INTERVALS: u32 = 3;
 /// How close an interval's volume must be to the averages' for it to correct the goal.
 const STEADY: f64 = 0.1;
-/// A level shift is judged on at least this share of an interval.
 /// An interval's count is scaled to a whole interval from at least this share of one.
 const MIN_FRACTION: f64 = 0.1;
 /// The probe for level shifts covers at least this share of an interval and at least
@@ -241,7 +240,7 @@ impl Ema {
     /// compares the interval's count so far with the averages, which sees a rise late and
     /// a drop never.
     fn probe(&self, s: &mut State, count: f64, fleet_size: usize, now: Instant) {
-        let Goal::Throughput(_) = self.settings.goal else {
+        let Goal::Throughput(per_sec) = self.settings.goal else {
             return;
         };
         let interval = self.settings.interval.as_secs_f64();
@@ -296,19 +295,18 @@ impl Ema {
         for (k, c) in &s.current {
             view.entry(k.clone()).or_insert(c / so_far);
         }
-        s.rates = rates(&view, 1.0, self.goal(fleet_size) * s.scale);
+        s.rates = rates(
+            &view,
+            1.0,
+            self.spans_per_interval(per_sec, fleet_size) * s.scale,
+        );
         s.level = volume;
         self.publish(s, fleet_size);
     }
 
-    /// A throughput goal in spans per interval for this worker, or a sample rate.
-    fn goal(&self, fleet_size: usize) -> f64 {
-        match self.settings.goal {
-            Goal::Throughput(per_sec) => {
-                per_sec / fleet_size.max(1) as f64 * self.settings.interval.as_secs_f64()
-            }
-            Goal::SampleRate(rate) => rate,
-        }
+    /// A fleet's throughput goal as this worker's spans per interval.
+    fn spans_per_interval(&self, per_sec: f64, fleet_size: usize) -> f64 {
+        per_sec / fleet_size.max(1) as f64 * self.settings.interval.as_secs_f64()
     }
 
     /// Folds the interval (up to `now`, scaled to a whole interval) into the moving
@@ -357,7 +355,9 @@ impl Ema {
             volume
         };
         let (level, goal) = match self.settings.goal {
-            Goal::Throughput(_) => (s.level / sum, self.goal(fleet_size)),
+            Goal::Throughput(per_sec) => {
+                (s.level / sum, self.spans_per_interval(per_sec, fleet_size))
+            }
             Goal::SampleRate(rate) => (1.0, sum / rate),
         };
         // Rates from moving averages keep more than the goal when the interval counts vary
