@@ -1,7 +1,8 @@
 //! Crash safety with `file_storage`: real worker processes killed with SIGKILL and started
 //! again on the same directory, a real OTLP client and a real gRPC backend; every span the
-//! worker acknowledged reaches the backend, once. And the log's limits: a full log pushes
-//! back, a directory another worker holds is refused.
+//! worker acknowledged reaches the backend, once. A fleet behind a router that waits for
+//! results: whatever the router acknowledged survives killing it and a worker. And the
+//! log's limits: a full log pushes back, a directory another worker holds is refused.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -10,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use tailgate_testkit::{free_port, metric, request, scrape, span, trace_id, Sink};
 
 /// Five spans a trace: a root and four children.
@@ -39,7 +41,32 @@ shutdown: {{grace_period: 1s}}
     )
 }
 
-/// A worker process; killed when dropped.
+/// A router waiting for its workers' results, retrying a share until its worker takes it.
+fn router_config(grpc: u16, admin: u16, workers: &[u16]) -> String {
+    let hostnames: Vec<String> = workers
+        .iter()
+        .map(|p| format!("\"127.0.0.1:{p}\""))
+        .collect();
+    format!(
+        r#"
+receivers: {{otlp: {{protocols: {{grpc: {{endpoint: "127.0.0.1:{grpc}"}}}}}}}}
+exporters:
+  loadbalancing:
+    protocol:
+      otlp:
+        tls: {{insecure: true}}
+        timeout: 1s
+        sending_queue: {{wait_for_result: true}}
+        retry_on_failure: {{initial_interval: 200ms, max_interval: 200ms, max_elapsed_time: 0s}}
+    resolver: {{static: {{hostnames: [{}]}}}}
+admin: {{endpoint: "127.0.0.1:{admin}"}}
+shutdown: {{grace_period: 1s}}
+"#,
+        hostnames.join(", ")
+    )
+}
+
+/// A worker or router process; killed when dropped.
 struct Process {
     child: Child,
     grpc: SocketAddr,
@@ -49,8 +76,13 @@ struct Process {
 impl Process {
     /// Starts `tailgate worker` on `config` and waits until it listens (after its replay).
     fn start(config: &Path, grpc: u16, admin: u16) -> Process {
+        Self::start_as("worker", config, grpc, admin)
+    }
+
+    /// Starts `tailgate <role>` on `config` and waits until it listens.
+    fn start_as(role: &str, config: &Path, grpc: u16, admin: u16) -> Process {
         let child = Command::new(env!("CARGO_BIN_EXE_tailgate"))
-            .args(["worker", "--config"])
+            .args([role, "--config"])
             .arg(config)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -61,7 +93,7 @@ impl Process {
         while std::net::TcpStream::connect(grpc).is_err() {
             assert!(
                 std::time::Instant::now() < deadline,
-                "the worker did not listen"
+                "the {role} did not listen"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -110,17 +142,22 @@ async fn send(to: SocketAddr, traces: std::ops::Range<u64>) -> u64 {
     let mut acknowledged = 0;
     let all: Vec<u64> = traces.collect();
     for chunk in all.chunks(20) {
-        let spans = chunk
-            .iter()
-            .flat_map(|&t| {
-                (1..=SPANS_PER_TRACE)
-                    .map(move |s| span(trace_id(t), t * 100 + s, (s > 1).then_some(t * 100 + 1)))
-            })
-            .collect();
-        client.export(request("shop", spans)).await.unwrap();
+        client.export(traces_request(chunk)).await.unwrap();
         acknowledged += chunk.len() as u64 * SPANS_PER_TRACE;
     }
     acknowledged
+}
+
+/// One request holding every span of `traces`.
+fn traces_request(traces: &[u64]) -> ExportTraceServiceRequest {
+    let spans = traces
+        .iter()
+        .flat_map(|&t| {
+            (1..=SPANS_PER_TRACE)
+                .map(move |s| span(trace_id(t), t * 100 + s, (s > 1).then_some(t * 100 + 1)))
+        })
+        .collect();
+    request("shop", spans)
 }
 
 /// How often each (trace, span) arrived at the backend.
@@ -279,6 +316,124 @@ async fn exports_settled_before_a_kill_are_not_sent_again() {
         pending as f64
     );
     second.kill();
+    backend.stop().await;
+}
+
+/// A router that waits for results in front of two workers with storage. One worker is
+/// killed: requests with a share for it wait (none is acknowledged while its share sits in
+/// the router's memory). Then the router and the other worker are killed too, and all
+/// three start again; the client sends again what was not acknowledged, as an SDK does.
+/// Every span of every acknowledged request reaches the backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_waiting_router_acknowledged_survives_killing_it_and_its_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Sink::start(vec![]).await;
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let [(w1, w1_admin), (w2, w2_admin), (r, r_admin)] = ports[..] else {
+        unreachable!()
+    };
+    let mut configs = Vec::new();
+    for (name, grpc, admin) in [("w1", w1, w1_admin), ("w2", w2, w2_admin)] {
+        let data = dir.path().join(name);
+        std::fs::create_dir(&data).unwrap();
+        let config = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &config,
+            worker_config(&data, grpc, admin, backend.addr.port(), 67108864),
+        )
+        .unwrap();
+        configs.push(config);
+    }
+    let router_file = dir.path().join("router.yaml");
+    std::fs::write(&router_file, router_config(r, r_admin, &[w1, w2])).unwrap();
+    let first = Process::start(&configs[0], w1, w1_admin);
+    Process::start(&configs[1], w2, w2_admin).kill();
+    let router = Process::start_as("router", &router_file, r, r_admin);
+    let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{r}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+
+    // Ten requests at once, each with traces for both workers, before the router has
+    // quarantined the dead one: their shares for it wait in the router's queue.
+    let requests: Vec<Vec<u64>> = (0..20u64)
+        .map(|i| (i * 20..i * 20 + 20).collect())
+        .collect();
+    let mut waiting = Vec::new();
+    for traces in &requests[..10] {
+        let mut client = TraceServiceClient::new(channel.clone());
+        let request = traces_request(traces);
+        waiting.push(tokio::spawn(
+            async move { client.export(request).await.is_ok() },
+        ));
+    }
+    router
+        .wait_for(
+            "tailgate_loadbalancer_backend_quarantine_total",
+            &[("event", "quarantined")],
+            1.0,
+        )
+        .await;
+    // Once it is quarantined, requests go to the live worker alone and are acknowledged.
+    let mut acknowledged = vec![false; requests.len()];
+    let mut client = TraceServiceClient::new(channel.clone());
+    for (i, traces) in requests.iter().enumerate().skip(10) {
+        client.export(traces_request(traces)).await.unwrap();
+        acknowledged[i] = true;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let still_waiting = waiting.iter().filter(|w| !w.is_finished()).count();
+    assert!(
+        still_waiting > 0,
+        "every request had been answered although one worker was down"
+    );
+    router.kill();
+    first.kill();
+    for (i, w) in waiting.into_iter().enumerate() {
+        acknowledged[i] = w.await.unwrap();
+    }
+
+    let _workers = [
+        Process::start(&configs[0], w1, w1_admin),
+        Process::start(&configs[1], w2, w2_admin),
+    ];
+    let _router = Process::start_as("router", &router_file, r, r_admin);
+    let mut client = TraceServiceClient::connect(format!("http://127.0.0.1:{r}"))
+        .await
+        .unwrap();
+    for (i, traces) in requests.iter().enumerate() {
+        if acknowledged[i] {
+            continue;
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while let Err(status) = client.export(traces_request(traces)).await {
+            assert!(std::time::Instant::now() < deadline, "{status:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // At least once: spans of requests sent twice may arrive twice.
+    let keys: Vec<_> = (0..requests.len() as u64 * 20)
+        .flat_map(|t| {
+            (1..=SPANS_PER_TRACE)
+                .map(move |s| (trace_id(t).to_vec(), (t * 100 + s).to_be_bytes().to_vec()))
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen = arrivals(&backend);
+        let lost: Vec<_> = keys.iter().filter(|k| !seen.contains_key(*k)).collect();
+        if lost.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} spans never arrived, the first {:?}",
+            lost.len(),
+            lost[0]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     backend.stop().await;
 }
 

@@ -385,6 +385,74 @@ async fn with_every_backend_down_the_router_answers_unavailable() {
     router.shutdown().await;
 }
 
+/// With `wait_for_result`, a request is acknowledged only once every backend took its
+/// share: a share that fails for good fails the request with `UNAVAILABLE` (the client
+/// sends it again; the other shares arrive twice), counted as refused, not accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_waiting_for_results_acknowledges_only_what_its_workers_took() {
+    let live = Sink::start(vec![]).await;
+    let dead = format!("127.0.0.1:{}", tailgate_testkit::free_port());
+    let text = format!(
+        r#"
+receivers: {{otlp: {{protocols: {{grpc: {{endpoint: "127.0.0.1:0"}}}}}}}}
+exporters:
+  loadbalancing:
+    protocol:
+      otlp:
+        tls: {{insecure: true}}
+        timeout: 1s
+        sending_queue: {{wait_for_result: true}}
+        retry_on_failure: {{initial_interval: 20ms, max_interval: 50ms, max_elapsed_time: 300ms}}
+    resolver: {{static: {{hostnames: ["{}", "{dead}"]}}}}
+admin: {{endpoint: "127.0.0.1:0"}}
+"#,
+        live.addr
+    );
+    let router = Router::start(parse_router(&text).unwrap()).await.unwrap();
+    let mut client = client(&router).await;
+    let traces = |from: u64| -> Vec<_> {
+        (from..from + 20)
+            .map(|t| span(trace_id(t), 1, None))
+            .collect()
+    };
+    let status = client
+        .export(request("a", traces(0)))
+        .await
+        .expect_err("a share could not be delivered");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("did not take its share"),
+        "{status:?}"
+    );
+    let delivered_before = live.span_count();
+    assert!(
+        (1..20).contains(&delivered_before),
+        "the live backend's share arrived: {delivered_before}"
+    );
+    let receiver = [("receiver", "otlp"), ("transport", "grpc")];
+    let text = router.registry.render();
+    assert_eq!(
+        metric(&text, "otelcol_receiver_accepted_spans_total", &receiver),
+        0.0
+    );
+    assert_eq!(
+        metric(&text, "otelcol_receiver_refused_spans_total", &receiver),
+        20.0
+    );
+
+    // The dead backend is quarantined by now: everything goes to the live one, and the
+    // answer comes only after it has the spans.
+    client.export(request("a", traces(100))).await.unwrap();
+    assert_eq!(live.span_count(), delivered_before + 20);
+    let text = router.registry.render();
+    assert_eq!(
+        metric(&text, "otelcol_receiver_accepted_spans_total", &receiver),
+        20.0
+    );
+    router.shutdown().await;
+    live.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_run_loses_nothing_silently() {
     worker_lost_under_load(false).await;

@@ -467,3 +467,38 @@ exporters:
         "{err}"
     );
 }
+
+#[test]
+fn only_a_router_waits_for_results() {
+    let router = crate::router::config::parse_router(
+        r#"
+receivers: {otlp: {protocols: {grpc: {}}}}
+exporters:
+  loadbalancing:
+    protocol: {otlp: {sending_queue: {wait_for_result: true}}}
+    resolver: {static: {hostnames: ["w:4317"]}}
+"#,
+    )
+    .unwrap();
+    assert!(router.routes[0].otlp.sending_queue.wait_for_result);
+    let err = parse_worker(
+        r#"
+receivers: {otlp: {protocols: {grpc: {}}}}
+tail_sampling: {policies: [{name: all, type: always_sample}]}
+exporters:
+  otlp: {endpoint: "b:4317", sending_queue: {wait_for_result: true}}
+membership:
+  advertise: "w:4317"
+  resolver: {static: {hostnames: ["w:4317"]}}
+  protocol: {otlp: {sending_queue: {wait_for_result: true}}}
+"#,
+    )
+    .unwrap_err()
+    .to_string();
+    for path in [
+        "exporters.otlp.sending_queue.wait_for_result",
+        "membership.protocol.otlp.sending_queue.wait_for_result",
+    ] {
+        assert!(err.contains(&format!("{path}: only a router's")), "{err}");
+    }
+}

@@ -57,6 +57,10 @@ pub struct SendingQueueConfig {
     /// A `file_storage` extension: kept spans stay in the worker's log until exported.
     #[serde(default)]
     pub storage: Option<String>,
+    /// The request is acknowledged only once this queue delivered it: honoured by a
+    /// router's backends, refused elsewhere.
+    #[serde(default)]
+    pub wait_for_result: bool,
 }
 
 impl Default for SendingQueueConfig {
@@ -66,6 +70,7 @@ impl Default for SendingQueueConfig {
             num_consumers: default_num_consumers(),
             queue_size: default_queue_size(),
             storage: None,
+            wait_for_result: false,
         }
     }
 }
@@ -279,6 +284,7 @@ pub fn parse_exporters(
         };
         if let Some(config) = config {
             validate_exporter(&config, &path, errors);
+            refuse_waiting(config.sending_queue(), &path, errors);
             out.push((id, config));
         }
     }
@@ -397,9 +403,23 @@ pub fn validate_exporter(config: &ExporterConfig, path: &str, errors: &mut Error
 /// An `otlp` exporter config every member of a fleet shares (a `loadbalancing` exporter's
 /// `protocol.otlp`, a worker's `membership.protocol.otlp`), at `path`: each member's
 /// endpoint replaces the placeholder, so the template may not set one.
+/// `wait_for_result` where nobody waits: a worker acknowledges a request once its spans
+/// are buffered (and logged, with storage), long before any export.
+fn refuse_waiting(queue: &SendingQueueConfig, path: &str, errors: &mut Errors) {
+    if queue.wait_for_result {
+        errors.push(
+            format!("{path}.sending_queue.wait_for_result"),
+            "only a router's loadbalancing exporter waits for results; a worker acknowledges what it buffered, before any export",
+        );
+    }
+}
+
+/// The `protocol.otlp` template of a fleet's members: a router's backends (which may
+/// `wait` for results) or a worker's peers.
 pub fn parse_otlp_template(
     value: Option<serde_yaml::Value>,
     path: &str,
+    may_wait: bool,
     errors: &mut Errors,
 ) -> Option<OtlpExporterConfig> {
     let mut template = match value {
@@ -419,10 +439,13 @@ pub fn parse_otlp_template(
     template.insert("endpoint".into(), "placeholder:4317".into());
     let otlp: OtlpExporterConfig = errors.parse(path, serde_yaml::Value::Mapping(template))?;
     validate_exporter(&ExporterConfig::Otlp(otlp.clone()), path, errors);
+    if !may_wait {
+        refuse_waiting(&otlp.sending_queue, path, errors);
+    }
     if otlp.sending_queue.storage.is_some() {
         errors.push(
             format!("{path}.sending_queue.storage"),
-            "queues to fleet members need no storage of their own: a router has none, and a worker's log keeps what it relays until the peer has it",
+            "queues to fleet members need no storage of their own: a router can wait for its workers' results instead (wait_for_result: true), and a worker's log keeps what it relays until the peer has it",
         );
     }
     Some(otlp)

@@ -281,7 +281,12 @@ impl ExporterSet {
                     }
                     e.metrics.queue_size.set(e.tx.len() as f64);
                 }
-                Err(_) => e.metrics.enqueue_failed.increment(request.spans),
+                Err(_) => {
+                    if let Some(s) = &request.settlement {
+                        s.refuse();
+                    }
+                    e.metrics.enqueue_failed.increment(request.spans)
+                }
             }
         }
     }
@@ -405,10 +410,11 @@ async fn consume(
         }
         // Counted and cleared together, with no await between, so an abort at shutdown
         // sees the spans either in flight or counted, never both; the same for settling
-        // (an aborted send is not settled, and stays in the log for the next start).
+        // (an aborted send is not settled: its settlement ends abandoned). A partial
+        // success is delivered: the backend answered, and what it rejected is counted.
         in_flight.fetch_sub(request.spans, Ordering::SeqCst);
         if let Some(s) = &request.settlement {
-            s.settle();
+            s.settle(result.is_ok());
         }
         match result {
             Ok(sent) => {

@@ -100,7 +100,7 @@ pub fn parse_membership(
             );
         }
     }
-    let otlp = parse_otlp_template(otlp, "membership.protocol.otlp", errors)?;
+    let otlp = parse_otlp_template(otlp, "membership.protocol.otlp", false, errors)?;
     Some(MembershipConfig {
         advertise: raw.advertise,
         resolver,

@@ -9,6 +9,7 @@
 
 mod codec;
 pub mod scan;
+pub mod settlement;
 pub mod tracestate;
 pub mod view;
 
@@ -21,9 +22,8 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
 use prost::Message;
 
-use crate::storage::Settlement;
-
 pub use codec::{RawExportCodec, RawExportServerCodec, EXPORT_PATH, TRACE_SERVICE};
+pub use settlement::{Outcome, Settlement};
 use view::{Attributes, ScopeView, SpanView};
 
 /// A 128-bit trace id, as the 16 raw bytes of the wire format.
@@ -324,7 +324,8 @@ impl RequestBuilder {
 pub struct EncodedRequest {
     pub bytes: Bytes,
     pub spans: u64,
-    /// With a log, what to record once every sending queue is done with the request.
+    /// What waits for every sending queue to be done with the request: a worker's log,
+    /// or a router's client.
     pub settlement: Option<Arc<Settlement>>,
 }
 

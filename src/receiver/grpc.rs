@@ -28,7 +28,7 @@ use super::admission::{gunzip, read_body, BodyError, RequestBudget, Reservation}
 use super::config::ServerParametersConfig;
 use super::conn::{ended, Incoming};
 use super::security::{tls_incoming, Security};
-use super::{response, Ingest, IngestError, Payload, ReceiverMetrics, Relay};
+use super::{ingest_and_wait, response, Ingest, IngestError, Payload, ReceiverMetrics, Relay};
 
 const GRPC_ENCODING: &str = "grpc-encoding";
 use crate::otlp::{RawExportServerCodec, EXPORT_PATH, TRACE_SERVICE};
@@ -49,16 +49,14 @@ fn status(e: &IngestError) -> Status {
 }
 
 impl GrpcReceiver {
-    fn export(
+    async fn export(
         &self,
         request: Bytes,
         relay: Option<&Relay>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
         let request = Payload::Protobuf(request);
         let total = request.span_count();
-        let result = self
-            .pipeline
-            .ingest(request, relay, tokio::time::Instant::now());
+        let result = ingest_and_wait(self.pipeline.as_ref(), request, relay).await;
         self.metrics.record(&result, total);
         let ingested = result.map_err(|e| status(&e))?;
         Ok(Response::new(response(ingested)))
@@ -127,7 +125,8 @@ where
             let receiver = server.receiver.clone();
             let relay = Relay::from_headers(&parts.headers);
             let export = tower::service_fn(move |request: Request<Bytes>| {
-                std::future::ready(receiver.export(request.into_inner(), relay.as_ref()))
+                let (receiver, relay) = (receiver.clone(), relay.clone());
+                async move { receiver.export(request.into_inner(), relay.as_ref()).await }
             });
             let mut grpc = Grpc::new(RawExportServerCodec)
                 .send_compressed(CompressionEncoding::Gzip)

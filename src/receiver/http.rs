@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::admission::{gunzip, read_body, BodyError, RequestBudget};
 use super::conn::{ended, Incoming};
 use super::security::{tls_incoming, BearerAuth, Security};
-use super::{response, Ingest, IngestError, Payload, ReceiverMetrics, Relay};
+use super::{ingest_and_wait, response, Ingest, IngestError, Payload, ReceiverMetrics, Relay};
 
 const PROTOBUF: &str = "application/x-protobuf";
 const JSON: &str = "application/json";
@@ -200,9 +200,7 @@ async fn export(State(s): State<HttpState>, headers: HeaderMap, body: Body) -> R
     };
     let total = request.span_count();
     let relay = Relay::from_headers(&headers);
-    let result = s
-        .pipeline
-        .ingest(request, relay.as_ref(), tokio::time::Instant::now());
+    let result = ingest_and_wait(s.pipeline.as_ref(), request, relay.as_ref()).await;
     s.metrics.record(&result, total);
     match result {
         Ok(ingested) => {

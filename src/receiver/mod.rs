@@ -20,6 +20,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use prost::Message;
+use tokio::sync::oneshot;
 
 pub use admission::RequestBudget;
 use grpc::{serve_grpc, GrpcSettings};
@@ -29,7 +30,7 @@ use security::{Security, Tasks};
 
 use crate::net::{bind, BindError};
 use crate::otlp::scan::{self, Scanned};
-use crate::otlp::spans;
+use crate::otlp::{spans, Outcome};
 use crate::supervisor::{Group, Supervisor};
 use crate::telemetry::{self, Registry};
 use config::{ReceiverAuthConfig, ReceiversConfig, ServerTlsConfig, DEFAULT_REQUEST_LIMIT_MIB};
@@ -51,13 +52,45 @@ pub enum IngestError {
 }
 
 /// What happened to an accepted request.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct Ingested {
     pub accepted: u64,
     /// Invalid spans, reported to the client as OTLP partial success.
     pub rejected: u64,
     /// The first problem found, when `rejected > 0`.
     pub message: String,
+    /// What the acknowledgement waits for, when it waits (a router with
+    /// `wait_for_result`): the outcome of every backend's share.
+    pub delivery: Option<oneshot::Receiver<Outcome>>,
+}
+
+impl Ingested {
+    /// The request's result once its delivery is known, when its acknowledgement waits
+    /// for one: a share some backend did not take fails the whole request with a
+    /// retryable status, so the client sends it again.
+    async fn delivered(mut self) -> Result<Ingested, IngestError> {
+        let Some(delivery) = self.delivery.take() else {
+            return Ok(self);
+        };
+        match delivery.await {
+            Ok(Outcome::Delivered) => Ok(self),
+            _ => Err(IngestError::Unavailable(
+                "a worker did not take its share of the request",
+            )),
+        }
+    }
+}
+
+/// Ingests a request and, when its acknowledgement waits for delivery, waits for it.
+async fn ingest_and_wait(
+    pipeline: &dyn Ingest,
+    request: Payload,
+    relay: Option<&Relay>,
+) -> Result<Ingested, IngestError> {
+    match pipeline.ingest(request, relay, tokio::time::Instant::now()) {
+        Ok(ingested) => ingested.delivered().await,
+        Err(e) => Err(e),
+    }
 }
 
 /// A request as a receiver got it.

@@ -155,7 +155,12 @@ fn parse_route(
         }
         _ => {}
     }
-    let otlp = parse_otlp_template(raw.protocol.otlp, &format!("{path}.protocol.otlp"), errors)?;
+    let otlp = parse_otlp_template(
+        raw.protocol.otlp,
+        &format!("{path}.protocol.otlp"),
+        true,
+        errors,
+    )?;
     let resolver = raw.resolver.validate(&format!("{path}.resolver"), errors)?;
     Some(RouteConfig {
         name: id.to_owned(),

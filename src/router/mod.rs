@@ -12,12 +12,14 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::lifecycle::StartError;
 use crate::membership::resolver;
 use crate::memory_limiter::MemoryLimiter;
+use crate::otlp::{Outcome, Settlement};
 use crate::receiver::{check_ids, Ingest, IngestError, Ingested, Payload, Receivers, Relay};
 use crate::supervisor::{Group, Supervisor, TaskFailure};
 use crate::telemetry::{self, Admin, Health, Registry};
@@ -28,6 +30,24 @@ use route::Route;
 struct Routes {
     routes: Vec<Arc<Route>>,
     refused: metrics::Counter,
+}
+
+impl Routes {
+    /// When a route waits for results and there is something to deliver: what its
+    /// shares report to, and what the acknowledgement waits on.
+    fn settlement(
+        &self,
+        spans: u64,
+    ) -> (Option<Arc<Settlement>>, Option<oneshot::Receiver<Outcome>>) {
+        if spans == 0 || !self.routes.iter().any(|r| r.waits()) {
+            return (None, None);
+        }
+        let (tx, rx) = oneshot::channel();
+        let settlement = Settlement::new(move |outcome| {
+            let _ = tx.send(outcome);
+        });
+        (Some(Arc::new(settlement)), Some(rx))
+    }
 }
 
 impl Ingest for Routes {
@@ -49,10 +69,14 @@ impl Ingest for Routes {
             self.refused.increment(checked.accepted);
             return Err(IngestError::Overloaded("a backend's sending queue is full"));
         }
-        for plan in plans {
-            plan.send();
+        let (settlement, delivery) = self.settlement(checked.accepted);
+        for (plan, route) in plans.into_iter().zip(&self.routes) {
+            plan.send(settlement.as_ref().filter(|_| route.waits()));
         }
-        Ok(checked)
+        Ok(Ingested {
+            delivery,
+            ..checked
+        })
     }
 }
 
@@ -181,13 +205,20 @@ impl Router {
     }
 
     /// Stops taking data, then drains every backend's queue within the grace period.
+    /// Requests waiting for their results (`wait_for_result`) are answered as their
+    /// shares are delivered; those still waiting at the deadline fail as the queues are
+    /// abandoned, so the client sends them again.
     pub async fn shutdown(mut self) {
         let deadline = Instant::now() + self.grace_period;
         self.health.set_ready(false);
-        self.supervisor.stop(self.groups.receivers).await;
+        let receivers = self.groups.receivers;
+        let answered = tokio::time::timeout_at(deadline, self.supervisor.stop(receivers)).await;
         self.supervisor.stop(self.groups.membership).await;
         for route in &self.routes {
             route.shutdown(deadline).await;
+        }
+        if answered.is_err() {
+            self.supervisor.stop(receivers).await;
         }
         self.supervisor.stop(self.groups.admin).await;
         tracing::info!("router stopped");

@@ -19,7 +19,7 @@ use crate::membership::resolver::{Follow, Resolution};
 use crate::membership::ring::Ring;
 use crate::otlp::scan::Scanned;
 use crate::otlp::view::{AnyValueView, Attributes, SpanView};
-use crate::otlp::RequestBuilder;
+use crate::otlp::{RequestBuilder, Settlement};
 use crate::receiver::{IngestError, Payload};
 use crate::telemetry::{self, Registry};
 
@@ -118,6 +118,11 @@ impl Route {
         &self.config
     }
 
+    /// Whether a request is acknowledged only once this route's backends took it.
+    pub(crate) fn waits(&self) -> bool {
+        self.config.otlp.sending_queue.wait_for_result
+    }
+
     pub(crate) fn members(&self) -> Arc<Members> {
         self.members
             .read()
@@ -178,14 +183,19 @@ impl Route {
     }
 
     /// Takes a removed backend's queued requests onto the current ring, then lets its
-    /// in-flight sends finish within the grace period.
+    /// in-flight sends finish within the grace period. A re-routed request's settlement
+    /// goes with its new shares: the old queue is done with it once they are queued.
     async fn retire(&self, backend: Arc<Backend>) {
         for request in backend.exporters.drain_queued() {
             let spans = request.spans;
+            let settlement = request.settlement;
             let rerouted = Payload::Protobuf(request.bytes)
                 .scan()
                 .and_then(|scanned| self.plan(&scanned))
-                .map(|plan| plan.send());
+                .map(|plan| plan.send(settlement.as_ref()));
+            if let Some(s) = &settlement {
+                s.settle(rerouted.is_ok());
+            }
             match rerouted {
                 Ok(()) => self.rerouted.increment(spans),
                 // Counted by the backend's exporter as failed: there is nowhere to send it.
@@ -369,11 +379,13 @@ impl Plan {
     }
 
     /// Hands every share to its backend's queue; each backend sends (and retries) its own
-    /// share independently.
-    pub(crate) fn send(mut self) {
+    /// share independently. With `settlement`, every share reports to it.
+    pub(crate) fn send(mut self, settlement: Option<&Arc<Settlement>>) {
         for (share, backend) in self.shares.iter_mut().zip(&self.members.backends) {
             if !share.is_empty() {
-                backend.exporters.enqueue(share.take());
+                let mut request = share.take();
+                request.settlement = settlement.cloned();
+                backend.exporters.enqueue(request);
             }
         }
     }
@@ -519,7 +531,10 @@ exporters:
             .unwrap();
         settle().await;
         for n in 0..5 {
-            route.plan(&scanned(n * 10..n * 10 + 10)).unwrap().send();
+            route
+                .plan(&scanned(n * 10..n * 10 + 10))
+                .unwrap()
+                .send(None);
         }
         settle().await;
         updates
@@ -549,7 +564,7 @@ exporters:
             .await
             .unwrap();
         settle().await;
-        route.plan(&scanned(0..10)).unwrap().send();
+        route.plan(&scanned(0..10)).unwrap().send(None);
         // Three unreachable attempts, a second apart.
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert!(route.members().backends[0].quarantined());

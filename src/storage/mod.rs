@@ -5,8 +5,8 @@
 //!
 //! What the records mean is the user's business (the worker's, see
 //! `worker::durable`); this module owns the files: the directory lock, the segments, the
-//! disk limit, the pins that keep a segment (and every later one) on disk, settlements
-//! (records appended once a piece of work is done everywhere), and the storage metrics.
+//! disk limit, the pins that keep a segment (and every later one) on disk, and the storage
+//! metrics.
 //!
 //! Written here rather than taken from a crate: the embedded stores (sled, redb, fjall)
 //! are key-value stores with their own compaction and write amplification, where this
@@ -383,66 +383,6 @@ impl Log {
     /// Record bytes on disk.
     pub fn bytes(&self) -> u64 {
         self.active.lock().expect("log lock").on_disk
-    }
-}
-
-/// A record to append once the work it stands for is done: an export request's, once
-/// every sending queue it entered has settled it (sent, or failed for good). Dropped
-/// unsettled (abandoned at shutdown, or never queued), it appends nothing, and what it
-/// stands for stays in the log for the next start. Holds pins on the log meanwhile.
-pub struct Settlement {
-    log: Arc<Log>,
-    kind: u8,
-    payload: Vec<u8>,
-    _pins: Vec<Pin>,
-    enlisted: AtomicU64,
-    settled: AtomicU64,
-}
-
-impl Settlement {
-    pub fn new(log: Arc<Log>, kind: u8, payload: Vec<u8>, pins: Vec<Pin>) -> Settlement {
-        Settlement {
-            log,
-            kind,
-            payload,
-            _pins: pins,
-            enlisted: AtomicU64::new(0),
-            settled: AtomicU64::new(0),
-        }
-    }
-
-    /// One more party must settle it.
-    pub fn enlist(&self) {
-        self.enlisted.fetch_add(1, Ordering::AcqRel);
-    }
-
-    /// One party is done with it.
-    pub fn settle(&self) {
-        self.settled.fetch_add(1, Ordering::AcqRel);
-    }
-}
-
-impl std::fmt::Debug for Settlement {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Settlement")
-            .field("kind", &self.kind)
-            .field("enlisted", &self.enlisted)
-            .field("settled", &self.settled)
-            .finish()
-    }
-}
-
-impl Drop for Settlement {
-    fn drop(&mut self) {
-        let enlisted = *self.enlisted.get_mut();
-        if enlisted == 0 || *self.settled.get_mut() < enlisted {
-            return;
-        }
-        if let Err(e) = self.log.append(self.kind, &[&self.payload], Class::Note) {
-            // The work is done but not recorded: at the next start it is done again (sent
-            // twice), which is what at-least-once allows.
-            tracing::warn!(error = %e, "could not record a finished export");
-        }
     }
 }
 

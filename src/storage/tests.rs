@@ -193,35 +193,6 @@ fn a_crash_part_way_through_compaction_leaves_a_readable_log() {
 }
 
 #[test]
-fn a_settlement_records_only_work_done_everywhere() {
-    let dir = tempfile::tempdir().unwrap();
-    let (log, _, _) = open(dir.path(), 1 << 30);
-    let log = Arc::new(log);
-    let settled = Settlement::new(log.clone(), 9, b"done".to_vec(), vec![]);
-    settled.enlist();
-    settled.enlist();
-    settled.settle();
-    settled.settle();
-    drop(settled);
-    // One of two queues never finished (abandoned at shutdown): nothing recorded.
-    let half = Settlement::new(log.clone(), 9, b"half".to_vec(), vec![]);
-    half.enlist();
-    half.enlist();
-    half.settle();
-    drop(half);
-    let unsent = Settlement::new(log.clone(), 9, b"unsent".to_vec(), vec![]);
-    drop(unsent);
-    drop(log);
-    let (log, found, _) = open(dir.path(), 1 << 30);
-    let records = read_all(&log, &found);
-    assert_eq!(records.len(), 1);
-    assert_eq!(
-        (records[0].kind, &records[0].payload[..]),
-        (9, &b"done"[..])
-    );
-}
-
-#[test]
 fn concurrent_appends_with_fsync_share_syncs_and_all_come_back() {
     let dir = tempfile::tempdir().unwrap();
     let registry = Registry::new();

@@ -21,11 +21,9 @@ use std::sync::Arc;
 use metrics::{Counter, Gauge};
 
 use crate::otlp::tracestate::Threshold;
-use crate::otlp::TraceId;
+use crate::otlp::{Outcome, Settlement, TraceId};
 use crate::policy::{Chance, Decision, Verdict};
-use crate::storage::{
-    Appended, Class, FileStorageConfig, Log, Pin, Record, Settlement, StorageError,
-};
+use crate::storage::{Appended, Class, FileStorageConfig, Log, Pin, Record, StorageError};
 use crate::telemetry::{self, Registry};
 
 const REQUEST: u8 = 1;
@@ -112,15 +110,28 @@ impl Durable {
         }
     }
 
-    /// What an export of kept spans records once settled: per trace, the last request
-    /// whose spans it holds; `pins` keep those requests on disk until then.
+    /// What an export of kept spans records once every sending queue is done with it
+    /// (sent, or failed for good and counted): per trace, the last request whose spans it
+    /// holds; `pins` keep those requests on disk until then. Abandoned (at shutdown), it
+    /// records nothing, and the spans are exported again at the next start.
     pub fn settlement(&self, traces: &[(TraceId, u64)], pins: Vec<Pin>) -> Arc<Settlement> {
         let mut payload = Vec::with_capacity(traces.len() * 24);
         for (id, through) in traces {
             payload.extend_from_slice(id);
             payload.extend_from_slice(&through.to_le_bytes());
         }
-        Arc::new(Settlement::new(self.log.clone(), SETTLED, payload, pins))
+        let log = self.log.clone();
+        Arc::new(Settlement::new(move |outcome| {
+            let _pins = pins;
+            if outcome == Outcome::Abandoned {
+                return;
+            }
+            if let Err(e) = log.append(SETTLED, &[&payload], Class::Note) {
+                // Done but not recorded: at the next start it is sent again, which is
+                // what at-least-once allows.
+                tracing::warn!(error = %e, "could not record a finished export");
+            }
+        }))
     }
 
     /// A pin on the record at `seq`.
