@@ -63,6 +63,17 @@ const PROBE_TRACES: u32 = 50;
 /// The key shared by traces whose own key did not fit under `max_keys`.
 const OVERFLOW_KEY: &str = "\u{0}overflow";
 
+/// A level shift being followed.
+#[derive(Debug, Clone, Copy)]
+struct Shift {
+    since: Instant,
+    spans: f64,
+    /// Spans per interval to keep for an interval from `since`: the goal, less what the
+    /// rates of the old level kept beyond it while the shift was being detected (or plus
+    /// what they kept short of it, after a fall).
+    goal: f64,
+}
+
 /// Metric handles, bound by the worker that runs the policy.
 #[derive(Debug)]
 pub struct AdaptiveMetrics {
@@ -97,9 +108,10 @@ struct State {
     interval_start: Option<Instant>,
     /// The volume per interval the rates were set for.
     level: f64,
-    /// A level shift seen less than an interval ago: since when, and the spans since. The
-    /// interval's volume mixes two levels; the one since the shift is the current one.
-    shift: Option<(Instant, f64)>,
+    /// A level shift seen less than an interval ago: since when, the spans since, and the
+    /// goal until it ends. The interval's volume mixes two levels; the one since the shift
+    /// is the current one.
+    shift: Option<Shift>,
     /// The last probe's volume, when it was outside the band (and whether above): a shift
     /// needs two such probes in a row, the same way.
     outside: Option<(bool, f64)>,
@@ -247,8 +259,8 @@ impl Ema {
         let start = *s.probe_start.get_or_insert(now);
         s.probe_sum += count;
         s.probe_traces += 1;
-        if let Some((_, spans)) = &mut s.shift {
-            *spans += count;
+        if let Some(shift) = &mut s.shift {
+            shift.spans += count;
         }
         let elapsed = now.saturating_duration_since(start).as_secs_f64() / interval;
         if elapsed < PROBE || s.probe_traces < PROBE_TRACES {
@@ -259,9 +271,15 @@ impl Ema {
         s.probe_sum = 0.0;
         s.probe_traces = 0;
         let multiple = self.settings.burst_multiple;
-        let volume = match s.shift {
-            Some((since, spans)) => {
-                spans / (now.saturating_duration_since(since).as_secs_f64() / interval)
+        let (volume, goal) = match s.shift {
+            Some(shift) => {
+                let since = now.saturating_duration_since(shift.since).as_secs_f64() / interval;
+                let goal = if since < 1.0 {
+                    shift.goal
+                } else {
+                    self.spans_per_interval(per_sec, fleet_size) * s.scale
+                };
+                (shift.spans / since, goal)
             }
             None => {
                 let up = probed >= s.level * multiple;
@@ -272,8 +290,18 @@ impl Ema {
                 // are decided per tick): one probe alone can be off by twice or more.
                 match (outside, s.outside.take()) {
                     (true, Some((was_up, before))) if was_up == up => {
-                        s.shift = Some((now, 0.0));
-                        (before + probed) / 2.0
+                        // The old rates kept the old level's share of a higher (lower)
+                        // volume while the probes ran: that debt (credit) is made good
+                        // over the shift's interval, within half the goal.
+                        let goal = self.spans_per_interval(per_sec, fleet_size) * s.scale;
+                        let debt = s.kept_current - goal * self.elapsed(s, now);
+                        let shift = Shift {
+                            since: now,
+                            spans: 0.0,
+                            goal: (goal - debt).clamp(goal / 4.0, goal * 2.0),
+                        };
+                        s.shift = Some(shift);
+                        ((before + probed) / 2.0, shift.goal)
                     }
                     (true, _) => {
                         s.outside = Some((up, probed));
@@ -295,11 +323,7 @@ impl Ema {
         for (k, c) in &s.current {
             view.entry(k.clone()).or_insert(c / so_far);
         }
-        s.rates = rates(
-            &view,
-            1.0,
-            self.spans_per_interval(per_sec, fleet_size) * s.scale,
-        );
+        s.rates = rates(&view, 1.0, goal);
         s.level = volume;
         self.publish(s, fleet_size);
     }
@@ -324,8 +348,8 @@ impl Ema {
         let before: f64 = s.average.values().sum();
         // A shift keeps measuring the volume since it was seen for an interval.
         let shifted = s.shift.is_some();
-        if s.shift.is_some_and(|(since, _)| {
-            now.saturating_duration_since(since) >= self.settings.interval
+        if s.shift.is_some_and(|shift| {
+            now.saturating_duration_since(shift.since) >= self.settings.interval
         }) {
             s.shift = None;
         }
