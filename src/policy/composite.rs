@@ -60,7 +60,7 @@ impl Composite {
         let second = trace.now.saturating_duration_since(self.epoch).as_secs();
         for (i, sub) in self.subs.iter().enumerate() {
             match sub.rule.evaluate(trace)? {
-                Decision::Sampled | Decision::InvertSampled => {}
+                Decision::Sampled => {}
                 _ => continue,
             }
             let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());

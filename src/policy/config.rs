@@ -354,8 +354,10 @@ struct RateAllocation {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Level {
     Top,
-    /// Inside `and`, `drop`, `not` or `composite`.
+    /// Inside `and`, `drop` or `not`.
     Sub,
+    /// Inside `composite`: `and` is allowed there, as in the collector.
+    Composite,
 }
 
 /// Default `cache_max_size` of `string_attribute` regex results.
@@ -367,7 +369,7 @@ impl PolicyConfig {
         let kind = self.kind.clone();
         let block = |name: &str| format!("{path}.{name}");
         let nested = |rule: &str, errors: &mut Errors| {
-            if level == Level::Sub {
+            if level != Level::Top {
                 errors.push(format!("{path}.type"), format!("{rule} cannot be nested"));
             }
         };
@@ -458,10 +460,6 @@ impl PolicyConfig {
                 let c = self.string_attribute.unwrap_or_default();
                 let p = block("string_attribute");
                 require_key(&c.key, &p, errors)?;
-                if c.values.is_empty() {
-                    errors.push(format!("{p}.values"), "needs at least one value");
-                    return None;
-                }
                 let matcher = if c.enabled_regex_matching {
                     let mut regexes = Vec::new();
                     for (i, v) in c.values.iter().enumerate() {
@@ -560,14 +558,17 @@ impl PolicyConfig {
                 })
             }
             "and" => {
-                nested("and", errors);
+                if level == Level::Sub {
+                    nested("and", errors);
+                }
                 let subs = self.and.unwrap_or_default().and_sub_policy;
-                compile_subs(subs, &block("and.and_sub_policy"), errors).map(Rule::And)
+                compile_subs(subs, &block("and.and_sub_policy"), Level::Sub, errors).map(Rule::And)
             }
             "drop" => {
                 nested("drop", errors);
                 let subs = self.drop.unwrap_or_default().drop_sub_policy;
-                compile_subs(subs, &block("drop.drop_sub_policy"), errors).map(Rule::Drop)
+                compile_subs(subs, &block("drop.drop_sub_policy"), Level::Sub, errors)
+                    .map(Rule::Drop)
             }
             "not" => {
                 let Some(c) = self.not else {
@@ -642,7 +643,12 @@ fn bucket(
     Some(TokenBucket::new(rate as f64, burst as f64))
 }
 
-fn compile_subs(subs: Vec<PolicyConfig>, path: &str, errors: &mut Errors) -> Option<Vec<Rule>> {
+fn compile_subs(
+    subs: Vec<PolicyConfig>,
+    path: &str,
+    level: Level,
+    errors: &mut Errors,
+) -> Option<Vec<Rule>> {
     if subs.is_empty() {
         errors.push(path, "needs at least one sub-policy");
         return None;
@@ -653,7 +659,7 @@ fn compile_subs(subs: Vec<PolicyConfig>, path: &str, errors: &mut Errors) -> Opt
         .map(|(i, s)| {
             let p = format!("{path}[{i}]");
             check_sub_name(&s.name, &p, errors);
-            s.compile(&p, Level::Sub, errors)
+            s.compile(&p, level, errors)
         })
         .collect();
     rules.into_iter().collect()
@@ -682,7 +688,7 @@ fn compile_composite(c: CompositeConfig, path: &str, errors: &mut Errors) -> Opt
             );
         }
     }
-    let rules = compile_subs(c.composite_sub_policy, &sub_path, errors)?;
+    let rules = compile_subs(c.composite_sub_policy, &sub_path, Level::Composite, errors)?;
     let max_total = c.max_total_spans_per_second as f64;
     let mut allocated: BTreeMap<&str, f64> = BTreeMap::new();
     for (i, a) in c.rate_allocation.iter().enumerate() {

@@ -27,34 +27,22 @@ pub use adaptive::AdaptiveMetrics;
 pub use probabilistic::{Mode as ProbabilisticMode, Probabilistic};
 pub use rules::EvalError;
 
-/// A policy's vote on one trace. The two inverted votes are the collector's deprecated
-/// `invert_match` results, kept for their place in the precedence.
+/// A policy's vote on one trace, or a trace's final decision. (`invert_match` votes plainly,
+/// as in the collector since its inverted votes were removed.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Decision {
     Sampled,
     NotSampled,
     Dropped,
-    InvertSampled,
-    InvertNotSampled,
 }
 
 impl Decision {
     /// The three final decisions, in the order metrics index them.
     pub const FINAL: [Decision; 3] = [Decision::Sampled, Decision::NotSampled, Decision::Dropped];
 
-    /// The final decision a vote counts as in metrics (inverted votes fold into
-    /// sampled / not sampled, as in the collector).
-    pub fn folded(self) -> Decision {
-        match self {
-            Decision::InvertSampled => Decision::Sampled,
-            Decision::InvertNotSampled => Decision::NotSampled,
-            other => other,
-        }
-    }
-
     /// Index into [`Decision::FINAL`].
     pub fn index(self) -> usize {
-        match self.folded() {
+        match self {
             Decision::Sampled => 0,
             Decision::NotSampled => 1,
             _ => 2,
@@ -63,7 +51,7 @@ impl Decision {
 
     /// The `decision` label value the collector uses.
     pub fn label(self) -> &'static str {
-        match self.folded() {
+        match self {
             Decision::Sampled => "sampled",
             Decision::NotSampled => "not_sampled",
             _ => "dropped",
@@ -72,7 +60,7 @@ impl Decision {
 
     /// The `sampled` label value the collector uses.
     pub fn sampled_label(self) -> &'static str {
-        if self.folded() == Decision::Sampled {
+        if self == Decision::Sampled {
             "true"
         } else {
             "false"
@@ -340,8 +328,7 @@ impl PolicySet {
     }
 
     /// Evaluates the policies on `trace` and combines the votes with the collector's
-    /// precedence: Dropped > InvertNotSampled > Sampled > InvertSampled (only if no policy
-    /// said NotSampled) > NotSampled. An erroring policy abstains. `on_vote` sees each
+    /// precedence: Dropped > Sampled > NotSampled. An erroring policy abstains. `on_vote` sees each
     /// vote with the time it took.
     pub fn decide(&self, trace: &TraceView<'_>, on_vote: impl FnMut(Vote)) -> Verdict {
         self.decide_with(trace, |_| true, on_vote)
@@ -361,9 +348,6 @@ impl PolicySet {
         // top-level probabilistic policy (whatever its vote: it draws for every trace) and
         // the compound policies that kept it.
         let (mut certain, mut budget, mut drawn) = (false, false, self.draws);
-        let mut invert_sampled: Option<&Arc<str>> = None;
-        let mut invert_not_sampled: Option<&Arc<str>> = None;
-        let mut any_not_sampled = false;
         for (policy_index, policy) in self.policies.iter().enumerate() {
             if !include(policy) {
                 continue;
@@ -408,13 +392,7 @@ impl PolicySet {
                         break;
                     }
                 }
-                Decision::InvertSampled => {
-                    invert_sampled.get_or_insert(&policy.name);
-                }
-                Decision::InvertNotSampled => {
-                    invert_not_sampled.get_or_insert(&policy.name);
-                }
-                Decision::NotSampled => any_not_sampled = true,
+                Decision::NotSampled => {}
             }
         }
         let verdict = |decision, policy: Option<&Arc<str>>, composite_policy| Verdict {
@@ -429,14 +407,9 @@ impl PolicySet {
                 drawn
             },
         };
-        if let Some(p) = invert_not_sampled {
-            verdict(Decision::NotSampled, Some(p), None)
-        } else if let Some((p, sub)) = sampled {
-            verdict(Decision::Sampled, Some(p), sub)
-        } else if let (Some(p), false) = (invert_sampled, any_not_sampled) {
-            verdict(Decision::Sampled, Some(p), None)
-        } else {
-            verdict(Decision::NotSampled, None, None)
+        match sampled {
+            Some((p, sub)) => verdict(Decision::Sampled, Some(p), sub),
+            None => verdict(Decision::NotSampled, None, None),
         }
     }
 

@@ -282,7 +282,7 @@ impl Rule {
             }
             Rule::And(subs) => {
                 for sub in subs {
-                    if matches!(sub.evaluate(t)?, NotSampled | InvertNotSampled) {
+                    if sub.evaluate(t)? == NotSampled {
                         return Ok(NotSampled);
                     }
                 }
@@ -290,7 +290,7 @@ impl Rule {
             }
             Rule::Drop(subs) => {
                 for sub in subs {
-                    if matches!(sub.evaluate(t)?, NotSampled | InvertNotSampled) {
+                    if sub.evaluate(t)? == NotSampled {
                         return Ok(NotSampled);
                     }
                 }
@@ -312,10 +312,9 @@ fn spans<'a>(t: &TraceView<'a>) -> impl Iterator<Item = &'a SpanView<'a>> {
     t.batches.iter().flat_map(|b| b.spans().iter())
 }
 
-/// The collector's `hasResourceOrSpanWithCondition` and its inverted twin: `hit(value,
-/// on_span)` tells whether an attribute value matches. Without `invert`: sampled when any
-/// resource or span has a matching `key`. With `invert`: InvertNotSampled when any does,
-/// InvertSampled otherwise.
+/// The collector's `hasResourceOrSpanWithCondition`: `hit(value, on_span)` tells whether an
+/// attribute value matches. Sampled when any resource or span has a matching `key`; with
+/// `invert`, the other way round (not sampled when any does, sampled otherwise).
 fn any_attribute(
     t: &TraceView<'_>,
     key: &str,
@@ -327,10 +326,9 @@ fn any_attribute(
             || b.span_attributes()
                 .any(|a| a.get(key).is_some_and(|v| hit(&v, true)))
     });
-    match (invert, found) {
-        (false, true) => Decision::Sampled,
-        (false, false) => Decision::NotSampled,
-        (true, true) => Decision::InvertNotSampled,
-        (true, false) => Decision::InvertSampled,
+    if found != invert {
+        Decision::Sampled
+    } else {
+        Decision::NotSampled
     }
 }

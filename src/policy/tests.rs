@@ -340,11 +340,11 @@ fn numeric_attribute_bounds_coercions_and_inversion() {
     let inverted = "{name: p, type: numeric_attribute, numeric_attribute: {key: n, min_value: 10, max_value: 20, invert_match: true}}";
     assert_eq!(
         vote(inverted, &Trace::spans(vec![with(vec![int("n", 15)])])),
-        InvertNotSampled
+        NotSampled
     );
     assert_eq!(
         vote(inverted, &Trace::spans(vec![with(vec![int("n", 50)])])),
-        InvertSampled
+        Sampled
     );
 }
 
@@ -416,19 +416,16 @@ fn string_attribute_exact_regex_and_inverted() {
             inverted,
             &Trace::spans(vec![with(vec![kv("route", "/health")])])
         ),
-        InvertNotSampled
+        NotSampled
     );
     assert_eq!(
         vote(
             inverted,
             &Trace::spans(vec![with(vec![kv("route", "/api")])])
         ),
-        InvertSampled
+        Sampled
     );
-    assert_eq!(
-        vote(inverted, &Trace::spans(vec![with(vec![])])),
-        InvertSampled
-    );
+    assert_eq!(vote(inverted, &Trace::spans(vec![with(vec![])])), Sampled);
 }
 
 #[test]
@@ -452,7 +449,7 @@ fn boolean_attribute_with_the_pdata_quirk() {
     let inv = "{name: p, type: boolean_attribute, boolean_attribute: {key: b, value: true, invert_match: true}}";
     assert_eq!(
         vote(inv, &Trace::spans(vec![with(vec![boolean("b", true)])])),
-        InvertNotSampled
+        NotSampled
     );
 }
 
@@ -556,9 +553,45 @@ fn and_drop_and_not_combine_sub_policies() {
     let not = |sub: &str| format!("{{name: p, type: not, not: {{not_sub_policy: {sub}}}}}");
     assert_eq!(vote(&not(health), &t), NotSampled);
     assert_eq!(vote(&not(never), &t), Sampled);
-    // An inverted vote inside `and` counts as its plain meaning.
+    // An inverted match inside `and` votes NotSampled.
     let inv = "{name: i, type: string_attribute, string_attribute: {key: route, values: [/health], invert_match: true}}";
     assert_eq!(vote(&and(inv), &t), NotSampled);
+}
+
+#[test]
+fn a_composite_may_hold_an_and_and_string_values_may_be_empty() {
+    // Both accepted as the collector accepts them; an `and` inside that `and` is not.
+    let yaml = r#"[{name: c, type: composite, composite: {
+        max_total_spans_per_second: 100,
+        policy_order: [both],
+        composite_sub_policy: [
+          {name: both, type: and, and: {and_sub_policy: [
+            {name: gold, type: string_attribute, string_attribute: {key: tier, values: [gold]}},
+            {name: none, type: string_attribute, string_attribute: {key: tier, values: [], invert_match: true}}]}}]}}]"#;
+    let set = compile(yaml, false).unwrap();
+    let gold = Trace::spans(vec![with(vec![kv("tier", "gold")])]);
+    let v = gold.decide(&set);
+    assert_eq!(
+        (v.decision, v.composite_policy.as_deref()),
+        (Sampled, Some("both"))
+    );
+    let tin = Trace::spans(vec![with(vec![kv("tier", "tin")])]);
+    assert_eq!(tin.decide(&set).decision, NotSampled);
+    // No value at all matches nothing.
+    let empty = "{name: p, type: string_attribute, string_attribute: {key: tier, values: []}}";
+    assert_eq!(vote(empty, &gold), NotSampled);
+    let nested = r#"[{name: c, type: composite, composite: {
+        max_total_spans_per_second: 100,
+        composite_sub_policy: [
+          {name: a, type: and, and: {and_sub_policy: [{name: b, type: and, and: {and_sub_policy: [{name: x, type: always_sample}]}}]}},
+          {name: d, type: drop, drop: {drop_sub_policy: [{name: y, type: always_sample}]}}]}}]"#;
+    let err = compile(nested, false).unwrap_err();
+    for want in [
+        "composite_sub_policy[0].and.and_sub_policy[0].type: and cannot be nested",
+        "composite_sub_policy[1].type: drop cannot be nested",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
 }
 
 #[test]
@@ -601,21 +634,21 @@ fn composite_follows_policy_order_and_falls_through_budgets() {
 }
 
 #[test]
-fn precedence_of_votes() {
+fn invert_match_votes_plainly() {
+    // As in the collector since its inverted votes were removed: an inverted match is a
+    // plain NotSampled (another policy's Sampled still keeps the trace), an inverted miss a
+    // plain Sampled (another policy's NotSampled does not stop it).
     let t = Trace::spans(vec![with(vec![kv("route", "/health")])]);
     let inv_hit = "{name: inv, type: string_attribute, string_attribute: {key: route, values: [/health], invert_match: true}}";
     let inv_miss = "{name: inv, type: string_attribute, string_attribute: {key: route, values: [/x], invert_match: true}}";
     let always = "{name: all, type: always_sample}";
     let never = "{name: never, type: probabilistic, probabilistic: {sampling_percentage: 0}}";
     let decide = |policies: &str| t.decide(&compile(&format!("[{policies}]"), false).unwrap());
-    // InvertNotSampled beats Sampled.
     let v = decide(&format!("{always}, {inv_hit}"));
-    assert_eq!((v.decision, v.policy.as_deref()), (NotSampled, Some("inv")));
-    // InvertSampled samples when nothing said NotSampled...
-    let v = decide(inv_miss);
+    assert_eq!((v.decision, v.policy.as_deref()), (Sampled, Some("all")));
+    assert_eq!(decide(inv_hit).decision, NotSampled);
+    let v = decide(&format!("{never}, {inv_miss}"));
     assert_eq!((v.decision, v.policy.as_deref()), (Sampled, Some("inv")));
-    // ...and not when something did.
-    assert_eq!(decide(&format!("{inv_miss}, {never}")).decision, NotSampled);
 }
 
 #[test]

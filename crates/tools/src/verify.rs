@@ -217,11 +217,7 @@ impl Expectations {
             &view,
             |p| !p.is_stateful(),
             |vote| {
-                if matches!(
-                    vote.decision,
-                    Ok(Decision::Sampled | Decision::InvertSampled)
-                ) && vote.policy_index < 64
-                {
+                if vote.decision == Ok(Decision::Sampled) && vote.policy_index < 64 {
                     matched |= 1 << vote.policy_index;
                 }
             },
