@@ -6,7 +6,10 @@
 //! off and retry. Above the hard limit it also evicts the oldest pending traces (counted),
 //! so the limit holds under a sustained flood. Request bytes still on the wire between
 //! two checks are bounded by the receivers' request budget, which defaults to the spike
-//! limit.
+//! limit; what is accepted between two checks is bounded too: each request adds twice its
+//! wire size to the last measurement (a buffered byte costs up to about that), and a
+//! request that would take the estimate past the soft limit is refused at once, so how
+//! far memory goes does not depend on when the check task gets a core.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,6 +27,10 @@ use crate::receiver::{Ingest, IngestError, Ingested, Payload, Relay};
 use crate::telemetry::{self, Registry};
 
 const MIB: u64 = 1024 * 1024;
+/// What a request accepted between two checks is assumed to add to resident memory, per
+/// wire byte: a buffered span takes 1.25 to 1.6 times its wire bytes, and the request's
+/// own copies are alive meanwhile.
+const ADMITTED_COST: u64 = 2;
 
 /// `memory_limiter`, the collector's keys.
 #[derive(Debug, Clone, Deserialize)]
@@ -202,6 +209,8 @@ pub struct MemoryLimiter {
     soft: u64,
     refusing: AtomicBool,
     resident: AtomicU64,
+    /// What requests accepted since the last check may take: twice their wire bytes.
+    admitted: AtomicU64,
     refused: Counter,
     resident_gauge: Gauge,
     heap_active: Gauge,
@@ -224,6 +233,7 @@ impl MemoryLimiter {
             soft,
             refusing: AtomicBool::new(false),
             resident: AtomicU64::new(0),
+            admitted: AtomicU64::new(0),
             refused: registry.counter(
                 telemetry::PROCESSOR_REFUSED_SPANS,
                 &[("processor", "memory_limiter")],
@@ -237,9 +247,24 @@ impl MemoryLimiter {
         })
     }
 
-    /// Whether new data is refused now.
+    /// Whether the last check found memory above the soft limit.
     pub fn refusing(&self) -> bool {
         self.refusing.load(Ordering::Relaxed)
+    }
+
+    /// Whether a request of `wire_bytes` is taken: not while the last check was above the
+    /// soft limit, nor when it would take the estimate since then past it.
+    fn admit(&self, wire_bytes: u64) -> bool {
+        if self.refusing.load(Ordering::Relaxed) {
+            return false;
+        }
+        let cost = wire_bytes.saturating_mul(ADMITTED_COST);
+        let admitted = self.admitted.fetch_add(cost, Ordering::Relaxed) + cost;
+        if self.resident.load(Ordering::Relaxed) + admitted > self.soft {
+            self.admitted.fetch_sub(cost, Ordering::Relaxed);
+            return false;
+        }
+        true
     }
 
     /// The headroom between the soft and the hard limit, in bytes: the default budget for
@@ -258,6 +283,8 @@ impl MemoryLimiter {
     /// traces are shed and purged too; new data is refused while usage stays above the
     /// soft limit.
     pub fn check(&self) {
+        // What was admitted before this reading is in it.
+        self.admitted.store(0, Ordering::Relaxed);
         let Some(mut used) = resident_bytes() else {
             return;
         };
@@ -343,7 +370,7 @@ impl Ingest for Guarded {
         relay: Option<&Relay>,
         now: Instant,
     ) -> Result<Ingested, IngestError> {
-        if self.limiter.refusing() {
+        if !self.limiter.admit(request.wire_bytes()) {
             let spans = request.span_count();
             self.limiter.refused.increment(spans);
             return Err(IngestError::Overloaded("memory limit reached"));
@@ -415,6 +442,26 @@ mod tests {
             tailgate_testkit::metric(&text, "tailgate_memory_limiter_purges_total", &[]),
             0.0
         );
+    }
+
+    /// Between two checks, requests are taken until twice their bytes would pass the soft
+    /// limit, however long the next check takes; a check starts the count again.
+    #[test]
+    fn between_checks_requests_are_taken_up_to_the_soft_limit() {
+        let registry = Registry::new();
+        let resident = resident_bytes().unwrap();
+        let (limiter, _) = limiter(resident * 2 / MIB + 100, &registry);
+        limiter.check();
+        let headroom = limiter.soft - limiter.resident.load(Ordering::Relaxed);
+        assert!(limiter.admit(headroom / 4 - MIB));
+        assert!(limiter.admit(headroom / 4 - MIB));
+        assert!(
+            !limiter.admit(3 * MIB),
+            "twice the bytes taken would pass the soft limit"
+        );
+        assert!(limiter.admit(MIB / 2), "a smaller request still fits");
+        limiter.check();
+        assert!(limiter.admit(2 * MIB));
     }
 
     /// 1 TiB: no test process comes near it.

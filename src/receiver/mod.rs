@@ -111,6 +111,14 @@ impl Payload {
         }
     }
 
+    /// The request's size on the wire (protobuf; a JSON request's once encoded).
+    pub fn wire_bytes(&self) -> u64 {
+        match self {
+            Payload::Protobuf(bytes) => bytes.len() as u64,
+            Payload::Decoded(request) => request.encoded_len() as u64,
+        }
+    }
+
     /// The request scanned: spans located and validated, not decoded (a JSON request is
     /// encoded first).
     pub fn scan(self) -> Result<Scanned, IngestError> {
