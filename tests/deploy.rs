@@ -193,3 +193,31 @@ async fn dashboards_and_alerts_use_only_metrics_that_exist() {
     }
     local.shutdown().await;
 }
+
+/// The OpenTelemetry SDKs' default batch delay (`OTEL_BSP_SCHEDULE_DELAY`).
+const SDK_BATCH_DELAY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Local mode's and compose's defaults cannot lose traces to SDK batching: a trace whose
+/// spans leave in two batches is decided on both, and so is one whose root arrives before
+/// other services' spans (sent within their SDK's delay).
+#[test]
+fn default_waits_outlast_the_sdks_batch_delay() {
+    let local = tailgate::local::parse_local(tailgate::local::DEFAULT_CONFIG).unwrap();
+    let docker = tailgate::worker::config::parse_worker(&read("deploy/docker/worker.yaml"))
+        .unwrap_or_else(|e| panic!("docker worker: {e}"));
+    for (name, ts) in [
+        ("local", &local.workers[0].tail_sampling),
+        ("docker", &docker.tail_sampling),
+    ] {
+        assert!(
+            ts.decision_wait >= 2 * SDK_BATCH_DELAY,
+            "{name}: decision_wait {:?}",
+            ts.decision_wait
+        );
+        assert!(
+            ts.decision_wait_after_root_received > SDK_BATCH_DELAY,
+            "{name}: decision_wait_after_root_received {:?}",
+            ts.decision_wait_after_root_received
+        );
+    }
+}

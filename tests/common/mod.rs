@@ -78,11 +78,22 @@ pub async fn wait_metric(
 
 /// Local mode from the embedded config, on test ports, writing kept traces under `dir`.
 pub async fn local(dir: &std::path::Path) -> tailgate::local::Local {
-    let text = tailgate::local::DEFAULT_CONFIG
+    let text = tailgate::local::DEFAULT_CONFIG;
+    for waits in [
+        "decision_wait: 30s",
+        "decision_wait_after_root_received: 6s",
+    ] {
+        assert!(text.contains(waits), "the embedded config changed: {waits}");
+    }
+    let text = text
         .replace("localhost:4317", "127.0.0.1:0")
         .replace("localhost:4318", "127.0.0.1:0")
         .replace("localhost:8888", "127.0.0.1:0")
-        .replace("decision_wait: 5s", "decision_wait: 2s")
+        .replace("decision_wait: 30s", "decision_wait: 2s")
+        .replace(
+            "decision_wait_after_root_received: 6s",
+            "decision_wait_after_root_received: 1s",
+        )
         .replace(
             "./data/traces.jsonl",
             &dir.join("traces.jsonl").display().to_string(),
