@@ -25,6 +25,7 @@ pub mod memory_limiter;
 pub mod net;
 pub mod otlp;
 pub mod policy;
+pub mod process;
 pub mod receiver;
 pub mod router;
 pub mod spanmetrics;

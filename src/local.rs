@@ -18,6 +18,7 @@ use crate::lifecycle::ShutdownConfig;
 use crate::lifecycle::StartError;
 use crate::membership::resolver::Resolver;
 use crate::membership::ring::RingKind;
+use crate::process::ProcessMetrics;
 use crate::receiver::config::ReceiversConfig;
 use crate::router::config::{RouteConfig, RouterConfig, RoutingKey};
 use crate::router::Router;
@@ -177,7 +178,8 @@ impl Local {
                 ExporterConfig::File(f) => Some(f.path.clone()),
                 _ => None,
             }));
-            let registry = Registry::with_label("component", &format!("worker-{i}"));
+            let component = format!("worker-{i}");
+            let registry = Registry::with_labels(&[("role", "worker"), ("component", &component)]);
             workers.push(Worker::start_with(w, registry).await?);
         }
         let endpoints: Vec<String> = workers
@@ -204,9 +206,12 @@ impl Local {
             shutdown: config.shutdown,
             memory_limiter: None,
         };
-        let router =
-            Router::start_with(router_config, Registry::with_label("component", "router")).await?;
-        let mut sources: Vec<Arc<dyn MetricsSource>> = vec![Arc::new(router.registry.clone())];
+        let registry = Registry::with_labels(&[("role", "router"), ("component", "router")]);
+        let router = Router::start_with(router_config, registry).await?;
+        let mut sources: Vec<Arc<dyn MetricsSource>> = vec![
+            Arc::new(ProcessMetrics::new("local")),
+            Arc::new(router.registry.clone()),
+        ];
         for w in &workers {
             sources.push(w.pipeline().clone());
             sources.push(Arc::new(w.registry.clone()));

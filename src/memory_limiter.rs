@@ -23,6 +23,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Errors;
+use crate::process::{allocator, resident_bytes};
 use crate::receiver::{Ingest, IngestError, Ingested, Payload, Relay};
 use crate::telemetry::{self, Registry};
 
@@ -140,60 +141,6 @@ fn memory_available() -> u64 {
         .or_else(|| read("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
         .filter(|l| *l < machine)
         .unwrap_or(machine)
-}
-
-/// Resident memory of this process (`VmRSS` of `/proc/self/status`).
-pub fn resident_bytes() -> Option<u64> {
-    resident_bytes_of(procfs::process::Process::myself().ok()?)
-}
-
-/// Resident memory of `process`.
-pub fn resident_bytes_of(process: procfs::process::Process) -> Option<u64> {
-    Some(process.status().ok()?.vmrss? * 1024)
-}
-
-/// The allocator's own figures, and giving its free pages back to the system. jemalloc
-/// keeps freed pages ("dirty") for reuse; they count in resident memory until purged, so
-/// after a burst resident memory stays high although nothing uses it.
-#[cfg(feature = "jemalloc")]
-mod allocator {
-    use tikv_jemalloc_ctl::{epoch, stats};
-
-    /// Bytes in the allocator's active pages (what live allocations occupy), fresh.
-    pub fn active_bytes() -> Option<u64> {
-        epoch::advance().ok()?;
-        stats::active::read().ok().map(|b| b as u64)
-    }
-
-    /// Returns every arena's unused dirty pages to the system.
-    pub fn purge() -> bool {
-        // `arena.<MALLCTL_ARENAS_ALL>.purge` takes no value: the pointers must be null,
-        // which the ctl crate's typed writers cannot express.
-        const PURGE_ALL: &[u8] = b"arena.4096.purge\0";
-        // SAFETY: a NUL-terminated name and null pointers are what this void ctl expects.
-        let rc = unsafe {
-            tikv_jemalloc_sys::mallctl(
-                PURGE_ALL.as_ptr().cast(),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                0,
-            )
-        };
-        rc == 0
-    }
-}
-
-/// Without jemalloc (the fuzz builds), only resident memory is known.
-#[cfg(not(feature = "jemalloc"))]
-mod allocator {
-    pub fn active_bytes() -> Option<u64> {
-        None
-    }
-
-    pub fn purge() -> bool {
-        false
-    }
 }
 
 /// Frees memory by evicting pending traces, oldest first: the worker's buffer.

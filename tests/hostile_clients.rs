@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
-use tailgate::memory_limiter::resident_bytes_of;
+use tailgate::process::resident_bytes_of;
 use tailgate_testkit::{metric, request, span, trace_id, Sink};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use tailgate::memory_limiter::resident_bytes;
+use tailgate::process::resident_bytes;
 use tailgate::worker::Worker;
 use tailgate_testkit::{kv, metric, request, span, trace_id, Sink};
 

@@ -6,7 +6,8 @@
 
 use std::time::Duration;
 
-use tailgate::memory_limiter::{resident_bytes, MemoryLimiter, MemoryLimiterConfig};
+use tailgate::memory_limiter::{MemoryLimiter, MemoryLimiterConfig};
+use tailgate::process::resident_bytes;
 use tailgate::telemetry::Registry;
 use tailgate_testkit::metric;
 

@@ -659,3 +659,47 @@ exporters:
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
 }
+
+/// Every self-metric of a router and of a worker carries its role, so a dashboard can tell
+/// a router's intake from a worker's outside local mode too; both show their process's
+/// memory and CPU without a memory limiter; queue gauges carry the collector's data_type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_metrics_carry_their_role_and_the_process_figures() {
+    let sink = Sink::start(vec![]).await;
+    let (workers, _, router) = fleet(&sink).await;
+    let mut client = client(&router).await;
+    client
+        .export(request("a", vec![span(trace_id(1), 1, None)]))
+        .await
+        .unwrap();
+    for (role, addr) in [
+        ("router", router.admin_addr),
+        ("worker", workers[0].admin_addr),
+    ] {
+        let text = common::scrape(addr).await;
+        let samples: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("otelcol_") || l.starts_with("tailgate_"))
+            .collect();
+        assert!(samples.len() > 20, "{text}");
+        for line in samples {
+            assert!(line.contains(&format!("role=\"{role}\"")), "{line}");
+        }
+        let labels = [("role", role)];
+        assert!(metric(&text, "otelcol_process_memory_rss_bytes", &labels) > 1e6);
+        assert!(metric(&text, "otelcol_process_cpu_seconds_total", &labels) > 0.0);
+        assert!(metric(&text, "otelcol_process_uptime_seconds_total", &labels) > 0.0);
+        assert!(
+            metric(
+                &text,
+                "otelcol_exporter_queue_capacity",
+                &[("data_type", "traces")]
+            ) > 0.0,
+            "{text}"
+        );
+    }
+    router.shutdown().await;
+    for w in workers {
+        w.shutdown().await;
+    }
+}

@@ -337,8 +337,11 @@ impl Exporter {
         let capacity = if queue.enabled { queue.queue_size } else { 1 };
         let (tx, rx) = async_channel::unbounded();
         let labels = [("exporter", name)];
+        // The collector labels its queue gauges with the signal; alerts and autoscalers
+        // select on it.
+        let queue_labels = [("exporter", name), ("data_type", "traces")];
         registry
-            .gauge(telemetry::EXPORTER_QUEUE_CAPACITY, &labels)
+            .gauge(telemetry::EXPORTER_QUEUE_CAPACITY, &queue_labels)
             .set(capacity as f64);
         Self {
             name: name.to_owned(),
@@ -357,7 +360,7 @@ impl Exporter {
                 ),
                 send_failed: registry.counter(telemetry::EXPORTER_SEND_FAILED_SPANS, &labels),
                 enqueue_failed: registry.counter(telemetry::EXPORTER_ENQUEUE_FAILED_SPANS, &labels),
-                queue_size: registry.gauge(telemetry::EXPORTER_QUEUE_SIZE, &labels),
+                queue_size: registry.gauge(telemetry::EXPORTER_QUEUE_SIZE, &queue_labels),
                 backend: backend.map(|endpoint| {
                     let outcome = |success| {
                         registry.counter(

@@ -20,6 +20,7 @@ use crate::lifecycle::StartError;
 use crate::membership::resolver;
 use crate::memory_limiter::MemoryLimiter;
 use crate::otlp::{Outcome, Settlement};
+use crate::process::ProcessMetrics;
 use crate::receiver::{check_ids, Ingest, IngestError, Ingested, Payload, Receivers, Relay};
 use crate::supervisor::{Group, Supervisor, TaskFailure};
 use crate::telemetry::{self, Admin, Health, Registry};
@@ -103,7 +104,7 @@ struct Groups {
 impl Router {
     /// Resolves every route once, then binds the listeners. Ready when this returns.
     pub async fn start(config: RouterConfig) -> Result<Router, StartError> {
-        Self::start_with(config, Registry::new()).await
+        Self::start_with(config, Registry::with_labels(&[("role", "router")])).await
     }
 
     /// Like `start`, recording into `registry` (local mode labels each component's).
@@ -154,7 +155,10 @@ impl Router {
 
         let admin = Admin::start(
             &config.admin.endpoint,
-            vec![Arc::new(registry.clone())],
+            vec![
+                Arc::new(registry.clone()),
+                Arc::new(ProcessMetrics::new("router")),
+            ],
             health.clone(),
             &mut supervisor,
             groups.admin,

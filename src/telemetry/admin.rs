@@ -198,7 +198,7 @@ pub fn merge_families(parts: &[String]) -> String {
 /// Adapts the self-telemetry's classic text to OpenMetrics: a counter family is named
 /// without its `_total` suffix there (the samples keep it), and blank lines are not
 /// allowed.
-fn openmetrics_families(text: &str) -> String {
+pub fn openmetrics_families(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut counters = std::collections::HashSet::new();
     for line in text.lines() {

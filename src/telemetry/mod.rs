@@ -19,7 +19,7 @@ use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
 
-pub use admin::{merge_families, Admin, AdminConfig, Health, MetricsSource};
+pub use admin::{merge_families, openmetrics_families, Admin, AdminConfig, Health, MetricsSource};
 pub use format::Format;
 
 /// Logs to stderr for a binary of the project (the service and the tools), at `info`
@@ -245,16 +245,16 @@ impl Default for Registry {
 
 impl Registry {
     pub fn new() -> Self {
-        Self::labelled(None)
+        Self::labelled(&[])
     }
 
-    /// A registry whose every series carries `label` (for several components behind one
-    /// `/metrics`).
-    pub fn with_label(key: &str, value: &str) -> Self {
-        Self::labelled(Some((key, value)))
+    /// A registry whose every series carries `labels`: the process's `role` (`router` or
+    /// `worker`), and in local mode the `component` too.
+    pub fn with_labels(labels: &[(&str, &str)]) -> Self {
+        Self::labelled(labels)
     }
 
-    fn labelled(label: Option<(&str, &str)>) -> Self {
+    fn labelled(labels: &[(&str, &str)]) -> Self {
         let buckets: [(&str, &[f64]); 6] = [
             (TS_DECISION_TIMER_LATENCY, TIMER_LATENCY_BUCKETS_MS),
             (TS_TRACE_REMOVAL_AGE, AGE_BUCKETS_S),
@@ -264,8 +264,8 @@ impl Registry {
             (LB_BACKEND_LATENCY, BACKEND_LATENCY_BUCKETS_MS),
         ];
         let mut base = PrometheusBuilder::new().with_recommended_naming(true);
-        if let Some((key, value)) = label {
-            base = base.add_global_label(key, value);
+        for (key, value) in labels {
+            base = base.add_global_label(*key, *value);
         }
         let builder = buckets
             .into_iter()

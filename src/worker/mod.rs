@@ -35,6 +35,7 @@ use crate::membership::fleet::Fleet;
 use crate::membership::resolver;
 use crate::memory_limiter::MemoryLimiter;
 use crate::otlp::EncodedRequest;
+use crate::process::ProcessMetrics;
 use crate::receiver::{Ingest, IngestError, Payload, Receivers, Relay, RelayKind};
 use crate::spanmetrics::SpanMetrics;
 use crate::supervisor::{Group, Supervisor, TaskFailure};
@@ -69,7 +70,7 @@ struct Groups {
 impl Worker {
     /// Binds every listener and starts every task. Ready when this returns.
     pub async fn start(config: WorkerConfig) -> Result<Worker, StartError> {
-        Self::start_with(config, Registry::new()).await
+        Self::start_with(config, Registry::with_labels(&[("role", "worker")])).await
     }
 
     /// Like `start`, recording into `registry` (local mode labels each component's).
@@ -151,8 +152,11 @@ impl Worker {
             f
         });
 
-        let sources: Vec<Arc<dyn MetricsSource>> =
-            vec![pipeline.clone(), Arc::new(registry.clone())];
+        let sources: Vec<Arc<dyn MetricsSource>> = vec![
+            pipeline.clone(),
+            Arc::new(registry.clone()),
+            Arc::new(ProcessMetrics::new("worker")),
+        ];
         let admin = Admin::start(
             &config.admin.endpoint,
             sources,

@@ -22,8 +22,8 @@ use crate::{
     drive, progress_bar, Expectations, Generator, Pace, Protocol, Report, Sender, VerifySink,
 };
 use crate::{Outgoing, WorkloadConfig, WORKER_HEADER};
-use tailgate::memory_limiter::resident_bytes_of;
 use tailgate::policy::parse_policies;
+use tailgate::process::resident_bytes_of;
 use tailgate::telemetry::{self, LATENESS_BUCKETS_S};
 use tailgate::worker::config::parse_worker;
 use tailgate_testkit::{metric, scrape};
