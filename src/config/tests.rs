@@ -502,3 +502,55 @@ membership:
         assert!(err.contains(&format!("{path}: only a router's")), "{err}");
     }
 }
+
+#[test]
+fn the_newest_collector_keys_are_known() {
+    let config = |extra: &str| {
+        format!(
+            "receivers: {{otlp: {{protocols: {{grpc: {{}}}}}}}}\ntail_sampling:\n  policies: [{{name: all, type: always_sample}}]\n{extra}exporters: {{debug: {{}}}}\n"
+        )
+    };
+    parse_worker(&config(
+        "  num_shards: 4\n  sampling_strategy: trace-complete\n",
+    ))
+    .unwrap();
+    for (extra, want) in [
+        (
+            "  num_shards: 0\n",
+            "tail_sampling.num_shards: 0 is not between 1 and 256",
+        ),
+        (
+            "  sampling_strategy: span-ingest\n",
+            "tail_sampling.sampling_strategy: span-ingest is not supported",
+        ),
+        (
+            "  sampling_strategy: eager\n",
+            "tail_sampling.sampling_strategy: invalid sampling_strategy \"eager\"",
+        ),
+    ] {
+        let err = parse_worker(&config(extra)).unwrap_err().to_string();
+        assert!(err.contains(want), "{err}");
+    }
+}
+
+#[test]
+fn span_metrics_accept_the_collectors_no_op_keys() {
+    let config = |extra: &str| {
+        format!(
+            "receivers: {{otlp: {{protocols: {{grpc: {{}}}}}}}}\ntail_sampling:\n  policies: [{{name: all, type: always_sample}}]\nexporters: {{debug: {{}}}}\nspanmetrics:\n{extra}"
+        )
+    };
+    parse_worker(&config(
+        "  aggregation_temporality: AGGREGATION_TEMPORALITY_CUMULATIVE\n  metrics_flush_interval: 15s\n",
+    ))
+    .unwrap();
+    let err = parse_worker(&config(
+        "  aggregation_temporality: AGGREGATION_TEMPORALITY_DELTA\n",
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("spanmetrics.aggregation_temporality: delta is not supported"),
+        "{err}"
+    );
+}

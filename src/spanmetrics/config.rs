@@ -36,6 +36,14 @@ pub struct SpanMetricsConfig {
     /// The worker identity; default `POD_NAME`, else the hostname.
     #[serde(default)]
     pub instance_id: Option<String>,
+    /// The collector's temporality: cumulative (its default) is what a scrape gives, so it
+    /// is accepted; delta is refused.
+    #[serde(default)]
+    pub aggregation_temporality: Option<String>,
+    /// How often the collector pushes its span metrics: accepted with no effect (they are
+    /// rendered at each scrape); must not be negative, as there.
+    #[serde(default, with = "humantime_serde")]
+    pub metrics_flush_interval: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -191,6 +199,17 @@ impl SpanMetricsConfig {
             } else {
                 seen.push(label);
             }
+        }
+        match self.aggregation_temporality.as_deref() {
+            None | Some("AGGREGATION_TEMPORALITY_CUMULATIVE") => {}
+            Some("AGGREGATION_TEMPORALITY_DELTA") => errors.push(
+                "spanmetrics.aggregation_temporality",
+                "delta is not supported: span metrics are scraped, which is cumulative",
+            ),
+            Some(other) => errors.push(
+                "spanmetrics.aggregation_temporality",
+                format!("{other:?} is not AGGREGATION_TEMPORALITY_CUMULATIVE or AGGREGATION_TEMPORALITY_DELTA"),
+            ),
         }
         if self.events.enabled && self.events.dimensions.is_empty() {
             errors.push(

@@ -62,6 +62,18 @@ pub struct TailSamplingConfig {
     /// until exported): the write-ahead log.
     #[serde(default)]
     pub tail_storage: Option<String>,
+    /// The collector's sharding of its single decision loop: accepted (1 to 256) and
+    /// otherwise unused, tailgate's buffer and decision loops being sharded already.
+    #[serde(default = "one_shard")]
+    pub num_shards: u32,
+    /// The collector's `trace-complete` (decide on the whole trace) is what tailgate does;
+    /// `span-ingest` is refused.
+    #[serde(default)]
+    pub sampling_strategy: Option<String>,
+}
+
+fn one_shard() -> u32 {
+    1
 }
 
 fn yes() -> bool {
@@ -304,6 +316,18 @@ fn validate_tail_sampling(ts: &TailSamplingConfig, has_policies: bool, errors: &
             "tail_sampling.decision_wait_after_root_received",
             "must not exceed decision_wait",
         );
+    }
+    errors.within(format!("{p}.num_shards"), u64::from(ts.num_shards), 1, 256);
+    match ts.sampling_strategy.as_deref() {
+        None | Some("trace-complete") => {}
+        Some("span-ingest") => errors.push(
+            format!("{p}.sampling_strategy"),
+            "span-ingest is not supported: tailgate decides each trace on all its spans (trace-complete)",
+        ),
+        Some(other) => errors.push(
+            format!("{p}.sampling_strategy"),
+            format!("invalid sampling_strategy {other:?}; expected trace-complete or span-ingest"),
+        ),
     }
     match (has_policies, &ts.policies_file) {
         (false, None) => errors.push("tail_sampling.policies", "at least one policy is required"),
