@@ -1,7 +1,9 @@
 //! `tailgate-tools bench`: the end-to-end benchmark. Runs the decode-only baseline (this
-//! binary), then a router and workers (the `tailgate` binary) as child processes, drives both with the same generated
-//! requests, and reports spans per CPU-second of each process (from /proc), resident memory
-//! per buffered span against wire bytes, decision lateness and the completeness check.
+//! binary) and a prost decode of the same requests in this process, then a router and
+//! workers (the `tailgate` binary) as child processes, drives both with the same generated
+//! requests, and reports spans per CPU-second of each process (from /proc) against both
+//! baselines, resident memory per buffered span against wire bytes, decision lateness and
+//! the completeness check.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -97,6 +99,52 @@ pub async fn decode_sink(endpoint: &str) -> anyhow::Result<()> {
         )
         .await?;
     Ok(())
+}
+
+/// Passes over the requests for the in-process decode: enough CPU time that the clock's
+/// 10 ms ticks are a small part of it.
+const DECODE_PASSES: usize = 3;
+
+/// Spans per CPU-second of prost decoding the same requests in this process, on one
+/// thread, with no network, HTTP/2 or server around it: the floor of what reading the
+/// requests costs, beside the decode-only process. CPU time is the thread's own, from
+/// `/proc/<pid>/task/<tid>/stat`.
+pub(crate) fn prost_decode_spans_per_cpu_second(requests: &[Outgoing]) -> anyhow::Result<f64> {
+    use prost::Message;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // `/proc/thread-self` links to `<pid>/task/<tid>`.
+                let link = std::fs::read_link("/proc/thread-self")?;
+                let tid: i32 = link
+                    .file_name()
+                    .and_then(|t| t.to_str()?.parse().ok())
+                    .ok_or_else(|| anyhow::anyhow!("unreadable {}", link.display()))?;
+                let thread = procfs::process::Process::myself()?.task_from_tid(tid)?;
+                let ticks = procfs::ticks_per_second() as f64;
+                let cpu = || -> anyhow::Result<f64> {
+                    let stat = thread.stat()?;
+                    Ok((stat.utime + stat.stime) as f64 / ticks)
+                };
+                let before = cpu()?;
+                let mut spans = 0u64;
+                for _ in 0..DECODE_PASSES {
+                    for r in requests {
+                        let request = ExportTraceServiceRequest::decode(r.body.clone())?;
+                        spans += std::hint::black_box(request)
+                            .resource_spans
+                            .iter()
+                            .flat_map(|rs| &rs.scope_spans)
+                            .map(|ss| ss.spans.len() as u64)
+                            .sum::<u64>();
+                    }
+                }
+                let seconds = cpu()? - before;
+                Ok(spans as f64 / seconds.max(1.0 / ticks))
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("the decode thread panicked"))?
+    })
 }
 
 /// A child process and its CPU time and memory from /proc.
@@ -199,6 +247,8 @@ pub struct Results {
     pub spans: u64,
     pub wire_bytes_per_span: f64,
     pub baseline_spans_per_cpu_second: f64,
+    /// Decoding the same requests with prost in this process (no network).
+    pub prost_decode_spans_per_cpu_second: f64,
     pub router_spans_per_cpu_second: f64,
     pub worker_spans_per_cpu_second: f64,
     pub peak_buffered_spans: u64,
@@ -252,6 +302,8 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<Results> {
         delivered == spans,
         "the baseline took {delivered} of {spans} spans"
     );
+    eprintln!("baseline: prost decode in this process");
+    let prost_decode = prost_decode_spans_per_cpu_second(&requests)?;
 
     // 2. Router and workers, exporting to the verify sink; then, with storage, the same
     // again on a log, and a replay.
@@ -282,6 +334,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<Results> {
         spans,
         wire_bytes_per_span: wire as f64 / spans as f64,
         baseline_spans_per_cpu_second: spans as f64 / baseline_cpu.as_secs_f64().max(1e-9),
+        prost_decode_spans_per_cpu_second: prost_decode,
         router_spans_per_cpu_second: plain.router_spans_per_cpu_second,
         worker_spans_per_cpu_second: plain.worker_spans_per_cpu_second,
         peak_buffered_spans: plain.peak_buffered_spans,
@@ -602,10 +655,16 @@ impl Results {
         );
         let _ = writeln!(
             out,
-            "  {:<32}{:>16}{:>10}{:>10}",
-            "process", "spans/CPU-s", "ratio", "target"
+            "  {:<32}{:>16}{:>10}{:>10}{:>16}",
+            "process", "spans/CPU-s", "ratio", "target", "x prost decode"
         );
+        let prost = |x: f64| x / self.prost_decode_spans_per_cpu_second;
         for (name, value, target) in [
+            (
+                "prost decode, in process",
+                self.prost_decode_spans_per_cpu_second,
+                None,
+            ),
             (
                 "decode-only baseline",
                 self.baseline_spans_per_cpu_second,
@@ -619,8 +678,9 @@ impl Results {
             });
             let _ = writeln!(
                 out,
-                "  {name:<32}{value:>16.0}{:>10.2}{target:>10}",
-                ratio(value)
+                "  {name:<32}{value:>16.0}{:>10.2}{target:>10}{:>16.2}",
+                ratio(value),
+                prost(value)
             );
         }
         let memory_ratio = self.rss_bytes_per_buffered_span / self.wire_bytes_per_span;

@@ -3,7 +3,7 @@ use std::collections::{HashMap, HashSet};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 
-use super::bench::quantile;
+use super::bench::{prost_decode_spans_per_cpu_second, quantile};
 use super::*;
 use tailgate::otlp::spans;
 
@@ -150,4 +150,13 @@ fn quantiles_interpolate_inside_the_bucket() {
     assert!((quantile(&cumulative, 0.05) - 0.0005).abs() < 1e-12);
     assert!((quantile(&cumulative, 0.55) - 0.00375).abs() < 1e-12);
     assert!(quantile(&[0.0; 15], 0.5).is_nan());
+}
+
+#[test]
+fn the_in_process_decode_counts_cpu_time_on_its_own_thread() {
+    let requests: Vec<Outgoing> = Generator::new(config(3), 20_000, None).collect();
+    let rate = prost_decode_spans_per_cpu_second(&requests).unwrap();
+    // Finite and positive: the decode thread used CPU time, and every span was decoded
+    // (a debug build decodes far fewer than a billion spans a second).
+    assert!(rate > 0.0 && rate < 1e9, "{rate}");
 }
