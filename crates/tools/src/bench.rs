@@ -45,6 +45,8 @@ pub struct BenchOptions {
     /// Also run the workers with storage (`Some(fsync)`), against the same run without, and
     /// measure a replay.
     pub storage: Option<bool>,
+    /// Also run this Rotel binary forwarding the same requests, for the router's ratio.
+    pub rotel: Option<PathBuf>,
 }
 
 /// The benchmark's policy set (issue 7's "realistic" set).
@@ -145,6 +147,53 @@ pub(crate) fn prost_decode_spans_per_cpu_second(requests: &[Outgoing]) -> anyhow
             .join()
             .map_err(|_| anyhow::anyhow!("the decode thread panicked"))?
     })
+}
+
+/// Spans per CPU-second of Rotel receiving the requests over OTLP/gRPC and forwarding them
+/// (OTLP/gRPC without compression, as the benchmark's router sends to its workers) to a
+/// sink in this process, counted until every span arrived.
+async fn rotel(
+    path: &Path,
+    options: &BenchOptions,
+    requests: &[Outgoing],
+    spans: u64,
+) -> anyhow::Result<f64> {
+    let sink = tailgate_testkit::Sink::start(vec![]).await;
+    let addr = free_addr()?;
+    let rotel = Proc::spawn(
+        "rotel",
+        path,
+        &[
+            "start",
+            "--otlp-grpc-endpoint",
+            &addr.to_string(),
+            "--exporter",
+            "otlp",
+            "--otlp-exporter-endpoint",
+            &format!("http://{}", sink.addr),
+            "--otlp-exporter-protocol",
+            "grpc",
+            "--otlp-exporter-compression",
+            "none",
+        ],
+        &options.dir,
+    )
+    .await?;
+    wait_listening(addr, "rotel").await?;
+    eprintln!("rotel: forwarding");
+    let before = rotel.cpu()?;
+    send_all(requests, addr, options.connections, Duration::ZERO).await?;
+    let arrived = sink
+        .wait_for_spans(spans as usize, Duration::from_secs(60))
+        .await;
+    let cpu = rotel.cpu()? - before;
+    rotel.stop().await;
+    sink.stop().await;
+    anyhow::ensure!(
+        arrived as u64 >= spans,
+        "rotel forwarded {arrived} of {spans} spans"
+    );
+    Ok(spans as f64 / cpu.as_secs_f64().max(1e-9))
 }
 
 /// A child process and its CPU time and memory from /proc.
@@ -249,6 +298,8 @@ pub struct Results {
     pub baseline_spans_per_cpu_second: f64,
     /// Decoding the same requests with prost in this process (no network).
     pub prost_decode_spans_per_cpu_second: f64,
+    /// Rotel forwarding the same requests (with `--rotel`).
+    pub rotel_spans_per_cpu_second: Option<f64>,
     pub router_spans_per_cpu_second: f64,
     pub worker_spans_per_cpu_second: f64,
     pub peak_buffered_spans: u64,
@@ -304,6 +355,10 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<Results> {
     );
     eprintln!("baseline: prost decode in this process");
     let prost_decode = prost_decode_spans_per_cpu_second(&requests)?;
+    let rotel = match &options.rotel {
+        Some(path) => Some(rotel(path, &options, &requests, spans).await?),
+        None => None,
+    };
 
     // 2. Router and workers, exporting to the verify sink; then, with storage, the same
     // again on a log, and a replay.
@@ -335,6 +390,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<Results> {
         wire_bytes_per_span: wire as f64 / spans as f64,
         baseline_spans_per_cpu_second: spans as f64 / baseline_cpu.as_secs_f64().max(1e-9),
         prost_decode_spans_per_cpu_second: prost_decode,
+        rotel_spans_per_cpu_second: rotel,
         router_spans_per_cpu_second: plain.router_spans_per_cpu_second,
         worker_spans_per_cpu_second: plain.worker_spans_per_cpu_second,
         peak_buffered_spans: plain.peak_buffered_spans,
@@ -681,6 +737,18 @@ impl Results {
                 "  {name:<32}{value:>16.0}{:>10.2}{target:>10}{:>16.2}",
                 ratio(value),
                 prost(value)
+            );
+        }
+        if let Some(rotel) = self.rotel_spans_per_cpu_second {
+            let vs = self.router_spans_per_cpu_second / rotel;
+            let _ = writeln!(
+                out,
+                "  {:<32}{rotel:>16.0}{:>10.2}{:>10}{:>16.2}\n  router / rotel: {vs:.2} ({}3)",
+                "rotel, forwarding",
+                ratio(rotel),
+                "",
+                prost(rotel),
+                if vs >= 3.0 { ">= " } else { "MISS " },
             );
         }
         let memory_ratio = self.rss_bytes_per_buffered_span / self.wire_bytes_per_span;

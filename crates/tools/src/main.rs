@@ -186,6 +186,11 @@ struct BenchArgs {
     /// against the same run without, and time a replay.
     #[arg(long, value_enum, default_value = "off")]
     storage: StorageArg,
+    /// Also run Rotel (the `rotel-agent` binary, e.g. from its PyPI package's wheel)
+    /// forwarding the same requests over OTLP/gRPC (uncompressed, as the router here), for
+    /// the router's ratio to it.
+    #[arg(long)]
+    rotel: Option<PathBuf>,
     #[command(flatten)]
     workload: WorkloadArgs,
 }
@@ -229,6 +234,7 @@ fn main() -> ExitCode {
                     StorageArg::On => Some(false),
                     StorageArg::Fsync => Some(true),
                 },
+                rotel: args.rotel,
             })
             .await?;
             print!("{}", results.render());
