@@ -400,9 +400,6 @@ pub fn validate_exporter(config: &ExporterConfig, path: &str, errors: &mut Error
     }
 }
 
-/// An `otlp` exporter config every member of a fleet shares (a `loadbalancing` exporter's
-/// `protocol.otlp`, a worker's `membership.protocol.otlp`), at `path`: each member's
-/// endpoint replaces the placeholder, so the template may not set one.
 /// `wait_for_result` where nobody waits: a worker acknowledges a request once its spans
 /// are buffered (and logged, with storage), long before any export.
 fn refuse_waiting(queue: &SendingQueueConfig, path: &str, errors: &mut Errors) {
@@ -414,8 +411,10 @@ fn refuse_waiting(queue: &SendingQueueConfig, path: &str, errors: &mut Errors) {
     }
 }
 
-/// The `protocol.otlp` template of a fleet's members: a router's backends (which may
-/// `wait` for results) or a worker's peers.
+/// An `otlp` exporter config every member of a fleet shares (a `loadbalancing` exporter's
+/// `protocol.otlp`, whose queues `may_wait` for results, or a worker's
+/// `membership.protocol.otlp`), at `path`: each member's endpoint replaces the placeholder,
+/// so the template may not set one.
 pub fn parse_otlp_template(
     value: Option<serde_yaml::Value>,
     path: &str,

@@ -10,9 +10,11 @@
 //! overflow key, counted) and aged out below `age_out_value`. A level shift (two short
 //! probes in a row measuring `burst_multiple` times the volume the rates were set for, or
 //! a `burst_multiple`-th of it, after `burst_detection_delay` intervals) sets a throughput
-//! goal's rates for the new volume at once; an interval whose volume moved away from the
-//! averages sets the next one's rates for that volume too, so the kept volume follows the
-//! goal through a change of input rate rather than the averages' catching up.
+//! goal's rates for the new volume at once, and for an interval aims them at the goal less
+//! what the old rates kept beyond it meanwhile (or more, after a fall); an interval whose
+//! volume moved away from the averages sets the next one's rates for that volume too, so
+//! the kept volume follows the goal through a change of input rate rather than the
+//! averages' catching up.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Mutex, OnceLock};
@@ -292,7 +294,8 @@ impl Ema {
                     (true, Some((was_up, before))) if was_up == up => {
                         // The old rates kept the old level's share of a higher (lower)
                         // volume while the probes ran: that debt (credit) is made good
-                        // over the shift's interval, within half the goal.
+                        // over the shift's interval, whose goal stays within a quarter
+                        // of the goal and twice it.
                         let goal = self.spans_per_interval(per_sec, fleet_size) * s.scale;
                         let debt = s.kept_current - goal * self.elapsed(s, now);
                         let shift = Shift {

@@ -3,7 +3,9 @@
 //! span's routing key onto a consistent-hash ring of workers found by a resolver.
 //!
 //! A request is accepted only when every backend it needs has room: otherwise it is
-//! refused whole with a retryable status, so nothing is half-sent and retried twice.
+//! refused whole with a retryable status, so nothing is half-sent and retried twice. With
+//! `sending_queue.wait_for_result`, its acknowledgement also waits until every backend took
+//! its share (a settlement the shares report to).
 
 pub mod config;
 mod route;
