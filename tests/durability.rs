@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use tailgate_testkit::{free_port, metric, request, scrape, span, trace_id, Sink};
+use tailgate_testkit::{free_port, metric, request, router_yaml, scrape, span, trace_id, Sink};
 
 /// Five spans a trace: a root and four children.
 const SPANS_PER_TRACE: u64 = 5;
@@ -43,27 +43,13 @@ shutdown: {{grace_period: 1s}}
 
 /// A router waiting for its workers' results, retrying a share until its worker takes it.
 fn router_config(grpc: u16, admin: u16, workers: &[u16]) -> String {
-    let hostnames: Vec<String> = workers
-        .iter()
-        .map(|p| format!("\"127.0.0.1:{p}\""))
-        .collect();
-    format!(
-        r#"
-receivers: {{otlp: {{protocols: {{grpc: {{endpoint: "127.0.0.1:{grpc}"}}}}}}}}
-exporters:
-  loadbalancing:
-    protocol:
-      otlp:
-        tls: {{insecure: true}}
-        timeout: 1s
-        sending_queue: {{wait_for_result: true}}
-        retry_on_failure: {{initial_interval: 200ms, max_interval: 200ms, max_elapsed_time: 0s}}
-    resolver: {{static: {{hostnames: [{}]}}}}
-admin: {{endpoint: "127.0.0.1:{admin}"}}
-shutdown: {{grace_period: 1s}}
-"#,
-        hostnames.join(", ")
-    )
+    let backends: Vec<String> = workers.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    router_yaml(
+        &format!("127.0.0.1:{grpc}"),
+        &format!("127.0.0.1:{admin}"),
+        &backends,
+        "timeout: 1s, sending_queue: {wait_for_result: true}, retry_on_failure: {initial_interval: 200ms, max_interval: 200ms, max_elapsed_time: 0s}",
+    ) + "shutdown: {grace_period: 1s}\n"
 }
 
 /// A worker or router process; killed when dropped.

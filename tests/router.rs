@@ -392,21 +392,11 @@ async fn with_every_backend_down_the_router_answers_unavailable() {
 async fn a_router_waiting_for_results_acknowledges_only_what_its_workers_took() {
     let live = Sink::start(vec![]).await;
     let dead = format!("127.0.0.1:{}", tailgate_testkit::free_port());
-    let text = format!(
-        r#"
-receivers: {{otlp: {{protocols: {{grpc: {{endpoint: "127.0.0.1:0"}}}}}}}}
-exporters:
-  loadbalancing:
-    protocol:
-      otlp:
-        tls: {{insecure: true}}
-        timeout: 1s
-        sending_queue: {{wait_for_result: true}}
-        retry_on_failure: {{initial_interval: 20ms, max_interval: 50ms, max_elapsed_time: 300ms}}
-    resolver: {{static: {{hostnames: ["{}", "{dead}"]}}}}
-admin: {{endpoint: "127.0.0.1:0"}}
-"#,
-        live.addr
+    let text = tailgate_testkit::router_yaml(
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        &[live.addr.to_string(), dead],
+        "timeout: 1s, sending_queue: {wait_for_result: true}, retry_on_failure: {initial_interval: 20ms, max_interval: 50ms, max_elapsed_time: 300ms}",
     );
     let router = Router::start(parse_router(&text).unwrap()).await.unwrap();
     let mut client = client(&router).await;

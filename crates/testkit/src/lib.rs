@@ -22,7 +22,6 @@ use tonic::{Code, Request, Response, Status};
 
 use tailgate::otlp::view::{AnyValueView, Attributes, SpanView};
 
-/// A trace id whose every byte is derived from `n` (never all zero).
 /// A loopback port nothing listens on (bound, then released): for a peer that is gone, or
 /// for a process that must know its own endpoint before it binds.
 pub fn free_port() -> u16 {
@@ -33,6 +32,21 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A router's config: OTLP/gRPC on `grpc`, `/metrics` on `admin`, one `loadbalancing` route
+/// over the static `backends`, whose `protocol.otlp` holds `otlp` (the inside of a flow
+/// mapping, e.g. `timeout: 1s`) besides `tls: {insecure: true}`.
+pub fn router_yaml(grpc: &str, admin: &str, backends: &[String], otlp: &str) -> String {
+    let hostnames: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
+    format!(
+        "receivers: {{otlp: {{protocols: {{grpc: {{endpoint: \"{grpc}\"}}}}}}}}\n\
+         exporters:\n  loadbalancing:\n    protocol: {{otlp: {{tls: {{insecure: true}}, {otlp}}}}}\n    \
+         resolver: {{static: {{hostnames: [{}]}}}}\n\
+         admin: {{endpoint: \"{admin}\"}}\n",
+        hostnames.join(", ")
+    )
+}
+
+/// A trace id whose every byte is derived from `n` (never all zero).
 pub fn trace_id(n: u64) -> [u8; 16] {
     let mut id = [0u8; 16];
     id[..8].copy_from_slice(&n.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes());
