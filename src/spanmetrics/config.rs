@@ -41,7 +41,7 @@ pub struct SpanMetricsConfig {
     #[serde(default)]
     pub aggregation_temporality: Option<String>,
     /// How often the collector pushes its span metrics: accepted with no effect (they are
-    /// rendered at each scrape); must not be negative, as there.
+    /// rendered at each scrape).
     #[serde(default, with = "humantime_serde")]
     pub metrics_flush_interval: Option<Duration>,
 }

@@ -245,16 +245,12 @@ impl Default for Registry {
 
 impl Registry {
     pub fn new() -> Self {
-        Self::labelled(&[])
+        Self::with_labels(&[])
     }
 
     /// A registry whose every series carries `labels`: the process's `role` (`router` or
     /// `worker`), and in local mode the `component` too.
     pub fn with_labels(labels: &[(&str, &str)]) -> Self {
-        Self::labelled(labels)
-    }
-
-    fn labelled(labels: &[(&str, &str)]) -> Self {
         let buckets: [(&str, &[f64]); 6] = [
             (TS_DECISION_TIMER_LATENCY, TIMER_LATENCY_BUCKETS_MS),
             (TS_TRACE_REMOVAL_AGE, AGE_BUCKETS_S),

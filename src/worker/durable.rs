@@ -261,3 +261,38 @@ pub fn unix_nanos() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An export that every queue finished, delivered or failed for good, is recorded as
+    /// settled; one abandoned (a queue dropped it at shutdown) is not, so the next start
+    /// sends it again.
+    #[test]
+    fn settlements_record_finished_exports_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = FileStorageConfig {
+            directory: dir.path().to_owned(),
+            fsync: false,
+            create_directory: false,
+        };
+        let registry = Registry::new();
+        let ids: Vec<TraceId> = (1..=3u8).map(|i| [i; 16]).collect();
+        {
+            let durable = Durable::open(&config, 1 << 30, &registry).unwrap();
+            for (id, outcome) in ids.iter().zip([Some(true), Some(false), None]) {
+                let settlement = durable.settlement(&[(*id, 7)], Vec::new());
+                settlement.enlist();
+                if let Some(delivered) = outcome {
+                    settlement.settle(delivered);
+                }
+            }
+        }
+        let durable = Durable::open(&config, 1 << 30, &registry).unwrap();
+        let history = durable.history().unwrap();
+        assert_eq!(history.settled.get(&ids[0]), Some(&7), "delivered");
+        assert_eq!(history.settled.get(&ids[1]), Some(&7), "failed for good");
+        assert_eq!(history.settled.get(&ids[2]), None, "abandoned");
+    }
+}
