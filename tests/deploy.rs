@@ -174,6 +174,7 @@ async fn dashboards_and_alerts_use_only_metrics_that_exist() {
     for file in [
         "deploy/grafana/tailgate.json",
         "deploy/k8s/prometheusrule.yaml",
+        "deploy/docker/alert-rules.yaml",
         "deploy/prometheus/recording-rules.yaml",
     ] {
         let content = read(file);
@@ -220,4 +221,29 @@ fn default_waits_outlast_the_sdks_batch_delay() {
             ts.decision_wait_after_root_received
         );
     }
+}
+
+/// Compose's Prometheus loads the same alerts as the Kubernetes PrometheusRule.
+#[test]
+fn compose_alerts_are_the_kubernetes_alerts() {
+    let alerts = |groups: &serde_yaml::Value| -> Vec<String> {
+        groups
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .flat_map(|g| g["rules"].as_sequence().unwrap())
+            .filter_map(|r| r["alert"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let k8s: serde_yaml::Value =
+        serde_yaml::from_str(&read("deploy/k8s/prometheusrule.yaml")).unwrap();
+    let compose: serde_yaml::Value =
+        serde_yaml::from_str(&read("deploy/docker/alert-rules.yaml")).unwrap();
+    let names = alerts(&compose["groups"]);
+    assert!(names.len() >= 5, "{names:?}");
+    assert_eq!(names, alerts(&k8s["spec"]["groups"]));
+    let prometheus = read("deploy/docker/prometheus.yaml");
+    let compose_file = read("deploy/docker/docker-compose.yaml");
+    assert!(prometheus.contains("/etc/prometheus/alert-rules.yaml"));
+    assert!(compose_file.contains("./alert-rules.yaml:/etc/prometheus/alert-rules.yaml"));
 }
