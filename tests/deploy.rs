@@ -247,3 +247,44 @@ fn compose_alerts_are_the_kubernetes_alerts() {
     assert!(prometheus.contains("/etc/prometheus/alert-rules.yaml"));
     assert!(compose_file.contains("./alert-rules.yaml:/etc/prometheus/alert-rules.yaml"));
 }
+
+/// Every dashboard query keeps to the chosen job, namespace and instance (so the panels do
+/// not mix with a collector's series in the same Prometheus), groups per process by
+/// `instance` too (there are no pods outside Kubernetes), and latency panels show exemplars.
+#[test]
+fn dashboard_queries_are_scoped_and_latency_has_exemplars() {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&read("deploy/grafana/tailgate.json")).unwrap();
+    let variables: Vec<&str> = dashboard["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    for name in ["job", "namespace", "instance"] {
+        assert!(variables.contains(&name), "{variables:?}");
+    }
+    let metric =
+        regex::Regex::new(r"\b(?:otelcol|tailgate|traces_span_metrics)_[a-z_]+(\{[^}]*\})?")
+            .unwrap();
+    let mut targets = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            for m in metric.captures_iter(expr) {
+                let selector = m.get(1).map_or("", |s| s.as_str());
+                assert!(
+                    selector
+                        .contains(r#"job=~"$job",namespace=~"$namespace",instance=~"$instance""#),
+                    "{expr}"
+                );
+            }
+            assert!(!expr.contains("by (pod)"), "{expr}");
+            if expr.contains("histogram_quantile") {
+                assert_eq!(target["exemplar"], true, "{expr}");
+            }
+            targets += 1;
+        }
+    }
+    assert!(targets > 10);
+}
