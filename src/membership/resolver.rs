@@ -3,7 +3,7 @@
 //! applies (a router's route, a worker's membership). `static` yields its list once; `dns`
 //! looks the hostname up every `interval` (A and AAAA, through hickory) and yields each
 //! answer, or a failure when a lookup fails, times out or returns nothing (followers keep
-//! their last good list).
+//! their last good list); `k8s` follows a Service's EndpointSlices (see [`super::k8s`]).
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
+use super::k8s::{self, Api, K8sConfig};
 use crate::config::{Errors, HOUR, MS};
 use crate::supervisor::{Group, Supervisor};
 
@@ -26,6 +27,7 @@ use crate::supervisor::{Group, Supervisor};
 pub enum Resolver {
     Static(Vec<String>),
     Dns(DnsConfig),
+    K8s(K8sConfig),
 }
 
 impl Resolver {
@@ -34,6 +36,7 @@ impl Resolver {
         match self {
             Resolver::Static(_) => "static",
             Resolver::Dns(_) => "dns",
+            Resolver::K8s(_) => "k8s",
         }
     }
 }
@@ -62,7 +65,7 @@ fn default_timeout() -> Duration {
     Duration::from_secs(1)
 }
 
-/// The `resolver` mapping as written: exactly one of `static` and `dns`.
+/// The `resolver` mapping as written: exactly one of `static`, `dns` and `k8s`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawResolver {
@@ -70,6 +73,8 @@ pub(crate) struct RawResolver {
     static_: Option<StaticConfig>,
     #[serde(default)]
     dns: Option<DnsConfig>,
+    #[serde(default)]
+    k8s: Option<K8sConfig>,
 }
 
 #[derive(Deserialize)]
@@ -81,6 +86,26 @@ struct StaticConfig {
 impl RawResolver {
     /// Validates the section at `path`, recording every error.
     pub(crate) fn validate(self, path: &str, errors: &mut Errors) -> Option<Resolver> {
+        let set = [
+            self.static_.is_some(),
+            self.dns.is_some(),
+            self.k8s.is_some(),
+        ];
+        match set.iter().filter(|s| **s).count() {
+            0 => {
+                errors.push(path, "set static, dns or k8s");
+                return None;
+            }
+            1 => {}
+            _ => {
+                errors.push(path, "set only one of static, dns and k8s");
+                return None;
+            }
+        }
+        if let Some(k8s) = self.k8s {
+            k8s.validate(&format!("{path}.k8s"), errors);
+            return Some(Resolver::K8s(k8s));
+        }
         match (self.static_, self.dns) {
             (Some(s), None) => {
                 if s.hostnames.is_empty() {
@@ -113,14 +138,7 @@ impl RawResolver {
                 }
                 Some(Resolver::Dns(d))
             }
-            (None, None) => {
-                errors.push(path, "set static or dns");
-                None
-            }
-            (Some(_), Some(_)) => {
-                errors.push(path, "set only one of static and dns");
-                None
-            }
+            _ => None,
         }
     }
 }
@@ -162,6 +180,19 @@ pub(crate) async fn start<F: Follow>(
             }
             Err(e) => {
                 tracing::error!(hostname = %dns.hostname, error = %e, "cannot build the DNS resolver");
+                follower.apply(Resolution::Failed);
+            }
+        },
+        Resolver::K8s(config) => match Api::new(&config) {
+            Ok(api) => {
+                follower.apply(k8s::resolve_once(&api).await);
+                let (tx, rx) = mpsc::channel(UPDATES);
+                let stop = supervisor.token(group);
+                supervisor.spawn(group, "k8s resolver", k8s::watch(api, tx, stop.clone()));
+                supervisor.spawn(group, "membership", follow(follower, rx, stop));
+            }
+            Err(e) => {
+                tracing::error!(service = %config.service, error = %e, "cannot reach the Kubernetes API");
                 follower.apply(Resolution::Failed);
             }
         },
