@@ -357,3 +357,50 @@ async fn list_and_watch(api: &Api, updates: &mpsc::Sender<Resolution>) -> Result
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(return_hostnames: bool) -> Api {
+        Api::new(&K8sConfig {
+            service: "workers.fleet".into(),
+            ports: vec![4317, 4318],
+            timeout: Duration::from_secs(1),
+            return_hostnames,
+            api_server: Some("http://127.0.0.1:1".into()),
+        })
+        .unwrap()
+    }
+
+    fn endpoint(address: &str, ready: Option<bool>, terminating: Option<bool>) -> Endpoint {
+        Endpoint {
+            addresses: vec![address.into()],
+            conditions: Conditions { ready, terminating },
+            hostname: Some("worker-0".into()),
+        }
+    }
+
+    #[test]
+    fn members_are_ready_endpoints_per_port() {
+        let by_address = api(false);
+        assert_eq!(
+            by_address.members(&endpoint("10.0.0.1", None, None)),
+            ["10.0.0.1:4317", "10.0.0.1:4318"]
+        );
+        assert_eq!(
+            by_address.members(&endpoint("fd00::1", Some(true), Some(false))),
+            ["[fd00::1]:4317", "[fd00::1]:4318"]
+        );
+        assert!(by_address
+            .members(&endpoint("10.0.0.2", Some(false), None))
+            .is_empty());
+        assert!(by_address
+            .members(&endpoint("10.0.0.3", Some(true), Some(true)))
+            .is_empty());
+        assert_eq!(
+            api(true).members(&endpoint("10.0.0.1", None, None)),
+            ["worker-0.workers.fleet:4317", "worker-0.workers.fleet:4318"]
+        );
+    }
+}
