@@ -644,7 +644,7 @@ exporters:
     for want in [
         "exporters.loadbalancing.routing_attributes: required with routing_key: attributes",
         "exporters.loadbalancing.protocol.otlp.endpoint: is set per member by the resolver",
-        "exporters.loadbalancing.resolver: set only one of static and dns",
+        "exporters.loadbalancing.resolver: set only one of static, dns and k8s",
     ] {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }

@@ -554,3 +554,24 @@ fn span_metrics_accept_the_collectors_no_op_keys() {
         "{err}"
     );
 }
+
+#[test]
+fn k8s_resolver_errors_carry_their_paths() {
+    let err = crate::router::config::parse_router(
+        r#"
+receivers: {otlp: {protocols: {grpc: {}}}}
+exporters:
+  loadbalancing:
+    resolver: {k8s: {service: "", ports: [], api_server: "ftp://x"}}
+"#,
+    )
+    .unwrap_err()
+    .to_string();
+    for want in [
+        "exporters.loadbalancing.resolver.k8s.service: is required",
+        "exporters.loadbalancing.resolver.k8s.ports: needs at least one port",
+        "exporters.loadbalancing.resolver.k8s.api_server: \"ftp://x\" is not an http(s) URL",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+}
