@@ -202,7 +202,7 @@ impl MemoryLimiter {
     /// Whether a request of `wire_bytes` is taken: not while the last check was above the
     /// soft limit, nor when it would take the estimate since then past it.
     fn admit(&self, wire_bytes: u64) -> bool {
-        if self.refusing.load(Ordering::Relaxed) {
+        if self.refusing() {
             return false;
         }
         let cost = wire_bytes.saturating_mul(ADMITTED_COST);

@@ -205,7 +205,7 @@ impl Api {
     }
 
     /// Every slice now, and the version to watch from.
-    async fn list(&self) -> Result<(Slices, String), K8sError> {
+    async fn list(&self) -> Result<Listed, K8sError> {
         let response = self
             .request(&self.slices_url)?
             .timeout(self.config.timeout)
@@ -219,7 +219,10 @@ impl Api {
         for slice in list.items {
             slices.put(slice, self);
         }
-        Ok((slices, list.metadata.resource_version))
+        Ok(Listed {
+            slices,
+            version: list.metadata.resource_version,
+        })
     }
 
     /// The members of one endpoint: `address:port` (or `hostname.service.namespace:port`)
@@ -253,6 +256,12 @@ impl Api {
 #[derive(Default)]
 struct Slices(BTreeMap<String, Vec<String>>);
 
+/// One list's slices, and the version a watch continues from.
+pub(crate) struct Listed {
+    slices: Slices,
+    version: String,
+}
+
 impl Slices {
     fn put(&mut self, slice: Slice, api: &Api) {
         let members = slice
@@ -274,28 +283,30 @@ impl Slices {
     }
 }
 
-/// The first answer: one list.
-pub(crate) async fn resolve_once(api: &Api) -> Resolution {
+/// The first answer, from one list, and the list for the watch to continue from.
+pub(crate) async fn resolve_once(api: &Api) -> (Resolution, Option<Listed>) {
     match api.list().await {
-        Ok((slices, _)) => slices.resolution(),
+        Ok(listed) => (listed.slices.resolution(), Some(listed)),
         Err(e) => {
             tracing::warn!(service = %api.config.service, error = %e, "listing the Service's endpoints failed; keeping the current backends");
-            Resolution::Failed
+            (Resolution::Failed, None)
         }
     }
 }
 
-/// Lists, then watches, sending the members after every change, until `stop`; a failed
-/// list is sent as a failure, and a watch that ends is resumed from a new list.
+/// Watches from `listed` (the first answer's list, already applied) or, after that, from a
+/// new list, sending the members after every change, until `stop`; a failed list is sent as
+/// a failure, and a watch that ends is resumed from a new list.
 pub(crate) async fn watch(
     api: Api,
+    mut listed: Option<Listed>,
     updates: mpsc::Sender<Resolution>,
     stop: CancellationToken,
 ) -> Result<(), std::convert::Infallible> {
     loop {
         let result = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
-            r = list_and_watch(&api, &updates) => r,
+            r = list_and_watch(&api, listed.take(), &updates) => r,
         };
         if let Err(e) = result {
             tracing::warn!(service = %api.config.service, error = %e, "watching the Service's endpoints failed; listing again");
@@ -314,11 +325,24 @@ pub(crate) async fn watch(
     }
 }
 
-async fn list_and_watch(api: &Api, updates: &mpsc::Sender<Resolution>) -> Result<(), K8sError> {
-    let (mut slices, version) = api.list().await?;
-    if updates.send(slices.resolution()).await.is_err() {
-        return Ok(());
-    }
+async fn list_and_watch(
+    api: &Api,
+    listed: Option<Listed>,
+    updates: &mpsc::Sender<Resolution>,
+) -> Result<(), K8sError> {
+    let Listed {
+        mut slices,
+        version,
+    } = match listed {
+        Some(listed) => listed,
+        None => {
+            let listed = api.list().await?;
+            if updates.send(listed.slices.resolution()).await.is_err() {
+                return Ok(());
+            }
+            listed
+        }
+    };
     let url = format!(
         "{}&watch=true&allowWatchBookmarks=true&resourceVersion={version}",
         api.slices_url

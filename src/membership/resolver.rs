@@ -173,10 +173,9 @@ pub(crate) async fn start<F: Follow>(
         Resolver::Dns(dns) => match build(&dns) {
             Ok(resolver) => {
                 follower.apply(resolve_once(&resolver, &dns).await);
-                let (tx, rx) = mpsc::channel(UPDATES);
-                let stop = supervisor.token(group);
-                supervisor.spawn(group, "dns resolver", poll(resolver, dns, tx, stop.clone()));
-                supervisor.spawn(group, "membership", follow(follower, rx, stop));
+                spawn_stream(supervisor, group, "dns resolver", follower, |tx, stop| {
+                    poll(resolver, dns, tx, stop)
+                });
             }
             Err(e) => {
                 tracing::error!(hostname = %dns.hostname, error = %e, "cannot build the DNS resolver");
@@ -185,11 +184,11 @@ pub(crate) async fn start<F: Follow>(
         },
         Resolver::K8s(config) => match Api::new(&config) {
             Ok(api) => {
-                follower.apply(k8s::resolve_once(&api).await);
-                let (tx, rx) = mpsc::channel(UPDATES);
-                let stop = supervisor.token(group);
-                supervisor.spawn(group, "k8s resolver", k8s::watch(api, tx, stop.clone()));
-                supervisor.spawn(group, "membership", follow(follower, rx, stop));
+                let (first, listed) = k8s::resolve_once(&api).await;
+                follower.apply(first);
+                spawn_stream(supervisor, group, "k8s resolver", follower, |tx, stop| {
+                    k8s::watch(api, listed, tx, stop)
+                });
             }
             Err(e) => {
                 tracing::error!(service = %config.service, error = %e, "cannot reach the Kubernetes API");
@@ -197,6 +196,24 @@ pub(crate) async fn start<F: Follow>(
             }
         },
     }
+}
+
+/// Runs a resolver task sending its answers (`resolve`, given the channel and the group's
+/// stop) and the task that makes `follower` apply them, both in `group`.
+fn spawn_stream<F, T>(
+    supervisor: &mut Supervisor,
+    group: Group,
+    name: &'static str,
+    follower: Arc<F>,
+    resolve: impl FnOnce(mpsc::Sender<Resolution>, CancellationToken) -> T,
+) where
+    F: Follow,
+    T: std::future::Future<Output = Result<(), Infallible>> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(UPDATES);
+    let stop = supervisor.token(group);
+    supervisor.spawn(group, name, resolve(tx, stop.clone()));
+    supervisor.spawn(group, "membership", follow(follower, rx, stop));
 }
 
 /// A resolver's stream of answers ended while its follower still followed it.
