@@ -96,6 +96,12 @@ pub fn parse_local(text: &str) -> Result<LocalConfig, ConfigError> {
     }
     with_default_policies(&mut public)?;
     let checked = worker_from_yaml(serde_yaml::Value::Mapping(public))?;
+    if checked.health_check.is_some() || checked.span_metrics_exporter.is_some() {
+        return Err(error(
+            "",
+            "local mode serves health and span metrics on its admin endpoint: no health_check extension or prometheus exporter",
+        ));
+    }
     let mut workers = Vec::with_capacity(local.workers);
     for i in 0..local.workers {
         let mut w = checked.clone();
@@ -205,6 +211,8 @@ impl Local {
             },
             shutdown: config.shutdown,
             memory_limiter: None,
+            health_check: None,
+            summary: Default::default(),
         };
         let registry = Registry::with_labels(&[("role", "router"), ("component", "router")]);
         let router = Router::start_with(router_config, registry).await?;

@@ -41,8 +41,21 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Validate a worker or router config file and print every error with its path.
-    CheckConfig { file: PathBuf },
+    /// Validate a config file and print every error with its path, or what it configures.
+    CheckConfig {
+        file: PathBuf,
+        /// The process the file is for; found from the file when not given (a
+        /// `tail_sampling` makes it a worker's, a `loadbalancing` exporter a router's).
+        #[arg(long, value_enum)]
+        role: Option<Role>,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Role {
+    Local,
+    Worker,
+    Router,
 }
 
 fn main() -> ExitCode {
@@ -65,16 +78,21 @@ fn main() -> ExitCode {
         }
         Command::Worker { config } => {
             serve(tailgate::worker::config::load_worker(&config), |c| async {
+                tracing::info!("worker configuration\n{}", c.summary);
                 Ok(tailgate::worker::Worker::start(c).await?)
             })
         }
         Command::Router { config } => serve(
             read(&config).and_then(|t| tailgate::router::config::parse_router(&t)),
-            |c| async { Ok(tailgate::router::Router::start(c).await?) },
+            |c| async {
+                tracing::info!("router configuration\n{}", c.summary);
+                Ok(tailgate::router::Router::start(c).await?)
+            },
         ),
-        Command::CheckConfig { file } => match load(&file) {
-            Ok(kind) => {
+        Command::CheckConfig { file, role } => match load(&file, role) {
+            Ok((kind, summary)) => {
                 println!("{}: ok ({kind} config)", file.display());
+                print!("{summary}");
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -174,17 +192,37 @@ fn read(path: &Path) -> Result<String, tailgate::config::ConfigError> {
     })
 }
 
-/// Validates a config as a local one (it has `local`), a worker's (`tail_sampling`) or a
-/// router's.
-fn load(path: &Path) -> Result<&'static str, tailgate::config::ConfigError> {
+/// Validates a config for `role`, or for the role the file shows: local (it has `local`),
+/// a worker's or a router's. Returns the role and what the file configures.
+fn load(
+    path: &Path,
+    role: Option<Role>,
+) -> Result<(&'static str, String), tailgate::config::ConfigError> {
+    use tailgate::config::collector::{detect_tier, Tier};
     let text = read(path)?;
     let yaml = tailgate::config::read_yaml(&text)?;
-    if yaml.get("local").is_some() {
-        tailgate::local::parse_local(&text).map(|_| "local")
-    } else if yaml.get("tail_sampling").is_some() {
-        tailgate::worker::config::parse_worker(&text).map(|_| "worker")
-    } else {
-        tailgate::router::config::parse_router(&text).map(|_| "router")
+    let role = match role {
+        Some(role) => role,
+        None if yaml.get("local").is_some() => Role::Local,
+        None => match detect_tier(&yaml) {
+            Some(Tier::Worker) => Role::Worker,
+            Some(Tier::Router) => Role::Router,
+            None => {
+                return Err(tailgate::config::ConfigError {
+                    errors: vec![tailgate::config::FieldError {
+                        path: String::new(),
+                        message: "cannot tell which process this config is for: no tail_sampling (a worker's) and no loadbalancing exporter (a router's); pass --role".into(),
+                    }],
+                })
+            }
+        },
+    };
+    match role {
+        Role::Local => tailgate::local::parse_local(&text).map(|_| ("local", String::new())),
+        Role::Worker => tailgate::worker::config::worker_from_yaml(yaml)
+            .map(|c| ("worker", c.summary.to_string())),
+        Role::Router => tailgate::router::config::router_from_yaml(yaml)
+            .map(|c| ("router", c.summary.to_string())),
     }
 }
 

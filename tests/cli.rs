@@ -132,3 +132,46 @@ fn check_config_accepts_a_local_config() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("local config"));
 }
+
+#[test]
+fn check_config_finds_the_tier_of_a_pasted_collector_config_and_says_what_it_takes() {
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .arg("check-config")
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let (code, out, err) = run(&["config/collector/worker.yaml"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("ok (worker config)"), "{out}");
+    assert!(
+        out.contains("  processors.tail_sampling: decides each trace"),
+        "{out}"
+    );
+    assert!(out.contains("accepts with no effect:\n"), "{out}");
+    assert!(out.contains("  processors.batch: "), "{out}");
+    assert!(
+        out.contains("leaves off:\n  exporters.debug: in no pipeline"),
+        "{out}"
+    );
+    let (code, out, err) = run(&["config/collector/router.yaml"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("ok (router config)"), "{out}");
+    // --role checks a file as the given tier's, whatever it holds.
+    let (code, _, err) = run(&["config/collector/worker.yaml", "--role", "router"]);
+    assert_eq!(code, Some(64));
+    assert!(err.contains("tail_sampling is the worker tier's"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("neither.yaml");
+    std::fs::write(&path, "receivers: {otlp: {protocols: {grpc: {}}}}\n").unwrap();
+    let (code, _, err) = run(&[path.to_str().unwrap()]);
+    assert_eq!(code, Some(64));
+    assert!(err.contains("pass --role"), "{err}");
+}

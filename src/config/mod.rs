@@ -4,8 +4,10 @@
 //! checked against. Each component owns its own section: its serde shape, its defaults
 //! and its validation (`receiver::config`, `exporter::config`, `worker::config`,
 //! `policy`, `spanmetrics`, `memory_limiter`, `router::config`, `telemetry`,
-//! `lifecycle`); this module imports none of them.
+//! `lifecycle`); this module imports none of them. A config pasted in the collector's
+//! shape is rewritten into those sections first ([`collector`]).
 
+pub mod collector;
 mod env;
 
 use std::fmt;

@@ -1,10 +1,12 @@
 //! The router's config: receivers, admin and shutdown as in the worker, and one or more
 //! `loadbalancing[/name]` exporters with the collector's keys (routing key, protocol
-//! template, resolver) plus tailgate's ring choice.
+//! template, resolver) plus tailgate's ring choice. A collector-shaped file is rewritten
+//! into those sections first (`config::collector`).
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
+use crate::config::collector::{translate, Summary, Tier};
 use crate::config::{read_yaml, ConfigError, Errors};
 use crate::exporter::config::{parse_otlp_template, OtlpExporterConfig};
 use crate::lifecycle::ShutdownConfig;
@@ -12,7 +14,7 @@ use crate::membership::resolver::{RawResolver, Resolver};
 use crate::membership::ring::{default_ring_version, ring_kind, RingChoice, RingKind};
 use crate::memory_limiter::MemoryLimiterConfig;
 use crate::receiver::config::ReceiversConfig;
-use crate::telemetry::AdminConfig;
+use crate::telemetry::{take_health_check, AdminConfig, HealthCheckConfig};
 
 /// A validated router config.
 #[derive(Debug, Clone)]
@@ -23,6 +25,10 @@ pub struct RouterConfig {
     pub admin: AdminConfig,
     pub shutdown: ShutdownConfig,
     pub memory_limiter: Option<MemoryLimiterConfig>,
+    /// The `health_check` extension's listener, when configured.
+    pub health_check: Option<HealthCheckConfig>,
+    /// What the file configured, as said at start-up.
+    pub summary: Summary,
 }
 
 #[derive(Debug, Clone)]
@@ -84,13 +90,29 @@ struct RawProtocol {
     otlp: Option<serde_yaml::Value>,
 }
 
-/// Parses and validates router config text.
+/// Parses and validates router config text, in tailgate's shape or the collector's.
 pub fn parse_router(text: &str) -> Result<RouterConfig, ConfigError> {
-    let value = read_yaml(text)?;
+    router_from_yaml(read_yaml(text)?)
+}
+
+/// Validates an already expanded and parsed router config.
+pub fn router_from_yaml(value: serde_yaml::Value) -> Result<RouterConfig, ConfigError> {
+    let translated = translate(value, Tier::Router)?;
+    match router_sections(translated.value.clone()) {
+        Ok(config) => Ok(RouterConfig {
+            summary: translated.summary,
+            ..config
+        }),
+        Err(e) => Err(translated.restore(e)),
+    }
+}
+
+fn router_sections(value: serde_yaml::Value) -> Result<RouterConfig, ConfigError> {
     let mut errors = Errors::default();
-    let Some(raw) = errors.parse::<RawRouterConfig>("", value) else {
+    let Some(mut raw) = errors.parse::<RawRouterConfig>("", value) else {
         return errors.finish(None);
     };
+    let health_check = take_health_check(&mut raw.extensions, &mut errors);
     let mut receivers: Option<ReceiversConfig> = errors.parse_section("receivers", raw.receivers);
     if let Some(r) = &mut receivers {
         crate::receiver::config::validate_receivers(r, &raw.extensions, &mut errors);
@@ -127,6 +149,8 @@ pub fn parse_router(text: &str) -> Result<RouterConfig, ConfigError> {
             admin: admin?,
             shutdown: shutdown?,
             memory_limiter,
+            health_check,
+            summary: Summary::default(),
         })
     };
     errors.finish(config())

@@ -88,6 +88,8 @@ pub struct Router {
     pub grpc_addr: Option<SocketAddr>,
     pub http_addr: Option<SocketAddr>,
     pub admin_addr: SocketAddr,
+    /// The `health_check` extension's listener, when configured.
+    pub health_check_addr: Option<SocketAddr>,
     pub registry: Registry,
     health: Arc<Health>,
     routes: Vec<Arc<Route>>,
@@ -166,6 +168,13 @@ impl Router {
             groups.admin,
         )
         .await?;
+        let health_check_addr = match &config.health_check {
+            Some(hc) => Some(
+                Admin::start_health_check(hc, health.clone(), &mut supervisor, groups.admin)
+                    .await?,
+            ),
+            None => None,
+        };
 
         let mut memory_spike = None;
         if let Some(limits) = &config.memory_limiter {
@@ -193,6 +202,7 @@ impl Router {
             grpc_addr: receivers.grpc_addr,
             http_addr: receivers.http_addr,
             admin_addr: admin.addr,
+            health_check_addr,
             registry,
             health,
             routes,

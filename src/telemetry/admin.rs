@@ -3,10 +3,16 @@
 //! nothing with the data path but the metric sources, so a slow scraper cannot stall
 //! ingest. Several sources (self-metrics of several components, span metrics) are merged
 //! into one exposition, each metric family once.
+//!
+//! Two listeners of the collector's may be added beside it: the `health_check` extension
+//! (its endpoint and path, answering as the collector does) and a `prometheus` exporter
+//! fed span metrics, which then serves them instead of the admin listener.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -24,9 +30,19 @@ use crate::net::{bind, BindError};
 use crate::supervisor::{Group, Supervisor};
 
 /// Readiness, flipped by the process's lifecycle.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Health {
     ready: AtomicBool,
+    since: SystemTime,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            ready: AtomicBool::new(false),
+            since: SystemTime::now(),
+        }
+    }
 }
 
 impl Health {
@@ -89,6 +105,139 @@ impl Section for AdminConfig {
     }
 }
 
+/// `extensions.health_check[/name]`: the collector's health endpoint, answering 200 while
+/// the process is ready and 503 otherwise.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    #[serde(default = "default_health_endpoint")]
+    pub endpoint: String,
+    #[serde(default = "default_health_path")]
+    pub path: String,
+    /// Deprecated in the collector; accepted with no effect.
+    #[serde(default)]
+    pub check_collector_pipeline: Option<serde_yaml::Value>,
+}
+
+fn default_health_endpoint() -> String {
+    "localhost:13133".into()
+}
+
+fn default_health_path() -> String {
+    "/".into()
+}
+
+/// `exporters.prometheus[/name]` fed span metrics by a metrics pipeline: serves them for
+/// scraping on its endpoint (the admin listener then serves self-metrics only). The
+/// collector's keys that would rename or relabel series are refused as unknown.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrometheusExporterConfig {
+    pub endpoint: String,
+    #[serde(default = "yes")]
+    add_metric_suffixes: bool,
+    #[serde(default)]
+    send_timestamps: bool,
+    /// Accepted with no effect: the exposition format follows the Accept header.
+    #[serde(default)]
+    pub enable_open_metrics: Option<bool>,
+    /// Accepted with no effect: series expire after `spanmetrics.metrics_expiration`.
+    #[serde(default, with = "humantime_serde")]
+    pub metric_expiration: Option<Duration>,
+    /// Accepted with no effect: span metrics carry their service as a label already.
+    #[serde(default)]
+    pub resource_to_telemetry_conversion: Option<serde_yaml::Value>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Takes the `health_check` extension out of `extensions` (the rest are other
+/// components'): at most one.
+pub fn take_health_check(
+    extensions: &mut BTreeMap<String, serde_yaml::Value>,
+    errors: &mut Errors,
+) -> Option<HealthCheckConfig> {
+    let ids: Vec<String> = extensions
+        .keys()
+        .filter(|id| *id == "health_check" || id.starts_with("health_check/"))
+        .cloned()
+        .collect();
+    let mut found = None;
+    for id in ids {
+        let value = extensions.remove(&id).unwrap_or_default();
+        let path = format!("extensions.{id}");
+        if found.is_some() {
+            errors.push(path, "one health_check extension at most");
+            continue;
+        }
+        let value = if value.is_null() {
+            serde_yaml::Value::Mapping(Default::default())
+        } else {
+            value
+        };
+        if let Some(config) = errors.parse::<HealthCheckConfig>(&path, value) {
+            check_endpoint(&config.endpoint, &format!("{path}.endpoint"), errors);
+            if !config.path.starts_with('/') {
+                errors.push(format!("{path}.path"), "must start with /");
+            }
+            found = Some(config);
+        }
+    }
+    found
+}
+
+/// Takes the `prometheus` exporters out of `exporters` (the rest get kept traces): at most
+/// one, and only beside span metrics.
+pub fn take_prometheus_exporter(
+    exporters: &mut BTreeMap<String, serde_yaml::Value>,
+    has_span_metrics: bool,
+    errors: &mut Errors,
+) -> Option<PrometheusExporterConfig> {
+    let ids: Vec<String> = exporters
+        .keys()
+        .filter(|id| *id == "prometheus" || id.starts_with("prometheus/"))
+        .cloned()
+        .collect();
+    let mut found = None;
+    for id in ids {
+        let value = exporters.remove(&id).unwrap_or_default();
+        let path = format!("exporters.{id}");
+        if found.is_some() {
+            errors.push(
+                path,
+                "one prometheus exporter at most: it serves the span metrics",
+            );
+            continue;
+        }
+        if !has_span_metrics {
+            errors.push(
+                &path,
+                "serves span metrics, which are off: configure spanmetrics",
+            );
+        }
+        let Some(config) = errors.parse::<PrometheusExporterConfig>(&path, value) else {
+            continue;
+        };
+        check_endpoint(&config.endpoint, &format!("{path}.endpoint"), errors);
+        if !config.add_metric_suffixes {
+            errors.push(
+                format!("{path}.add_metric_suffixes"),
+                "must be true: span metrics are named with their unit and type suffixes",
+            );
+        }
+        if config.send_timestamps {
+            errors.push(
+                format!("{path}.send_timestamps"),
+                "must be false: samples are read at scrape time",
+            );
+        }
+        found = Some(config);
+    }
+    found
+}
+
 /// A running admin listener; its task runs in a supervisor group, stopped (after
 /// in-flight scrapes) with the group.
 pub struct Admin {
@@ -105,29 +254,71 @@ impl Admin {
         supervisor: &mut Supervisor,
         group: Group,
     ) -> Result<Admin, BindError> {
-        let (listener, addr) = bind("admin", endpoint).await?;
-        let stop = supervisor.token(group);
-        supervisor.spawn(
-            group,
-            "admin",
-            serve_admin(listener, sources.into(), health, stop),
-        );
+        let app = Router::new()
+            .route("/metrics", get(metrics))
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(ready))
+            .with_state(AdminState {
+                sources: sources.into(),
+                health,
+            });
+        let addr = serve("admin", endpoint, app, supervisor, group).await?;
         Ok(Admin { addr })
+    }
+
+    /// The prometheus exporter's listener: `sources` (the span metrics) on `/metrics`.
+    pub async fn start_metrics(
+        config: &PrometheusExporterConfig,
+        sources: Vec<Arc<dyn MetricsSource>>,
+        supervisor: &mut Supervisor,
+        group: Group,
+    ) -> Result<SocketAddr, BindError> {
+        let app = Router::new()
+            .route("/metrics", get(metrics))
+            .with_state(AdminState {
+                sources: sources.into(),
+                health: Arc::default(),
+            });
+        serve("prometheus", &config.endpoint, app, supervisor, group).await
+    }
+
+    /// The health_check extension's listener: readiness on its path, as the collector
+    /// answers it (a JSON status, 200 or 503).
+    pub async fn start_health_check(
+        config: &HealthCheckConfig,
+        health: Arc<Health>,
+        supervisor: &mut Supervisor,
+        group: Group,
+    ) -> Result<SocketAddr, BindError> {
+        let app = Router::new()
+            .route(&config.path, get(health_status))
+            .with_state(AdminState {
+                sources: Arc::new([]),
+                health,
+            });
+        serve("health_check", &config.endpoint, app, supervisor, group).await
     }
 }
 
-/// Serves the admin endpoints on `listener` until `stop` is cancelled.
-async fn serve_admin(
+/// Binds `endpoint` and serves `app` as task `name` of `group` until the group stops.
+async fn serve(
+    name: &'static str,
+    endpoint: &str,
+    app: Router,
+    supervisor: &mut Supervisor,
+    group: Group,
+) -> Result<SocketAddr, BindError> {
+    let (listener, addr) = bind(name, endpoint).await?;
+    let stop = supervisor.token(group);
+    supervisor.spawn(group, name, serve_app(listener, app, stop));
+    Ok(addr)
+}
+
+async fn serve_app(
     listener: TcpListener,
-    sources: Arc<[Arc<dyn MetricsSource>]>,
-    health: Arc<Health>,
+    app: Router,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    let app = Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(ready))
-        .with_state(AdminState { sources, health });
     axum::serve(listener, app)
         .with_graceful_shutdown(stop.cancelled_owned())
         .await
@@ -224,6 +415,25 @@ pub fn openmetrics_families(text: &str) -> String {
         out.push('\n');
     }
     out
+}
+
+async fn health_status(State(s): State<AdminState>) -> impl IntoResponse {
+    let (code, status) = if s.health.is_ready() {
+        (StatusCode::OK, "Server available")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "Server not available")
+    };
+    let uptime = s.health.since.elapsed().unwrap_or_default();
+    let body = serde_json::json!({
+        "status": status,
+        "upSince": humantime::format_rfc3339_seconds(s.health.since).to_string(),
+        "uptime": humantime::format_duration(Duration::from_secs(uptime.as_secs())).to_string(),
+    });
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
 }
 
 async fn ready(State(s): State<AdminState>) -> impl IntoResponse {

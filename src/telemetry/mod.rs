@@ -19,7 +19,10 @@ use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
 
-pub use admin::{merge_families, openmetrics_families, Admin, AdminConfig, Health, MetricsSource};
+pub use admin::{
+    merge_families, openmetrics_families, take_health_check, take_prometheus_exporter, Admin,
+    AdminConfig, Health, HealthCheckConfig, MetricsSource, PrometheusExporterConfig,
+};
 pub use format::Format;
 
 /// Logs to stderr for a binary of the project (the service and the tools), at `info`

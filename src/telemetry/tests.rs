@@ -137,3 +137,70 @@ fn merged_expositions_name_each_family_once() {
     let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
     assert_eq!(scrape.samples.len(), 3);
 }
+
+#[tokio::test]
+async fn health_check_answers_on_its_path_as_the_collector_does() {
+    let health = Arc::new(Health::default());
+    let mut supervisor = crate::supervisor::Supervisor::new();
+    let group = supervisor.group("admin");
+    let config: HealthCheckConfig =
+        serde_yaml::from_str("{endpoint: '127.0.0.1:0', path: /health/status}").unwrap();
+    let addr = Admin::start_health_check(&config, health.clone(), &mut supervisor, group)
+        .await
+        .unwrap();
+    let get = |path: &'static str| async move {
+        reqwest::get(format!("http://{addr}{path}")).await.unwrap()
+    };
+    let body = |r: reqwest::Response| async move {
+        serde_json::from_str::<serde_json::Value>(&r.text().await.unwrap()).unwrap()
+    };
+    let r = get("/health/status").await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    assert_eq!(body(r).await["status"], "Server not available");
+    health.set_ready(true);
+    let r = get("/health/status").await;
+    assert_eq!(r.status(), 200);
+    let b = body(r).await;
+    assert_eq!(b["status"], "Server available");
+    assert!(b["upSince"].as_str().unwrap().ends_with('Z'), "{b}");
+    assert_eq!(get("/").await.status(), 404);
+    assert_eq!(get("/metrics").await.status(), 404);
+    supervisor.stop(group).await;
+}
+
+#[test]
+fn the_health_check_and_prometheus_exporter_sections_are_checked() {
+    let mut errors = crate::config::Errors::default();
+    let mut extensions: std::collections::BTreeMap<String, serde_yaml::Value> =
+        serde_yaml::from_str(
+            "{health_check: ~, health_check/2: {path: nope}, bearertokenauth: {token: x}}",
+        )
+        .unwrap();
+    let hc = take_health_check(&mut extensions, &mut errors).unwrap();
+    assert_eq!(
+        (hc.endpoint.as_str(), hc.path.as_str()),
+        ("localhost:13133", "/")
+    );
+    assert_eq!(extensions.len(), 1, "the other extensions stay");
+    let mut exporters: std::collections::BTreeMap<String, serde_yaml::Value> =
+        serde_yaml::from_str(
+            "{prometheus: {endpoint: 'x:1', namespace: app}, otlp: {endpoint: 'b:4317'}}",
+        )
+        .unwrap();
+    assert!(take_prometheus_exporter(&mut exporters, false, &mut errors).is_none());
+    assert_eq!(exporters.len(), 1);
+    let e = errors.check().unwrap_err().to_string();
+    assert!(
+        e.contains("extensions.health_check/2: one health_check extension at most"),
+        "{e}"
+    );
+    assert!(
+        e.contains("exporters.prometheus: serves span metrics, which are off"),
+        "{e}"
+    );
+    assert!(
+        e.contains("exporters.prometheus.namespace: unknown field `namespace`"),
+        "{e}"
+    );
+}

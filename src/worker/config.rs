@@ -1,6 +1,7 @@
 //! The worker's config: the `tail_sampling` section (the collector's processor keys plus
 //! `max_buffered_bytes`), and the whole worker file assembled from every component's
-//! section, each parsed and validated by its owner.
+//! section, each parsed and validated by its owner. A collector-shaped file is rewritten
+//! into those sections first (`config::collector`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -8,6 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::config::collector::{translate, Summary, Tier};
 use crate::config::{read_yaml, ConfigError, Errors, FieldError, DAY, MAX_COUNT, MAX_MIB, MS};
 use crate::exporter::config::{parse_exporters, ExporterConfig};
 use crate::lifecycle::ShutdownConfig;
@@ -17,7 +19,10 @@ use crate::policy::{load_policies, PolicySet};
 use crate::receiver::config::{validate_receivers, ReceiversConfig};
 use crate::spanmetrics::SpanMetricsConfig;
 use crate::storage::config::{is_file_storage, storage_extension, FileStorageConfig};
-use crate::telemetry::AdminConfig;
+use crate::telemetry::{
+    take_health_check, take_prometheus_exporter, AdminConfig, HealthCheckConfig,
+    PrometheusExporterConfig,
+};
 
 /// `tail_sampling`, the collector's processor keys plus `max_buffered_bytes`.
 #[derive(Debug, Clone, Deserialize)]
@@ -118,6 +123,13 @@ pub struct WorkerConfig {
     /// Where the write-ahead log lives (`tail_storage`, or an exporter's
     /// `sending_queue.storage`); in memory only when absent.
     pub storage: Option<FileStorageConfig>,
+    /// The `health_check` extension's listener, when configured.
+    pub health_check: Option<HealthCheckConfig>,
+    /// A `prometheus` exporter serving the span metrics on its own endpoint; on the admin
+    /// endpoint when absent.
+    pub span_metrics_exporter: Option<PrometheusExporterConfig>,
+    /// What the file configured, as said at start-up.
+    pub summary: Summary,
 }
 
 #[derive(Deserialize)]
@@ -152,12 +164,27 @@ pub fn parse_worker(text: &str) -> Result<WorkerConfig, ConfigError> {
     worker_from_yaml(read_yaml(text)?)
 }
 
-/// Validates an already expanded and parsed worker config.
+/// Validates an already expanded and parsed worker config, in tailgate's shape or the
+/// collector's.
 pub fn worker_from_yaml(value: serde_yaml::Value) -> Result<WorkerConfig, ConfigError> {
+    let translated = translate(value, Tier::Worker)?;
+    match worker_sections(translated.value.clone()) {
+        Ok(config) => Ok(WorkerConfig {
+            summary: translated.summary,
+            ..config
+        }),
+        Err(e) => Err(translated.restore(e)),
+    }
+}
+
+fn worker_sections(value: serde_yaml::Value) -> Result<WorkerConfig, ConfigError> {
     let mut errors = Errors::default();
-    let Some(raw) = errors.parse::<RawWorkerConfig>("", value) else {
+    let Some(mut raw) = errors.parse::<RawWorkerConfig>("", value) else {
         return errors.finish(None);
     };
+    let health_check = take_health_check(&mut raw.extensions, &mut errors);
+    let span_metrics_exporter =
+        take_prometheus_exporter(&mut raw.exporters, raw.spanmetrics.is_some(), &mut errors);
     let mut receivers: Option<ReceiversConfig> = errors.parse_section("receivers", raw.receivers);
     if let Some(r) = &mut receivers {
         // file_storage extensions are the storage's (below), the rest the receivers'.
@@ -245,6 +272,9 @@ pub fn worker_from_yaml(value: serde_yaml::Value) -> Result<WorkerConfig, Config
             memory_limiter,
             membership,
             storage,
+            health_check,
+            span_metrics_exporter,
+            summary: Summary::default(),
         })
     };
     errors.finish(config())

@@ -49,6 +49,10 @@ pub struct Worker {
     pub grpc_addr: Option<SocketAddr>,
     pub http_addr: Option<SocketAddr>,
     pub admin_addr: SocketAddr,
+    /// The `health_check` extension's listener, when configured.
+    pub health_check_addr: Option<SocketAddr>,
+    /// The `prometheus` exporter's listener serving span metrics, when configured.
+    pub span_metrics_addr: Option<SocketAddr>,
     pub registry: Registry,
     health: Arc<Health>,
     pipeline: Arc<Pipeline>,
@@ -152,11 +156,27 @@ impl Worker {
             f
         });
 
-        let sources: Vec<Arc<dyn MetricsSource>> = vec![
-            pipeline.clone(),
+        let mut sources: Vec<Arc<dyn MetricsSource>> = vec![
             Arc::new(registry.clone()),
             Arc::new(ProcessMetrics::new("worker")),
         ];
+        // Span metrics are served by the prometheus exporter when there is one, as in the
+        // collector; otherwise beside the self-metrics.
+        let span_metrics_addr = match &config.span_metrics_exporter {
+            Some(exporter) => Some(
+                Admin::start_metrics(
+                    exporter,
+                    vec![pipeline.clone()],
+                    &mut supervisor,
+                    groups.admin,
+                )
+                .await?,
+            ),
+            None => {
+                sources.insert(0, pipeline.clone());
+                None
+            }
+        };
         let admin = Admin::start(
             &config.admin.endpoint,
             sources,
@@ -165,6 +185,13 @@ impl Worker {
             groups.admin,
         )
         .await?;
+        let health_check_addr = match &config.health_check {
+            Some(hc) => Some(
+                Admin::start_health_check(hc, health.clone(), &mut supervisor, groups.admin)
+                    .await?,
+            ),
+            None => None,
+        };
 
         if let Some(durable) = &durable {
             replay(&pipeline, durable)?;
@@ -235,6 +262,8 @@ impl Worker {
             grpc_addr: receivers.grpc_addr,
             http_addr: receivers.http_addr,
             admin_addr: admin.addr,
+            health_check_addr,
+            span_metrics_addr,
             registry,
             health,
             pipeline,
