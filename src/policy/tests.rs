@@ -1007,3 +1007,5 @@ mod adaptive {
         }
     }
 }
+
+mod upstream;
