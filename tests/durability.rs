@@ -4,12 +4,14 @@
 //! results: whatever the router acknowledged survives killing it and a worker. And the
 //! log's limits: a full log pushes back, a directory another worker holds is refused.
 
+mod common;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::Process;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use tailgate_testkit::{free_port, metric, request, router_yaml, scrape, span, trace_id, Sink};
@@ -50,73 +52,6 @@ fn router_config(grpc: u16, admin: u16, workers: &[u16]) -> String {
         &backends,
         "timeout: 1s, sending_queue: {wait_for_result: true}, retry_on_failure: {initial_interval: 200ms, max_interval: 200ms, max_elapsed_time: 0s}",
     ) + "shutdown: {grace_period: 1s}\n"
-}
-
-/// A worker or router process; killed when dropped.
-struct Process {
-    child: Child,
-    grpc: SocketAddr,
-    admin: SocketAddr,
-}
-
-impl Process {
-    /// Starts `tailgate worker` on `config` and waits until it listens (after its replay).
-    fn start(config: &Path, grpc: u16, admin: u16) -> Process {
-        Self::start_as("worker", config, grpc, admin)
-    }
-
-    /// Starts `tailgate <role>` on `config` and waits until it listens.
-    fn start_as(role: &str, config: &Path, grpc: u16, admin: u16) -> Process {
-        let child = Command::new(env!("CARGO_BIN_EXE_tailgate"))
-            .args([role, "--config"])
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let grpc: SocketAddr = format!("127.0.0.1:{grpc}").parse().unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(grpc).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the {role} did not listen"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Process {
-            child,
-            grpc,
-            admin: format!("127.0.0.1:{admin}").parse().unwrap(),
-        }
-    }
-
-    fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        metric(&scrape(self.admin).await.unwrap(), name, labels)
-    }
-
-    /// Waits (up to 20 s) until the metric reaches `at_least`.
-    async fn wait_for(&self, name: &str, labels: &[(&str, &str)], at_least: f64) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while self.metric(name, labels).await < at_least {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{name} did not reach {at_least}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Sends traces `traces` (five spans each, in one request per 20 traces); returns the

@@ -578,3 +578,21 @@ exporters:
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
 }
+
+#[test]
+fn exemplars_need_the_sampled_decision_cache() {
+    let with = |cache: &str| {
+        format!("{MINIMAL}spanmetrics: {{exemplars: {{enabled: true}}}}\n").replace(
+            "tail_sampling:\n",
+            &format!("tail_sampling:\n  decision_cache: {{sampled_cache_size: {cache}}}\n"),
+        )
+    };
+    let err = errors_of(&with("0"));
+    assert!(
+        err.contains(
+            "spanmetrics.exemplars.enabled: needs tail_sampling.decision_cache.sampled_cache_size"
+        ),
+        "{err}"
+    );
+    assert!(parse_worker(&with("100")).is_ok());
+}

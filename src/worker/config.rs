@@ -252,6 +252,15 @@ fn worker_sections(value: serde_yaml::Value) -> Result<WorkerConfig, ConfigError
     });
     if let Some(sm) = &spanmetrics {
         sm.validate(&mut errors);
+        let no_sampled_cache = tail_sampling
+            .as_ref()
+            .is_some_and(|ts| ts.decision_cache.sampled_cache_size == 0);
+        if sm.exemplars.enabled && no_sampled_cache {
+            errors.push(
+                "spanmetrics.exemplars.enabled",
+                "needs tail_sampling.decision_cache.sampled_cache_size: exemplars come from kept traces, which the sampled decision cache remembers",
+            );
+        }
     }
     let memory_limiter = parse_memory_limiter(raw.memory_limiter, &mut errors);
     let membership = match (raw.membership, &tail_sampling, &shutdown) {

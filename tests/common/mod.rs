@@ -5,6 +5,9 @@
 pub mod dns;
 
 use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use tailgate::worker::config::{parse_worker, WorkerConfig};
@@ -100,4 +103,71 @@ pub async fn local(dir: &std::path::Path) -> tailgate::local::Local {
         );
     let config = tailgate::local::parse_local(&text).unwrap_or_else(|e| panic!("{e}"));
     tailgate::local::Local::start(config).await.unwrap()
+}
+
+/// A worker or router process; killed when dropped.
+pub struct Process {
+    child: Child,
+    pub grpc: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl Process {
+    /// Starts `tailgate worker` on `config` and waits until it listens (after its replay).
+    pub fn start(config: &Path, grpc: u16, admin: u16) -> Process {
+        Self::start_as("worker", config, grpc, admin)
+    }
+
+    /// Starts `tailgate <role>` on `config` and waits until it listens.
+    pub fn start_as(role: &str, config: &Path, grpc: u16, admin: u16) -> Process {
+        let child = Command::new(env!("CARGO_BIN_EXE_tailgate"))
+            .args([role, "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let grpc: SocketAddr = format!("127.0.0.1:{grpc}").parse().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(grpc).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the {role} did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Process {
+            child,
+            grpc,
+            admin: format!("127.0.0.1:{admin}").parse().unwrap(),
+        }
+    }
+
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        tailgate_testkit::metric(&scrape(self.admin).await, name, labels)
+    }
+
+    /// Waits (up to 20 s) until the metric reaches `at_least`.
+    pub async fn wait_for(&self, name: &str, labels: &[(&str, &str)], at_least: f64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while self.metric(name, labels).await < at_least {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} did not reach {at_least}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
