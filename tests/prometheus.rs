@@ -23,6 +23,9 @@ const SPANS_PER_TRACE: u64 = 5;
 /// Every tenth trace has one span with an error.
 const ERROR_EVERY: u64 = 10;
 
+/// An instant query's result: each series' labels and value.
+type Samples = Vec<(BTreeMap<String, String>, f64)>;
+
 /// A Prometheus server on loopback; killed when dropped.
 struct Prometheus {
     child: Child,
@@ -107,7 +110,7 @@ impl Prometheus {
     }
 
     /// An instant query's samples: labels and value.
-    async fn query(&self, expr: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+    async fn query(&self, expr: &str) -> Samples {
         let data = self.api("query", &[("query", expr)]).await;
         let value = |v: &Json| v[1].as_str().unwrap().parse::<f64>().unwrap();
         match data["resultType"].as_str() {
@@ -339,16 +342,14 @@ async fn the_dashboard_and_rules_show_what_a_router_and_two_workers_were_sent() 
     let tolerance = 0.07;
 
     // Every panel query is valid and returns data.
-    let mut panels: BTreeMap<String, Vec<Vec<(BTreeMap<String, String>, f64)>>> = BTreeMap::new();
+    let mut panels: BTreeMap<String, Vec<Samples>> = BTreeMap::new();
     for (title, expr) in dashboard_queries() {
         let expr = as_grafana_sends(&expr);
         let samples = prometheus.query(&expr).await;
         assert!(!samples.is_empty(), "panel {title:?}: no data for {expr}");
         panels.entry(title).or_default().push(samples);
     }
-    let total = |samples: &[(BTreeMap<String, String>, f64)]| -> f64 {
-        samples.iter().map(|(_, v)| v).sum::<f64>() * 3600.0
-    };
+    let total = |samples: &Samples| -> f64 { samples.iter().map(|(_, v)| v).sum::<f64>() * 3600.0 };
     let panel = |title: &str| &panels[title];
     // What the panels show, against what was sent.
     within(
