@@ -194,6 +194,77 @@ async fn every_acknowledged_span_survives_a_kill_with_the_backend_down() {
     backend.stop().await;
 }
 
+/// A backend outage longer than the sending queue holds: with a queue of two requests,
+/// kept traces keep coming for seconds and the worker takes every one (no push back), the
+/// queue overflowing to disk. Killed during the outage and started again with the backend
+/// back, it delivers every acknowledged span once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_longer_than_the_queue_waits_on_disk_and_survives_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let (grpc, admin, backend_port) = (free_port(), free_port(), free_port());
+    let config = dir.path().join("worker.yaml");
+    let text = worker_config(dir.path(), grpc, admin, backend_port, 67108864).replace(
+        "sending_queue: {storage: file_storage}",
+        "sending_queue: {storage: file_storage, queue_size: 2, num_consumers: 2}",
+    );
+    assert!(text.contains("queue_size: 2"));
+    std::fs::write(&config, text).unwrap();
+    let first = Process::start(&config, grpc, admin);
+    // 20 traces every 50 ms for 4 s: decided a second after they arrive, a few at a time,
+    // so many small export requests pile up behind a backend that is not there. `send`
+    // fails the test at the first push back.
+    let mut acknowledged = 0;
+    for batch in 0..80 {
+        acknowledged += send(first.grpc, batch * 20..batch * 20 + 20).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sampled = [("outcome", "sampled")];
+    first
+        .wait_for(
+            "tailgate_spans_decided_total",
+            &sampled,
+            acknowledged as f64,
+        )
+        .await;
+    let spilled = first
+        .metric("tailgate_exporter_queue_spilled_requests", &[])
+        .await;
+    assert!(spilled >= 20.0, "{spilled} requests on disk");
+    assert_eq!(
+        first
+            .metric("otelcol_processor_refused_spans_total", &[])
+            .await,
+        0.0
+    );
+    first.kill();
+
+    let backend = Sink::start_at(&format!("127.0.0.1:{backend_port}")).await;
+    let second = Process::start(&config, grpc, admin);
+    assert_eq!(
+        backend
+            .wait_for_spans(acknowledged as usize, Duration::from_secs(30))
+            .await,
+        acknowledged as usize
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_each_once(&arrivals(&backend), 0..1600);
+    second
+        .wait_for(
+            "otelcol_exporter_sent_spans_total",
+            &[],
+            acknowledged as f64,
+        )
+        .await;
+    assert_eq!(
+        second
+            .metric("tailgate_exporter_queue_spilled_requests", &[])
+            .await,
+        0.0
+    );
+    second.kill();
+    backend.stop().await;
+}
+
 /// Backend up: what was exported before the kill is not sent again; what was pending is
 /// decided and sent by the next process, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,9 @@
 //! retryable status while any queue is at capacity. The decision loop itself never waits
 //! on a queue (export never blocks decisions), so the queue can exceed `queue_size` by at
 //! most the traces that were already buffered when it filled, which the trace buffer's
-//! limits bound. Every span handed to an exporter ends in exactly one of
+//! limits bound. With `file_storage` (a worker with a log), a queue at capacity overflows
+//! to disk instead ([`spill`]) and the receivers push back only when that is full too.
+//! Every span handed to an exporter ends in exactly one of
 //! `otelcol_exporter_sent_spans`, `otelcol_exporter_send_failed_spans` or
 //! `otelcol_exporter_enqueue_failed_spans` (queue closed at shutdown).
 
@@ -16,6 +18,7 @@ mod file;
 mod otlp_grpc;
 mod otlp_http;
 mod retry;
+pub mod spill;
 
 pub use otlp_grpc::retryable;
 
@@ -28,8 +31,10 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::otlp::EncodedRequest;
+use crate::storage::StorageError;
 use crate::telemetry::{self, Registry};
 use config::{ExporterConfig, OtlpExporterConfig, RetryConfig, SendingQueueConfig};
+use spill::{Spill, SpillTo};
 
 /// An exporter that could not be built from its config.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +61,8 @@ pub enum BuildCause {
     },
     #[error("{0}")]
     Unsupported(&'static str),
+    #[error("its sending queue's overflow on disk: {0}")]
+    Spill(StorageError),
 }
 
 impl BuildCause {
@@ -163,6 +170,10 @@ struct Exporter {
     metrics: Arc<ExporterMetrics>,
     /// Spans taken off the queue and not yet counted as sent or failed.
     in_flight: Arc<AtomicU64>,
+    /// Where requests beyond `capacity` wait, with storage.
+    spill: Option<Arc<Spill>>,
+    /// The overflow refused the last request it was given (full): the receivers push back.
+    spill_refusing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// All configured exporters and their consumer tasks.
@@ -172,12 +183,14 @@ pub struct ExporterSet {
 }
 
 impl ExporterSet {
-    /// Builds every exporter and starts its consumers.
+    /// Builds every exporter and starts its consumers; with `spill`, each sending queue
+    /// overflows to disk there.
     pub fn start(
         configs: &[(String, ExporterConfig)],
         registry: &Registry,
+        spill: Option<SpillTo<'_>>,
     ) -> Result<Self, BuildError> {
-        Self::build(configs, registry, None, Hooks::default())
+        Self::build(configs, registry, None, Hooks::default(), spill)
     }
 
     /// One `otlp` exporter for a fleet member at `endpoint` (a router's backend, a
@@ -190,7 +203,7 @@ impl ExporterSet {
         registry: &Registry,
     ) -> Result<Self, BuildError> {
         let configs = [(name.to_owned(), ExporterConfig::Otlp(config))];
-        Self::build(&configs, registry, Some(endpoint), hooks)
+        Self::build(&configs, registry, Some(endpoint), hooks, None)
     }
 
     fn build(
@@ -198,6 +211,7 @@ impl ExporterSet {
         registry: &Registry,
         backend: Option<&str>,
         hooks: Hooks,
+        spill: Option<SpillTo<'_>>,
     ) -> Result<Self, BuildError> {
         let mut tasks = JoinSet::new();
         let mut exporters = Vec::with_capacity(configs.len());
@@ -228,7 +242,20 @@ impl ExporterSet {
                     None,
                 ),
             };
-            let exporter = Exporter::new(name, queue, registry, backend);
+            let mut exporter = Exporter::new(name, queue, registry, backend);
+            if let Some(to) = spill {
+                let overflow = Spill::open(to.storage, name, to.limit, registry)
+                    .map_err(|e| build_error(BuildCause::Spill(e)))?;
+                let overflow = Arc::new(overflow);
+                tasks.spawn(refill(
+                    exporter.tx.clone(),
+                    overflow.clone(),
+                    exporter.capacity,
+                    exporter.metrics.clone(),
+                    exporter.spill_refusing.clone(),
+                ));
+                exporter.spill = Some(overflow);
+            }
             let sink = Arc::new(sink);
             let consumers = if queue.enabled {
                 queue.num_consumers
@@ -268,12 +295,25 @@ impl ExporterSet {
         out
     }
 
-    /// Hands a request to every exporter. Never waits.
+    /// Hands a request to every exporter. Never waits. A queue at capacity with an
+    /// overflow on disk puts it there, behind what waits there already.
     pub fn enqueue(&self, request: EncodedRequest) {
         if request.spans == 0 {
             return;
         }
         for e in &self.exporters {
+            if let Some(spill) = &e.spill {
+                if !spill.is_empty() || e.tx.len() >= e.capacity {
+                    let refused = spill.push(request.clone()).is_err();
+                    e.spill_refusing.store(refused, Ordering::Release);
+                    if !refused {
+                        if let Some(s) = &request.settlement {
+                            s.enlist();
+                        }
+                        continue;
+                    }
+                }
+            }
             match e.tx.try_send(request.clone()) {
                 Ok(()) => {
                     if let Some(s) = &request.settlement {
@@ -291,9 +331,13 @@ impl ExporterSet {
         }
     }
 
-    /// Whether any sending queue is at capacity: the receivers' signal to push back.
+    /// Whether any sending queue is at capacity, and cannot overflow to disk: the
+    /// receivers' signal to push back.
     pub fn is_full(&self) -> bool {
-        self.exporters.iter().any(|e| e.tx.len() >= e.capacity)
+        self.exporters.iter().any(|e| {
+            e.tx.len() >= e.capacity
+                && (e.spill.is_none() || e.spill_refusing.load(Ordering::Acquire))
+        })
     }
 
     /// Closes the queues, lets the consumers drain until `deadline`, then abandons what is
@@ -315,6 +359,9 @@ impl ExporterSet {
             let mut abandoned = e.in_flight.swap(0, Ordering::SeqCst);
             while let Ok(request) = e.rx.try_recv() {
                 abandoned += request.spans;
+            }
+            if let Some(spill) = &e.spill {
+                abandoned += spill.abandon();
             }
             if abandoned > 0 {
                 tracing::warn!(exporter = %e.name, spans = abandoned, "export abandoned at shutdown");
@@ -377,6 +424,43 @@ impl Exporter {
                 }),
             }),
             in_flight: Arc::new(AtomicU64::new(0)),
+            spill: None,
+            spill_refusing: Arc::default(),
+        }
+    }
+}
+
+/// How often a queue with requests on disk looks for room.
+const REFILL_TICK: Duration = Duration::from_millis(10);
+
+/// Moves requests from the overflow on disk back into the queue, oldest first, while it
+/// has room, until the queue is closed.
+async fn refill(
+    tx: async_channel::Sender<EncodedRequest>,
+    spill: Arc<Spill>,
+    capacity: usize,
+    metrics: Arc<ExporterMetrics>,
+    refusing: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let mut tick = tokio::time::interval(REFILL_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !tx.is_closed() {
+        tick.tick().await;
+        while tx.len() < capacity {
+            match spill.pop() {
+                None => break,
+                Some(Ok(request)) => {
+                    refusing.store(false, Ordering::Release);
+                    if let Err(closed) = tx.try_send(request) {
+                        // Closed meanwhile (shutdown): abandoned as a queued request is,
+                        // its settlement unsettled, so the write-ahead log keeps it.
+                        metrics.send_failed.increment(closed.into_inner().spans);
+                        return;
+                    }
+                    metrics.queue_size.set(tx.len() as f64);
+                }
+                Some(Err(spans)) => metrics.send_failed.increment(spans),
+            }
         }
     }
 }

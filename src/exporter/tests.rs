@@ -37,7 +37,7 @@ async fn the_file_exporter_writes_json_lines_and_rotates() {
         path.display().to_string()
     ));
     let registry = Registry::new();
-    let set = ExporterSet::start(&configs, &registry).unwrap();
+    let set = ExporterSet::start(&configs, &registry, None).unwrap();
     // ~300 KiB per line: the fourth line no longer fits in 1 MiB.
     for n in 0..7 {
         set.enqueue(encoded(n, 1500));
@@ -132,7 +132,7 @@ async fn otlphttp_retries_retryable_statuses_and_sends_gzip() {
         "  otlphttp: {{endpoint: {url:?}, headers: {{x-tenant: acme}}, retry_on_failure: {{initial_interval: 10ms, randomization_factor: 0}}}}\n"
     ));
     let registry = Registry::new();
-    let set = ExporterSet::start(&configs, &registry).unwrap();
+    let set = ExporterSet::start(&configs, &registry, None).unwrap();
     set.enqueue(encoded(1, 3));
     set.shutdown(Instant::now() + Duration::from_secs(10)).await;
     assert_eq!(calls.load(Ordering::SeqCst), 3);
@@ -150,7 +150,7 @@ async fn otlphttp_does_not_retry_a_bad_request() {
         "  otlphttp: {{endpoint: {url:?}, compression: none, headers: {{x-tenant: acme}}, retry_on_failure: {{initial_interval: 10ms}}}}\n"
     ));
     let registry = Registry::new();
-    let set = ExporterSet::start(&configs, &registry).unwrap();
+    let set = ExporterSet::start(&configs, &registry, None).unwrap();
     set.enqueue(encoded(1, 2));
     set.shutdown(Instant::now() + Duration::from_secs(10)).await;
     assert_eq!(calls.load(Ordering::SeqCst), 1);
@@ -172,7 +172,7 @@ async fn retries_back_off_exponentially_until_max_elapsed_time() {
         "  otlphttp: {{endpoint: {url:?}, retry_on_failure: {{initial_interval: 1s, multiplier: 2, max_interval: 4s, max_elapsed_time: 10s, randomization_factor: 0}}}}\n"
     ));
     let registry = Registry::new();
-    let set = ExporterSet::start(&configs, &registry).unwrap();
+    let set = ExporterSet::start(&configs, &registry, None).unwrap();
     set.enqueue(encoded(1, 5));
     // Attempts at 0s, 1s, 3s, 7s; the next wait (4s) would pass 10s, so it gives up.
     set.shutdown(Instant::now() + Duration::from_secs(60)).await;
@@ -194,7 +194,7 @@ async fn what_is_still_queued_at_the_deadline_is_counted_as_failed() {
         "  otlphttp: {{endpoint: {url:?}, sending_queue: {{num_consumers: 1}}, retry_on_failure: {{initial_interval: 1s, max_elapsed_time: 0s}}}}\n"
     ));
     let registry = Registry::new();
-    let set = ExporterSet::start(&configs, &registry).unwrap();
+    let set = ExporterSet::start(&configs, &registry, None).unwrap();
     for n in 0..4 {
         set.enqueue(encoded(n, 2));
     }
@@ -216,4 +216,94 @@ async fn what_is_still_queued_at_the_deadline_is_counted_as_failed() {
         ),
         3.0
     );
+}
+
+/// With storage, a queue at capacity overflows to disk and the receivers are not pushed
+/// back; when the backend comes back, every request is delivered, oldest first, and the
+/// overflow empties.
+#[tokio::test]
+async fn a_full_queue_overflows_to_disk_and_drains_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = crate::storage::FileStorageConfig {
+        directory: dir.path().to_owned(),
+        fsync: false,
+        create_directory: false,
+    };
+    let port = tailgate_testkit::free_port();
+    let configs = exporters(&format!(
+        "  otlp: {{endpoint: '127.0.0.1:{port}', tls: {{insecure: true}}, timeout: 1s, sending_queue: {{queue_size: 2, num_consumers: 1}}, retry_on_failure: {{initial_interval: 20ms, max_interval: 50ms, max_elapsed_time: 0s}}}}\n"
+    ));
+    let registry = Registry::new();
+    let spill = SpillTo {
+        storage: &storage,
+        limit: 1 << 30,
+    };
+    let set = ExporterSet::start(&configs, &registry, Some(spill)).unwrap();
+    for n in 0..20 {
+        set.enqueue(encoded(n, 10));
+        assert!(!set.is_full(), "pushed back at request {n}");
+    }
+    let text = registry.render();
+    let spilled = metric(&text, "tailgate_exporter_queue_spilled_requests", &[]);
+    let queued = metric(&text, "otelcol_exporter_queue_size", &[]);
+    assert!(spilled >= 16.0, "{spilled} on disk, {queued} queued");
+    let on_disk = metric(&text, "tailgate_storage_bytes", &[("log", "exporter_otlp")]);
+    assert!(on_disk > 0.0, "{text}");
+
+    let sink = tailgate_testkit::Sink::start_at(&format!("127.0.0.1:{port}")).await;
+    assert_eq!(sink.wait_for_spans(200, Duration::from_secs(20)).await, 200);
+    // One consumer: the requests arrive in the order they were enqueued.
+    let order: Vec<Vec<u8>> = sink
+        .requests()
+        .iter()
+        .map(|r| r.resource_spans[0].scope_spans[0].spans[0].trace_id.clone())
+        .collect();
+    let sent: Vec<Vec<u8>> = (0..20).map(|n| trace_id(n).to_vec()).collect();
+    assert_eq!(order, sent);
+    let text = registry.render();
+    assert_eq!(
+        metric(&text, "tailgate_exporter_queue_spilled_requests", &[]),
+        0.0
+    );
+    assert_eq!(
+        metric(&text, "otelcol_exporter_sent_spans_total", &[]),
+        200.0
+    );
+    set.shutdown(Instant::now() + Duration::from_secs(5)).await;
+}
+
+/// The overflow is scratch: what a run left on disk is gone at the next start (the
+/// worker's log sends it again), and a request the disk cannot take is given back.
+#[test]
+fn the_overflow_starts_empty_and_gives_back_what_it_cannot_take() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = crate::storage::FileStorageConfig {
+        directory: dir.path().to_owned(),
+        fsync: false,
+        create_directory: false,
+    };
+    let registry = Registry::new();
+    let segments = || {
+        std::fs::read_dir(dir.path().join("exporter_otlp_a"))
+            .unwrap()
+            .count()
+    };
+    {
+        let spill = Spill::open(&storage, "otlp/a", 1 << 20, &registry).unwrap();
+        for n in 0..3 {
+            spill.push(encoded(n, 5)).unwrap();
+        }
+        let first = spill.pop().unwrap().unwrap();
+        assert_eq!(first.bytes, encoded(0, 5).bytes);
+        assert_eq!(spill.len(), 2);
+    }
+    let before = segments();
+    let spill = Spill::open(&storage, "otlp/a", 1 << 20, &registry).unwrap();
+    assert_eq!(spill.len(), 0);
+    assert!(spill.pop().is_none());
+    // The old segment is deleted; the lock file and the new segment remain.
+    assert_eq!(segments(), before);
+    let big = encoded(9, 20_000);
+    assert!(big.bytes.len() > 1 << 20);
+    assert!(spill.push(big).is_err());
 }

@@ -1,7 +1,8 @@
 //! `file_storage`, the collector's extension for local disk, and the log tailgate keeps in
 //! it: segment files of length-prefixed, CRC-checked records, appended under one lock,
 //! data records fsynced when asked (appenders waiting at once share one fsync), read back
-//! in order at start, and deleted oldest first once nothing pins them.
+//! in order at start (or one at a time by position), and deleted oldest first once nothing
+//! pins them.
 //!
 //! What the records mean is the user's business (the worker's, see
 //! `worker::durable`); this module owns the files: the directory lock, the segments, the
@@ -252,6 +253,11 @@ impl Log {
             self.metrics.corrupt.increment(1);
         }
         Ok(records)
+    }
+
+    /// The record at `seq` (written by this log), if it is whole and its checksum holds.
+    pub fn read_at(&self, seq: u64) -> Result<Option<Record>, StorageError> {
+        segment::read_at(&self.dir, seq)
     }
 
     /// A pin on the segment holding the record at `seq` (a record read back at open).

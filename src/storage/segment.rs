@@ -74,6 +74,36 @@ pub fn read(dir: &Path, segment: u64) -> Result<(Vec<Record>, bool), StorageErro
     Ok(decode(segment, &bytes))
 }
 
+/// The one record at `seq`, if it is whole and its checksum holds.
+pub fn read_at(dir: &Path, seq: u64) -> Result<Option<Record>, StorageError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let path = segment_path(dir, seq >> 32);
+    let io = |e| StorageError::io(&path, e);
+    let mut file = File::open(&path).map_err(io)?;
+    file.seek(SeekFrom::Start(seq & u64::from(u32::MAX)))
+        .map_err(io)?;
+    let mut header = [0u8; HEADER];
+    if file.read_exact(&mut header).is_err() {
+        return Ok(None);
+    }
+    let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+    if len == 0 || len > MAX_RECORD {
+        return Ok(None);
+    }
+    let mut body = vec![0u8; len];
+    if file.read_exact(&mut body).is_err() || crc32fast::hash(&body) != crc {
+        return Ok(None);
+    }
+    let kind = body[0];
+    body.remove(0);
+    Ok(Some(Record {
+        seq,
+        kind,
+        payload: body,
+    }))
+}
+
 /// The records of one segment's bytes.
 pub fn decode(segment: u64, bytes: &[u8]) -> (Vec<Record>, bool) {
     let mut records = Vec::new();

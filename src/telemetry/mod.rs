@@ -44,6 +44,7 @@ pub const EXPORTER_SEND_FAILED_SPANS: &str = "otelcol_exporter_send_failed_spans
 pub const EXPORTER_ENQUEUE_FAILED_SPANS: &str = "otelcol_exporter_enqueue_failed_spans";
 pub const EXPORTER_QUEUE_SIZE: &str = "otelcol_exporter_queue_size";
 pub const EXPORTER_QUEUE_CAPACITY: &str = "otelcol_exporter_queue_capacity";
+pub const EXPORTER_QUEUE_SPILLED: &str = "tailgate_exporter_queue_spilled_requests";
 
 pub const TS_COUNT_TRACES_SAMPLED: &str = "otelcol_processor_tail_sampling_count_traces_sampled";
 pub const TS_COUNT_SPANS_SAMPLED: &str = "otelcol_processor_tail_sampling_count_spans_sampled";
@@ -173,6 +174,7 @@ const DESCRIPTIONS: &[Description] = &[
     (EXPORTER_ENQUEUE_FAILED_SPANS, Kind::Counter, None, "Spans that could not be put on the sending queue because it was closed."),
     (EXPORTER_QUEUE_SIZE, Kind::Gauge, None, "Export requests in the sending queue."),
     (EXPORTER_QUEUE_CAPACITY, Kind::Gauge, None, "Capacity of the sending queue in export requests."),
+    (EXPORTER_QUEUE_SPILLED, Kind::Gauge, None, "Export requests waiting on disk beyond the sending queue's capacity (with file_storage)."),
     (TS_COUNT_TRACES_SAMPLED, Kind::Counter, None, "Traces by each policy's vote."),
     (TS_COUNT_SPANS_SAMPLED, Kind::Counter, None, "Spans by each policy's vote."),
     (TS_GLOBAL_COUNT_TRACES_SAMPLED, Kind::Counter, None, "Traces by final decision."),

@@ -29,6 +29,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::buffer::{BufferConfig, TraceBuffer};
+use crate::exporter::spill::SpillTo;
 use crate::exporter::ExporterSet;
 use crate::lifecycle::StartError;
 use crate::membership::fleet::Fleet;
@@ -91,7 +92,13 @@ impl Worker {
             admin: supervisor.group("admin"),
         };
         let ts = &config.tail_sampling;
-        let exporters = ExporterSet::start(&config.exporters, &registry)?;
+        // With storage, each sending queue overflows to disk beside the log, within the
+        // log's own limit (it holds the same kept spans until their export settles).
+        let spill = config.storage.as_ref().map(|storage| SpillTo {
+            storage,
+            limit: storage_limit(ts),
+        });
+        let exporters = ExporterSet::start(&config.exporters, &registry, spill)?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let buffer = TraceBuffer::new(
             BufferConfig {
