@@ -414,23 +414,24 @@ impl<'e> Translation<'e> {
         }
     }
 
-    /// Moves a component's config into tailgate's `target` path (`a.b`), remembering where
-    /// it came from. An empty component (`batch:`) is an empty mapping.
-    fn place(&mut self, target: &str, from: &str, value: &Value) {
+    /// Moves a component's config to tailgate's `target` keys, remembering where it came
+    /// from. An empty component (`batch:`) is an empty mapping.
+    fn place(&mut self, target: &[&str], from: &str, value: &Value) {
+        let dotted = target.join(".");
         let value = if value.is_null() {
             Value::Mapping(Mapping::new())
         } else {
             value.clone()
         };
         let mut at = &mut self.out;
-        let mut keys = target.split('.').peekable();
+        let mut keys = target.iter().peekable();
         while let Some(key) = keys.next() {
-            let key = Value::String(key.to_owned());
+            let key = Value::String((*key).to_owned());
             if keys.peek().is_none() {
                 if at.contains_key(&key) {
                     self.errors.push(
                         from,
-                        format!("sets {target}, which the file already sets elsewhere"),
+                        format!("sets {dotted}, which the file already sets elsewhere"),
                     );
                 } else {
                     at.insert(key, value);
@@ -443,13 +444,13 @@ impl<'e> Translation<'e> {
             match next {
                 Value::Mapping(m) => at = m,
                 _ => {
-                    self.errors.push(from, format!("{target} is set twice"));
+                    self.errors.push(from, format!("{dotted} is set twice"));
                     break;
                 }
             }
         }
-        if target != from {
-            self.renames.push((target.to_owned(), from.to_owned()));
+        if dotted != from {
+            self.renames.push((dotted, from.to_owned()));
         }
     }
 
@@ -636,7 +637,7 @@ impl<'e> Translation<'e> {
             None => {
                 *otlp = Some(id.to_owned());
                 self.place(
-                    "receivers.otlp",
+                    &["receivers", "otlp"],
                     &format!("receivers.{id}"),
                     &c.receivers[id],
                 );
@@ -665,7 +666,7 @@ impl<'e> Translation<'e> {
             }
             ("memory_limiter", _) => {
                 if !self.touched.contains(&path) {
-                    self.place("memory_limiter", &path, &c.processors[id]);
+                    self.place(&["memory_limiter"], &path, &c.processors[id]);
                     self.use_component(path, "refuses and sheds above its limits");
                 }
                 false
@@ -679,7 +680,7 @@ impl<'e> Translation<'e> {
                     return false;
                 }
                 *sampler = Some(id.to_owned());
-                self.place("tail_sampling", &path, &c.processors[id]);
+                self.place(&["tail_sampling"], &path, &c.processors[id]);
                 self.use_component(path, "decides each trace");
                 true
             }
@@ -713,7 +714,7 @@ impl<'e> Translation<'e> {
             ),
             Tier::Worker => {
                 if !self.touched.contains(&path) {
-                    self.place("spanmetrics", &path, &c.connectors[id]);
+                    self.place(&["spanmetrics"], &path, &c.connectors[id]);
                     self.use_component(path, "counts every span on arrival");
                 }
             }
@@ -726,7 +727,7 @@ impl<'e> Translation<'e> {
         match (type_of(id), self.tier) {
             ("otlp" | "otlphttp" | "file" | "debug", Tier::Worker) if sampled => {
                 if !self.touched.contains(&path) {
-                    self.place(&path, &path, &c.exporters[id]);
+                    self.place(&["exporters", id], &path, &c.exporters[id]);
                     self.use_component(path, "gets kept traces");
                 }
                 false
@@ -740,7 +741,7 @@ impl<'e> Translation<'e> {
             }
             ("loadbalancing", Tier::Router) => {
                 if !self.touched.contains(&path) {
-                    self.place(&path, &path, &c.exporters[id]);
+                    self.place(&["exporters", id], &path, &c.exporters[id]);
                     self.use_component(path, "sends each trace to one worker");
                 }
                 true
@@ -818,7 +819,7 @@ impl<'e> Translation<'e> {
                     .and_then(Value::as_str)
                     .unwrap_or("(no endpoint)")
                     .to_owned();
-                self.place(&from, &from, &c.exporters[id]);
+                self.place(&["exporters", id], &from, &c.exporters[id]);
                 self.use_component(from, format!("serves span metrics on {endpoint}"));
             }
         }
@@ -840,11 +841,11 @@ impl<'e> Translation<'e> {
                         .and_then(Value::as_str)
                         .unwrap_or("localhost:13133")
                         .to_owned();
-                    self.place(&path, &path, value);
+                    self.place(&["extensions", id], &path, value);
                     self.use_component(path, format!("serves health on {endpoint}"));
                 }
                 ("bearertokenauth", _) | ("file_storage", Tier::Worker) => {
-                    self.place(&path, &path, value);
+                    self.place(&["extensions", id], &path, value);
                     self.use_component(path, "as the components naming it");
                 }
                 ("file_storage", Tier::Router) => self.errors.push(
@@ -942,7 +943,11 @@ impl<'e> Translation<'e> {
     }
 
     fn admin_endpoint(&mut self, from: &str, endpoint: String) {
-        self.place("admin.endpoint", from, &Value::String(endpoint.clone()));
+        self.place(
+            &["admin", "endpoint"],
+            from,
+            &Value::String(endpoint.clone()),
+        );
         self.summary.used.push((
             from.to_owned(),
             format!("self-metrics, /healthz and /readyz on {endpoint}"),

@@ -331,3 +331,20 @@ fn a_native_config_passes_unchanged_with_its_no_ops_said() {
     assert_eq!(t.value, v);
     assert!(entry(&t.summary.no_ops, "tail_sampling.num_shards").is_some());
 }
+
+#[test]
+fn component_names_may_hold_dots() {
+    let c = worker_with(|v| {
+        let exporters = v.get_mut("exporters").unwrap().as_mapping_mut().unwrap();
+        let otlp = exporters.remove("otlp").unwrap();
+        exporters.insert("otlp/eu.backend".into(), otlp);
+        set(
+            v,
+            "service.pipelines.traces/sampled.exporters",
+            "[otlp/eu.backend]",
+        );
+    })
+    .unwrap();
+    let names: Vec<&str> = c.exporters.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["otlp/eu.backend"]);
+}
