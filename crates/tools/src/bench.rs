@@ -701,6 +701,56 @@ admin:
 }
 
 impl Results {
+    /// The ratios a run is judged by: (name, value).
+    fn ratios(&self) -> Vec<(&'static str, f64)> {
+        let mut ratios = vec![
+            (
+                "worker(s) x decode-only process",
+                self.worker_spans_per_cpu_second / self.baseline_spans_per_cpu_second,
+            ),
+            (
+                "worker(s) x prost decode in process",
+                self.worker_spans_per_cpu_second / self.prost_decode_spans_per_cpu_second,
+            ),
+            (
+                "router x decode-only process",
+                self.router_spans_per_cpu_second / self.baseline_spans_per_cpu_second,
+            ),
+        ];
+        if let Some(rotel) = self.rotel_spans_per_cpu_second {
+            ratios.push(("router x Rotel", self.router_spans_per_cpu_second / rotel));
+        }
+        ratios.push((
+            "resident memory per buffered span x wire",
+            self.rss_bytes_per_buffered_span / self.wire_bytes_per_span,
+        ));
+        ratios
+    }
+
+    /// Every ratio's lowest and highest value over several runs of the same command: a
+    /// target is met only when every run meets it.
+    pub fn across(runs: &[Results]) -> String {
+        let mut out = format!(
+            "
+across {} runs:
+",
+            runs.len()
+        );
+        let Some(first) = runs.first() else {
+            return out;
+        };
+        for (i, (name, _)) in first.ratios().iter().enumerate() {
+            let values: Vec<f64> = runs
+                .iter()
+                .filter_map(|r| Some(r.ratios().get(i)?.1))
+                .collect();
+            let low = values.iter().copied().fold(f64::INFINITY, f64::min);
+            let high = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let _ = writeln!(out, "  {name:<44}{low:>8.2} to {high:.2}");
+        }
+        out
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         let ratio = |x: f64| x / self.baseline_spans_per_cpu_second;

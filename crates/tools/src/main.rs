@@ -25,7 +25,7 @@ enum Command {
     Loadgen(Box<LoadgenArgs>),
     /// The end-to-end benchmark: decode-only baseline, router and workers under the same
     /// generated load; spans per CPU-second, memory per buffered span, decision lateness.
-    Bench(BenchArgs),
+    Bench(Box<BenchArgs>),
     /// The benchmark's baseline process: an OTLP/gRPC server that only decodes.
     #[command(hide = true)]
     DecodeSink {
@@ -191,6 +191,9 @@ struct BenchArgs {
     /// the router's ratio to it.
     #[arg(long)]
     rotel: Option<PathBuf>,
+    /// Runs of the whole benchmark; after the last, every ratio's range over them.
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
     #[command(flatten)]
     workload: WorkloadArgs,
 }
@@ -221,7 +224,7 @@ fn main() -> ExitCode {
                 Some(path) => path,
                 None => std::env::current_exe()?.with_file_name("tailgate"),
             };
-            let results = tailgate_tools::bench::run(tailgate_tools::bench::BenchOptions {
+            let options = tailgate_tools::bench::BenchOptions {
                 tailgate,
                 spans: args.spans,
                 workers: args.workers,
@@ -235,10 +238,23 @@ fn main() -> ExitCode {
                     StorageArg::Fsync => Some(true),
                 },
                 rotel: args.rotel,
-            })
-            .await?;
-            print!("{}", results.render());
-            Ok(results.report.passed() && results.storage.is_none_or(|s| s.report.passed()))
+            };
+            let mut runs = Vec::new();
+            let mut passed = true;
+            for run in 1..=args.runs.max(1) {
+                if args.runs > 1 {
+                    println!("== run {run} of {}", args.runs);
+                }
+                let results = tailgate_tools::bench::run(options.clone()).await?;
+                print!("{}", results.render());
+                passed &= results.report.passed()
+                    && results.storage.as_ref().is_none_or(|s| s.report.passed());
+                runs.push(results);
+            }
+            if runs.len() > 1 {
+                print!("{}", tailgate_tools::bench::Results::across(&runs));
+            }
+            Ok(passed)
         }),
         Command::DecodeSink { endpoint } => run_tool(async move {
             tailgate_tools::bench::decode_sink(&endpoint).await?;
