@@ -1,6 +1,6 @@
 //! A sending queue's overflow on disk, with `file_storage`: export requests beyond the
-//! queue's `queue_size` wait in a log of their own (`exporter_<name>` in the extension's
-//! directory) instead of in memory, in order, and go back into the queue as it drains.
+//! queue's `queue_size` wait in a log of their own (`exporter_<id>` in the extension's
+//! directory, `/` written `%2F`) instead of in memory, in order, and go back into the queue as it drains.
 //! Only their size and settlement stay in memory (tens of bytes a request, with its
 //! traces' ids), so a backend outage is bounded by the disk limit, not by memory.
 //!
@@ -50,7 +50,8 @@ impl Spill {
             fsync: false,
             ..storage.clone()
         };
-        let log_name = format!("exporter_{}", name.replace('/', "_"));
+        // One directory per exporter id: `/` (and `%`, so that no two ids meet) escaped.
+        let log_name = format!("exporter_{}", name.replace('%', "%25").replace('/', "%2F"));
         let (log, _leftovers) = Log::open(&scratch, &log_name, limit, registry)?;
         log.compact()?;
         Ok(Spill {

@@ -284,7 +284,7 @@ fn the_overflow_starts_empty_and_gives_back_what_it_cannot_take() {
     };
     let registry = Registry::new();
     let segments = || {
-        std::fs::read_dir(dir.path().join("exporter_otlp_a"))
+        std::fs::read_dir(dir.path().join("exporter_otlp%2Fa"))
             .unwrap()
             .count()
     };
