@@ -213,6 +213,20 @@ pub fn translate(value: Value, tier: Tier) -> Result<Translated, ConfigError> {
     Ok(translated)
 }
 
+/// Reads `value` for `tier`: rewritten into tailgate's shape, then built by `sections`
+/// (the tier's own reader), whose errors are reported under the pasted file's paths.
+pub fn read_for<T>(
+    value: Value,
+    tier: Tier,
+    sections: impl FnOnce(Value) -> Result<T, ConfigError>,
+) -> Result<(T, Summary), ConfigError> {
+    let translated = translate(value, tier)?;
+    match sections(translated.value.clone()) {
+        Ok(config) => Ok((config, translated.summary)),
+        Err(e) => Err(translated.restore(e)),
+    }
+}
+
 /// Adds the no-op keys present in `value` to the summary, under their original paths.
 fn no_op_keys(value: &Value, renames: &[(String, String)], summary: &mut Summary) {
     let restore = Translated {

@@ -6,7 +6,7 @@
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
-use crate::config::collector::{translate, Summary, Tier};
+use crate::config::collector::{read_for, Summary, Tier};
 use crate::config::{read_yaml, ConfigError, Errors};
 use crate::exporter::config::{parse_otlp_template, OtlpExporterConfig};
 use crate::lifecycle::ShutdownConfig;
@@ -97,14 +97,8 @@ pub fn parse_router(text: &str) -> Result<RouterConfig, ConfigError> {
 
 /// Validates an already expanded and parsed router config.
 pub fn router_from_yaml(value: serde_yaml::Value) -> Result<RouterConfig, ConfigError> {
-    let translated = translate(value, Tier::Router)?;
-    match router_sections(translated.value.clone()) {
-        Ok(config) => Ok(RouterConfig {
-            summary: translated.summary,
-            ..config
-        }),
-        Err(e) => Err(translated.restore(e)),
-    }
+    let (config, summary) = read_for(value, Tier::Router, router_sections)?;
+    Ok(RouterConfig { summary, ..config })
 }
 
 fn router_sections(value: serde_yaml::Value) -> Result<RouterConfig, ConfigError> {

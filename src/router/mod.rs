@@ -168,13 +168,13 @@ impl Router {
             groups.admin,
         )
         .await?;
-        let health_check_addr = match &config.health_check {
-            Some(hc) => Some(
-                Admin::start_health_check(hc, health.clone(), &mut supervisor, groups.admin)
-                    .await?,
-            ),
-            None => None,
-        };
+        let health_check_addr = Admin::start_health_check(
+            config.health_check.as_ref(),
+            health.clone(),
+            &mut supervisor,
+            groups.admin,
+        )
+        .await?;
 
         let mut memory_spike = None;
         if let Some(limits) = &config.memory_limiter {

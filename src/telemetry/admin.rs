@@ -153,23 +153,26 @@ fn yes() -> bool {
     true
 }
 
-/// Takes the `health_check` extension out of `extensions` (the rest are other
-/// components'): at most one.
-pub fn take_health_check(
-    extensions: &mut BTreeMap<String, serde_yaml::Value>,
+/// Takes every component of type `kind` (`kind` or `kind/<name>`) out of `section` (the
+/// file's `section_name` map): the first one's path, and its config when it parses (empty
+/// when null); any other is an error, since one serves each process.
+fn take_one<T: serde::de::DeserializeOwned>(
+    section: &mut BTreeMap<String, serde_yaml::Value>,
+    section_name: &str,
+    kind: &str,
     errors: &mut Errors,
-) -> Option<HealthCheckConfig> {
-    let ids: Vec<String> = extensions
+) -> Option<(String, Option<T>)> {
+    let ids: Vec<String> = section
         .keys()
-        .filter(|id| *id == "health_check" || id.starts_with("health_check/"))
+        .filter(|id| id.split_once('/').map_or(id.as_str(), |(k, _)| k) == kind)
         .cloned()
         .collect();
     let mut found = None;
     for id in ids {
-        let value = extensions.remove(&id).unwrap_or_default();
-        let path = format!("extensions.{id}");
+        let value = section.remove(&id).unwrap_or_default();
+        let path = format!("{section_name}.{id}");
         if found.is_some() {
-            errors.push(path, "one health_check extension at most");
+            errors.push(path, format!("one {kind} at most: it serves this process"));
             continue;
         }
         let value = if value.is_null() {
@@ -177,15 +180,26 @@ pub fn take_health_check(
         } else {
             value
         };
-        if let Some(config) = errors.parse::<HealthCheckConfig>(&path, value) {
-            check_endpoint(&config.endpoint, &format!("{path}.endpoint"), errors);
-            if !config.path.starts_with('/') {
-                errors.push(format!("{path}.path"), "must start with /");
-            }
-            found = Some(config);
-        }
+        let config = errors.parse::<T>(&path, value);
+        found = Some((path, config));
     }
     found
+}
+
+/// Takes the `health_check` extension out of `extensions` (the rest are other
+/// components'): at most one.
+pub fn take_health_check(
+    extensions: &mut BTreeMap<String, serde_yaml::Value>,
+    errors: &mut Errors,
+) -> Option<HealthCheckConfig> {
+    let (path, config) =
+        take_one::<HealthCheckConfig>(extensions, "extensions", "health_check", errors)?;
+    let config = config?;
+    check_endpoint(&config.endpoint, &format!("{path}.endpoint"), errors);
+    if !config.path.starts_with('/') {
+        errors.push(format!("{path}.path"), "must start with /");
+    }
+    Some(config)
 }
 
 /// Takes the `prometheus` exporters out of `exporters` (the rest get kept traces): at most
@@ -195,47 +209,29 @@ pub fn take_prometheus_exporter(
     has_span_metrics: bool,
     errors: &mut Errors,
 ) -> Option<PrometheusExporterConfig> {
-    let ids: Vec<String> = exporters
-        .keys()
-        .filter(|id| *id == "prometheus" || id.starts_with("prometheus/"))
-        .cloned()
-        .collect();
-    let mut found = None;
-    for id in ids {
-        let value = exporters.remove(&id).unwrap_or_default();
-        let path = format!("exporters.{id}");
-        if found.is_some() {
-            errors.push(
-                path,
-                "one prometheus exporter at most: it serves the span metrics",
-            );
-            continue;
-        }
-        if !has_span_metrics {
-            errors.push(
-                &path,
-                "serves span metrics, which are off: configure spanmetrics",
-            );
-        }
-        let Some(config) = errors.parse::<PrometheusExporterConfig>(&path, value) else {
-            continue;
-        };
-        check_endpoint(&config.endpoint, &format!("{path}.endpoint"), errors);
-        if !config.add_metric_suffixes {
-            errors.push(
-                format!("{path}.add_metric_suffixes"),
-                "must be true: span metrics are named with their unit and type suffixes",
-            );
-        }
-        if config.send_timestamps {
-            errors.push(
-                format!("{path}.send_timestamps"),
-                "must be false: samples are read at scrape time",
-            );
-        }
-        found = Some(config);
+    let (path, config) =
+        take_one::<PrometheusExporterConfig>(exporters, "exporters", "prometheus", errors)?;
+    if !has_span_metrics {
+        errors.push(
+            &path,
+            "serves span metrics, which are off: configure spanmetrics",
+        );
     }
-    found
+    let config = config?;
+    check_endpoint(&config.endpoint, &format!("{path}.endpoint"), errors);
+    if !config.add_metric_suffixes {
+        errors.push(
+            format!("{path}.add_metric_suffixes"),
+            "must be true: span metrics are named with their unit and type suffixes",
+        );
+    }
+    if config.send_timestamps {
+        errors.push(
+            format!("{path}.send_timestamps"),
+            "must be false: samples are read at scrape time",
+        );
+    }
+    Some(config)
 }
 
 /// A running admin listener; its task runs in a supervisor group, stopped (after
@@ -282,21 +278,26 @@ impl Admin {
         serve("prometheus", &config.endpoint, app, supervisor, group).await
     }
 
-    /// The health_check extension's listener: readiness on its path, as the collector
-    /// answers it (a JSON status, 200 or 503).
+    /// The health_check extension's listener, when configured: readiness on its path, as
+    /// the collector answers it (a JSON status, 200 or 503).
     pub async fn start_health_check(
-        config: &HealthCheckConfig,
+        config: Option<&HealthCheckConfig>,
         health: Arc<Health>,
         supervisor: &mut Supervisor,
         group: Group,
-    ) -> Result<SocketAddr, BindError> {
+    ) -> Result<Option<SocketAddr>, BindError> {
+        let Some(config) = config else {
+            return Ok(None);
+        };
         let app = Router::new()
             .route(&config.path, get(health_status))
             .with_state(AdminState {
                 sources: Arc::new([]),
                 health,
             });
-        serve("health_check", &config.endpoint, app, supervisor, group).await
+        serve("health_check", &config.endpoint, app, supervisor, group)
+            .await
+            .map(Some)
     }
 }
 

@@ -145,8 +145,9 @@ async fn health_check_answers_on_its_path_as_the_collector_does() {
     let group = supervisor.group("admin");
     let config: HealthCheckConfig =
         serde_yaml::from_str("{endpoint: '127.0.0.1:0', path: /health/status}").unwrap();
-    let addr = Admin::start_health_check(&config, health.clone(), &mut supervisor, group)
+    let addr = Admin::start_health_check(Some(&config), health.clone(), &mut supervisor, group)
         .await
+        .unwrap()
         .unwrap();
     let get = |path: &'static str| async move {
         reqwest::get(format!("http://{addr}{path}")).await.unwrap()
@@ -192,7 +193,7 @@ fn the_health_check_and_prometheus_exporter_sections_are_checked() {
     assert_eq!(exporters.len(), 1);
     let e = errors.check().unwrap_err().to_string();
     assert!(
-        e.contains("extensions.health_check/2: one health_check extension at most"),
+        e.contains("extensions.health_check/2: one health_check at most"),
         "{e}"
     );
     assert!(

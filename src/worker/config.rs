@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::collector::{translate, Summary, Tier};
+use crate::config::collector::{read_for, Summary, Tier};
 use crate::config::{read_yaml, ConfigError, Errors, FieldError, DAY, MAX_COUNT, MAX_MIB, MS};
 use crate::exporter::config::{parse_exporters, ExporterConfig};
 use crate::lifecycle::ShutdownConfig;
@@ -167,14 +167,8 @@ pub fn parse_worker(text: &str) -> Result<WorkerConfig, ConfigError> {
 /// Validates an already expanded and parsed worker config, in tailgate's shape or the
 /// collector's.
 pub fn worker_from_yaml(value: serde_yaml::Value) -> Result<WorkerConfig, ConfigError> {
-    let translated = translate(value, Tier::Worker)?;
-    match worker_sections(translated.value.clone()) {
-        Ok(config) => Ok(WorkerConfig {
-            summary: translated.summary,
-            ..config
-        }),
-        Err(e) => Err(translated.restore(e)),
-    }
+    let (config, summary) = read_for(value, Tier::Worker, worker_sections)?;
+    Ok(WorkerConfig { summary, ..config })
 }
 
 fn worker_sections(value: serde_yaml::Value) -> Result<WorkerConfig, ConfigError> {
