@@ -96,6 +96,19 @@ fn arrivals(backend: &Sink) -> HashMap<(Vec<u8>, Vec<u8>), u32> {
     seen
 }
 
+/// Waits until the backend has `acknowledged` spans, and a moment more for any duplicate;
+/// then every span of `traces` must have arrived once.
+async fn assert_all_arrive_once(backend: &Sink, acknowledged: u64, traces: std::ops::Range<u64>) {
+    assert_eq!(
+        backend
+            .wait_for_spans(acknowledged as usize, Duration::from_secs(30))
+            .await,
+        acknowledged as usize
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_each_once(&arrivals(backend), traces);
+}
+
 fn assert_each_once(seen: &HashMap<(Vec<u8>, Vec<u8>), u32>, traces: std::ops::Range<u64>) {
     for t in traces {
         for s in 1..=SPANS_PER_TRACE {
@@ -158,14 +171,7 @@ async fn every_acknowledged_span_survives_a_kill_with_the_backend_down() {
 
     let backend = Sink::start_at(&format!("127.0.0.1:{backend_port}")).await;
     let second = Process::start(&config, grpc, admin);
-    assert_eq!(
-        backend
-            .wait_for_spans(acknowledged as usize, Duration::from_secs(30))
-            .await,
-        acknowledged as usize
-    );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_each_once(&arrivals(&backend), 0..300);
+    assert_all_arrive_once(&backend, acknowledged, 0..300).await;
     assert_eq!(
         second
             .metric("tailgate_storage_replayed_spans_total", &[])
@@ -240,14 +246,7 @@ async fn an_outage_longer_than_the_queue_waits_on_disk_and_survives_a_kill() {
 
     let backend = Sink::start_at(&format!("127.0.0.1:{backend_port}")).await;
     let second = Process::start(&config, grpc, admin);
-    assert_eq!(
-        backend
-            .wait_for_spans(acknowledged as usize, Duration::from_secs(30))
-            .await,
-        acknowledged as usize
-    );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_each_once(&arrivals(&backend), 0..1600);
+    assert_all_arrive_once(&backend, acknowledged, 0..1600).await;
     second
         .wait_for(
             "otelcol_exporter_sent_spans_total",

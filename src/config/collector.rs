@@ -6,7 +6,7 @@
 //! what the file defines that no pipeline uses (off, as in the collector).
 //!
 //! This works on YAML values only: each component still parses and checks its own section
-//! afterwards, and [`Translated::restore`] reports what it finds under the pasted file's
+//! afterwards, and [`read_for`] reports what it finds under the pasted file's
 //! paths. A file in tailgate's own shape passes through unchanged, with its summary.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -70,30 +70,21 @@ pub struct Translated {
     renames: Vec<(String, String)>,
 }
 
-impl Translated {
-    /// Rewrites the paths of errors found in the rewritten sections to the pasted file's.
-    pub fn restore(&self, mut error: ConfigError) -> ConfigError {
-        for e in &mut error.errors {
-            e.path = self.original_path(&e.path);
-        }
-        error
-    }
-
-    fn original_path(&self, path: &str) -> String {
-        self.renames
-            .iter()
-            .filter(|(native, _)| {
-                path == native
-                    || path
-                        .strip_prefix(native.as_str())
-                        .is_some_and(|rest| rest.starts_with(['.', '[', ':']))
-            })
-            .max_by_key(|(native, _)| native.len())
-            .map_or_else(
-                || path.to_owned(),
-                |(native, original)| format!("{original}{}", &path[native.len()..]),
-            )
-    }
+/// `path` in tailgate's shape as the pasted file has it, by the longest section that moved.
+fn original_path(renames: &[(String, String)], path: &str) -> String {
+    renames
+        .iter()
+        .filter(|(native, _)| {
+            path == native
+                || path
+                    .strip_prefix(native.as_str())
+                    .is_some_and(|rest| rest.starts_with(['.', '[', ':']))
+        })
+        .max_by_key(|(native, _)| native.len())
+        .map_or_else(
+            || path.to_owned(),
+            |(native, original)| format!("{original}{}", &path[native.len()..]),
+        )
 }
 
 /// Keys a collector user's config may carry that tailgate accepts and ignores, each with
@@ -220,27 +211,31 @@ pub fn read_for<T>(
     tier: Tier,
     sections: impl FnOnce(Value) -> Result<T, ConfigError>,
 ) -> Result<(T, Summary), ConfigError> {
-    let translated = translate(value, tier)?;
-    match sections(translated.value.clone()) {
-        Ok(config) => Ok((config, translated.summary)),
-        Err(e) => Err(translated.restore(e)),
+    let Translated {
+        value,
+        summary,
+        renames,
+    } = translate(value, tier)?;
+    match sections(value) {
+        Ok(config) => Ok((config, summary)),
+        Err(mut e) => {
+            for field in &mut e.errors {
+                field.path = original_path(&renames, &field.path);
+            }
+            Err(e)
+        }
     }
 }
 
 /// Adds the no-op keys present in `value` to the summary, under their original paths.
 fn no_op_keys(value: &Value, renames: &[(String, String)], summary: &mut Summary) {
-    let restore = Translated {
-        value: Value::Null,
-        summary: Summary::default(),
-        renames: renames.to_vec(),
-    };
     for (path, why) in NO_OP_KEYS {
         let mut found = Vec::new();
         find(value, path, String::new(), &mut found);
         for p in found {
             summary
                 .no_ops
-                .push((restore.original_path(&p), (*why).into()));
+                .push((original_path(renames, &p), (*why).into()));
         }
     }
 }
