@@ -817,19 +817,23 @@ impl<'e> Translation<'e> {
         }
         for (i, id) in p.exporters.iter().enumerate() {
             let from = format!("exporters.{id}");
-            if type_of(id) != "prometheus" {
-                self.errors.push(
+            // The id may name a connector as well: only an exporter serves scrapes.
+            match c.exporters.get(id) {
+                Some(exporter) if type_of(id) == "prometheus" => {
+                    if !self.touched.contains(&from) {
+                        let endpoint = exporter
+                            .get("endpoint")
+                            .and_then(Value::as_str)
+                            .unwrap_or("(no endpoint)")
+                            .to_owned();
+                        self.place(&["exporters", id], &from, exporter);
+                        self.use_component(from, format!("serves span metrics on {endpoint}"));
+                    }
+                }
+                _ => self.errors.push(
                     format!("{path}.exporters[{i}]"),
                     format!("{id}: span metrics are served for scraping, through one prometheus exporter"),
-                );
-            } else if !self.touched.contains(&from) {
-                let endpoint = c.exporters[id]
-                    .get("endpoint")
-                    .and_then(Value::as_str)
-                    .unwrap_or("(no endpoint)")
-                    .to_owned();
-                self.place(&["exporters", id], &from, &c.exporters[id]);
-                self.use_component(from, format!("serves span metrics on {endpoint}"));
+                ),
             }
         }
     }

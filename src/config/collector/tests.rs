@@ -348,3 +348,22 @@ fn component_names_may_hold_dots() {
     let names: Vec<&str> = c.exporters.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["otlp/eu.backend"]);
 }
+
+/// Found by the config fuzzer: a metrics pipeline exporting to a connector that is named
+/// like the prometheus exporter is an error, not a panic.
+#[test]
+fn a_metrics_pipeline_exporting_to_a_connector_is_refused() {
+    let e = errors_with(|v| {
+        let exporters = v.get_mut("exporters").unwrap().as_mapping_mut().unwrap();
+        let prometheus = exporters.remove("prometheus").unwrap();
+        set(
+            v,
+            "connectors.prometheus",
+            &serde_yaml::to_string(&prometheus).unwrap(),
+        );
+    });
+    assert!(
+        e.contains("service.pipelines.metrics/spanmetrics.exporters[0]: prometheus: span metrics are served for scraping, through one prometheus exporter"),
+        "{e}"
+    );
+}
