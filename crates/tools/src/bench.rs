@@ -76,6 +76,8 @@ const LATENESS_QUANTILES: [f64; 2] = [0.5, 0.99];
 
 /// How often the benchmark samples the workers' buffered spans and memory.
 const SAMPLE_EVERY: Duration = Duration::from_secs(2);
+/// The workers' live heap (jemalloc's allocated bytes), from their process metrics.
+const HEAP_ALLOC: &str = "otelcol_process_runtime_heap_alloc_bytes";
 
 /// Serves OTLP/gRPC and only decodes each request: the baseline process.
 pub async fn decode_sink(endpoint: &str) -> anyhow::Result<()> {
@@ -304,6 +306,9 @@ pub struct Results {
     pub worker_spans_per_cpu_second: f64,
     pub peak_buffered_spans: u64,
     pub rss_bytes_per_buffered_span: f64,
+    /// Live allocations (jemalloc's allocated bytes) per buffered span at the same peak:
+    /// what resident memory has beyond it is allocator pages not in use.
+    pub heap_bytes_per_buffered_span: f64,
     pub lateness_ms: [f64; 2],
     pub decision_wait: Duration,
     pub report: Report,
@@ -395,6 +400,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<Results> {
         worker_spans_per_cpu_second: plain.worker_spans_per_cpu_second,
         peak_buffered_spans: plain.peak_buffered_spans,
         rss_bytes_per_buffered_span: plain.rss_bytes_per_buffered_span,
+        heap_bytes_per_buffered_span: plain.heap_bytes_per_buffered_span,
         lateness_ms: plain.lateness_ms,
         decision_wait: options.decision_wait,
         report: plain.report,
@@ -408,6 +414,7 @@ struct Fleet {
     worker_spans_per_cpu_second: f64,
     peak_buffered_spans: u64,
     rss_bytes_per_buffered_span: f64,
+    heap_bytes_per_buffered_span: f64,
     lateness_ms: [f64; 2],
     report: Report,
 }
@@ -475,6 +482,10 @@ async fn fleet(
     wait_listening(router_grpc, "the router").await?;
 
     let idle_rss: u64 = workers.iter().map(Proc::rss).sum::<anyhow::Result<u64>>()?;
+    let mut idle_heap = 0.0;
+    for admin in &worker_admins {
+        idle_heap += metric(&scrape(*admin).await?, HEAP_ALLOC, &[]);
+    }
     let router_before = router.cpu()?;
     let workers_before: Duration = workers.iter().map(Proc::cpu).sum::<anyhow::Result<_>>()?;
     eprintln!("router and {} worker(s)", options.workers);
@@ -489,17 +500,18 @@ async fn fleet(
         let pids: Vec<i32> = workers.iter().map(|w| w.pid).collect();
         let stop = stop_sampling.clone();
         tokio::spawn(async move {
-            let mut peak = (0u64, 0u64);
+            let mut peak = (0u64, 0u64, 0.0);
             while !stop.is_cancelled() {
-                let mut buffered = 0.0;
+                let (mut buffered, mut heap) = (0.0, 0.0);
                 for admin in &admins {
                     if let Ok(text) = scrape(*admin).await {
                         buffered += metric(&text, telemetry::BUFFERED_SPANS, &[]);
+                        heap += metric(&text, HEAP_ALLOC, &[]);
                     }
                 }
                 let rss: u64 = pids.iter().filter_map(|p| rss_of(*p).ok()).sum();
                 if buffered as u64 > peak.0 {
-                    peak = (buffered as u64, rss);
+                    peak = (buffered as u64, rss, heap);
                 }
                 tokio::time::sleep(SAMPLE_EVERY).await;
             }
@@ -517,7 +529,7 @@ async fn fleet(
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     stop_sampling.cancel();
-    let (peak_buffered, peak_rss) = sampler.await?;
+    let (peak_buffered, peak_rss, peak_heap) = sampler.await?;
     let router_cpu = router.cpu()? - router_before;
     let workers_cpu = workers
         .iter()
@@ -555,6 +567,8 @@ async fn fleet(
         worker_spans_per_cpu_second: per_cpu(workers_cpu),
         peak_buffered_spans: peak_buffered,
         rss_bytes_per_buffered_span: peak_rss.saturating_sub(idle_rss) as f64
+            / peak_buffered.max(1) as f64,
+        heap_bytes_per_buffered_span: (peak_heap - idle_heap).max(0.0)
             / peak_buffered.max(1) as f64,
         lateness_ms: LATENESS_QUANTILES.map(|q| quantile(&lateness, q) * 1000.0),
         report,
@@ -806,6 +820,12 @@ across {} runs:
             out,
             "\n  resident memory per buffered span: {:.0} B = {:.2} x wire ({} spans buffered at peak; target <= 1.5 x)",
             self.rss_bytes_per_buffered_span, memory_ratio, self.peak_buffered_spans
+        );
+        let _ = writeln!(
+            out,
+            "  of which live heap: {:.0} B = {:.2} x wire",
+            self.heap_bytes_per_buffered_span,
+            self.heap_bytes_per_buffered_span / self.wire_bytes_per_span
         );
         let _ = writeln!(
             out,
