@@ -65,12 +65,13 @@ impl GrpcSink {
             after: None,
             maybe_delivered: false,
         })?;
+        let codec = RawExportCodec::for_message(request.bytes.len());
         let mut req = Request::new(request.bytes.clone());
         *req.metadata_mut() = self.headers.clone();
         req.set_timeout(self.timeout);
         let path = http::uri::PathAndQuery::from_static(EXPORT_PATH);
         let response: Result<tonic::Response<ExportTraceServiceResponse>, Status> =
-            client.unary(req, path, RawExportCodec).await;
+            client.unary(req, path, codec).await;
         match response {
             Ok(r) => Ok(Sent {
                 rejected: r

@@ -2,13 +2,22 @@
 //! client's sends an already encoded request as it is, the server's hands the received
 //! request on undecoded; the response is a prost message either way. Written here because
 //! tonic's prost codec needs a message struct, and decoding into structs only to encode
-//! them again (exporter) or to scan them (receivers) would double the cost.
+//! them again (exporter) or to scan them (receivers) would double the cost. Both size
+//! tonic's buffer for the request to the message at hand: tonic starts it at 8 KiB and
+//! doubles it, copying, until a request of a few hundred KiB fits.
 
 use bytes::{Buf, BufMut, Bytes};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Status;
+
+/// A gRPC message's prefix: the compressed flag and the length.
+const GRPC_PREFIX: usize = 5;
+/// tonic's own starting buffer size, kept for messages smaller than it.
+const MIN_BUFFER: usize = 8 * 1024;
+/// tonic's point at which an encoded stream yields a frame (unary calls have one message).
+const YIELD_THRESHOLD: usize = 32 * 1024;
 
 /// The gRPC service name of the OTLP trace export.
 pub const TRACE_SERVICE: &str = "opentelemetry.proto.collector.trace.v1.TraceService";
@@ -16,8 +25,17 @@ pub const TRACE_SERVICE: &str = "opentelemetry.proto.collector.trace.v1.TraceSer
 pub const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 /// The client side: sends encoded requests, decodes responses.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct RawExportCodec;
+#[derive(Debug, Clone, Copy)]
+pub struct RawExportCodec {
+    message_bytes: usize,
+}
+
+impl RawExportCodec {
+    /// For sending a request of `message_bytes`.
+    pub fn for_message(message_bytes: usize) -> Self {
+        Self { message_bytes }
+    }
+}
 
 impl Codec for RawExportCodec {
     type Encode = Bytes;
@@ -26,7 +44,7 @@ impl Codec for RawExportCodec {
     type Decoder = ResponseCoder;
 
     fn encoder(&mut self) -> BytesCoder {
-        BytesCoder
+        BytesCoder::for_message(self.message_bytes)
     }
 
     fn decoder(&mut self) -> ResponseCoder {
@@ -35,8 +53,17 @@ impl Codec for RawExportCodec {
 }
 
 /// The server side: receives encoded requests, encodes responses.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct RawExportServerCodec;
+#[derive(Debug, Clone, Copy)]
+pub struct RawExportServerCodec {
+    message_bytes: usize,
+}
+
+impl RawExportServerCodec {
+    /// For receiving a request of `message_bytes` (as its prefix states).
+    pub fn for_message(message_bytes: usize) -> Self {
+        Self { message_bytes }
+    }
+}
 
 impl Codec for RawExportServerCodec {
     type Encode = ExportTraceServiceResponse;
@@ -49,13 +76,27 @@ impl Codec for RawExportServerCodec {
     }
 
     fn decoder(&mut self) -> BytesCoder {
-        BytesCoder
+        BytesCoder::for_message(self.message_bytes)
     }
 }
 
-/// A message as its bytes, both ways.
+/// A message as its bytes, both ways, with tonic's buffer sized for it.
 #[derive(Debug)]
-pub struct BytesCoder;
+pub struct BytesCoder {
+    buffer: usize,
+}
+
+impl BytesCoder {
+    fn for_message(message_bytes: usize) -> Self {
+        Self {
+            buffer: (GRPC_PREFIX + message_bytes).max(MIN_BUFFER),
+        }
+    }
+
+    fn settings(&self) -> BufferSettings {
+        BufferSettings::new(self.buffer, YIELD_THRESHOLD)
+    }
+}
 
 impl Encoder for BytesCoder {
     type Item = Bytes;
@@ -65,6 +106,10 @@ impl Encoder for BytesCoder {
         dst.put_slice(&item);
         Ok(())
     }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        self.settings()
+    }
 }
 
 impl Decoder for BytesCoder {
@@ -73,6 +118,10 @@ impl Decoder for BytesCoder {
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
         Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        self.settings()
     }
 }
 

@@ -127,11 +127,16 @@ impl Drop for Reservation {
 
 /// Reads a whole body of at most `max` bytes into `reservation`: a declared length (the
 /// body's exact size hint, from `content-length`) is reserved before anything is read,
-/// otherwise each chunk as it comes.
+/// otherwise each chunk as it comes. `framed_length` reads the body's length from its first
+/// chunk where the protocol states it there (gRPC's message prefix): that length is checked
+/// and reserved like a declared one, and a body in many chunks is gathered into one buffer
+/// of that size rather than into a growing one (which copies and faults pages again at
+/// every doubling).
 pub async fn read_body<B>(
     body: B,
     max: usize,
     reservation: &mut Reservation,
+    framed_length: impl Fn(&[u8]) -> Option<usize>,
 ) -> Result<Bytes, BodyError>
 where
     B: Body,
@@ -144,7 +149,7 @@ where
         }
         reservation.grow(length as usize)?;
     }
-    let declared = declared.unwrap_or(0) as usize;
+    let mut declared = declared.unwrap_or(0) as usize;
     let mut body = std::pin::pin!(body);
     let mut first: Option<Bytes> = None;
     let mut rest = BytesMut::new();
@@ -162,7 +167,17 @@ where
         }
         // One chunk is kept as it is; more are gathered (one copy).
         match &first {
-            None => first = Some(data.copy_to_bytes(data.remaining())),
+            None => {
+                let f = data.copy_to_bytes(data.remaining());
+                if let Some(stated) = framed_length(&f).filter(|s| *s > declared.max(f.len())) {
+                    if stated > max {
+                        return Err(BodyError::TooLarge(max));
+                    }
+                    reservation.grow(stated - declared.max(f.len()))?;
+                    declared = stated;
+                }
+                first = Some(f);
+            }
             Some(f) => {
                 if rest.is_empty() {
                     rest.reserve(declared.max(f.len() + data.remaining()));
@@ -227,6 +242,7 @@ mod tests {
     use http_body::{Frame, SizeHint};
 
     use super::*;
+    use crate::receiver::grpc::stated_length;
 
     /// A body that declares `len` bytes and fails the test if it is ever read.
     struct Unread(u64);
@@ -255,9 +271,9 @@ mod tests {
     async fn a_declared_body_over_the_budget_is_refused_before_it_is_read() {
         let budget = budget(64 * 1024);
         let mut reservation = budget.reservation();
-        let refused = read_body(Unread(65 * 1024), 1 << 20, &mut reservation).await;
+        let refused = read_body(Unread(65 * 1024), 1 << 20, &mut reservation, |_| None).await;
         assert!(matches!(refused, Err(BodyError::Exhausted)));
-        let too_large = read_body(Unread(2 << 20), 1 << 20, &mut reservation).await;
+        let too_large = read_body(Unread(2 << 20), 1 << 20, &mut reservation, |_| None).await;
         assert!(matches!(too_large, Err(BodyError::TooLarge(_))));
     }
 
@@ -267,13 +283,90 @@ mod tests {
         let mut first = budget.reservation();
         let body = http_body_util::Full::new(Bytes::from(vec![7u8; 40 * 1024]));
         assert_eq!(
-            read_body(body, 1 << 20, &mut first).await.unwrap().len(),
+            read_body(body, 1 << 20, &mut first, |_| None)
+                .await
+                .unwrap()
+                .len(),
             40 * 1024
         );
         let mut second = budget.reservation();
         assert!(matches!(second.grow(40 * 1024), Err(BodyError::Exhausted)));
         drop(first);
         assert!(second.grow(40 * 1024).is_ok());
+    }
+
+    /// A body in `parts`, counting the frames read.
+    struct Parts(
+        std::collections::VecDeque<Bytes>,
+        Arc<std::sync::atomic::AtomicUsize>,
+    );
+
+    impl Body for Parts {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    /// A gRPC message prefix stating `len` bytes of message, then `then` bytes, in `parts`
+    /// parts after the prefix's.
+    fn grpc_body(
+        len: u32,
+        then: usize,
+        parts: usize,
+    ) -> (Parts, Arc<std::sync::atomic::AtomicUsize>) {
+        let mut first = vec![0u8];
+        first.extend(len.to_be_bytes());
+        let mut all = vec![Bytes::from(first)];
+        all.extend((0..parts).map(|i| Bytes::from(vec![i as u8; then / parts])));
+        let read = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        (Parts(all.into(), read.clone()), read)
+    }
+
+    #[tokio::test]
+    async fn a_length_stated_in_the_first_chunk_is_checked_and_reserved_before_the_rest() {
+        let budget = budget(64 * 1024);
+        // More than the budget: refused after the first chunk.
+        let (body, read) = grpc_body(100 * 1024, 100 * 1024, 4);
+        let mut reservation = budget.reservation();
+        let refused = read_body(body, 1 << 20, &mut reservation, stated_length).await;
+        assert!(matches!(refused, Err(BodyError::Exhausted)), "{refused:?}");
+        assert_eq!(read.load(std::sync::atomic::Ordering::Relaxed), 1);
+        // More than the limit: too large after the first chunk.
+        let (body, read) = grpc_body(2 << 20, 1024, 1);
+        let too_large = read_body(body, 1 << 20, &mut budget.reservation(), stated_length).await;
+        assert!(matches!(too_large, Err(BodyError::TooLarge(_))));
+        assert_eq!(read.load(std::sync::atomic::Ordering::Relaxed), 1);
+        // Within both: every part gathered in order, the stated length held.
+        let (body, _) = grpc_body(40 * 1024, 40 * 1024, 4);
+        let mut held = budget.reservation();
+        let gathered = read_body(body, 1 << 20, &mut held, stated_length)
+            .await
+            .unwrap();
+        assert_eq!(gathered.len(), 5 + 40 * 1024);
+        assert_eq!(gathered[5 + 30 * 1024], 3);
+        assert!(matches!(
+            budget.reservation().grow(30 * 1024),
+            Err(BodyError::Exhausted)
+        ));
+        drop(held);
+        // A prefix stating less than is sent: the rest is still read, and counted.
+        let (body, _) = grpc_body(1024, 40 * 1024, 4);
+        let mut reservation = budget.reservation();
+        let gathered = read_body(body, 1 << 20, &mut reservation, stated_length)
+            .await
+            .unwrap();
+        assert_eq!(gathered.len(), 5 + 40 * 1024);
+        assert!(matches!(
+            budget.reservation().grow(30 * 1024),
+            Err(BodyError::Exhausted)
+        ));
     }
 
     #[test]

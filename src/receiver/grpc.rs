@@ -83,6 +83,12 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, Infallible>> + Send>>;
 /// The gRPC message prefix: a compression flag and a 4-byte big-endian length.
 const PREFIX: usize = 5;
 
+/// The largest HTTP/2 frame clients may send. HTTP/2's default, 16 KiB, cuts a request of a
+/// few hundred KiB into dozens of frames, each a write on the client and a body chunk here;
+/// clients that honour this send one frame per window instead. What a connection may have
+/// in flight is still bounded by the flow-control windows, not by this.
+const MAX_FRAME_BYTES: u32 = 1 << 20;
+
 impl<B> tower::Service<http::Request<B>> for TraceServer
 where
     B: http_body::Body + Send + 'static,
@@ -128,7 +134,8 @@ where
                 let (receiver, relay) = (receiver.clone(), relay.clone());
                 async move { receiver.export(request.into_inner(), relay.as_ref()).await }
             });
-            let mut grpc = Grpc::new(RawExportServerCodec)
+            let codec = RawExportServerCodec::for_message(message.len().saturating_sub(PREFIX));
+            let mut grpc = Grpc::new(codec)
                 .send_compressed(CompressionEncoding::Gzip)
                 .max_decoding_message_size(server.max_message_bytes);
             let request = http::Request::from_parts(parts, Full::new(message));
@@ -153,7 +160,7 @@ impl TraceServer {
         B::Error: std::fmt::Display,
     {
         let max = self.max_message_bytes;
-        let framed = read_body(body, max + PREFIX, reservation)
+        let framed = read_body(body, max + PREFIX, reservation, stated_length)
             .await
             .map_err(|e| body_status(e, max))?;
         if framed.len() < PREFIX {
@@ -161,7 +168,7 @@ impl TraceServer {
             return Ok(framed);
         }
         let compressed = framed[0] == 1;
-        let length = u32::from_be_bytes([framed[1], framed[2], framed[3], framed[4]]) as usize;
+        let length = stated_length(&framed).map_or(0, |l| l - PREFIX);
         if length > max {
             return Err(body_status(BodyError::TooLarge(max), max));
         }
@@ -185,6 +192,16 @@ impl TraceServer {
         inflated[1..PREFIX].copy_from_slice(&length.to_be_bytes());
         Ok(inflated.into())
     }
+}
+
+/// The body length a gRPC message prefix states: the prefix and the message after it.
+pub(super) fn stated_length(first: &[u8]) -> Option<usize> {
+    let length = first
+        .get(1..PREFIX)?
+        .try_into()
+        .ok()
+        .map(u32::from_be_bytes)?;
+    Some(PREFIX + length as usize)
 }
 
 /// The gRPC status for a body that could not be read.
@@ -231,6 +248,7 @@ pub(super) async fn serve_grpc(
     let keepalive = &settings.keepalive;
     let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
     let mut builder = tonic::transport::Server::builder()
+        .max_frame_size(MAX_FRAME_BYTES)
         .max_concurrent_streams(settings.max_concurrent_streams)
         .http2_keepalive_interval(nonzero(keepalive.time))
         .http2_keepalive_timeout(Some(keepalive.timeout));

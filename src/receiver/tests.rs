@@ -132,11 +132,12 @@ async fn grpc_malformed_protobuf_is_invalid_argument() {
     raw.ready().await.unwrap();
     // A length prefix that runs past the end of the message.
     let garbage = bytes::Bytes::from_static(&[0x0a, 0xff, 0xff, 0x03, 0x01]);
+    let garbage_len = garbage.len();
     let status = raw
         .unary(
             tonic::Request::new(garbage),
             http::uri::PathAndQuery::from_static(crate::otlp::EXPORT_PATH),
-            crate::otlp::RawExportCodec,
+            crate::otlp::RawExportCodec::for_message(garbage_len),
         )
         .await
         .unwrap_err();

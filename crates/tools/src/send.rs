@@ -170,10 +170,8 @@ async fn export(target: &Target, body: Bytes) -> Attempt {
                 return Attempt::Retry(format!("connect: {e}"));
             }
             let path = http::uri::PathAndQuery::from_static(EXPORT_PATH);
-            match client
-                .unary(tonic::Request::new(body), path, RawExportCodec)
-                .await
-            {
+            let codec = RawExportCodec::for_message(body.len());
+            match client.unary(tonic::Request::new(body), path, codec).await {
                 Ok(response) => Attempt::Accepted {
                     rejected: rejected(response.get_ref()),
                 },
