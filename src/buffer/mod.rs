@@ -16,14 +16,14 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use tokio::time::Instant;
 
-use crate::otlp::{Chunk, TraceId};
+use crate::otlp::{Head, TraceId, TraceSpans};
 use crate::policy::StatusCodes;
 use crate::storage::Appended;
 
@@ -51,7 +51,7 @@ pub struct TimerKey {
 /// A pending trace.
 #[derive(Debug)]
 pub struct TraceEntry {
-    pub chunks: Vec<Chunk>,
+    pub spans: TraceSpans,
     pub span_count: u64,
     /// Wire bytes of the spans.
     pub bytes: u64,
@@ -68,6 +68,14 @@ pub struct TraceEntry {
     /// With a log: a pin on the record of the trace's first spans (keeping them and every
     /// later record on disk), and the place of its latest spans' record.
     pub logged: Option<Appended>,
+}
+
+/// A chunk of spans of one trace to buffer: `spans` (each framed as field 2 of
+/// `ScopeSpans`, as received) under `head`, and what they tell the buffer.
+pub struct NewChunk<'h, I> {
+    pub head: &'h Arc<Head>,
+    pub spans: I,
+    pub facts: ChunkFacts,
 }
 
 /// What one chunk tells the buffer about its spans.
@@ -170,26 +178,37 @@ impl TraceBuffer {
         }
     }
 
-    /// Adds a chunk of spans of one trace. With `evict` set, makes room by evicting the
-    /// oldest pending traces when a limit is exceeded.
-    pub fn add(
+    /// The most span bytes one trace may hold: `maximum_trace_size_bytes`, and never more
+    /// than a trace's buffer can address.
+    fn max_trace_bytes(&self) -> u64 {
+        let most = TraceSpans::MAX_BYTES as u64;
+        match self.config.maximum_trace_size_bytes {
+            0 => most,
+            max => max.min(most),
+        }
+    }
+
+    /// Adds a chunk of spans of one trace. A trace the chunk takes over its size limit is
+    /// taken out whole, the chunk's spans counted in it but not copied. With `evict` set,
+    /// makes room by evicting the oldest pending traces when a limit is exceeded.
+    pub fn add<'a>(
         &self,
         id: TraceId,
-        chunk: Chunk,
-        facts: ChunkFacts,
+        chunk: NewChunk<'_, impl Iterator<Item = &'a [u8]> + Clone>,
         logged: Option<&Appended>,
         now: Instant,
         evict: bool,
     ) -> AddOutcome {
+        let NewChunk { head, spans, facts } = chunk;
         let mut outcome = AddOutcome::default();
-        let chunk_bytes = chunk.size() as u64;
-        let chunk_spans = u64::from(chunk.span_count);
+        let chunk_bytes = spans.clone().map(<[u8]>::len).sum::<usize>() as u64;
+        let chunk_spans = spans.clone().count() as u64;
+        let max = self.max_trace_bytes();
         let shard = self.shard_of(&id);
         let after_root = self.config.decision_wait_after_root_received;
         match self.map.entry(id) {
             Entry::Occupied(mut o) => {
                 let e = o.get_mut();
-                e.chunks.push(chunk);
                 e.span_count += chunk_spans;
                 e.bytes += chunk_bytes;
                 e.earliest_start = e.earliest_start.min(facts.earliest_start);
@@ -213,8 +232,7 @@ impl TraceBuffer {
                         e.timer = key;
                     }
                 }
-                let max = self.config.maximum_trace_size_bytes;
-                if max > 0 && e.bytes > max {
+                if e.bytes > max {
                     let entry = o.remove();
                     self.timers[shard]
                         .lock()
@@ -222,6 +240,8 @@ impl TraceBuffer {
                         .remove(&entry.timer);
                     self.forget(&entry);
                     outcome.too_large = Some(entry);
+                } else {
+                    e.spans.push(head, spans);
                 }
             }
             Entry::Vacant(v) => {
@@ -231,8 +251,8 @@ impl TraceBuffer {
                     self.config.decision_wait
                 };
                 let key = self.new_key(now + wait);
-                let entry = TraceEntry {
-                    chunks: vec![chunk],
+                let mut entry = TraceEntry {
+                    spans: TraceSpans::default(),
                     span_count: chunk_spans,
                     bytes: chunk_bytes,
                     first_arrival: now,
@@ -247,11 +267,11 @@ impl TraceBuffer {
                         pin: l.pin.clone(),
                     }),
                 };
-                let max = self.config.maximum_trace_size_bytes;
-                if max > 0 && chunk_bytes > max {
+                if chunk_bytes > max {
                     outcome.too_large = Some(entry);
                     return outcome;
                 }
+                entry.spans.push(head, spans);
                 self.timers[shard]
                     .lock()
                     .expect("timer lock")
@@ -385,8 +405,8 @@ impl TraceBuffer {
             debug_assert_eq!(
                 entry.span_count,
                 entry
-                    .chunks
-                    .iter()
+                    .spans
+                    .chunks()
                     .map(|c| u64::from(c.span_count))
                     .sum::<u64>(),
                 "a trace's span count is the sum over its chunks"

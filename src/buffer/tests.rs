@@ -16,13 +16,67 @@ fn config() -> BufferConfig {
     }
 }
 
-fn chunk(trace: u64, span_ids: &[u64]) -> Chunk {
-    crate::otlp::chunk_of_spans(
-        span_ids
+/// Spans of one trace as a worker receives them: their head, and each span framed.
+struct Received {
+    head: Arc<Head>,
+    framed: Vec<Vec<u8>>,
+}
+
+impl Received {
+    fn size(&self) -> usize {
+        self.framed.iter().map(Vec::len).sum()
+    }
+}
+
+fn chunk(trace: u64, span_ids: &[u64]) -> Received {
+    let spans = span_ids
+        .iter()
+        .map(|s| span(trace_id(trace), *s, Some(1)))
+        .collect();
+    let request = tailgate_testkit::request("svc", spans);
+    let scanned = crate::otlp::scan::scan(prost::Message::encode_to_vec(&request).into())
+        .expect("valid spans");
+    let scope = &scanned.scopes[0];
+    Received {
+        head: scope.head.clone(),
+        framed: scanned
+            .spans_of(scope)
             .iter()
-            .map(|s| span(trace_id(trace), *s, Some(1)))
+            .map(|s| scanned.framed(s).to_vec())
             .collect(),
-    )
+    }
+}
+
+/// [`TraceBuffer::add`] of received spans.
+trait AddChunk {
+    fn add_chunk(
+        &self,
+        id: TraceId,
+        spans: Received,
+        facts: ChunkFacts,
+        logged: Option<&Appended>,
+        now: Instant,
+        evict: bool,
+    ) -> AddOutcome;
+}
+
+impl AddChunk for TraceBuffer {
+    fn add_chunk(
+        &self,
+        id: TraceId,
+        spans: Received,
+        facts: ChunkFacts,
+        logged: Option<&Appended>,
+        now: Instant,
+        evict: bool,
+    ) -> AddOutcome {
+        let chunk = NewChunk {
+            head: &spans.head,
+            spans: spans.framed.iter().map(Vec::as_slice),
+            facts,
+        };
+        self.add(id, chunk, logged, now, evict)
+    }
 }
 
 const CHILD: ChunkFacts = ChunkFacts {
@@ -57,11 +111,11 @@ async fn a_trace_is_due_at_first_span_plus_decision_wait() {
     let t0 = Instant::now();
     assert!(
         buffer
-            .add(trace_id(1), chunk(1, &[1, 2]), CHILD, None, t0, true)
+            .add_chunk(trace_id(1), chunk(1, &[1, 2]), CHILD, None, t0, true)
             .new_trace
     );
     tokio::time::advance(Duration::from_secs(4)).await;
-    let later = buffer.add(
+    let later = buffer.add_chunk(
         trace_id(1),
         chunk(1, &[3]),
         ROOT,
@@ -76,7 +130,7 @@ async fn a_trace_is_due_at_first_span_plus_decision_wait() {
     let (id, entry) = &taken[0];
     assert_eq!(*id, trace_id(1));
     assert_eq!(entry.span_count, 3);
-    assert_eq!(entry.chunks.len(), 2);
+    assert_eq!(entry.spans.chunks().count(), 2);
     assert!(entry.root_seen);
     assert_eq!((entry.earliest_start, entry.latest_end), (5, 30));
     assert_eq!(entry.first_arrival, t0);
@@ -95,8 +149,8 @@ async fn the_root_span_moves_the_decision_earlier_but_never_later() {
         4,
     );
     let t0 = Instant::now();
-    buffer.add(trace_id(1), chunk(1, &[1]), CHILD, None, t0, true);
-    buffer.add(
+    buffer.add_chunk(trace_id(1), chunk(1, &[1]), CHILD, None, t0, true);
+    buffer.add_chunk(
         trace_id(1),
         chunk(1, &[2]),
         ROOT,
@@ -108,8 +162,8 @@ async fn the_root_span_moves_the_decision_earlier_but_never_later() {
     assert_eq!(due(&buffer, t0 + Duration::from_secs(3)).len(), 1);
 
     // A root arriving late, when the regular deadline is sooner, changes nothing.
-    buffer.add(trace_id(2), chunk(2, &[1]), CHILD, None, t0, true);
-    buffer.add(
+    buffer.add_chunk(trace_id(2), chunk(2, &[1]), CHILD, None, t0, true);
+    buffer.add_chunk(
         trace_id(2),
         chunk(2, &[2]),
         ROOT,
@@ -121,7 +175,7 @@ async fn the_root_span_moves_the_decision_earlier_but_never_later() {
     assert_eq!(due(&buffer, t0 + Duration::from_secs(10)).len(), 1);
 
     // A trace whose first span is its root waits only the short time.
-    buffer.add(trace_id(3), chunk(3, &[1]), ROOT, None, t0, true);
+    buffer.add_chunk(trace_id(3), chunk(3, &[1]), ROOT, None, t0, true);
     assert_eq!(due(&buffer, t0 + Duration::from_secs(2)).len(), 1);
 }
 
@@ -136,7 +190,7 @@ async fn over_num_traces_the_oldest_pending_trace_is_evicted() {
     );
     let t0 = Instant::now();
     for n in 1..=3 {
-        let out = buffer.add(
+        let out = buffer.add_chunk(
             trace_id(n),
             chunk(n, &[1]),
             CHILD,
@@ -146,7 +200,7 @@ async fn over_num_traces_the_oldest_pending_trace_is_evicted() {
         );
         assert!(out.evicted.is_empty());
     }
-    let out = buffer.add(
+    let out = buffer.add_chunk(
         trace_id(4),
         chunk(4, &[1]),
         CHILD,
@@ -176,9 +230,9 @@ async fn without_eviction_the_buffer_reports_full() {
         4,
     );
     let t0 = Instant::now();
-    buffer.add(trace_id(1), chunk(1, &[1]), CHILD, None, t0, false);
+    buffer.add_chunk(trace_id(1), chunk(1, &[1]), CHILD, None, t0, false);
     assert!(!buffer.is_full());
-    buffer.add(trace_id(2), chunk(2, &[1]), CHILD, None, t0, false);
+    buffer.add_chunk(trace_id(2), chunk(2, &[1]), CHILD, None, t0, false);
     assert!(buffer.is_full());
 }
 
@@ -194,7 +248,7 @@ async fn max_buffered_bytes_evicts_until_under_the_bound() {
     );
     let t0 = Instant::now();
     for n in 1..=3 {
-        buffer.add(
+        buffer.add_chunk(
             trace_id(n),
             chunk(n, &[1]),
             CHILD,
@@ -204,7 +258,7 @@ async fn max_buffered_bytes_evicts_until_under_the_bound() {
         );
     }
     assert_eq!(buffer.buffered_bytes(), one * 3);
-    let out = buffer.add(
+    let out = buffer.add_chunk(
         trace_id(9),
         chunk(9, &[1, 2, 3]),
         CHILD,
@@ -229,16 +283,16 @@ async fn a_trace_over_maximum_trace_size_bytes_is_released_at_once() {
     );
     let t0 = Instant::now();
     assert!(buffer
-        .add(trace_id(1), chunk(1, &[1, 2]), CHILD, None, t0, true)
+        .add_chunk(trace_id(1), chunk(1, &[1, 2]), CHILD, None, t0, true)
         .too_large
         .is_none());
-    let out = buffer.add(trace_id(1), chunk(1, &[3]), CHILD, None, t0, true);
+    let out = buffer.add_chunk(trace_id(1), chunk(1, &[3]), CHILD, None, t0, true);
     assert_eq!(out.too_large.map(|e| e.span_count), Some(3));
     assert_eq!(buffer.pending_traces(), 0);
     assert_eq!(buffer.buffered_bytes(), 0);
     assert!(due(&buffer, t0 + Duration::from_secs(60)).is_empty());
     // A single chunk over the limit never enters the buffer.
-    let out = buffer.add(trace_id(2), chunk(2, &[1, 2, 3]), CHILD, None, t0, true);
+    let out = buffer.add_chunk(trace_id(2), chunk(2, &[1, 2, 3]), CHILD, None, t0, true);
     assert!(out.too_large.is_some() && !out.new_trace);
     assert_eq!(buffer.pending_traces(), 0);
 }
@@ -248,7 +302,7 @@ async fn take_all_empties_every_shard() {
     let buffer = TraceBuffer::new(config(), 8);
     let t0 = Instant::now();
     for n in 1..=50 {
-        buffer.add(trace_id(n), chunk(n, &[1, 2]), CHILD, None, t0, true);
+        buffer.add_chunk(trace_id(n), chunk(n, &[1, 2]), CHILD, None, t0, true);
     }
     let mut all = Vec::new();
     buffer.take_all(&mut all);
@@ -274,7 +328,7 @@ fn concurrent_adds_keep_the_counters_exact() {
                 for i in 0..500u64 {
                     // Threads share traces, so entries are created and extended concurrently.
                     let n = i % 250;
-                    buffer.add(
+                    buffer.add_chunk(
                         trace_id(n),
                         chunk(n, &[t * 1000 + i + 1]),
                         CHILD,
@@ -299,7 +353,7 @@ async fn shedding_evicts_the_oldest_until_the_bytes_are_freed() {
     let buffer = TraceBuffer::new(config(), 8);
     let t0 = Instant::now();
     for n in 1..=10 {
-        buffer.add(
+        buffer.add_chunk(
             trace_id(n),
             chunk(n, &[1]),
             CHILD,

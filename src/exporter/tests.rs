@@ -24,7 +24,8 @@ fn encoded(trace: u64, spans: u64) -> EncodedRequest {
         .map(|s| span(trace_id(trace), s, None))
         .collect();
     let mut b = RequestBuilder::default();
-    b.push(&crate::otlp::chunk_of_spans(spans));
+    let trace = crate::otlp::chunk_of_spans(spans);
+    b.push(trace.chunks().next().expect("one chunk"));
     b.take()
 }
 

@@ -3,9 +3,9 @@
 //! the assembly of export requests from those pieces without decoding them again.
 //!
 //! Invariants: a [`Head`] holds the encoded resource and scope of one received
-//! `ScopeSpans` exactly as received; a [`Chunk`] holds spans that all share one head,
-//! each framed as field 2 of `ScopeSpans`, so `head.scope ++ chunk.spans` is a valid
-//! `ScopeSpans` body.
+//! `ScopeSpans` exactly as received; a [`Chunk`] is spans that all share one head, each
+//! framed as field 2 of `ScopeSpans`, so `head.scope ++ chunk.spans` is a valid
+//! `ScopeSpans` body; [`TraceSpans`] keeps a trace's chunks in one buffer.
 
 mod codec;
 pub mod scan;
@@ -109,72 +109,128 @@ impl Head {
     }
 }
 
-/// Spans of one trace that arrived in one `ScopeSpans`, kept encoded.
-#[derive(Debug, Clone)]
-pub struct Chunk {
-    pub head: Arc<Head>,
+/// Spans of one trace that arrived in one `ScopeSpans`, read in place from a
+/// [`TraceSpans`].
+#[derive(Debug, Clone, Copy)]
+pub struct Chunk<'a> {
+    pub head: &'a Arc<Head>,
     /// Each span framed as field 2 of `ScopeSpans`.
-    pub spans: Bytes,
+    pub spans: &'a [u8],
     pub span_count: u32,
 }
 
-impl Chunk {
-    /// Copies `spans` (all of one trace, all under `head`, each framed as field 2 of
-    /// `ScopeSpans` as received) into one chunk, allocating exactly once.
-    pub fn from_framed<'a>(
-        head: Arc<Head>,
-        spans: impl Iterator<Item = &'a [u8]> + Clone,
-    ) -> Chunk {
-        let size: usize = spans.clone().map(<[u8]>::len).sum();
-        let mut buf = BytesMut::with_capacity(size);
+impl<'a> Chunk<'a> {
+    /// The spans, read in place.
+    pub fn spans(self) -> impl Iterator<Item = SpanView<'a>> {
+        self.span_bodies().map(SpanView::parse)
+    }
+
+    /// Each span's encoded fields, a `Span` message body.
+    pub fn span_bodies(self) -> impl Iterator<Item = &'a [u8]> {
+        view::messages(self.spans, 2)
+    }
+}
+
+/// The spans of one trace as received, chunk after chunk in one buffer, and each chunk's
+/// head and end: 16 bytes per chunk beside the spans, where a chunk of its own took 48
+/// and an allocation. A trace typically arrives in a chunk per service it crosses, a few
+/// spans each.
+///
+/// The buffer grows to exactly the size needed up to [`TraceSpans::EXACT_UP_TO`] (a small
+/// trace is copied once per chunk, which costs less than room left unused), and beyond by
+/// at least a quarter, so a long trace's copies stay linear in its size and its unused
+/// room under a quarter. Chunk offsets are 32-bit: a trace holds at most
+/// [`TraceSpans::MAX_BYTES`].
+#[derive(Debug, Clone, Default)]
+pub struct TraceSpans {
+    bytes: Vec<u8>,
+    chunks: Vec<ChunkEnd>,
+}
+
+/// Where a chunk's spans end in [`TraceSpans::bytes`], and their head.
+#[derive(Debug, Clone)]
+struct ChunkEnd {
+    head: Arc<Head>,
+    end: u32,
+    span_count: u32,
+}
+
+impl TraceSpans {
+    /// The most span bytes one trace can hold.
+    pub const MAX_BYTES: usize = u32::MAX as usize;
+    /// The size up to which the buffer grows to exactly what it holds.
+    pub const EXACT_UP_TO: usize = 64 * 1024;
+
+    /// Appends `spans` (all of this trace, all under `head`, each framed as field 2 of
+    /// `ScopeSpans` as received) as one chunk. The caller keeps [`TraceSpans::size`]
+    /// within [`TraceSpans::MAX_BYTES`].
+    pub fn push<'a>(&mut self, head: &Arc<Head>, spans: impl Iterator<Item = &'a [u8]> + Clone) {
+        let len: usize = spans.clone().map(<[u8]>::len).sum();
+        let needed = self.bytes.len() + len;
+        assert!(
+            needed <= Self::MAX_BYTES,
+            "a trace's spans fit 32-bit offsets"
+        );
+        let capacity = self.bytes.capacity();
+        if needed > capacity {
+            let grown = if needed <= Self::EXACT_UP_TO {
+                needed
+            } else {
+                needed.max(capacity + capacity / 4)
+            };
+            self.bytes.reserve_exact(grown - self.bytes.len());
+        }
         let mut span_count = 0;
         for span in spans {
-            buf.put_slice(span);
+            self.bytes.extend_from_slice(span);
             span_count += 1;
         }
-        Chunk {
-            head,
-            spans: buf.freeze(),
-            span_count,
+        if self.chunks.capacity() == 0 {
+            self.chunks.reserve_exact(1);
         }
+        self.chunks.push(ChunkEnd {
+            head: head.clone(),
+            end: needed as u32,
+            span_count,
+        });
     }
 
     /// Wire bytes of the spans, the size `maximum_trace_size_bytes` and
     /// `max_buffered_bytes` measure.
     pub fn size(&self) -> usize {
-        self.spans.len()
+        self.bytes.len()
     }
 
-    /// The spans, read in place.
-    pub fn spans(&self) -> impl Iterator<Item = SpanView<'_>> {
-        self.span_bodies().map(SpanView::parse)
-    }
-
-    /// Each span's encoded fields, a `Span` message body.
-    pub fn span_bodies(&self) -> impl Iterator<Item = &[u8]> {
-        view::messages(&self.spans, 2)
+    /// The chunks, in the order they were pushed.
+    pub fn chunks(&self) -> impl Iterator<Item = Chunk<'_>> {
+        let starts = std::iter::once(0).chain(self.chunks.iter().map(|c| c.end as usize));
+        self.chunks.iter().zip(starts).map(|(c, start)| Chunk {
+            head: &c.head,
+            spans: &self.bytes[start..c.end as usize],
+            span_count: c.span_count,
+        })
     }
 }
 
-/// Every non-empty `ScopeSpans` of `request` as one chunk, as a worker would buffer it were
-/// its spans one trace's: for callers that hold spans as structs (the load generator's
-/// predictions, tests).
-pub fn chunks_of(request: &ExportTraceServiceRequest) -> Result<Vec<Chunk>, scan::ScanError> {
+/// Every non-empty `ScopeSpans` of `request` as one chunk, as a worker would buffer them
+/// were their spans one trace's: for callers that hold spans as structs (the load
+/// generator's predictions, tests).
+pub fn chunks_of(request: &ExportTraceServiceRequest) -> Result<TraceSpans, scan::ScanError> {
     let scanned = scan::scan(request.encode_to_vec().into())?;
-    Ok(scanned
-        .scopes
-        .iter()
-        .map(|scope| {
-            let spans = scanned.spans_of(scope).iter().map(|s| scanned.framed(s));
-            Chunk::from_framed(scope.head.clone(), spans)
-        })
-        .collect())
+    let mut out = TraceSpans::default();
+    for scope in &scanned.scopes {
+        let spans = scanned.spans_of(scope).iter().map(|s| scanned.framed(s));
+        out.push(&scope.head, spans);
+    }
+    Ok(out)
 }
 
 /// `spans` as one chunk under no resource and no scope, as a worker buffers them: for the
-/// unit tests, which need this crate's own `Chunk`.
+/// unit tests, which need this crate's own chunks.
 #[cfg(test)]
-pub(crate) fn chunk_of_spans(spans: Vec<opentelemetry_proto::tonic::trace::v1::Span>) -> Chunk {
+pub(crate) fn chunk_of_spans(
+    spans: Vec<opentelemetry_proto::tonic::trace::v1::Span>,
+) -> TraceSpans {
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
     let request = ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
@@ -185,9 +241,9 @@ pub(crate) fn chunk_of_spans(spans: Vec<opentelemetry_proto::tonic::trace::v1::S
             ..Default::default()
         }],
     };
-    let mut chunks = chunks_of(&request).expect("valid spans");
-    assert_eq!(chunks.len(), 1, "one scope with spans");
-    chunks.remove(0)
+    let chunks = chunks_of(&request).expect("valid spans");
+    assert_eq!(chunks.chunks().count(), 1, "one scope with spans");
+    chunks
 }
 
 /// Builds an encoded `ExportTraceServiceRequest` from chunks, one `ResourceSpans` per
@@ -212,16 +268,16 @@ pub fn scope_attributes_fragment(attributes: Vec<KeyValue>) -> Bytes {
 }
 
 impl RequestBuilder {
-    pub fn push(&mut self, chunk: &Chunk) {
+    pub fn push(&mut self, chunk: Chunk<'_>) {
         self.push_annotated(chunk, &[]);
     }
 
     /// Like [`RequestBuilder::push`], adding a [`scope_attributes_fragment`] to the scope.
-    pub fn push_annotated(&mut self, chunk: &Chunk, scope_fragment: &[u8]) {
+    pub fn push_annotated(&mut self, chunk: Chunk<'_>, scope_fragment: &[u8]) {
         self.push_parts(
-            &chunk.head,
+            chunk.head,
             scope_fragment,
-            std::iter::once(&chunk.spans[..]),
+            std::iter::once(chunk.spans),
             chunk.span_count,
         );
     }

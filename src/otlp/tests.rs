@@ -57,12 +57,18 @@ fn assembled_requests_decode_to_what_was_received() {
     let framed = scan::scan(original.encode_to_vec().into()).unwrap();
     let scope = &framed.scopes[0];
     let spans = framed.spans_of(scope);
-    let first = Chunk::from_framed(scope.head.clone(), [framed.framed(&spans[0])].into_iter());
-    let second = Chunk::from_framed(scope.head.clone(), [framed.framed(&spans[1])].into_iter());
-    assert_eq!(first.span_count, 1);
+    let mut trace = TraceSpans::default();
+    trace.push(&scope.head, [framed.framed(&spans[0])].into_iter());
+    trace.push(&scope.head, [framed.framed(&spans[1])].into_iter());
+    let chunks: Vec<Chunk> = trace.chunks().collect();
+    assert_eq!(chunks.len(), 2);
+    assert_eq!(chunks[0].span_count, 1);
+    assert_eq!(chunks[0].spans, framed.framed(&spans[0]));
+    assert_eq!(chunks[1].spans, framed.framed(&spans[1]));
+    assert_eq!(trace.size(), chunks[0].spans.len() + chunks[1].spans.len());
     let mut builder = RequestBuilder::default();
-    builder.push(&first);
-    builder.push(&second);
+    builder.push(chunks[0]);
+    builder.push(chunks[1]);
     assert_eq!(builder.span_count(), 2);
     let encoded = builder.take();
     assert!(builder.is_empty());
@@ -83,10 +89,11 @@ fn assembled_requests_decode_to_what_was_received() {
 
 #[test]
 fn a_head_without_resource_or_scope_is_empty() {
-    let chunk = super::chunk_of_spans(vec![span(trace_id(3), 1, None)]);
+    let trace = super::chunk_of_spans(vec![span(trace_id(3), 1, None)]);
+    let chunk = trace.chunks().next().unwrap();
     assert_eq!(chunk.head.size(), 0);
     let mut builder = RequestBuilder::default();
-    builder.push(&chunk);
+    builder.push(chunk);
     let decoded = ExportTraceServiceRequest::decode(builder.take().bytes).unwrap();
     assert_eq!(decoded.resource_spans[0].resource, None);
     assert_eq!(decoded.resource_spans[0].scope_spans[0].spans.len(), 1);
@@ -398,14 +405,15 @@ fn thresholds_are_written_into_spans_without_touching_anything_else() {
     let mut without_state = span(trace_id(1), 2, Some(1));
     without_state.name = "without state".into();
     let request = request("svc", vec![with_state.clone(), without_state.clone()]);
-    let chunk = chunks_of(&request).unwrap().remove(0);
+    let trace = chunks_of(&request).unwrap();
+    let chunk = trace.chunks().next().unwrap();
     let mut out = RequestBuilder::default();
     let mut scratch = BytesMut::new();
     // 50 % after the incoming 25 %: the larger threshold stays.
     out.push_with_thresholds(
-        &chunk.head,
+        chunk.head,
         &[],
-        std::iter::once(&chunk.spans[..]),
+        std::iter::once(chunk.spans),
         |incoming| incoming.max(Threshold::parse("8")),
         &mut scratch,
     );
@@ -425,14 +433,14 @@ fn thresholds_are_written_into_spans_without_touching_anything_else() {
     // Erasing the threshold of a span that has none changes no byte.
     let mut same = RequestBuilder::default();
     same.push_with_thresholds(
-        &chunk.head,
+        chunk.head,
         &[],
-        std::iter::once(&chunk.spans[..]),
+        std::iter::once(chunk.spans),
         |_| None,
         &mut scratch,
     );
     let mut plain = RequestBuilder::default();
-    plain.push(&chunk);
+    plain.push(chunk);
     let erased = ExportTraceServiceRequest::decode(same.take().bytes).unwrap();
     assert_eq!(spans(&erased).nth(1), spans(&request).nth(1));
     assert_eq!(
@@ -442,12 +450,51 @@ fn thresholds_are_written_into_spans_without_touching_anything_else() {
     assert_eq!(plain.take().bytes.len(), {
         let mut b = RequestBuilder::default();
         b.push_with_thresholds(
-            &chunk.head,
+            chunk.head,
             &[],
-            std::iter::once(&chunk.spans[..]),
+            std::iter::once(chunk.spans),
             |incoming| incoming,
             &mut scratch,
         );
         b.take().bytes.len()
     });
+}
+
+#[test]
+fn a_trace_keeps_every_chunk_in_one_buffer_exactly_sized_then_under_a_quarter_unused() {
+    let request = request("svc", vec![span(trace_id(1), 1, None)]);
+    let scanned = scan::scan(request.encode_to_vec().into()).unwrap();
+    let scope = &scanned.scopes[0];
+    let one = scanned.framed(&scanned.spans_of(scope)[0]);
+    let mut trace = TraceSpans::default();
+    // A small trace: exactly the room its chunks need.
+    trace.push(&scope.head, [one, one].into_iter());
+    trace.push(&scope.head, [one, one].into_iter());
+    assert_eq!(trace.bytes.capacity(), trace.size());
+    // A long trace of small chunks: past the exact size, a quarter more at a time and
+    // never more than a quarter unused.
+    let mut grew = 0;
+    for _ in 0..2000 {
+        let before = trace.bytes.capacity();
+        trace.push(&scope.head, std::iter::once(one));
+        if trace.size() <= TraceSpans::EXACT_UP_TO {
+            assert_eq!(trace.bytes.capacity(), trace.size());
+        } else {
+            assert!(trace.bytes.capacity() * 4 <= trace.size() * 5 + one.len() * 4);
+            grew += usize::from(trace.bytes.capacity() != before);
+        }
+    }
+    assert!(grew < 20, "grown {grew} times past the exact size");
+    assert_eq!(trace.size(), 2004 * one.len());
+    let chunks: Vec<Chunk> = trace.chunks().collect();
+    assert_eq!(chunks.len(), 2002);
+    assert_eq!(chunks.iter().map(|c| c.span_count).sum::<u32>(), 2004);
+    assert!(chunks
+        .iter()
+        .skip(2)
+        .all(|c| c.spans == one && c.span_count == 1));
+    assert_eq!(chunks[0].spans.len(), 2 * one.len());
+    let spans: Vec<SpanView> = chunks[1].spans().collect();
+    assert_eq!(spans.len(), 2);
+    assert_eq!(spans[0].span_id, 1u64.to_be_bytes());
 }

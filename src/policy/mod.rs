@@ -75,12 +75,12 @@ impl Decision {
 pub struct Batch<'a> {
     pub resource: Attributes<'a>,
     pub scope: ScopeView<'a>,
-    chunk: &'a Chunk,
+    chunk: Chunk<'a>,
     spans: OnceCell<Vec<SpanView<'a>>>,
 }
 
 impl<'a> Batch<'a> {
-    pub fn of(chunk: &'a Chunk) -> Batch<'a> {
+    pub fn of(chunk: Chunk<'a>) -> Batch<'a> {
         Batch {
             resource: chunk.head.resource_attributes(),
             scope: chunk.head.scope(),

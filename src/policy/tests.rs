@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use super::probabilistic::threshold;
 use super::*;
 use crate::config::Errors;
-use crate::otlp::chunks_of;
+use crate::otlp::{chunks_of, TraceSpans};
 use tailgate_testkit::{kv, span, trace_id};
 
 fn compile(yaml: &str, first_match: bool) -> Result<PolicySet, String> {
@@ -23,7 +23,7 @@ fn compile(yaml: &str, first_match: bool) -> Result<PolicySet, String> {
 /// buffered as a worker buffers them.
 struct Trace {
     id: TraceId,
-    chunks: Vec<Chunk>,
+    chunks: TraceSpans,
     span_count: u64,
     earliest_start: u64,
     latest_end: u64,
@@ -71,7 +71,7 @@ impl Trace {
     }
 
     fn batches(&self) -> Vec<Batch<'_>> {
-        self.chunks.iter().map(Batch::of).collect()
+        self.chunks.chunks().map(Batch::of).collect()
     }
 
     fn view<'a>(&'a self, batches: &'a [Batch<'a>]) -> TraceView<'a> {

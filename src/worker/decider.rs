@@ -128,7 +128,7 @@ impl Decider {
     ) -> Verdict {
         let active = self.current();
         let batches: Vec<Batch<'_>> = if active.set.needs_spans() {
-            entry.chunks.iter().map(Batch::of).collect()
+            entry.spans.chunks().map(Batch::of).collect()
         } else {
             Vec::new()
         };

@@ -27,13 +27,13 @@ use tokio::time::Instant;
 
 use super::decider::Decider;
 use super::durable::{unix_nanos, Durable, History, Logged};
-use crate::buffer::{AddOutcome, ChunkFacts, TraceBuffer, TraceEntry};
+use crate::buffer::{AddOutcome, ChunkFacts, NewChunk, TraceBuffer, TraceEntry};
 use crate::exporter::ExporterSet;
 use crate::membership::fleet::{Fleet, Peer, Place};
 use crate::memory_limiter::Shed;
 use crate::otlp::tracestate;
 use crate::otlp::view::SpanView;
-use crate::otlp::{Chunk, EncodedRequest, Head, RequestBuilder, TraceId};
+use crate::otlp::{EncodedRequest, Head, RequestBuilder, TraceId};
 use crate::policy::{Chance, Decision, PolicySet, StatusCodes, Verdict};
 use crate::receiver::{check_ids, Ingest, IngestError, Ingested, Payload, Relay, RelayKind};
 use crate::spanmetrics::SpanMetrics;
@@ -481,14 +481,18 @@ impl Pipeline {
                 rv: f.rv.or_else(|| self.randomness_of(s)),
             },
         );
-        let chunk = Chunk::from_framed(head.clone(), bytes);
+        let chunk = NewChunk {
+            head,
+            spans: bytes,
+            facts,
+        };
         let AddOutcome {
             new_trace,
             too_large,
             evicted,
         } = self
             .buffer
-            .add(id, chunk, facts, logged, now, !self.block_on_overflow);
+            .add(id, chunk, logged, now, !self.block_on_overflow);
         if new_trace {
             self.metrics.new_traces.increment(1);
         }
@@ -649,11 +653,11 @@ impl Pipeline {
                     .decided(Decision::Sampled)
                     .increment(entry.span_count);
                 let annotation = self.decider.annotation(&verdict, false).unwrap_or_default();
-                for chunk in &entry.chunks {
-                    let spans = std::iter::once(&chunk.spans[..]);
+                for chunk in entry.spans.chunks() {
+                    let spans = std::iter::once(chunk.spans);
                     self.push_kept(
                         &mut out.request,
-                        &chunk.head,
+                        chunk.head,
                         &annotation,
                         spans,
                         &verdict,

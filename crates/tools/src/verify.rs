@@ -13,7 +13,7 @@ use opentelemetry_proto::tonic::common::v1::any_value;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
 use prost::Message;
-use tailgate::otlp::{chunks_of, Chunk, TraceId};
+use tailgate::otlp::{chunks_of, TraceId, TraceSpans};
 use tailgate::policy::{Batch, Decision, PolicySet, StatusCodes, TraceView};
 use tailgate_testkit::Sink;
 use tonic::metadata::MetadataMap;
@@ -68,7 +68,7 @@ fn route_of(span: &opentelemetry_proto::tonic::trace::v1::Span) -> Option<&str> 
 /// What a worker's policies see of a generated trace: its on-time spans grouped by
 /// emitting instance, encoded as a worker buffers them, and the trace's counters.
 pub struct PolicyInput {
-    chunks: Vec<Chunk>,
+    chunks: TraceSpans,
     spans: u64,
     bytes: u64,
     earliest_start: u64,
@@ -82,7 +82,7 @@ impl PolicyInput {
     pub fn on_time(trace: &GeneratedTrace, resources: &[Resource]) -> PolicyInput {
         let mut request = ExportTraceServiceRequest::default();
         let mut input = PolicyInput {
-            chunks: Vec::new(),
+            chunks: TraceSpans::default(),
             spans: 0,
             bytes: 0,
             earliest_start: u64::MAX,
@@ -123,7 +123,7 @@ impl PolicyInput {
 
     /// The spans as policies read them.
     pub fn batches(&self) -> Vec<Batch<'_>> {
-        self.chunks.iter().map(Batch::of).collect()
+        self.chunks.chunks().map(Batch::of).collect()
     }
 
     pub fn view<'a>(

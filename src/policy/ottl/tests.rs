@@ -6,7 +6,7 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Sta
 use tokio::time::Instant;
 
 use super::*;
-use crate::otlp::{chunks_of, Chunk};
+use crate::otlp::{chunks_of, TraceSpans};
 use crate::policy::{Batch, StatusCodes};
 use tailgate_testkit::{kv, trace_id};
 
@@ -18,7 +18,7 @@ fn attr(key: &str, v: any_value::Value) -> KeyValue {
     }
 }
 
-fn fixture() -> Chunk {
+fn fixture() -> TraceSpans {
     let span = Span {
         trace_id: trace_id(1).to_vec(),
         span_id: vec![0xab; 8],
@@ -68,7 +68,7 @@ fn fixture() -> Chunk {
             ..Default::default()
         }],
     };
-    chunks_of(&request).unwrap().remove(0)
+    chunks_of(&request).unwrap()
 }
 
 fn run(span: &[&str], event: &[&str], mode: ErrorMode) -> Result<Decision, EvalError> {
@@ -76,8 +76,8 @@ fn run(span: &[&str], event: &[&str], mode: ErrorMode) -> Result<Decision, EvalE
     let owned = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let c = OttlCondition::compile(mode, &owned(span), &owned(event), "p", &mut errors)
         .unwrap_or_else(|| panic!("{:?}", errors.check()));
-    let chunk = fixture();
-    let batches = [Batch::of(&chunk)];
+    let trace = fixture();
+    let batches = [Batch::of(trace.chunks().next().unwrap())];
     let id = trace_id(1);
     c.evaluate(&TraceView {
         trace_id: &id,
