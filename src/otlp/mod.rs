@@ -22,7 +22,7 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
 use prost::Message;
 
-pub use codec::{RawExportCodec, RawExportServerCodec, EXPORT_PATH, TRACE_SERVICE};
+pub use codec::{RawExportCodec, EXPORT_PATH, TRACE_SERVICE};
 pub use settlement::{Outcome, Settlement};
 use view::{Attributes, ScopeView, SpanView};
 

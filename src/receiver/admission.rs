@@ -199,18 +199,17 @@ where
     })
 }
 
-/// Inflates every gzip member of `compressed` after `prefix` bytes of room (for a frame
-/// header), to at most `max` bytes, growing `reservation` as it goes.
+/// Inflates every gzip member of `compressed`, to at most `max` bytes, growing
+/// `reservation` as it goes.
 pub fn gunzip(
     compressed: &[u8],
-    prefix: usize,
     max: usize,
     reservation: &mut Reservation,
 ) -> Result<Vec<u8>, BodyError> {
     let mut decoder = flate2::read::MultiGzDecoder::new(compressed);
-    let mut out = vec![0; prefix];
+    let mut out = Vec::new();
     loop {
-        let step = INFLATE_STEP.min(max + 1 - (out.len() - prefix));
+        let step = INFLATE_STEP.min(max + 1 - out.len());
         reservation.grow(step)?;
         let start = out.len();
         out.resize(start + step, 0);
@@ -224,7 +223,7 @@ pub fn gunzip(
             }
         }
         out.truncate(start + filled);
-        if out.len() - prefix > max {
+        if out.len() > max {
             return Err(BodyError::TooLarge(max));
         }
         if filled < step {
@@ -379,14 +378,14 @@ mod tests {
         }
         let budget = budget(1 << 20);
         let mut reservation = budget.reservation();
-        let inflated = gunzip(&body, 5, 1024, &mut reservation).unwrap();
-        assert_eq!(&inflated[5..], b"first member, second member");
+        let inflated = gunzip(&body, 1024, &mut reservation).unwrap();
+        assert_eq!(inflated, b"first member, second member");
         assert!(matches!(
-            gunzip(&body, 0, 10, &mut reservation),
+            gunzip(&body, 10, &mut reservation),
             Err(BodyError::TooLarge(10))
         ));
         assert!(matches!(
-            gunzip(&body[..body.len() - 3], 0, 1024, &mut reservation),
+            gunzip(&body[..body.len() - 3], 1024, &mut reservation),
             Err(BodyError::Gzip(_))
         ));
     }

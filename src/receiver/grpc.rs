@@ -1,6 +1,6 @@
-//! The OTLP/gRPC receiver: the trace service's one method, served with a codec that
-//! hands the request on as bytes ([`Payload::Protobuf`]), so router and worker scan it
-//! without decoding. Messages are read within the request bytes budget, every gzip member
+//! The OTLP/gRPC receiver: the trace service's one method, its request handed on as the
+//! bytes received ([`Payload::Protobuf`]), so router and worker scan it without
+//! decoding. Messages are read within the request bytes budget, every gzip member
 //! inflated; the collector's server keys bound streams and connection lifetimes.
 
 use std::convert::Infallible;
@@ -9,20 +9,21 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use http::header::AUTHORIZATION;
 use http::HeaderValue;
+use http_body::Frame;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use prost::Message;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 
-use http_body_util::Full;
+use http_body_util::StreamBody;
 use tokio_util::sync::CancellationToken;
-use tonic::codec::CompressionEncoding;
-use tonic::server::{Grpc, NamedService};
+use tonic::server::NamedService;
 use tonic::service::interceptor::InterceptedService;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Status};
 
 use super::admission::{gunzip, read_body, BodyError, RequestBudget, Reservation};
 use super::config::ServerParametersConfig;
@@ -31,7 +32,7 @@ use super::security::{tls_incoming, Security};
 use super::{ingest_and_wait, response, Ingest, IngestError, Payload, ReceiverMetrics, Relay};
 
 const GRPC_ENCODING: &str = "grpc-encoding";
-use crate::otlp::{RawExportServerCodec, EXPORT_PATH, TRACE_SERVICE};
+use crate::otlp::{EXPORT_PATH, TRACE_SERVICE};
 
 struct GrpcReceiver {
     pipeline: Arc<dyn Ingest>,
@@ -53,20 +54,23 @@ impl GrpcReceiver {
         &self,
         request: Bytes,
         relay: Option<&Relay>,
-    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+    ) -> Result<ExportTraceServiceResponse, Status> {
         let request = Payload::Protobuf(request);
         let total = request.span_count();
         let result = ingest_and_wait(self.pipeline.as_ref(), request, relay).await;
         self.metrics.record(&result, total);
         let ingested = result.map_err(|e| status(&e))?;
-        Ok(Response::new(response(ingested)))
+        Ok(response(ingested))
     }
 }
 
-/// The trace service as tonic serves it: `Export` with [`RawExportServerCodec`], gzip
-/// responses, `UNIMPLEMENTED` for any other method. The request body is read here, not by
-/// tonic: within the request bytes budget, and inflating every gzip member (tonic's
-/// decompression reads only the first).
+/// The trace service's `Export`, served on tonic's transport; `UNIMPLEMENTED` for any other
+/// method. The unary call is handled here rather than by tonic's `Grpc::unary`: the body is
+/// read within the request bytes budget, every gzip member is inflated (tonic's
+/// decompression reads only the first), the message is handed on as the bytes received
+/// (tonic's decoder copies every message into a buffer of its own), and the response is
+/// framed here, uncompressed (a few bytes, which gRPC lets a server send uncompressed
+/// whatever the client accepts).
 #[derive(Clone)]
 struct TraceServer {
     receiver: Arc<GrpcReceiver>,
@@ -128,27 +132,19 @@ where
                 Ok(message) => message,
                 Err(status) => return Ok(status.into_http()),
             };
-            let receiver = server.receiver.clone();
             let relay = Relay::from_headers(&parts.headers);
-            let export = tower::service_fn(move |request: Request<Bytes>| {
-                let (receiver, relay) = (receiver.clone(), relay.clone());
-                async move { receiver.export(request.into_inner(), relay.as_ref()).await }
-            });
-            let codec = RawExportServerCodec::for_message(message.len().saturating_sub(PREFIX));
-            let mut grpc = Grpc::new(codec)
-                .send_compressed(CompressionEncoding::Gzip)
-                .max_decoding_message_size(server.max_message_bytes);
-            let request = http::Request::from_parts(parts, Full::new(message));
-            let response = grpc.unary(export, request).await;
+            let response = server.receiver.export(message, relay.as_ref()).await;
             drop(reservation);
-            Ok(response)
+            Ok(match response {
+                Ok(response) => unary_response(&response),
+                Err(status) => status.into_http(),
+            })
         })
     }
 }
 
 impl TraceServer {
-    /// The request's one message, uncompressed and framed again, read within the size
-    /// limit and the budget.
+    /// The request's one message, uncompressed, read within the size limit and the budget.
     async fn read_message<B>(
         &self,
         body: B,
@@ -163,35 +159,72 @@ impl TraceServer {
         let framed = read_body(body, max + PREFIX, reservation, stated_length)
             .await
             .map_err(|e| body_status(e, max))?;
-        if framed.len() < PREFIX {
-            // No message at all: tonic answers this itself.
-            return Ok(framed);
-        }
-        let compressed = framed[0] == 1;
-        let length = stated_length(&framed).map_or(0, |l| l - PREFIX);
-        if length > max {
-            return Err(body_status(BodyError::TooLarge(max), max));
-        }
+        let (compressed, message) = one_message(framed, max)?;
         if !compressed {
-            return Ok(framed);
+            return Ok(message);
         }
         if !gzip {
             return Err(Status::internal(
                 "a compressed message without a grpc-encoding header",
             ));
         }
-        if framed.len() != PREFIX + length {
-            return Err(Status::invalid_argument(
-                "the request must hold exactly one message",
-            ));
-        }
-        let mut inflated =
-            gunzip(&framed[PREFIX..], PREFIX, max, reservation).map_err(|e| body_status(e, max))?;
-        let length = u32::try_from(inflated.len() - PREFIX).unwrap_or(u32::MAX);
-        inflated[0] = 0;
-        inflated[1..PREFIX].copy_from_slice(&length.to_be_bytes());
-        Ok(inflated.into())
+        gunzip(&message, max, reservation)
+            .map(Bytes::from)
+            .map_err(|e| body_status(e, max))
     }
+}
+
+/// The one message of a unary request's body (`framed`: length-prefixed messages), and
+/// whether it is compressed; its stated length at most `max`.
+fn one_message(framed: Bytes, max: usize) -> Result<(bool, Bytes), Status> {
+    let Some(stated) = stated_length(&framed) else {
+        return Err(Status::internal(if framed.is_empty() {
+            "the request has no message"
+        } else {
+            "the request ends inside a message prefix"
+        }));
+    };
+    let compressed = match framed[0] {
+        0 => false,
+        1 => true,
+        flag => {
+            return Err(Status::internal(format!(
+                "invalid message compression flag {flag} (0 or 1)"
+            )))
+        }
+    };
+    if stated - PREFIX > max {
+        return Err(body_status(BodyError::TooLarge(max), max));
+    }
+    match framed.len().cmp(&stated) {
+        std::cmp::Ordering::Less => {
+            Err(Status::internal("the request ends before its message does"))
+        }
+        std::cmp::Ordering::Greater => Err(Status::invalid_argument(
+            "the request must hold exactly one message",
+        )),
+        std::cmp::Ordering::Equal => Ok((compressed, framed.slice(PREFIX..))),
+    }
+}
+
+/// A successful unary response: `message` framed uncompressed, then status OK in the
+/// trailers.
+fn unary_response(message: &ExportTraceServiceResponse) -> http::Response<tonic::body::Body> {
+    let len = message.encoded_len();
+    let mut data = BytesMut::with_capacity(PREFIX + len);
+    data.put_u8(0);
+    data.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
+    message.encode_raw(&mut data);
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    let frames = [Frame::data(data.freeze()), Frame::trailers(trailers)];
+    let body = StreamBody::new(tokio_stream::iter(frames.map(Ok::<_, Infallible>)));
+    let mut response = http::Response::new(tonic::body::Body::new(body));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    response
 }
 
 /// The body length a gRPC message prefix states: the prefix and the message after it.
@@ -258,11 +291,7 @@ pub(super) async fn serve_grpc(
     if let Some(grace) = nonzero(keepalive.max_connection_age_grace) {
         builder = builder.max_connection_age_grace(grace);
     }
-    let router = builder
-        .layer(tower::util::MapResponseLayer::new(
-            oversize_as_resource_exhausted,
-        ))
-        .add_service(service);
+    let router = builder.add_service(service);
     let (incoming, fatal) = Incoming::new(listener, keepalive.max_connection_idle);
     match settings.security.tls {
         Some(tls) => {
@@ -291,20 +320,33 @@ pub(super) enum GrpcServeError {
     Listener(std::io::Error),
 }
 
-/// tonic answers a message over `max_decoding_message_size` before our handler runs, with
-/// OUT_OF_RANGE; gRPC and the collector use RESOURCE_EXHAUSTED, which OTLP clients expect.
-/// Our handler itself never returns OUT_OF_RANGE, so matching on code and message is
-/// unambiguous.
-fn oversize_as_resource_exhausted<B>(mut response: http::Response<B>) -> http::Response<B> {
-    let headers = response.headers_mut();
-    let code = headers.get("grpc-status").and_then(|v| v.to_str().ok());
-    let message = headers
-        .get("grpc-message")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .replace("%20", " ");
-    if code == Some("11") && message.contains("too large") {
-        headers.insert("grpc-status", HeaderValue::from_static("8"));
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::*;
+
+    fn framed(flag: u8, stated: u32, message: &[u8]) -> Bytes {
+        let mut out = vec![flag];
+        out.extend(stated.to_be_bytes());
+        out.extend(message);
+        out.into()
     }
-    response
+
+    #[test]
+    fn a_unary_body_must_hold_exactly_one_whole_message() {
+        let code = |body: Bytes| one_message(body, 100).map(|_| ()).unwrap_err().code();
+        assert_eq!(code(Bytes::new()), Code::Internal);
+        assert_eq!(code(Bytes::from_static(&[0, 0, 0])), Code::Internal);
+        assert_eq!(code(framed(2, 3, b"abc")), Code::Internal);
+        assert_eq!(code(framed(0, 101, &[0; 101])), Code::ResourceExhausted);
+        assert_eq!(code(framed(0, 4, b"abc")), Code::Internal);
+        assert_eq!(code(framed(0, 2, b"abc")), Code::InvalidArgument);
+        let (compressed, message) = one_message(framed(0, 3, b"abc"), 100).unwrap();
+        assert!(!compressed);
+        assert_eq!(message, "abc");
+        let (compressed, message) = one_message(framed(1, 0, b""), 100).unwrap();
+        assert!(compressed);
+        assert!(message.is_empty());
+    }
 }

@@ -178,7 +178,7 @@ async fn export(State(s): State<HttpState>, headers: HeaderMap, body: Body) -> R
     };
     let mut reservation = s.budget.reservation();
     let body = match read_body(body, s.max_body, &mut reservation, |_| None).await {
-        Ok(body) if gzip => gunzip(&body, 0, s.max_body, &mut reservation).map(Bytes::from),
+        Ok(body) if gzip => gunzip(&body, s.max_body, &mut reservation).map(Bytes::from),
         other => other,
     };
     let body = match body {
