@@ -26,6 +26,15 @@ impl Received {
     fn size(&self) -> usize {
         self.framed.iter().map(Vec::len).sum()
     }
+
+    /// The spans as [`TraceBuffer::add`] takes them, with `facts`.
+    fn with(&self, facts: ChunkFacts) -> NewChunk<'_, impl Iterator<Item = &[u8]> + Clone> {
+        NewChunk {
+            head: &self.head,
+            spans: self.framed.iter().map(Vec::as_slice),
+            facts,
+        }
+    }
 }
 
 fn chunk(trace: u64, span_ids: &[u64]) -> Received {
@@ -44,38 +53,6 @@ fn chunk(trace: u64, span_ids: &[u64]) -> Received {
             .iter()
             .map(|s| scanned.framed(s).to_vec())
             .collect(),
-    }
-}
-
-/// [`TraceBuffer::add`] of received spans.
-trait AddChunk {
-    fn add_chunk(
-        &self,
-        id: TraceId,
-        spans: Received,
-        facts: ChunkFacts,
-        logged: Option<&Appended>,
-        now: Instant,
-        evict: bool,
-    ) -> AddOutcome;
-}
-
-impl AddChunk for TraceBuffer {
-    fn add_chunk(
-        &self,
-        id: TraceId,
-        spans: Received,
-        facts: ChunkFacts,
-        logged: Option<&Appended>,
-        now: Instant,
-        evict: bool,
-    ) -> AddOutcome {
-        let chunk = NewChunk {
-            head: &spans.head,
-            spans: spans.framed.iter().map(Vec::as_slice),
-            facts,
-        };
-        self.add(id, chunk, logged, now, evict)
     }
 }
 
@@ -111,14 +88,13 @@ async fn a_trace_is_due_at_first_span_plus_decision_wait() {
     let t0 = Instant::now();
     assert!(
         buffer
-            .add_chunk(trace_id(1), chunk(1, &[1, 2]), CHILD, None, t0, true)
+            .add(trace_id(1), chunk(1, &[1, 2]).with(CHILD), None, t0, true)
             .new_trace
     );
     tokio::time::advance(Duration::from_secs(4)).await;
-    let later = buffer.add_chunk(
+    let later = buffer.add(
         trace_id(1),
-        chunk(1, &[3]),
-        ROOT,
+        chunk(1, &[3]).with(ROOT),
         None,
         Instant::now(),
         true,
@@ -149,11 +125,10 @@ async fn the_root_span_moves_the_decision_earlier_but_never_later() {
         4,
     );
     let t0 = Instant::now();
-    buffer.add_chunk(trace_id(1), chunk(1, &[1]), CHILD, None, t0, true);
-    buffer.add_chunk(
+    buffer.add(trace_id(1), chunk(1, &[1]).with(CHILD), None, t0, true);
+    buffer.add(
         trace_id(1),
-        chunk(1, &[2]),
-        ROOT,
+        chunk(1, &[2]).with(ROOT),
         None,
         t0 + Duration::from_secs(1),
         true,
@@ -162,11 +137,10 @@ async fn the_root_span_moves_the_decision_earlier_but_never_later() {
     assert_eq!(due(&buffer, t0 + Duration::from_secs(3)).len(), 1);
 
     // A root arriving late, when the regular deadline is sooner, changes nothing.
-    buffer.add_chunk(trace_id(2), chunk(2, &[1]), CHILD, None, t0, true);
-    buffer.add_chunk(
+    buffer.add(trace_id(2), chunk(2, &[1]).with(CHILD), None, t0, true);
+    buffer.add(
         trace_id(2),
-        chunk(2, &[2]),
-        ROOT,
+        chunk(2, &[2]).with(ROOT),
         None,
         t0 + Duration::from_secs(9),
         true,
@@ -175,7 +149,7 @@ async fn the_root_span_moves_the_decision_earlier_but_never_later() {
     assert_eq!(due(&buffer, t0 + Duration::from_secs(10)).len(), 1);
 
     // A trace whose first span is its root waits only the short time.
-    buffer.add_chunk(trace_id(3), chunk(3, &[1]), ROOT, None, t0, true);
+    buffer.add(trace_id(3), chunk(3, &[1]).with(ROOT), None, t0, true);
     assert_eq!(due(&buffer, t0 + Duration::from_secs(2)).len(), 1);
 }
 
@@ -190,20 +164,18 @@ async fn over_num_traces_the_oldest_pending_trace_is_evicted() {
     );
     let t0 = Instant::now();
     for n in 1..=3 {
-        let out = buffer.add_chunk(
+        let out = buffer.add(
             trace_id(n),
-            chunk(n, &[1]),
-            CHILD,
+            chunk(n, &[1]).with(CHILD),
             None,
             t0 + Duration::from_secs(n),
             true,
         );
         assert!(out.evicted.is_empty());
     }
-    let out = buffer.add_chunk(
+    let out = buffer.add(
         trace_id(4),
-        chunk(4, &[1]),
-        CHILD,
+        chunk(4, &[1]).with(CHILD),
         None,
         t0 + Duration::from_secs(4),
         true,
@@ -230,9 +202,9 @@ async fn without_eviction_the_buffer_reports_full() {
         4,
     );
     let t0 = Instant::now();
-    buffer.add_chunk(trace_id(1), chunk(1, &[1]), CHILD, None, t0, false);
+    buffer.add(trace_id(1), chunk(1, &[1]).with(CHILD), None, t0, false);
     assert!(!buffer.is_full());
-    buffer.add_chunk(trace_id(2), chunk(2, &[1]), CHILD, None, t0, false);
+    buffer.add(trace_id(2), chunk(2, &[1]).with(CHILD), None, t0, false);
     assert!(buffer.is_full());
 }
 
@@ -248,20 +220,18 @@ async fn max_buffered_bytes_evicts_until_under_the_bound() {
     );
     let t0 = Instant::now();
     for n in 1..=3 {
-        buffer.add_chunk(
+        buffer.add(
             trace_id(n),
-            chunk(n, &[1]),
-            CHILD,
+            chunk(n, &[1]).with(CHILD),
             None,
             t0 + Duration::from_millis(n),
             true,
         );
     }
     assert_eq!(buffer.buffered_bytes(), one * 3);
-    let out = buffer.add_chunk(
+    let out = buffer.add(
         trace_id(9),
-        chunk(9, &[1, 2, 3]),
-        CHILD,
+        chunk(9, &[1, 2, 3]).with(CHILD),
         None,
         t0 + Duration::from_millis(9),
         true,
@@ -283,16 +253,22 @@ async fn a_trace_over_maximum_trace_size_bytes_is_released_at_once() {
     );
     let t0 = Instant::now();
     assert!(buffer
-        .add_chunk(trace_id(1), chunk(1, &[1, 2]), CHILD, None, t0, true)
+        .add(trace_id(1), chunk(1, &[1, 2]).with(CHILD), None, t0, true)
         .too_large
         .is_none());
-    let out = buffer.add_chunk(trace_id(1), chunk(1, &[3]), CHILD, None, t0, true);
+    let out = buffer.add(trace_id(1), chunk(1, &[3]).with(CHILD), None, t0, true);
     assert_eq!(out.too_large.map(|e| e.span_count), Some(3));
     assert_eq!(buffer.pending_traces(), 0);
     assert_eq!(buffer.buffered_bytes(), 0);
     assert!(due(&buffer, t0 + Duration::from_secs(60)).is_empty());
     // A single chunk over the limit never enters the buffer.
-    let out = buffer.add_chunk(trace_id(2), chunk(2, &[1, 2, 3]), CHILD, None, t0, true);
+    let out = buffer.add(
+        trace_id(2),
+        chunk(2, &[1, 2, 3]).with(CHILD),
+        None,
+        t0,
+        true,
+    );
     assert!(out.too_large.is_some() && !out.new_trace);
     assert_eq!(buffer.pending_traces(), 0);
 }
@@ -302,7 +278,7 @@ async fn take_all_empties_every_shard() {
     let buffer = TraceBuffer::new(config(), 8);
     let t0 = Instant::now();
     for n in 1..=50 {
-        buffer.add_chunk(trace_id(n), chunk(n, &[1, 2]), CHILD, None, t0, true);
+        buffer.add(trace_id(n), chunk(n, &[1, 2]).with(CHILD), None, t0, true);
     }
     let mut all = Vec::new();
     buffer.take_all(&mut all);
@@ -328,10 +304,9 @@ fn concurrent_adds_keep_the_counters_exact() {
                 for i in 0..500u64 {
                     // Threads share traces, so entries are created and extended concurrently.
                     let n = i % 250;
-                    buffer.add_chunk(
+                    buffer.add(
                         trace_id(n),
-                        chunk(n, &[t * 1000 + i + 1]),
-                        CHILD,
+                        chunk(n, &[t * 1000 + i + 1]).with(CHILD),
                         None,
                         now,
                         true,
@@ -353,10 +328,9 @@ async fn shedding_evicts_the_oldest_until_the_bytes_are_freed() {
     let buffer = TraceBuffer::new(config(), 8);
     let t0 = Instant::now();
     for n in 1..=10 {
-        buffer.add_chunk(
+        buffer.add(
             trace_id(n),
-            chunk(n, &[1]),
-            CHILD,
+            chunk(n, &[1]).with(CHILD),
             None,
             t0 + Duration::from_millis(n),
             true,
