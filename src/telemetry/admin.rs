@@ -350,33 +350,34 @@ async fn metrics(State(s): State<AdminState>, headers: HeaderMap) -> impl IntoRe
 /// Merges expositions so that every metric family appears once, with its `# HELP` and
 /// `# TYPE` from the first part that has it and the samples of every part, in order.
 /// Series of different parts must differ in their labels (a component or identity label).
+/// Lines are borrowed from `parts`, and the result is allocated once: a scrape of a large
+/// span metrics table copies its text once more, not once per line.
 pub fn merge_families(parts: &[String]) -> String {
-    let mut order: Vec<String> = Vec::new();
-    let mut families: std::collections::HashMap<String, (Vec<String>, Vec<String>)> =
-        Default::default();
+    let mut order: Vec<&str> = Vec::new();
+    let mut families: std::collections::HashMap<&str, (Vec<&str>, Vec<&str>)> = Default::default();
     for part in parts {
-        let mut current = String::new();
+        let mut current = "";
         for line in part.lines().filter(|l| !l.trim().is_empty()) {
             let meta = line
                 .strip_prefix("# HELP ")
                 .or_else(|| line.strip_prefix("# TYPE "));
             if let Some(rest) = meta {
-                current = rest.split(' ').next().unwrap_or("").to_owned();
+                current = rest.split(' ').next().unwrap_or("");
             }
-            let entry = families.entry(current.clone()).or_insert_with(|| {
-                order.push(current.clone());
+            let entry = families.entry(current).or_insert_with(|| {
+                order.push(current);
                 Default::default()
             });
             if meta.is_some() {
-                if !entry.0.iter().any(|l| l == line) && entry.0.len() < 2 {
-                    entry.0.push(line.to_owned());
+                if !entry.0.contains(&line) && entry.0.len() < 2 {
+                    entry.0.push(line);
                 }
             } else {
-                entry.1.push(line.to_owned());
+                entry.1.push(line);
             }
         }
     }
-    let mut out = String::new();
+    let mut out = String::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
     for name in order {
         let (meta, samples) = &families[&name];
         for line in meta.iter().chain(samples) {
