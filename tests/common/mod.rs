@@ -120,7 +120,7 @@ impl Process {
 
     /// Starts `tailgate <role>` on `config` and waits until it listens.
     pub fn start_as(role: &str, config: &Path, grpc: u16, admin: u16) -> Process {
-        let child = Command::new(env!("CARGO_BIN_EXE_tailgate"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tailgate"))
             .args([role, "--config"])
             .arg(config)
             .stdout(Stdio::null())
@@ -130,6 +130,9 @@ impl Process {
         let grpc: SocketAddr = format!("127.0.0.1:{grpc}").parse().unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(grpc).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("the {role} exited before it listened: {status}");
+            }
             assert!(
                 std::time::Instant::now() < deadline,
                 "the {role} did not listen"

@@ -24,12 +24,25 @@ use tailgate::otlp::view::{AnyValueView, Attributes, SpanView};
 
 /// A loopback port nothing listens on (bound, then released): for a peer that is gone, or
 /// for a process that must know its own endpoint before it binds.
+///
+/// Taken below Linux's ephemeral range (32768 and up by default), not from port 0: a port
+/// the kernel hands out for port 0 is also one it hands to outgoing connections, so between
+/// this call and the process that binds it another test's client could take it. Ports are
+/// tried in turn from a point that depends on the process id (test binaries run side by
+/// side), each checked by binding it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind loopback")
-        .local_addr()
-        .expect("local address")
-        .port()
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7_919) % SPAN;
+    for _ in 0..SPAN {
+        let turn = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = (FIRST + (start + turn) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port from {FIRST} to {}", FIRST + SPAN)
 }
 
 /// A router's config: OTLP/gRPC on `grpc`, `/metrics` on `admin`, one `loadbalancing` route

@@ -28,7 +28,7 @@ use tailgate::policy::parse_policies;
 use tailgate::process::resident_bytes_of;
 use tailgate::telemetry::{self, LATENESS_BUCKETS_S};
 use tailgate::worker::config::parse_worker;
-use tailgate_testkit::{metric, scrape};
+use tailgate_testkit::{free_port, metric, scrape};
 
 /// What `tailgate bench` runs.
 #[derive(Debug, Clone)]
@@ -161,7 +161,7 @@ async fn rotel(
     spans: u64,
 ) -> anyhow::Result<f64> {
     let sink = tailgate_testkit::Sink::start(vec![]).await;
-    let addr = free_addr()?;
+    let addr = free_addr();
     let rotel = Proc::spawn(
         "rotel",
         path,
@@ -259,8 +259,9 @@ fn rss_of(pid: i32) -> anyhow::Result<u64> {
         .ok_or_else(|| anyhow::anyhow!("no resident memory for process {pid}"))
 }
 
-fn free_addr() -> anyhow::Result<SocketAddr> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+/// A loopback address for a child process to listen on (see the test kit's `free_port`).
+fn free_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
 }
 
 async fn wait_listening(addr: SocketAddr, what: &str) -> anyhow::Result<()> {
@@ -339,7 +340,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<Results> {
     let wire: u64 = requests.iter().map(|r| r.body.len() as u64).sum();
 
     // 1. The decode-only baseline on the same requests.
-    let addr = free_addr()?;
+    let addr = free_addr();
     let baseline = Proc::spawn(
         "baseline",
         &std::env::current_exe()?,
@@ -434,7 +435,7 @@ async fn fleet(
     let mut worker_admins = Vec::new();
     let mut worker_endpoints = Vec::new();
     for i in 0..options.workers {
-        let (grpc, admin) = (free_addr()?, free_addr()?);
+        let (grpc, admin) = (free_addr(), free_addr());
         let storage = storage.map(|(dir, fsync)| (dir.join(format!("worker-{i}")), fsync));
         if let Some((dir, _)) = &storage {
             std::fs::create_dir_all(dir)?;
@@ -463,7 +464,7 @@ async fn fleet(
         worker_admins.push(admin);
         worker_endpoints.push(grpc);
     }
-    let (router_grpc, router_admin) = (free_addr()?, free_addr()?);
+    let (router_grpc, router_admin) = (free_addr(), free_addr());
     let router_path = options.dir.join("router.yaml");
     std::fs::write(
         &router_path,
@@ -584,7 +585,7 @@ async fn replay(
     dir: &Path,
     fsync: bool,
 ) -> anyhow::Result<(u64, f64)> {
-    let (grpc, admin, sink) = (free_addr()?, free_addr()?, free_addr()?);
+    let (grpc, admin, sink) = (free_addr(), free_addr(), free_addr());
     let config = worker_config(
         0,
         grpc,
