@@ -463,6 +463,19 @@ impl<'e> Translation<'e> {
         }
     }
 
+    /// Places a component that serves on its `endpoint` (or `default`) at its own keys, and
+    /// records it as used for `what`.
+    fn use_serving(&mut self, section: &str, id: &str, value: &Value, default: &str, what: &str) {
+        let endpoint = value
+            .get("endpoint")
+            .and_then(Value::as_str)
+            .unwrap_or(default)
+            .to_owned();
+        let path = format!("{section}.{id}");
+        self.place(&[section, id], &path, value);
+        self.use_component(path, format!("serves {what} on {endpoint}"));
+    }
+
     fn use_component(&mut self, path: String, note: impl Into<String>) {
         if self.touched.insert(path.clone()) {
             self.summary.used.push((path, note.into()));
@@ -821,13 +834,7 @@ impl<'e> Translation<'e> {
             match c.exporters.get(id) {
                 Some(exporter) if type_of(id) == "prometheus" => {
                     if !self.touched.contains(&from) {
-                        let endpoint = exporter
-                            .get("endpoint")
-                            .and_then(Value::as_str)
-                            .unwrap_or("(no endpoint)")
-                            .to_owned();
-                        self.place(&["exporters", id], &from, exporter);
-                        self.use_component(from, format!("serves span metrics on {endpoint}"));
+                        self.use_serving("exporters", id, exporter, "(no endpoint)", "span metrics");
                     }
                 }
                 _ => self.errors.push(
@@ -849,13 +856,7 @@ impl<'e> Translation<'e> {
             };
             match (type_of(id), self.tier) {
                 ("health_check", _) => {
-                    let endpoint = value
-                        .get("endpoint")
-                        .and_then(Value::as_str)
-                        .unwrap_or("localhost:13133")
-                        .to_owned();
-                    self.place(&["extensions", id], &path, value);
-                    self.use_component(path, format!("serves health on {endpoint}"));
+                    self.use_serving("extensions", id, value, "localhost:13133", "health")
                 }
                 ("bearertokenauth", _) | ("file_storage", Tier::Worker) => {
                     self.place(&["extensions", id], &path, value);
