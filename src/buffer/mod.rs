@@ -178,13 +178,11 @@ impl TraceBuffer {
         }
     }
 
-    /// The most span bytes one trace may hold: `maximum_trace_size_bytes`, and never more
-    /// than a trace's buffer can address.
+    /// The most span bytes one trace may hold: `maximum_trace_size_bytes`.
     fn max_trace_bytes(&self) -> u64 {
-        let most = TraceSpans::MAX_BYTES as u64;
         match self.config.maximum_trace_size_bytes {
-            0 => most,
-            max => max.min(most),
+            0 => u64::MAX,
+            max => max,
         }
     }
 

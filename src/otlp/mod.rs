@@ -5,7 +5,8 @@
 //! Invariants: a [`Head`] holds the encoded resource and scope of one received
 //! `ScopeSpans` exactly as received; a [`Chunk`] is spans that all share one head, each
 //! framed as field 2 of `ScopeSpans`, so `head.scope ++ chunk.spans` is a valid
-//! `ScopeSpans` body; [`TraceSpans`] keeps a trace's chunks in one buffer.
+//! `ScopeSpans` body; [`TraceSpans`] keeps a trace's chunks, their spans copied into span
+//! blocks shared across traces.
 
 mod codec;
 pub mod scan;
@@ -131,66 +132,74 @@ impl<'a> Chunk<'a> {
     }
 }
 
-/// The spans of one trace as received, chunk after chunk in one buffer, and each chunk's
-/// head and end: 16 bytes per chunk beside the spans, where a chunk of its own took 48
-/// and an allocation. A trace typically arrives in a chunk per service it crosses, a few
-/// spans each.
+/// The spans of one trace as received: each chunk's spans, copied into span blocks
+/// shared across traces, and the chunk's head.
 ///
-/// The buffer grows to exactly the size needed up to [`TraceSpans::EXACT_UP_TO`] (a small
-/// trace is copied once per chunk, which costs less than room left unused), and beyond by
-/// at least a quarter, so a long trace's copies stay linear in its size and its unused
-/// room under a quarter. Chunk offsets are 32-bit: a trace holds at most
-/// [`TraceSpans::MAX_BYTES`].
+/// A chunk's spans are copied once, into the 64 KiB block the ingesting thread is filling
+/// (the next chunks of any trace follow them in it), or into an allocation of their own
+/// when larger than [`TraceSpans::OWN_ALLOCATION_OVER`]. A block is freed when the last
+/// trace holding spans in it is decided. One buffer per trace, grown as its chunks came,
+/// left a trace's buffer rounded up to the allocator's next size class (about a tenth
+/// unused) and copied the trace again on every growth; blocks of a size the allocator
+/// serves exactly leave only the end of a block unused, and copy each span once. Blocks
+/// fill in arrival order, so they are freed in about the order traces are decided.
 #[derive(Debug, Clone, Default)]
 pub struct TraceSpans {
-    bytes: Vec<u8>,
-    chunks: Vec<ChunkEnd>,
+    chunks: Vec<StoredChunk>,
 }
 
-/// Where a chunk's spans end in [`TraceSpans::bytes`], and their head.
+/// One chunk's spans, in a block, and their head.
 #[derive(Debug, Clone)]
-struct ChunkEnd {
+struct StoredChunk {
     head: Arc<Head>,
-    end: u32,
+    spans: Bytes,
     span_count: u32,
 }
 
+/// The size of a span block: a size the allocator serves without rounding up.
+const BLOCK_BYTES: usize = 64 * 1024;
+
+thread_local! {
+    /// The block this thread copies chunks into; its filled part is shared by the chunks
+    /// in it, the rest is room for the next.
+    static BLOCK: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+}
+
 impl TraceSpans {
-    /// The most span bytes one trace can hold.
-    pub const MAX_BYTES: usize = u32::MAX as usize;
-    /// The size up to which the buffer grows to exactly what it holds.
-    pub const EXACT_UP_TO: usize = 64 * 1024;
+    /// Chunks larger than this get an allocation of their own, so the end of a block
+    /// left unused when a chunk does not fit stays under this size.
+    pub const OWN_ALLOCATION_OVER: usize = BLOCK_BYTES / 8;
 
     /// Appends `spans` (all of this trace, all under `head`, each framed as field 2 of
-    /// `ScopeSpans` as received) as one chunk. The caller keeps [`TraceSpans::size`]
-    /// within [`TraceSpans::MAX_BYTES`].
+    /// `ScopeSpans` as received) as one chunk.
     pub fn push<'a>(&mut self, head: &Arc<Head>, spans: impl Iterator<Item = &'a [u8]> + Clone) {
         let len: usize = spans.clone().map(<[u8]>::len).sum();
-        let needed = self.bytes.len() + len;
-        assert!(
-            needed <= Self::MAX_BYTES,
-            "a trace's spans fit 32-bit offsets"
-        );
-        let capacity = self.bytes.capacity();
-        if needed > capacity {
-            let grown = if needed <= Self::EXACT_UP_TO {
-                needed
-            } else {
-                needed.max(capacity + capacity / 4)
-            };
-            self.bytes.reserve_exact(grown - self.bytes.len());
-        }
         let mut span_count = 0;
-        for span in spans {
-            self.bytes.extend_from_slice(span);
-            span_count += 1;
-        }
-        if self.chunks.capacity() == 0 {
-            self.chunks.reserve_exact(1);
-        }
-        self.chunks.push(ChunkEnd {
+        let copy = |into: &mut BytesMut| {
+            for span in spans {
+                into.extend_from_slice(span);
+                span_count += 1;
+            }
+            into.split().freeze()
+        };
+        let stored = if len > Self::OWN_ALLOCATION_OVER {
+            copy(&mut BytesMut::with_capacity(len))
+        } else {
+            BLOCK.with(|block| {
+                let mut block = block.borrow_mut();
+                // Every chunk splits off what it filled: the capacity is the room left.
+                if block.capacity() < len {
+                    *block = BytesMut::with_capacity(BLOCK_BYTES);
+                }
+                copy(&mut block)
+            })
+        };
+        // Room for exactly the chunks there are: most traces get a few, and a list grown
+        // by doubling would leave a third of its room unused.
+        self.chunks.reserve_exact(1);
+        self.chunks.push(StoredChunk {
             head: head.clone(),
-            end: needed as u32,
+            spans: stored,
             span_count,
         });
     }
@@ -198,15 +207,14 @@ impl TraceSpans {
     /// Wire bytes of the spans, the size `maximum_trace_size_bytes` and
     /// `max_buffered_bytes` measure.
     pub fn size(&self) -> usize {
-        self.bytes.len()
+        self.chunks.iter().map(|c| c.spans.len()).sum()
     }
 
     /// The chunks, in the order they were pushed.
     pub fn chunks(&self) -> impl Iterator<Item = Chunk<'_>> {
-        let starts = std::iter::once(0).chain(self.chunks.iter().map(|c| c.end as usize));
-        self.chunks.iter().zip(starts).map(|(c, start)| Chunk {
+        self.chunks.iter().map(|c| Chunk {
             head: &c.head,
-            spans: &self.bytes[start..c.end as usize],
+            spans: &c.spans,
             span_count: c.span_count,
         })
     }

@@ -461,40 +461,56 @@ fn thresholds_are_written_into_spans_without_touching_anything_else() {
 }
 
 #[test]
-fn a_trace_keeps_every_chunk_in_one_buffer_exactly_sized_then_under_a_quarter_unused() {
-    let request = request("svc", vec![span(trace_id(1), 1, None)]);
-    let scanned = scan::scan(request.encode_to_vec().into()).unwrap();
-    let scope = &scanned.scopes[0];
-    let one = scanned.framed(&scanned.spans_of(scope)[0]);
-    let mut trace = TraceSpans::default();
-    // A small trace: exactly the room its chunks need.
-    trace.push(&scope.head, [one, one].into_iter());
-    trace.push(&scope.head, [one, one].into_iter());
-    assert_eq!(trace.bytes.capacity(), trace.size());
-    // A long trace of small chunks: past the exact size, a quarter more at a time and
-    // never more than a quarter unused.
-    let mut grew = 0;
-    for _ in 0..2000 {
-        let before = trace.bytes.capacity();
-        trace.push(&scope.head, std::iter::once(one));
-        if trace.size() <= TraceSpans::EXACT_UP_TO {
-            assert_eq!(trace.bytes.capacity(), trace.size());
-        } else {
-            assert!(trace.bytes.capacity() * 4 <= trace.size() * 5 + one.len() * 4);
-            grew += usize::from(trace.bytes.capacity() != before);
+fn chunks_are_copied_one_after_another_into_shared_span_blocks() {
+    // A thread of its own: the block being filled is the thread's.
+    std::thread::spawn(|| {
+        let request = request("svc", vec![span(trace_id(1), 1, None)]);
+        let scanned = scan::scan(request.encode_to_vec().into()).unwrap();
+        let scope = &scanned.scopes[0];
+        let one = scanned.framed(&scanned.spans_of(scope)[0]);
+        let end = |c: &Chunk| c.spans.as_ptr() as usize + c.spans.len();
+        let start = |c: &Chunk| c.spans.as_ptr() as usize;
+        let (mut a, mut b) = (TraceSpans::default(), TraceSpans::default());
+        a.push(&scope.head, [one, one].into_iter());
+        // The next chunk, of another trace, follows in the same block.
+        b.push(&scope.head, std::iter::once(one));
+        a.push(&scope.head, std::iter::once(one));
+        let (a0, b0) = (a.chunks().next().unwrap(), b.chunks().next().unwrap());
+        let a1 = a.chunks().nth(1).unwrap();
+        assert_eq!(end(&a0), start(&b0));
+        assert_eq!(end(&b0), start(&a1));
+        // A chunk over the limit gets an allocation of its own; the block goes on after it.
+        let big = vec![one; TraceSpans::OWN_ALLOCATION_OVER / one.len() + 1];
+        b.push(&scope.head, big.iter().copied());
+        b.push(&scope.head, std::iter::once(one));
+        let b: Vec<Chunk> = b.chunks().collect();
+        assert_eq!(b[1].span_count as usize, big.len());
+        assert_eq!(b[1].spans.len(), big.len() * one.len());
+        assert_eq!(end(&a1), start(&b[2]));
+        // Filling the block: a chunk that does not fit starts a new one, and every chunk
+        // keeps its bytes.
+        let mut long = TraceSpans::default();
+        let chunk = vec![one; TraceSpans::OWN_ALLOCATION_OVER / one.len()];
+        let mut new_blocks = 0;
+        for _ in 0..40 {
+            let before = long.chunks().last().map(|c| end(&c));
+            long.push(&scope.head, chunk.iter().copied());
+            let last = long.chunks().last().unwrap();
+            new_blocks += usize::from(before.is_some_and(|e| e != start(&last)));
         }
-    }
-    assert!(grew < 20, "grown {grew} times past the exact size");
-    assert_eq!(trace.size(), 2004 * one.len());
-    let chunks: Vec<Chunk> = trace.chunks().collect();
-    assert_eq!(chunks.len(), 2002);
-    assert_eq!(chunks.iter().map(|c| c.span_count).sum::<u32>(), 2004);
-    assert!(chunks
-        .iter()
-        .skip(2)
-        .all(|c| c.spans == one && c.span_count == 1));
-    assert_eq!(chunks[0].spans.len(), 2 * one.len());
-    let spans: Vec<SpanView> = chunks[1].spans().collect();
-    assert_eq!(spans.len(), 2);
-    assert_eq!(spans[0].span_id, 1u64.to_be_bytes());
+        assert!((4..=6).contains(&new_blocks), "{new_blocks} new blocks");
+        assert_eq!(long.size(), 40 * chunk.len() * one.len());
+        for c in long.chunks().chain(a.chunks()) {
+            assert!(c.spans().all(|s| s.span_id == 1u64.to_be_bytes()));
+        }
+        assert_eq!(a.size(), 3 * one.len());
+        assert_eq!(
+            a.chunks.capacity(),
+            2,
+            "room for exactly the chunks there are"
+        );
+        assert_eq!(a.chunks().map(|c| c.span_count).sum::<u32>(), 3);
+    })
+    .join()
+    .unwrap();
 }
