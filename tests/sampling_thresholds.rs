@@ -72,7 +72,16 @@ async fn run(tail_sampling: &str, cases: &[(u64, Span)]) -> (HashMap<Vec<u8>, St
         .flat_map(|r| tailgate::otlp::spans(r).cloned().collect::<Vec<_>>())
         .map(|s| (s.span_id, s.trace_state))
         .collect();
-    let metrics = common::scrape(worker.admin_addr).await;
+    // The exporter counts a request once its response is back, just after the sink saw it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let text = common::scrape(worker.admin_addr).await;
+        let sent = metric(&text, "otelcol_exporter_sent_spans_total", &[]);
+        if sent >= kept as f64 || tokio::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     worker.shutdown().await;
     (got, metrics)
 }
@@ -209,10 +218,20 @@ async fn late_spans_carry_the_threshold_from_the_decision_cache() {
 async fn the_threshold_can_be_turned_off() {
     let off = format!("  write_sampling_threshold: false\n{POLICIES}");
     let state = "vendor=x,ot=th:8";
-    let spans = vec![(1, with(span(trace_id(7), 1, None), state, true, None))];
-    let (got, _) = run(&off, &spans).await;
+    // One trace of three spans in one request: buffered as one chunk, exported whole.
+    let spans: Vec<(u64, Span)> = (1..=3)
+        .map(|n| (n, with(span(trace_id(7), n, None), state, n == 1, None)))
+        .collect();
+    let (got, metrics) = run(&off, &spans).await;
+    for n in 1..=3u64 {
+        assert_eq!(
+            got.get(n.to_be_bytes().as_slice()).map(String::as_str),
+            Some(state)
+        );
+    }
+    // Every span counted as sent, not every chunk.
     assert_eq!(
-        got.get(1u64.to_be_bytes().as_slice()).map(String::as_str),
-        Some(state)
+        metric(&metrics, "otelcol_exporter_sent_spans_total", &[]),
+        3.0
     );
 }

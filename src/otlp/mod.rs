@@ -282,11 +282,11 @@ impl RequestBuilder {
 
     /// Like [`RequestBuilder::push`], adding a [`scope_attributes_fragment`] to the scope.
     pub fn push_annotated(&mut self, chunk: Chunk<'_>, scope_fragment: &[u8]) {
-        self.push_parts(
+        self.push_counted(
             chunk.head,
             scope_fragment,
             std::iter::once(chunk.spans),
-            chunk.span_count,
+            u64::from(chunk.span_count),
         );
     }
 
@@ -318,7 +318,7 @@ impl RequestBuilder {
             view::put_span_with_trace_state(body, at, new.as_deref().unwrap_or(old), scratch);
             count += 1;
         }
-        self.push_parts(head, scope_fragment, std::iter::once(&scratch[..]), count);
+        self.push_counted(head, scope_fragment, std::iter::once(&scratch[..]), count);
     }
 
     /// Adds one `ResourceSpans` of `head` holding `spans`, each framed as field 2 of
@@ -330,16 +330,18 @@ impl RequestBuilder {
         scope_fragment: &[u8],
         spans: impl Iterator<Item = &'a [u8]> + Clone,
     ) {
-        let span_count = spans.clone().count() as u32;
-        self.push_parts(head, scope_fragment, spans, span_count);
+        let span_count = spans.clone().count() as u64;
+        self.push_counted(head, scope_fragment, spans, span_count);
     }
 
-    fn push_parts<'a>(
+    /// Like [`RequestBuilder::push_spans`], for pieces of framed spans that may each hold
+    /// several (a buffered chunk's): `span_count` says how many there are in all.
+    pub fn push_counted<'a>(
         &mut self,
         head: &Head,
         scope_fragment: &[u8],
         spans: impl Iterator<Item = &'a [u8]> + Clone,
-        span_count: u32,
+        span_count: u64,
     ) {
         let spans_len: usize = spans.clone().map(<[u8]>::len).sum();
         let scope_spans_len = head.scope.len() + scope_fragment.len() + spans_len;
@@ -357,7 +359,7 @@ impl RequestBuilder {
         for span in spans {
             self.buf.put_slice(span);
         }
-        self.spans += u64::from(span_count);
+        self.spans += span_count;
     }
 
     pub fn span_count(&self) -> u64 {

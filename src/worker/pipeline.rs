@@ -439,9 +439,8 @@ impl Pipeline {
         let annotation = self.decider.annotation(verdict, true).unwrap_or_default();
         self.push_kept(
             &mut late.request,
-            spans.head,
+            spans,
             &annotation,
-            spans.bytes,
             verdict,
             &mut BytesMut::new(),
         );
@@ -542,28 +541,27 @@ impl Pipeline {
         sampling.randomness
     }
 
-    /// Adds kept `spans` (framed) to `out`, each with its trace's sampling threshold when
+    /// Adds kept `spans` to `out`, each with its trace's sampling threshold when
     /// thresholds are written.
     fn push_kept<'a>(
         &self,
         out: &mut RequestBuilder,
-        head: &Head,
+        spans: Spans<'_, impl Iterator<Item = &'a [u8]> + Clone>,
         annotation: &[u8],
-        spans: impl Iterator<Item = &'a [u8]> + Clone,
         verdict: &Verdict,
         scratch: &mut BytesMut,
     ) {
         if self.thresholds && verdict.decision == Decision::Sampled {
             let chance = verdict.chance;
             out.push_with_thresholds(
-                head,
+                spans.head,
                 annotation,
-                spans,
+                spans.bytes,
                 |incoming| chance.threshold_after(incoming),
                 scratch,
             );
         } else {
-            out.push_spans(head, annotation, spans);
+            out.push_counted(spans.head, annotation, spans.bytes, spans.n);
         }
     }
 
@@ -654,15 +652,12 @@ impl Pipeline {
                     .increment(entry.span_count);
                 let annotation = self.decider.annotation(&verdict, false).unwrap_or_default();
                 for chunk in entry.spans.chunks() {
-                    let spans = std::iter::once(chunk.spans);
-                    self.push_kept(
-                        &mut out.request,
-                        chunk.head,
-                        &annotation,
-                        spans,
-                        &verdict,
-                        &mut scratch,
-                    );
+                    let spans = Spans {
+                        head: chunk.head,
+                        bytes: std::iter::once(chunk.spans),
+                        n: u64::from(chunk.span_count),
+                    };
+                    self.push_kept(&mut out.request, spans, &annotation, &verdict, &mut scratch);
                 }
                 if let Some(logged) = entry.logged {
                     out.traces.push((id, logged.seq));
@@ -786,7 +781,8 @@ struct Out<'a> {
     logged: Option<&'a Appended>,
 }
 
-/// One trace's spans from one `ScopeSpans`: their head, the spans framed, how many.
+/// One trace's spans from one `ScopeSpans`: their head, the spans framed (a piece may hold
+/// several), how many.
 struct Spans<'h, I> {
     head: &'h Head,
     bytes: I,
