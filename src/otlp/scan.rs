@@ -188,7 +188,9 @@ fn resource_spans(
         }
         _ => head_field(b, Msg::Resource, tag, value, count, &mut own),
     })?;
-    let resource = own.freeze();
+    // Heads are copied out at their exact size: grown field by field, `own` may have
+    // twice the room, and a head lives as long as any pending trace with spans under it.
+    let resource = Bytes::copy_from_slice(&own);
     for ss in scopes {
         scope_spans(b, ss, count - 1, &resource, out)?;
     }
@@ -225,7 +227,7 @@ fn scope_spans(
     out.scopes.push(ScannedScope {
         head: Arc::new(Head {
             resource: resource.clone(),
-            scope: own.freeze(),
+            scope: Bytes::copy_from_slice(&own),
         }),
         spans: first..out.spans.len(),
     });
