@@ -393,6 +393,11 @@ impl VerifySink {
         self.sink.stop().await;
     }
 
+    /// Forgets everything received so far, as if the sink had just started.
+    pub fn reset(&self) {
+        *self.received.lock().expect("sink lock") = Received::default();
+    }
+
     /// Spans received so far.
     pub fn spans(&self) -> u64 {
         self.received.lock().expect("sink lock").spans
