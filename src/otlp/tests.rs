@@ -514,3 +514,20 @@ fn chunks_are_copied_one_after_another_into_shared_span_blocks() {
     .join()
     .unwrap();
 }
+
+#[test]
+fn a_key_found_only_as_another_attributes_value_is_not_an_attribute() {
+    let mut s = span(trace_id(1), 1, None);
+    s.name = "url.path".into();
+    s.attributes = vec![tailgate_testkit::kv("http.route", "url.path")];
+    let body = s.encode_to_vec();
+    let attributes = view::Attributes::of_span(&body);
+    // The key's bytes are in the span (as the name and as a value): read, and not found.
+    assert!(attributes.get("url.path").is_none());
+    assert!(matches!(
+        attributes.get("http.route"),
+        Some(view::AnyValueView::Str("url.path"))
+    ));
+    // Bytes that occur nowhere: not found without reading.
+    assert!(attributes.get("absent").is_none());
+}

@@ -284,6 +284,12 @@ impl<'a> Attributes<'a> {
     /// The value of the first attribute named `key`, if that attribute has one: what
     /// pdata's `Get` finds.
     pub fn get(&self, key: &str) -> Option<AnyValueView<'a>> {
+        // A key is encoded as its bytes: where they do not occur in the message, no
+        // attribute has it, found without reading a field. Attribute policies look a key up
+        // in every span of a trace, and most spans do not have it.
+        if !key.is_empty() && memchr::memmem::find(self.msg, key.as_bytes()).is_none() {
+            return None;
+        }
         self.iter()
             .find(|kv| kv.key_bytes() == key.as_bytes())
             .and_then(|kv| kv.value())
