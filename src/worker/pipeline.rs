@@ -369,9 +369,13 @@ impl Pipeline {
         let n = members.clone().count() as u64;
         // Held until the spans are buffered: see the module comment.
         let _stripe = self.fleet.as_ref().map(|f| f.lock(&id));
-        let cached = self.cached(&id);
+        // A pending trace's spans join it without a look in the decision caches (most
+        // groups are of pending traces). Should its id also have a decision (its spans
+        // raced one into a new entry), the entry follows that decision when it is decided.
+        let pending = self.buffer.holds(&id);
+        let cached = if pending { None } else { self.cached(&id) };
         if let Some(fleet) = &self.fleet {
-            let holds = cached.is_some() || self.buffer.holds(&id);
+            let holds = pending || cached.is_some();
             if let Place::Peer(peer, kind, reason) = fleet.place(&id, holds, out.relay, now) {
                 fleet.relayed(kind, reason, n);
                 self.metrics.outcomes.relayed.increment(n);
