@@ -15,17 +15,13 @@ use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use tailgate::process::resident_bytes_of;
-use tailgate_testkit::{free_port, metric, request, span, trace_id, Sink};
+use tailgate_testkit::{free_addr, metric, request, span, trace_id, Sink};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tailgate");
 const MIB: u64 = 1024 * 1024;
-
-fn free_addr() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], free_port()))
-}
 
 /// A tailgate process under a 3 GiB address-space cap, killed when dropped.
 struct Proc {

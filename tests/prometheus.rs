@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::trace::v1::{status::StatusCode, Status};
 use serde_json::Value as Json;
-use tailgate_testkit::{free_port, request, router_yaml, span, trace_id, Sink};
+use tailgate_testkit::{free_addr, free_port, request, router_yaml, span, trace_id, Sink};
 
 const TRACES: u64 = 200;
 const SPANS_PER_TRACE: u64 = 5;
@@ -62,7 +62,7 @@ impl Prometheus {
             ),
         )
         .unwrap();
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let addr = free_addr();
         let child = Command::new(&binary)
             .arg(format!("--config.file={}", config.display()))
             .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))

@@ -397,20 +397,13 @@ mod tests {
     //! with paused time. Backends are loopback ports nothing listens on (refused at once),
     //! so every send fails as unreachable without waiting on the network.
 
-    use std::net::SocketAddr;
-
     use prost::Message;
     use tokio::sync::mpsc;
     use tokio_util::sync::CancellationToken;
 
     use super::*;
     use crate::membership::resolver;
-    use tailgate_testkit::{metric, request, span, trace_id};
-
-    /// A port on loopback that nothing listens on.
-    fn closed_port() -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], tailgate_testkit::free_port()))
-    }
+    use tailgate_testkit::{free_addr, metric, request, span, trace_id};
 
     fn route(registry: &Registry, consumers: usize) -> Arc<Route> {
         let text = format!(
@@ -524,7 +517,7 @@ exporters:
         // rest wait in the queue.
         let route = route(&registry, 1);
         let (updates, stop) = follow(&route);
-        let (gone, stays) = (closed_port().to_string(), closed_port().to_string());
+        let (gone, stays) = (free_addr().to_string(), free_addr().to_string());
         updates
             .send(Resolution::Members(vec![gone.clone()]))
             .await
@@ -558,7 +551,7 @@ exporters:
         let registry = Registry::new();
         let route = route(&registry, 1);
         let (updates, stop) = follow(&route);
-        let (down, other) = (closed_port(), closed_port());
+        let (down, other) = (free_addr(), free_addr());
         updates
             .send(Resolution::Members(vec![down.to_string()]))
             .await

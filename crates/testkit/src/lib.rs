@@ -45,6 +45,11 @@ pub fn free_port() -> u16 {
     panic!("no free loopback port from {FIRST} to {}", FIRST + SPAN)
 }
 
+/// [`free_port`] as a loopback address.
+pub fn free_addr() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
 /// A router's config: OTLP/gRPC on `grpc`, `/metrics` on `admin`, one `loadbalancing` route
 /// over the static `backends`, whose `protocol.otlp` holds `otlp` (the inside of a flow
 /// mapping, e.g. `timeout: 1s`) besides `tls: {insecure: true}`.

@@ -28,7 +28,7 @@ use tailgate::policy::{parse_policies, PolicySet};
 use tailgate::process::resident_bytes_of;
 use tailgate::telemetry::{self, LATENESS_BUCKETS_S};
 use tailgate::worker::config::parse_worker;
-use tailgate_testkit::{free_port, metric, scrape};
+use tailgate_testkit::{free_addr, metric, scrape};
 
 /// What `tailgate bench` runs.
 #[derive(Debug, Clone)]
@@ -267,11 +267,6 @@ impl Proc {
 fn rss_of(pid: i32) -> anyhow::Result<u64> {
     resident_bytes_of(procfs::process::Process::new(pid)?)
         .ok_or_else(|| anyhow::anyhow!("no resident memory for process {pid}"))
-}
-
-/// A loopback address for a child process to listen on (see the test kit's `free_port`).
-fn free_addr() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], free_port()))
 }
 
 async fn wait_listening(addr: SocketAddr, what: &str) -> anyhow::Result<()> {
