@@ -1,6 +1,6 @@
 //! In-process benches on the load generator's requests (`cargo bench --bench worker`):
 //! the decode-only baseline (the yardstick; see docs/ARCHITECTURE.md), worker ingest into the buffer, span
-//! metrics counting, policy evaluation with the benchmark's policy set (reading the
+//! metrics counting and a scrape of them, policy evaluation with the benchmark's policy set (reading the
 //! buffered spans included), ring lookup, and the router's request scanning and splitting.
 //! Compare each to the baseline on the same requests; absolute times on shared machines are
 //! noise.
@@ -17,7 +17,7 @@ use tailgate::otlp::{scan, RequestBuilder};
 use tailgate::policy::parse_policies;
 use tailgate::receiver::{Ingest, Payload};
 use tailgate::spanmetrics::{SpanMetrics, SpanMetricsConfig};
-use tailgate::telemetry::Registry;
+use tailgate::telemetry::{Format, Registry};
 use tailgate::worker::config::parse_worker;
 use tailgate::worker::Worker;
 use tailgate_tools::{bench::POLICIES, Generator, PolicyInput, Workload, WorkloadConfig};
@@ -115,6 +115,19 @@ admin: {{endpoint: "127.0.0.1:0"}}
             for (r, spans) in scanned.iter().zip(&views) {
                 span_metrics.record(r, spans, tokio::time::Instant::now());
             }
+        })
+    });
+    // A scrape of the series the requests made (one per service, operation, kind, status
+    // and dimension values), rendered as Prometheus text.
+    for (r, spans) in scanned.iter().zip(&views) {
+        span_metrics.record(r, spans, tokio::time::Instant::now());
+    }
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("render", |b| {
+        b.iter(|| {
+            let mut out = String::new();
+            span_metrics.render(&mut out, Format::Text, &|_| false);
+            black_box(out)
         })
     });
     group.finish();

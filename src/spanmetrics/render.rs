@@ -21,35 +21,75 @@ pub(crate) fn escape(value: &str, out: &mut String) {
     }
 }
 
-/// `{a="x",b="y",identity="w"}`, leaving out missing values; `extra` goes last (for `le`).
-fn labels(
-    names: &[String],
-    key: &str,
-    identity: (&str, &str),
-    extra: Option<(&str, &str)>,
-    out: &mut String,
-) {
-    out.push('{');
-    let mut first = true;
-    let values = fields(key);
-    let pairs = names
-        .iter()
-        .map(String::as_str)
-        .zip(values)
-        .filter_map(|(n, v)| v.map(|v| (n, v)))
-        .chain(std::iter::once(identity))
-        .chain(extra);
-    for (name, value) in pairs {
-        if !first {
-            out.push(',');
+/// One series to render: its label values in key order (what rows are sorted by) and its
+/// label set rendered once, `a="x",b="y",identity="w"` without braces (missing values left
+/// out), which every line of the series repeats.
+struct Row<'a> {
+    values: Vec<Option<&'a str>>,
+    labels: String,
+    series: &'a Series,
+}
+
+impl<'a> Row<'a> {
+    fn new(names: &[String], key: &'a str, identity: (&str, &str), series: &'a Series) -> Self {
+        let values = fields(key);
+        let mut labels = String::new();
+        let pairs = names
+            .iter()
+            .map(String::as_str)
+            .zip(values.iter().copied())
+            .filter_map(|(n, v)| v.map(|v| (n, v)))
+            .chain(std::iter::once(identity));
+        for (name, value) in pairs {
+            if !labels.is_empty() {
+                labels.push(',');
+            }
+            labels.push_str(name);
+            labels.push_str("=\"");
+            escape(value, &mut labels);
+            labels.push('"');
         }
-        first = false;
-        out.push_str(name);
-        out.push_str("=\"");
-        escape(value, out);
-        out.push('"');
+        Self {
+            values,
+            labels,
+            series,
+        }
     }
-    out.push('}');
+
+    /// `<name>{<labels>} `, ready for the value.
+    fn start(&self, name: &str, out: &mut String) {
+        out.push_str(name);
+        out.push('{');
+        out.push_str(&self.labels);
+        out.push_str("} ");
+    }
+}
+
+/// The rows of a table's snapshot sorted by label values, the overflow series last.
+fn rows<'a>(
+    names: &[String],
+    snapshot: &'a (Vec<(Box<str>, Series)>, Option<Series>),
+    overflow_key: &'a str,
+    identity: (&str, &str),
+) -> Vec<Row<'a>> {
+    let mut rows: Vec<Row<'a>> = snapshot
+        .0
+        .iter()
+        .map(|(k, s)| Row::new(names, k, identity, s))
+        .collect();
+    rows.sort_by(|a, b| a.values.cmp(&b.values));
+    let overflow_names = ["otel_metric_overflow".to_string()];
+    rows.extend(
+        snapshot
+            .1
+            .iter()
+            .map(|s| Row::new(&overflow_names, overflow_key, identity, s)),
+    );
+    rows
+}
+
+fn number(value: u64, out: &mut String) {
+    out.push_str(itoa::Buffer::new().format(value));
 }
 
 fn exemplar(e: &Exemplar, value: f64, out: &mut String) {
@@ -76,35 +116,22 @@ pub(super) fn render(
         super::push_field(&mut k, Some("true"));
         k
     };
-    let overflow_names = ["otel_metric_overflow".to_string()];
-    let (mut rows, overflow) = m.calls.snapshot();
-    rows.sort_by(|a, b| fields(&a.0).cmp(&fields(&b.0)));
-    let all: Vec<(&[String], &str, &Series)> = rows
-        .iter()
-        .map(|(k, s)| (m.labels.as_slice(), &**k, s))
-        .chain(
-            overflow
-                .iter()
-                .map(|s| (overflow_names.as_slice(), overflow_key.as_str(), s)),
-        )
-        .collect();
+    let snapshot = m.calls.snapshot();
+    let all = rows(&m.labels, &snapshot, &overflow_key, identity);
+    let calls_total = format!("{}_total", m.calls_name);
 
     // Calls.
-    let family = if om {
-        m.calls_name.clone()
-    } else {
-        format!("{}_total", m.calls_name)
-    };
+    let family = if om { &m.calls_name } else { &calls_total };
     let _ = writeln!(
         out,
         "# HELP {family} Spans counted, by service, operation, kind and status."
     );
     let _ = writeln!(out, "# TYPE {family} counter");
-    for (names, key, s) in &all {
-        let _ = write!(out, "{}_total", m.calls_name);
-        labels(names, key, identity, None, out);
-        let _ = write!(out, " {}", s.calls);
+    for row in &all {
+        row.start(&calls_total, out);
+        number(row.series.calls, out);
         if om {
+            let s = row.series;
             if let Some(e) = s.exemplars.iter().rev().find(|e| kept(&e.trace_id)) {
                 exemplar(e, 1.0, out);
             }
@@ -113,19 +140,32 @@ pub(super) fn render(
     }
 
     // Duration.
-    if !m.calls.bounds().is_empty() || all.iter().any(|(_, _, s)| !s.buckets.is_empty()) {
+    if !m.calls.bounds().is_empty() || all.iter().any(|row| !row.series.buckets.is_empty()) {
         let name = &m.duration_name;
         let _ = writeln!(out, "# HELP {name} Span durations.");
         let _ = writeln!(out, "# TYPE {name} histogram");
         let bounds = m.calls.bounds();
-        for (names, key, s) in &all {
+        // `,le="<bound>"} ` per bucket, `+Inf` last.
+        let le: Vec<String> = bounds
+            .iter()
+            .map(|b| format!(",le=\"{b}\"}} "))
+            .chain(std::iter::once(",le=\"+Inf\"} ".to_string()))
+            .collect();
+        let (bucket, sum, count) = (
+            format!("{name}_bucket"),
+            format!("{name}_sum"),
+            format!("{name}_count"),
+        );
+        for row in &all {
+            let s = row.series;
             let mut cumulative = 0;
-            for (i, count) in s.buckets.iter().enumerate() {
+            for (i, (count, le)) in s.buckets.iter().zip(&le).enumerate() {
                 cumulative += count;
-                let le = bounds.get(i).map_or("+Inf".to_string(), |b| b.to_string());
-                let _ = write!(out, "{name}_bucket");
-                labels(names, key, identity, Some(("le", &le)), out);
-                let _ = write!(out, " {cumulative}");
+                out.push_str(&bucket);
+                out.push('{');
+                out.push_str(&row.labels);
+                out.push_str(le);
+                number(cumulative, out);
                 if om {
                     let low = if i == 0 {
                         f64::NEG_INFINITY
@@ -144,38 +184,25 @@ pub(super) fn render(
                 }
                 out.push('\n');
             }
-            let _ = write!(out, "{name}_sum");
-            labels(names, key, identity, None, out);
-            let _ = writeln!(out, " {}", s.sum);
-            let _ = write!(out, "{name}_count");
-            labels(names, key, identity, None, out);
-            let _ = writeln!(out, " {}", s.calls);
+            row.start(&sum, out);
+            let _ = writeln!(out, "{}", s.sum);
+            row.start(&count, out);
+            number(s.calls, out);
+            out.push('\n');
         }
     }
 
     // Events.
     if let Some(events) = &m.events {
-        let (mut rows, overflow) = events.snapshot();
-        rows.sort_by(|a, b| fields(&a.0).cmp(&fields(&b.0)));
-        let family = if om {
-            m.events_name.clone()
-        } else {
-            format!("{}_total", m.events_name)
-        };
+        let snapshot = events.snapshot();
+        let events_total = format!("{}_total", m.events_name);
+        let family = if om { &m.events_name } else { &events_total };
         let _ = writeln!(out, "# HELP {family} Span events counted.");
         let _ = writeln!(out, "# TYPE {family} counter");
-        let lines = rows
-            .iter()
-            .map(|(k, s)| (m.event_labels.as_slice(), &**k, s))
-            .chain(
-                overflow
-                    .iter()
-                    .map(|s| (overflow_names.as_slice(), overflow_key.as_str(), s)),
-            );
-        for (names, key, s) in lines {
-            let _ = write!(out, "{}_total", m.events_name);
-            labels(names, key, identity, None, out);
-            let _ = writeln!(out, " {}", s.calls);
+        for row in rows(&m.event_labels, &snapshot, &overflow_key, identity) {
+            row.start(&events_total, out);
+            number(row.series.calls, out);
+            out.push('\n');
         }
     }
 }

@@ -350,39 +350,74 @@ async fn metrics(State(s): State<AdminState>, headers: HeaderMap) -> impl IntoRe
 /// Merges expositions so that every metric family appears once, with its `# HELP` and
 /// `# TYPE` from the first part that has it and the samples of every part, in order.
 /// Series of different parts must differ in their labels (a component or identity label).
-/// Lines are borrowed from `parts`, and the result is allocated once: a scrape of a large
-/// span metrics table copies its text once more, not once per line.
+/// Runs of sample lines are borrowed from `parts`, and the result is allocated once: a
+/// scrape of a large span metrics table copies its text once more, not once per line.
 pub fn merge_families(parts: &[String]) -> String {
+    #[derive(Default)]
+    struct Family<'a> {
+        meta: Vec<&'a str>,
+        /// Runs of consecutive sample lines, each with its line ends.
+        samples: Vec<&'a str>,
+    }
     let mut order: Vec<&str> = Vec::new();
-    let mut families: std::collections::HashMap<&str, (Vec<&str>, Vec<&str>)> = Default::default();
+    let mut families: std::collections::HashMap<&str, Family> = Default::default();
     for part in parts {
         let mut current = "";
-        for line in part.lines().filter(|l| !l.trim().is_empty()) {
-            let meta = line
+        // The run of sample lines being gathered: its start and end in `part`.
+        let mut run = 0..0;
+        let mut at = 0;
+        for line in part.split_inclusive('\n') {
+            let start = at;
+            at += line.len();
+            let text = line.trim_end_matches(['\n', '\r']);
+            let meta = text
                 .strip_prefix("# HELP ")
-                .or_else(|| line.strip_prefix("# TYPE "));
+                .or_else(|| text.strip_prefix("# TYPE "));
+            let blank = text.trim().is_empty();
+            if (meta.is_some() || blank) && !run.is_empty() {
+                if let Some(family) = families.get_mut(current) {
+                    family.samples.push(&part[run.clone()]);
+                }
+                run = 0..0;
+            }
+            if blank {
+                continue;
+            }
             if let Some(rest) = meta {
                 current = rest.split(' ').next().unwrap_or("");
             }
-            let entry = families.entry(current).or_insert_with(|| {
+            let family = families.entry(current).or_insert_with(|| {
                 order.push(current);
-                Default::default()
+                Family::default()
             });
             if meta.is_some() {
-                if !entry.0.contains(&line) && entry.0.len() < 2 {
-                    entry.0.push(line);
+                if !family.meta.contains(&text) && family.meta.len() < 2 {
+                    family.meta.push(text);
                 }
+            } else if run.is_empty() {
+                run = start..at;
             } else {
-                entry.1.push(line);
+                run.end = at;
+            }
+        }
+        if !run.is_empty() {
+            if let Some(family) = families.get_mut(current) {
+                family.samples.push(&part[run]);
             }
         }
     }
     let mut out = String::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
     for name in order {
-        let (meta, samples) = &families[&name];
-        for line in meta.iter().chain(samples) {
+        let family = &families[&name];
+        for line in &family.meta {
             out.push_str(line);
             out.push('\n');
+        }
+        for run in &family.samples {
+            out.push_str(run);
+            if !run.ends_with('\n') {
+                out.push('\n');
+            }
         }
     }
     out
