@@ -530,4 +530,12 @@ fn a_key_found_only_as_another_attributes_value_is_not_an_attribute() {
     ));
     // Bytes that occur nowhere: not found without reading.
     assert!(attributes.get("absent").is_none());
+    // The same for several keys in one pass.
+    let mut found = [None; 3];
+    attributes.get_each(["url.path", "absent", "http.route"].into_iter(), &mut found);
+    assert!(found[0].is_none() && found[1].is_none());
+    assert!(matches!(
+        found[2],
+        Some(view::AnyValueView::Str("url.path"))
+    ));
 }

@@ -314,7 +314,13 @@ impl<'a> Attributes<'a> {
             return;
         }
         let all = u64::MAX >> (64 - found.len());
+        // A key whose bytes do not occur in the message is no attribute's (see `get`).
         let mut seen = 0u64;
+        for (i, k) in keys.clone().enumerate() {
+            if !k.is_empty() && memchr::memmem::find(self.msg, k.as_bytes()).is_none() {
+                seen |= 1 << i;
+            }
+        }
         for kv in self.iter() {
             if seen == all {
                 break;
