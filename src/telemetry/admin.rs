@@ -383,6 +383,11 @@ pub fn merge_families(parts: &[String]) -> String {
             if blank {
                 continue;
             }
+            if !run.is_empty() {
+                run.end = at;
+                continue;
+            }
+            // A `# HELP` or `# TYPE` line, or the first sample line of a run.
             if let Some(rest) = meta {
                 current = rest.split(' ').next().unwrap_or("");
             }
@@ -390,14 +395,10 @@ pub fn merge_families(parts: &[String]) -> String {
                 order.push(current);
                 Family::default()
             });
-            if meta.is_some() {
-                if !family.meta.contains(&text) && family.meta.len() < 2 {
-                    family.meta.push(text);
-                }
-            } else if run.is_empty() {
+            if meta.is_none() {
                 run = start..at;
-            } else {
-                run.end = at;
+            } else if !family.meta.contains(&text) && family.meta.len() < 2 {
+                family.meta.push(text);
             }
         }
         if !run.is_empty() {
