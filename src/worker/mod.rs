@@ -43,7 +43,7 @@ use crate::supervisor::{Group, Supervisor, TaskFailure};
 use crate::telemetry::{Admin, Health, MetricsSource, Registry};
 use config::WorkerConfig;
 use durable::Durable;
-use pipeline::{DecisionSettings, Pipeline, DECISION_TICK};
+use pipeline::{DecisionSettings, Kept, Pipeline, DECISION_TICK};
 
 /// A running worker.
 pub struct Worker {
@@ -433,7 +433,8 @@ async fn decide_returned(
 /// How long a returned request the pipeline refused waits before it is tried again.
 const RETURN_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// Decides due traces in `shards` every [`DECISION_TICK`] until `stop`.
+/// Decides due traces in `shards` every [`DECISION_TICK`] until `stop`, gathering kept
+/// spans into export requests; what it has gathered is sent when it stops.
 async fn decide_loop(
     pipeline: Arc<Pipeline>,
     shards: Vec<usize>,
@@ -441,15 +442,16 @@ async fn decide_loop(
 ) -> Result<(), Infallible> {
     let mut tick = tokio::time::interval(DECISION_TICK);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut kept = Kept::default();
     loop {
         tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
+            _ = stop.cancelled() => {
+                pipeline.send_kept(&mut kept);
+                return Ok(());
+            }
             _ = tick.tick() => {}
         }
-        let now = Instant::now();
-        for &shard in &shards {
-            pipeline.decide_due(shard, now);
-        }
+        pipeline.decide_due(&shards, Instant::now(), &mut kept);
     }
 }
 

@@ -43,6 +43,10 @@ use crate::telemetry::{self, Format, MetricsSource, Registry};
 /// Largest export request the decision loop builds, in spans and in bytes.
 const MAX_BATCH_SPANS: u64 = 8192;
 const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// How long a decision loop's kept spans wait for more before they are sent (the batch
+/// processor's default timeout; a collector's tail sampling is usually followed by one).
+/// Without it, each tick would send the few traces it kept as a request of their own.
+pub const EXPORT_BATCH_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// A remembered decision, for late spans.
 #[derive(Debug, Clone)]
@@ -590,19 +594,36 @@ impl Pipeline {
         }
     }
 
-    /// Decides every trace in timer shard `shard` that is due at `now`; returns how many.
-    pub fn decide_due(&self, shard: usize, now: Instant) -> usize {
+    /// Decides every trace in the timer shards `shards` that is due at `now`, kept spans
+    /// going into `kept`, which is sent when full or [`EXPORT_BATCH_TIMEOUT`] after its first
+    /// span; returns how many traces were decided.
+    pub fn decide_due(&self, shards: &[usize], now: Instant, kept: &mut Kept) -> usize {
         let started = std::time::Instant::now();
         let mut due = Vec::new();
-        self.buffer.take_due(shard, now, &mut due);
+        for &shard in shards {
+            self.buffer.take_due(shard, now, &mut due);
+        }
         let n = due.len();
         if n > 0 {
-            self.decide_batch(due, now);
+            self.decide_batch(due, now, kept);
             self.metrics
                 .timer_latency
                 .record(started.elapsed().as_secs_f64() * 1000.0);
         }
+        if kept
+            .since
+            .is_some_and(|since| now.saturating_duration_since(since) >= EXPORT_BATCH_TIMEOUT)
+        {
+            self.send_kept(kept);
+        }
         n
+    }
+
+    /// Sends the spans in `kept` to the exporters now.
+    pub fn send_kept(&self, kept: &mut Kept) {
+        if !kept.request.is_empty() {
+            self.exporters.enqueue(kept.take(self.durable.as_deref()));
+        }
     }
 
     /// Empties the buffer at shutdown: decides every pending trace on what it has, or
@@ -615,14 +636,15 @@ impl Pipeline {
                 self.metrics.outcomes.shutdown.increment(entry.span_count);
             }
         } else {
-            self.decide_batch(all, now);
+            let mut kept = Kept::default();
+            self.decide_batch(all, now, &mut kept);
+            self.send_kept(&mut kept);
         }
         self.update_gauges();
     }
 
-    fn decide_batch(&self, due: Vec<(TraceId, TraceEntry)>, now: Instant) {
+    fn decide_batch(&self, due: Vec<(TraceId, TraceEntry)>, now: Instant, out: &mut Kept) {
         let fleet_size = self.fleet.as_ref().map_or(1, |f| f.size());
-        let mut out = Kept::default();
         let mut scratch = BytesMut::new();
         let decided: Vec<(TraceId, TraceEntry, Verdict)> = due
             .into_iter()
@@ -655,6 +677,7 @@ impl Pipeline {
                     .decided(Decision::Sampled)
                     .increment(entry.span_count);
                 let annotation = self.decider.annotation(&verdict, false).unwrap_or_default();
+                out.since.get_or_insert(now);
                 for chunk in entry.spans.chunks() {
                     let spans = Spans {
                         head: chunk.head,
@@ -679,9 +702,6 @@ impl Pipeline {
                     .increment(entry.span_count);
             }
             self.remember(&id, &verdict, now, recorded);
-        }
-        if !out.request.is_empty() {
-            self.exporters.enqueue(out.take(self.durable.as_deref()));
         }
         self.update_gauges();
     }
@@ -797,16 +817,19 @@ struct Spans<'h, I> {
 /// settles: per trace, the last request whose spans are in it, and pins keeping those
 /// requests on disk until then.
 #[derive(Default)]
-struct Kept {
+pub struct Kept {
     request: RequestBuilder,
     traces: Vec<(TraceId, u64)>,
     pins: Vec<Pin>,
+    /// When a decision loop's batch got its first span.
+    since: Option<Instant>,
 }
 
 impl Kept {
     /// The export request, carrying its settlement when there is a log.
     fn take(&mut self, durable: Option<&Durable>) -> EncodedRequest {
         let mut request = self.request.take();
+        self.since = None;
         if let (Some(durable), false) = (durable, self.traces.is_empty()) {
             request.settlement =
                 Some(durable.settlement(&self.traces, std::mem::take(&mut self.pins)));

@@ -7,22 +7,96 @@ use tokio::time::Instant;
 
 use crate::receiver::{Ingest, Payload};
 use crate::worker::config::parse_worker;
-use crate::worker::pipeline::DECISION_TICK;
+use crate::worker::pipeline::{DECISION_TICK, EXPORT_BATCH_TIMEOUT};
 use crate::worker::Worker;
 use tailgate_testkit::{metric, request, span, trace_id};
 
 async fn worker(tail_sampling: &str) -> Worker {
+    worker_exporting_to(tail_sampling, "debug: {}").await
+}
+
+async fn worker_exporting_to(tail_sampling: &str, exporters: &str) -> Worker {
     let config = parse_worker(&format!(
         r#"
 receivers: {{otlp: {{protocols: {{grpc: {{endpoint: "127.0.0.1:0"}}}}}}}}
 tail_sampling:
 {tail_sampling}
-exporters: {{debug: {{}}}}
+exporters: {{{exporters}}}
 admin: {{endpoint: "127.0.0.1:0"}}
 "#
     ))
     .unwrap();
     Worker::start(config).await.unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn traces_kept_in_several_ticks_share_a_request_sent_after_the_batch_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kept.json");
+    let w = worker_exporting_to(
+        "  decision_wait: 1s\n  policies: [{name: all, type: always_sample}]",
+        &format!("file: {{path: {:?}}}", path.display().to_string()),
+    )
+    .await;
+    let p = w.pipeline().clone();
+    // One decision loop per core, each with its own batch.
+    let loops = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let per_tick = 4 * loops;
+    let t0 = Instant::now();
+    // Traces in three groups 50 ms apart: decided in three ticks, within the batch
+    // timeout, each group enough to reach every loop.
+    for n in 0..3 * per_tick {
+        tokio::time::sleep_until(t0 + Duration::from_millis(50 * (n / per_tick))).await;
+        p.ingest(
+            Payload::Decoded(request("a", vec![span(trace_id(n + 1), 1, None)])),
+            None,
+            Instant::now(),
+        )
+        .unwrap();
+    }
+    let sent = |w: &Worker| {
+        metric(
+            &w.registry.render(),
+            "otelcol_exporter_sent_spans_total",
+            &[("exporter", "file")],
+        )
+    };
+    let first_decided = t0 + Duration::from_secs(1) + DECISION_TICK;
+    tokio::time::sleep_until(first_decided + Duration::from_millis(150)).await;
+    assert_eq!(p.buffer().pending_traces(), 0, "all three decided");
+    assert_eq!(sent(&w), 0.0, "sent before the batch timeout");
+    tokio::time::sleep_until(first_decided + EXPORT_BATCH_TIMEOUT + DECISION_TICK).await;
+    while sent(&w) < (3 * per_tick) as f64 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    w.shutdown().await;
+    let requests = std::fs::read_to_string(&path).unwrap().lines().count() as u64;
+    assert!(
+        (1..=loops).contains(&requests),
+        "{requests} export requests from {loops} decision loop(s)"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_decision_loop_sends_what_it_gathered_when_the_worker_stops() {
+    let w = worker("  decision_wait: 1s\n  policies: [{name: all, type: always_sample}]").await;
+    let p = w.pipeline().clone();
+    p.ingest(
+        Payload::Decoded(request("a", vec![span(trace_id(1), 1, None)])),
+        None,
+        Instant::now(),
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(1) + DECISION_TICK * 2).await;
+    assert_eq!(p.buffer().pending_traces(), 0);
+    let registry = w.registry.clone();
+    w.shutdown().await;
+    let text = registry.render();
+    assert_eq!(
+        metric(&text, "otelcol_exporter_sent_spans_total", &[("exporter", "debug")]),
+        1.0,
+        "{text}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
