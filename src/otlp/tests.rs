@@ -530,6 +530,10 @@ fn a_key_found_only_as_another_attributes_value_is_not_an_attribute() {
     ));
     // Bytes that occur nowhere: not found without reading.
     assert!(attributes.get("absent").is_none());
+    // A key made once says whether its bytes occur at all (an empty key always may).
+    assert!(view::AttributeKey::new("url.path").may_be_in(&body));
+    assert!(!view::AttributeKey::new("absent").may_be_in(&body));
+    assert!(view::AttributeKey::new("").may_be_in(&body));
     // The same for several keys in one pass.
     let mut found = [None; 3];
     attributes.get_each(["url.path", "absent", "http.route"].into_iter(), &mut found);

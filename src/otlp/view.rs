@@ -284,14 +284,19 @@ impl<'a> Attributes<'a> {
     /// The value of the first attribute named `key`, if that attribute has one: what
     /// pdata's `Get` finds.
     pub fn get(&self, key: &str) -> Option<AnyValueView<'a>> {
+        self.get_key(&AttributeKey::new(key))
+    }
+
+    /// [`get`](Self::get) with a key made once for many lookups.
+    pub fn get_key(&self, key: &AttributeKey) -> Option<AnyValueView<'a>> {
         // A key is encoded as its bytes: where they do not occur in the message, no
         // attribute has it, found without reading a field. Attribute policies look a key up
         // in every span of a trace, and most spans do not have it.
-        if !key.is_empty() && memchr::memmem::find(self.msg, key.as_bytes()).is_none() {
+        if !key.may_be_in(self.msg) {
             return None;
         }
         self.iter()
-            .find(|kv| kv.key_bytes() == key.as_bytes())
+            .find(|kv| kv.key_bytes() == key.as_str().as_bytes())
             .and_then(|kv| kv.value())
     }
 
@@ -333,6 +338,33 @@ impl<'a> Attributes<'a> {
                 }
             }
         }
+    }
+}
+
+/// An attribute key with its byte search made once: policies look their key up in every
+/// span of every trace.
+#[derive(Debug, Clone)]
+pub struct AttributeKey {
+    key: String,
+    finder: memchr::memmem::Finder<'static>,
+}
+
+impl AttributeKey {
+    pub fn new(key: &str) -> Self {
+        Self {
+            key: key.to_owned(),
+            finder: memchr::memmem::Finder::new(key.as_bytes()).into_owned(),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.key
+    }
+
+    /// False when no encoded message in `bytes` can hold an attribute with this key: its
+    /// bytes occur nowhere in them.
+    pub fn may_be_in(&self, bytes: &[u8]) -> bool {
+        self.key.is_empty() || self.finder.find(bytes).is_some()
     }
 }
 

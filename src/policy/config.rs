@@ -14,6 +14,7 @@ use super::probabilistic::Probabilistic;
 use super::rules::{Rule, StringMatcher};
 use super::token_bucket::TokenBucket;
 use crate::config::Errors;
+use crate::otlp::view::AttributeKey;
 
 /// One policy (or sub-policy): `name`, `type`, and the block named after the type.
 #[derive(Debug, Deserialize)]
@@ -413,7 +414,7 @@ impl PolicyConfig {
                     return None;
                 }
                 Some(Rule::NumericAttribute {
-                    key: c.key,
+                    key: AttributeKey::new(&c.key),
                     min,
                     max,
                     invert: c.invert_match,
@@ -480,7 +481,7 @@ impl PolicyConfig {
                     StringMatcher::exact(c.values.into_iter().filter(|v| !v.is_empty()).collect())
                 };
                 Some(Rule::StringAttribute {
-                    key: c.key,
+                    key: AttributeKey::new(&c.key),
                     matcher,
                     invert: c.invert_match,
                 })
@@ -552,7 +553,7 @@ impl PolicyConfig {
                 let c = self.boolean_attribute.unwrap_or_default();
                 require_key(&c.key, &block("boolean_attribute"), errors)?;
                 Some(Rule::BooleanAttribute {
-                    key: c.key,
+                    key: AttributeKey::new(&c.key),
                     value: c.value,
                     invert: c.invert_match,
                 })

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 
 use crate::config::{read_yaml, ConfigError, Errors, FieldError};
 use crate::otlp::tracestate::{Threshold, SPACE};
-use crate::otlp::view::{Attributes, ScopeView, SpanView};
+use crate::otlp::view::{AttributeKey, Attributes, ScopeView, SpanView};
 use crate::otlp::{Chunk, TraceId};
 pub use adaptive::AdaptiveMetrics;
 pub use probabilistic::{Mode as ProbabilisticMode, Probabilistic};
@@ -96,6 +96,13 @@ impl<'a> Batch<'a> {
     /// Each span's attributes, without reading its other fields.
     pub fn span_attributes(&self) -> impl Iterator<Item = Attributes<'a>> + use<'a> {
         self.chunk.span_bodies().map(Attributes::of_span)
+    }
+
+    /// False when no span of the chunk can have an attribute `key` (see
+    /// [`AttributeKey::may_be_in`]): one search over the chunk's bytes rather than one per
+    /// span.
+    pub fn spans_may_have(&self, key: &AttributeKey) -> bool {
+        key.may_be_in(self.chunk.spans)
     }
 }
 

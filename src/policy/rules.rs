@@ -13,7 +13,7 @@ use super::ottl::OttlCondition;
 use super::probabilistic::Probabilistic;
 use super::token_bucket::TokenBucket;
 use super::{Chance, Decision, TraceView};
-use crate::otlp::view::{AnyValueView, SpanView};
+use crate::otlp::view::{AnyValueView, AttributeKey, SpanView};
 
 /// Why a policy could not decide; the policy abstains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -39,7 +39,7 @@ pub(super) enum Rule {
         upper_threshold_ms: i64,
     },
     NumericAttribute {
-        key: String,
+        key: AttributeKey,
         min: i64,
         max: i64,
         invert: bool,
@@ -48,7 +48,7 @@ pub(super) enum Rule {
         codes: Vec<i32>,
     },
     StringAttribute {
-        key: String,
+        key: AttributeKey,
         matcher: StringMatcher,
         invert: bool,
     },
@@ -64,7 +64,7 @@ pub(super) enum Rule {
     },
     TraceFlags,
     BooleanAttribute {
-        key: String,
+        key: AttributeKey,
         value: bool,
         invert: bool,
     },
@@ -317,14 +317,15 @@ fn spans<'a>(t: &TraceView<'a>) -> impl Iterator<Item = &'a SpanView<'a>> {
 /// `invert`, the other way round (not sampled when any does, sampled otherwise).
 fn any_attribute(
     t: &TraceView<'_>,
-    key: &str,
+    key: &AttributeKey,
     invert: bool,
     hit: impl Fn(&AnyValueView<'_>, bool) -> bool,
 ) -> Decision {
     let found = t.batches.iter().any(|b| {
-        b.resource.get(key).is_some_and(|v| hit(&v, false))
-            || b.span_attributes()
-                .any(|a| a.get(key).is_some_and(|v| hit(&v, true)))
+        b.resource.get_key(key).is_some_and(|v| hit(&v, false))
+            || b.spans_may_have(key)
+                && b.span_attributes()
+                    .any(|a| a.get_key(key).is_some_and(|v| hit(&v, true)))
     });
     if found != invert {
         Decision::Sampled
