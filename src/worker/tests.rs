@@ -93,7 +93,11 @@ async fn a_decision_loop_sends_what_it_gathered_when_the_worker_stops() {
     w.shutdown().await;
     let text = registry.render();
     assert_eq!(
-        metric(&text, "otelcol_exporter_sent_spans_total", &[("exporter", "debug")]),
+        metric(
+            &text,
+            "otelcol_exporter_sent_spans_total",
+            &[("exporter", "debug")]
+        ),
         1.0,
         "{text}"
     );
