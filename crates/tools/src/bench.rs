@@ -74,8 +74,12 @@ pub const POLICIES: &str = r#"
 
 const LATENESS_QUANTILES: [f64; 2] = [0.5, 0.99];
 
-/// How often the benchmark samples the workers' buffered spans and memory.
+/// How often the benchmark samples the workers' buffered spans and memory (their own
+/// metrics, on the admin endpoint).
 const SAMPLE_EVERY: Duration = Duration::from_secs(2);
+/// How often the benchmark scrapes the workers' span metrics (their `prometheus`
+/// exporter's endpoint), as a Prometheus server would.
+const SPAN_METRICS_SCRAPE_EVERY: Duration = Duration::from_secs(15);
 /// The workers' live heap (jemalloc's allocated bytes), from their process metrics.
 const HEAP_ALLOC: &str = "otelcol_process_runtime_heap_alloc_bytes";
 
@@ -489,9 +493,10 @@ async fn fleet(
     let sink = VerifySink::start("127.0.0.1:0").await?;
     let mut workers = Vec::new();
     let mut worker_admins = Vec::new();
+    let mut worker_span_metrics = Vec::new();
     let mut worker_endpoints = Vec::new();
     for i in 0..options.workers {
-        let (grpc, admin) = (free_addr(), free_addr());
+        let (grpc, admin, span_metrics) = (free_addr(), free_addr(), free_addr());
         let storage = storage.map(|(dir, fsync)| (dir.join(format!("worker-{i}")), fsync));
         if let Some((dir, _)) = &storage {
             std::fs::create_dir_all(dir)?;
@@ -499,7 +504,7 @@ async fn fleet(
         let config = worker_config(
             i,
             grpc,
-            admin,
+            (admin, span_metrics),
             sink.addr,
             options.decision_wait,
             storage.as_ref().map(|(d, f)| (d.as_path(), *f)),
@@ -518,6 +523,7 @@ async fn fleet(
             .await?,
         );
         worker_admins.push(admin);
+        worker_span_metrics.push(span_metrics);
         worker_endpoints.push(grpc);
     }
     let (router_grpc, router_admin) = (free_addr(), free_addr());
@@ -578,17 +584,24 @@ async fn fleet(
     eprintln!("router and {} worker(s)", options.workers);
 
     // Memory is sampled while the load runs: the peak of buffered spans, and the resident
-    // memory the workers had then. Each sample scrapes every worker's metrics (about 1.7 MB
-    // of span metrics at the default workload), which costs the workers CPU; every two
-    // seconds is still several times more often than Prometheus scrapes.
+    // memory the workers had then, from the workers' own metrics. Their span metrics (about
+    // 1.7 MB of text per worker at the default workload) are scraped as Prometheus would.
     let stop_sampling = tokio_util::sync::CancellationToken::new();
     let sampler = {
         let admins = worker_admins.clone();
+        let span_metrics = worker_span_metrics.clone();
         let pids: Vec<i32> = workers.iter().map(|w| w.pid).collect();
         let stop = stop_sampling.clone();
         tokio::spawn(async move {
             let mut peak = (0u64, 0u64, 0.0);
+            let mut span_metrics_scraped: Option<Instant> = None;
             while !stop.is_cancelled() {
+                if span_metrics_scraped.is_none_or(|t| t.elapsed() >= SPAN_METRICS_SCRAPE_EVERY) {
+                    span_metrics_scraped = Some(Instant::now());
+                    for endpoint in &span_metrics {
+                        let _ = scrape(*endpoint).await;
+                    }
+                }
                 let (mut buffered, mut heap) = (0.0, 0.0);
                 for admin in &admins {
                     if let Ok(text) = scrape(*admin).await {
@@ -669,7 +682,7 @@ async fn replay(
     let config = worker_config(
         0,
         grpc,
-        admin,
+        (admin, free_addr()),
         sink,
         Duration::from_secs(600),
         Some((dir, fsync)),
@@ -721,10 +734,12 @@ pub(super) fn quantile(cumulative: &[f64], q: f64) -> f64 {
     lower.0
 }
 
+/// A worker's config, with its admin endpoint and its span metrics' (a
+/// `prometheus` exporter, as a collector serves them).
 fn worker_config(
     i: usize,
     grpc: SocketAddr,
-    admin: SocketAddr,
+    (admin, span_metrics): (SocketAddr, SocketAddr),
     sink: SocketAddr,
     decision_wait: Duration,
     storage: Option<(&Path, bool)>,
@@ -761,6 +776,8 @@ exporters:
     tls: {{insecure: true}}
     headers: {{{WORKER_HEADER}: worker-{i}}}
     sending_queue: {{queue_size: 10000, num_consumers: 4}}
+  prometheus:
+    endpoint: "{span_metrics}"
 admin:
   endpoint: "{admin}"
 shutdown:
