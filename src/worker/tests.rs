@@ -39,9 +39,11 @@ async fn traces_kept_in_several_ticks_share_a_request_sent_after_the_batch_timeo
     )
     .await;
     let p = w.pipeline().clone();
-    // One decision loop per core, each with its own batch.
-    let loops = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
-    let per_tick = 4 * loops;
+    // Each decision loop has its own batch.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let loops = crate::worker::decision_loops(cores) as u64;
+    // Enough traces per tick to reach every timer shard.
+    let per_tick = 4 * cores as u64;
     let t0 = Instant::now();
     // Traces in three groups 50 ms apart: decided in three ticks, within the batch
     // timeout, each group enough to reach every loop.
