@@ -536,7 +536,8 @@ fn a_key_found_only_as_another_attributes_value_is_not_an_attribute() {
     assert!(view::AttributeKey::new("").may_be_in(&body));
     // The same for several keys in one pass.
     let mut found = [None; 3];
-    attributes.get_each(["url.path", "absent", "http.route"].into_iter(), &mut found);
+    let keys = ["url.path", "absent", "http.route"].map(view::AttributeKey::new);
+    attributes.get_each(keys.iter(), &mut found);
     assert!(found[0].is_none() && found[1].is_none());
     assert!(matches!(
         found[2],

@@ -304,7 +304,7 @@ impl<'a> Attributes<'a> {
     /// would give for the i-th key goes to `found[i]`, which must start `None`.
     pub fn get_each<'k>(
         &self,
-        keys: impl Iterator<Item = &'k str> + Clone,
+        keys: impl Iterator<Item = &'k AttributeKey> + Clone,
         found: &mut [Option<AnyValueView<'a>>],
     ) {
         if found.is_empty() {
@@ -314,7 +314,7 @@ impl<'a> Attributes<'a> {
         // up one by one.
         if found.len() > 64 {
             for (k, f) in keys.zip(found) {
-                *f = self.get(k);
+                *f = self.get_key(k);
             }
             return;
         }
@@ -322,7 +322,7 @@ impl<'a> Attributes<'a> {
         // A key whose bytes do not occur in the message is no attribute's (see `get`).
         let mut seen = 0u64;
         for (i, k) in keys.clone().enumerate() {
-            if !k.is_empty() && memchr::memmem::find(self.msg, k.as_bytes()).is_none() {
+            if !k.may_be_in(self.msg) {
                 seen |= 1 << i;
             }
         }
@@ -332,7 +332,7 @@ impl<'a> Attributes<'a> {
             }
             let key = kv.key_bytes();
             for (i, k) in keys.clone().enumerate() {
-                if seen & (1 << i) == 0 && k.as_bytes() == key {
+                if seen & (1 << i) == 0 && k.as_str().as_bytes() == key {
                     seen |= 1 << i;
                     found[i] = kv.value();
                 }

@@ -20,7 +20,7 @@ use table::{Observation, Recorded, Table};
 
 use crate::otlp::scan::Scanned;
 use crate::otlp::tracestate;
-use crate::otlp::view::{AnyValueView, Attributes, SpanView};
+use crate::otlp::view::{AnyValueView, AttributeKey, Attributes, SpanView};
 use crate::otlp::TraceId;
 use crate::telemetry::{self, Format, Registry};
 
@@ -49,8 +49,8 @@ pub struct SpanMetrics {
     unit: Unit,
     /// Which of service.name, span.name, span.kind, status.code are labels.
     include: [bool; 4],
-    dimensions: Vec<Dimension>,
-    event_dimensions: Vec<Dimension>,
+    dimensions: Vec<DimensionKey>,
+    event_dimensions: Vec<DimensionKey>,
     /// Label names of a calls/duration key, in key order.
     labels: Vec<String>,
     /// Label names of an events key, in key order.
@@ -116,8 +116,13 @@ impl SpanMetrics {
             expiration: config.metrics_expiration,
             unit,
             include,
-            dimensions: config.dimensions.clone(),
-            event_dimensions: config.events.dimensions.clone(),
+            dimensions: config.dimensions.iter().map(DimensionKey::new).collect(),
+            event_dimensions: config
+                .events
+                .dimensions
+                .iter()
+                .map(DimensionKey::new)
+                .collect(),
             labels,
             event_labels,
             calls_name: name("calls"),
@@ -262,12 +267,27 @@ fn span_id(span: &SpanView<'_>) -> [u8; 8] {
     span.span_id.try_into().unwrap_or_default()
 }
 
+/// A configured dimension, its key's byte search made once (see [`AttributeKey`]).
+struct DimensionKey {
+    key: AttributeKey,
+    default: Option<String>,
+}
+
+impl DimensionKey {
+    fn new(d: &Dimension) -> Self {
+        Self {
+            key: AttributeKey::new(&d.name),
+            default: d.default.clone(),
+        }
+    }
+}
+
 /// Appends each dimension: the span (or event) attribute, else the resource attribute
 /// (`resource[i]`, looked up once per resource), else the default, else marked missing
 /// (the label is then left out). `scratch` is reused from call to call.
 fn dimension_fields<'a>(
     key: &mut String,
-    dims: &[Dimension],
+    dims: &[DimensionKey],
     own: Attributes<'a>,
     resource: &[Option<AnyValueView<'a>>],
     scratch: &mut Vec<Option<AnyValueView<'a>>>,
@@ -285,12 +305,12 @@ fn dimension_fields<'a>(
 /// The value of each dimension in `attributes`, into `out` (one pass over them).
 fn get_each<'a>(
     attributes: Attributes<'a>,
-    dims: &[Dimension],
+    dims: &[DimensionKey],
     out: &mut Vec<Option<AnyValueView<'a>>>,
 ) {
     out.clear();
     out.resize(dims.len(), None);
-    attributes.get_each(dims.iter().map(|d| d.name.as_str()), out);
+    attributes.get_each(dims.iter().map(|d| &d.key), out);
 }
 
 /// Appends a value that is not a string as one key field, formatted in place.

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::codec::CompressionEncoding;
 use tonic::{Code, Request, Response, Status};
 
-use tailgate::otlp::view::{AnyValueView, Attributes, SpanView};
+use tailgate::otlp::view::{AnyValueView, AttributeKey, Attributes, SpanView};
 
 /// A loopback port nothing listens on (bound, then released): for a peer that is gone, or
 /// for a process that must know its own endpoint before it binds.
@@ -454,7 +454,8 @@ fn assert_attributes_read(view: Attributes<'_>, decoded: &[KeyValue]) {
     assert_eq!(keys, expected, "attribute keys");
     expected.push("absent");
     let mut found = vec![None; expected.len()];
-    view.get_each(expected.iter().copied(), &mut found);
+    let keys: Vec<AttributeKey> = expected.iter().map(|k| AttributeKey::new(k)).collect();
+    view.get_each(keys.iter(), &mut found);
     for (key, found) in expected.iter().zip(&found) {
         let one = view.get(key);
         assert_eq!(format!("{found:?}"), format!("{one:?}"), "get_each {key:?}");
