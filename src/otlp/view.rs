@@ -284,19 +284,23 @@ impl<'a> Attributes<'a> {
     /// The value of the first attribute named `key`, if that attribute has one: what
     /// pdata's `Get` finds.
     pub fn get(&self, key: &str) -> Option<AnyValueView<'a>> {
-        self.get_key(&AttributeKey::new(key))
+        self.find(key, &memchr::memmem::Finder::new(key.as_bytes()))
     }
 
     /// [`get`](Self::get) with a key made once for many lookups.
     pub fn get_key(&self, key: &AttributeKey) -> Option<AnyValueView<'a>> {
+        self.find(&key.key, &key.finder)
+    }
+
+    fn find(&self, key: &str, finder: &memchr::memmem::Finder<'_>) -> Option<AnyValueView<'a>> {
         // A key is encoded as its bytes: where they do not occur in the message, no
         // attribute has it, found without reading a field. Attribute policies look a key up
         // in every span of a trace, and most spans do not have it.
-        if !key.may_be_in(self.msg) {
+        if !may_hold(key, finder, self.msg) {
             return None;
         }
         self.iter()
-            .find(|kv| kv.key_bytes() == key.as_str().as_bytes())
+            .find(|kv| kv.key_bytes() == key.as_bytes())
             .and_then(|kv| kv.value())
     }
 
@@ -364,8 +368,14 @@ impl AttributeKey {
     /// False when no encoded message in `bytes` can hold an attribute with this key: its
     /// bytes occur nowhere in them.
     pub fn may_be_in(&self, bytes: &[u8]) -> bool {
-        self.key.is_empty() || self.finder.find(bytes).is_some()
+        may_hold(&self.key, &self.finder, bytes)
     }
+}
+
+/// False when `bytes` cannot hold an attribute named `key` (`finder` searches for it):
+/// its bytes occur nowhere in them. Any message may hold an empty key.
+fn may_hold(key: &str, finder: &memchr::memmem::Finder<'_>, bytes: &[u8]) -> bool {
+    key.is_empty() || finder.find(bytes).is_some()
 }
 
 /// The `KeyValue`s of an [`Attributes`], in order.
