@@ -8,7 +8,11 @@
 //!   guard first, then the timer; deciders and eviction pop timer keys, release the timer,
 //!   then remove the matching entry), so the two cannot deadlock;
 //! - `pending_traces`, `buffered_bytes` and `buffered_spans` equal the sums over the map
-//!   (between two operations).
+//!   (between two operations);
+//! - an entry is created `raced` unless every decision that had taken traces out before
+//!   it was created had also been remembered before its creator looked for the trace
+//!   ([`Deciding`], [`Epoch`]): only a raced entry's id may already have a decision its
+//!   creator did not see.
 //!
 //! Timers are ordered maps keyed by (deadline, sequence): due keys are popped in batches,
 //! and the first key of all shards is the oldest pending trace, the one evicted when a
@@ -68,6 +72,9 @@ pub struct TraceEntry {
     /// With a log: a pin on the record of the trace's first spans (keeping them and every
     /// later record on disk), and the place of its latest spans' record.
     pub logged: Option<Appended>,
+    /// Created while a decision that may have been of its id was in flight: its id is
+    /// looked up in the decision caches before it is decided.
+    pub raced: bool,
 }
 
 /// A chunk of spans of one trace to buffer: `spans` (each framed as field 2 of
@@ -76,6 +83,33 @@ pub struct NewChunk<'h, I> {
     pub head: &'h Arc<Head>,
     pub spans: I,
     pub facts: ChunkFacts,
+    /// Read before the caller looked for the trace in the buffer and the decision caches.
+    pub seen: Epoch,
+}
+
+/// How many decisions had been remembered when a caller of [`TraceBuffer::add`] began to
+/// look for its trace ([`TraceBuffer::epoch`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Epoch(u64);
+
+impl Epoch {
+    /// For a caller that did not look in the decision caches: its new entries are raced.
+    pub const UNCHECKED: Epoch = Epoch(u64::MAX);
+}
+
+/// Traces being taken out of the buffer to have their decisions remembered: from
+/// [`TraceBuffer::deciding`] until dropped, which the holder does once every decision is
+/// in the caches. Entries created meanwhile are raced.
+///
+/// Written as two counters rather than a flag per trace id: a decision-time lookup in
+/// the caches for every trace was a visible share of deciding, and races are rare.
+#[must_use]
+pub struct Deciding<'a>(&'a TraceBuffer);
+
+impl Drop for Deciding<'_> {
+    fn drop(&mut self) {
+        self.0.decisions_finished.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 /// What one chunk tells the buffer about its spans.
@@ -90,12 +124,13 @@ pub struct ChunkFacts {
 }
 
 /// The result of [`TraceBuffer::add`].
-#[derive(Debug, Default)]
-pub struct AddOutcome {
+#[derive(Default)]
+pub struct AddOutcome<'a> {
     /// The chunk started a new trace.
     pub new_trace: bool,
-    /// The trace went over `maximum_trace_size_bytes` and was taken out of the buffer.
-    pub too_large: Option<TraceEntry>,
+    /// The trace went over `maximum_trace_size_bytes` and was taken out of the buffer, to
+    /// be remembered as dropped before the [`Deciding`] is let go.
+    pub too_large: Option<(TraceEntry, Deciding<'a>)>,
     /// Traces evicted to make room, oldest first.
     pub evicted: Vec<(TraceId, TraceEntry)>,
 }
@@ -108,6 +143,8 @@ pub struct TraceBuffer {
     pending_traces: AtomicUsize,
     buffered_bytes: AtomicU64,
     buffered_spans: AtomicU64,
+    decisions_started: AtomicU64,
+    decisions_finished: AtomicU64,
 }
 
 impl TraceBuffer {
@@ -124,6 +161,8 @@ impl TraceBuffer {
             pending_traces: AtomicUsize::new(0),
             buffered_bytes: AtomicU64::new(0),
             buffered_spans: AtomicU64::new(0),
+            decisions_started: AtomicU64::new(0),
+            decisions_finished: AtomicU64::new(0),
             config,
         }
     }
@@ -146,6 +185,17 @@ impl TraceBuffer {
 
     pub fn buffered_spans(&self) -> u64 {
         self.buffered_spans.load(Ordering::Relaxed)
+    }
+
+    /// What a caller reads before it looks for a trace, to pass to [`TraceBuffer::add`].
+    pub fn epoch(&self) -> Epoch {
+        Epoch(self.decisions_finished.load(Ordering::SeqCst))
+    }
+
+    /// Begins taking traces out to decide them; see [`Deciding`].
+    pub fn deciding(&self) -> Deciding<'_> {
+        self.decisions_started.fetch_add(1, Ordering::SeqCst);
+        Deciding(self)
     }
 
     /// Whether `id` is pending here.
@@ -196,8 +246,13 @@ impl TraceBuffer {
         logged: Option<&Appended>,
         now: Instant,
         evict: bool,
-    ) -> AddOutcome {
-        let NewChunk { head, spans, facts } = chunk;
+    ) -> AddOutcome<'_> {
+        let NewChunk {
+            head,
+            spans,
+            facts,
+            seen,
+        } = chunk;
         let mut outcome = AddOutcome::default();
         let chunk_bytes = spans.clone().map(<[u8]>::len).sum::<usize>() as u64;
         let chunk_spans = spans.clone().count() as u64;
@@ -231,13 +286,14 @@ impl TraceBuffer {
                     }
                 }
                 if e.bytes > max {
+                    let deciding = self.deciding();
                     let entry = o.remove();
                     self.timers[shard]
                         .lock()
                         .expect("timer lock")
                         .remove(&entry.timer);
                     self.forget(&entry);
-                    outcome.too_large = Some(entry);
+                    outcome.too_large = Some((entry, deciding));
                 } else {
                     e.spans.push(head, spans);
                 }
@@ -264,9 +320,12 @@ impl TraceBuffer {
                         seq: l.seq,
                         pin: l.pin.clone(),
                     }),
+                    // A decision that took this id's previous entry out did so under this
+                    // map shard's lock, after it began: `decisions_started` counts it here.
+                    raced: self.decisions_started.load(Ordering::SeqCst) != seen.0,
                 };
                 if chunk_bytes > max {
-                    outcome.too_large = Some(entry);
+                    outcome.too_large = Some((entry, self.deciding()));
                     return outcome;
                 }
                 entry.spans.push(head, spans);
@@ -349,8 +408,15 @@ impl TraceBuffer {
         }
     }
 
-    /// Takes every trace in timer shard `shard` whose deadline is at or before `now`.
-    pub fn take_due(&self, shard: usize, now: Instant, out: &mut Vec<(TraceId, TraceEntry)>) {
+    /// Takes every trace in timer shard `shard` whose deadline is at or before `now`, for
+    /// the decision `_deciding`.
+    pub fn take_due(
+        &self,
+        _deciding: &Deciding<'_>,
+        shard: usize,
+        now: Instant,
+        out: &mut Vec<(TraceId, TraceEntry)>,
+    ) {
         let due: Vec<(TimerKey, TraceId)> = {
             let mut timer = self.timers[shard].lock().expect("timer lock");
             let later = timer.split_off(&TimerKey {
@@ -375,8 +441,8 @@ impl TraceBuffer {
             .map(|k| k.deadline)
     }
 
-    /// Takes every pending trace, for shutdown.
-    pub fn take_all(&self, out: &mut Vec<(TraceId, TraceEntry)>) {
+    /// Takes every pending trace, for shutdown, for the decision `_deciding`.
+    pub fn take_all(&self, _deciding: &Deciding<'_>, out: &mut Vec<(TraceId, TraceEntry)>) {
         self.debug_check_invariants();
         for shard in 0..self.timers.len() {
             let all = std::mem::take(&mut *self.timers[shard].lock().expect("timer lock"));

@@ -27,12 +27,23 @@ impl Received {
         self.framed.iter().map(Vec::len).sum()
     }
 
-    /// The spans as [`TraceBuffer::add`] takes them, with `facts`.
+    /// The spans as [`TraceBuffer::add`] takes them, with `facts`, from a caller that did
+    /// not look in the decision caches.
     fn with(&self, facts: ChunkFacts) -> NewChunk<'_, impl Iterator<Item = &[u8]> + Clone> {
+        self.seen(facts, Epoch::UNCHECKED)
+    }
+
+    /// The same, from a caller that read `seen` before it looked for the trace.
+    fn seen(
+        &self,
+        facts: ChunkFacts,
+        seen: Epoch,
+    ) -> NewChunk<'_, impl Iterator<Item = &[u8]> + Clone> {
         NewChunk {
             head: &self.head,
             spans: self.framed.iter().map(Vec::as_slice),
             facts,
+            seen,
         }
     }
 }
@@ -75,8 +86,9 @@ const ROOT: ChunkFacts = ChunkFacts {
 fn due(buffer: &TraceBuffer, now: Instant) -> Vec<(TraceId, TraceEntry)> {
     buffer.debug_check_invariants();
     let mut out = Vec::new();
+    let deciding = buffer.deciding();
     for shard in 0..buffer.timer_shards() {
-        buffer.take_due(shard, now, &mut out);
+        buffer.take_due(&deciding, shard, now, &mut out);
     }
     buffer.debug_check_invariants();
     out
@@ -257,7 +269,7 @@ async fn a_trace_over_maximum_trace_size_bytes_is_released_at_once() {
         .too_large
         .is_none());
     let out = buffer.add(trace_id(1), chunk(1, &[3]).with(CHILD), None, t0, true);
-    assert_eq!(out.too_large.map(|e| e.span_count), Some(3));
+    assert_eq!(out.too_large.map(|(e, _)| e.span_count), Some(3));
     assert_eq!(buffer.pending_traces(), 0);
     assert_eq!(buffer.buffered_bytes(), 0);
     assert!(due(&buffer, t0 + Duration::from_secs(60)).is_empty());
@@ -273,6 +285,104 @@ async fn a_trace_over_maximum_trace_size_bytes_is_released_at_once() {
     assert_eq!(buffer.pending_traces(), 0);
 }
 
+/// Whether each of `ids` has a raced entry, taking every entry out.
+fn raced(buffer: &TraceBuffer, ids: &[u64]) -> Vec<bool> {
+    let mut all = Vec::new();
+    buffer.take_all(&buffer.deciding(), &mut all);
+    ids.iter()
+        .map(|n| {
+            let (_, entry) = all
+                .iter()
+                .find(|(id, _)| *id == trace_id(*n))
+                .expect("pending");
+            entry.raced
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_entry_created_while_a_decision_is_in_flight_is_raced() {
+    let buffer = TraceBuffer::new(config(), 4);
+    let t0 = Instant::now();
+    let seen = buffer.epoch();
+    buffer.add(
+        trace_id(1),
+        chunk(1, &[1]).seen(CHILD, seen),
+        None,
+        t0,
+        true,
+    );
+    // A decision takes trace 1 out; before it is remembered, more of its spans come.
+    let later = t0 + Duration::from_secs(10);
+    let deciding = buffer.deciding();
+    let mut out = Vec::new();
+    for shard in 0..buffer.timer_shards() {
+        buffer.take_due(&deciding, shard, later, &mut out);
+    }
+    assert_eq!((out.len(), out[0].1.raced), (1, false));
+    let before = buffer.epoch();
+    buffer.add(
+        trace_id(1),
+        chunk(1, &[2]).seen(CHILD, before),
+        None,
+        later,
+        true,
+    );
+    drop(deciding);
+    // Once it is remembered, a caller that looks afterwards sees it in the caches...
+    let after = buffer.epoch();
+    buffer.add(
+        trace_id(2),
+        chunk(2, &[1]).seen(CHILD, after),
+        None,
+        later,
+        true,
+    );
+    // ...but one that looked before may have missed it, and one that never looks may.
+    buffer.add(
+        trace_id(3),
+        chunk(3, &[1]).seen(CHILD, before),
+        None,
+        later,
+        true,
+    );
+    buffer.add(trace_id(4), chunk(4, &[1]).with(CHILD), None, later, true);
+    assert_eq!(raced(&buffer, &[1, 2, 3, 4]), [true, false, true, true]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_trace_dropped_as_too_large_is_in_flight_until_remembered() {
+    let one = chunk(1, &[1]).size() as u64;
+    let buffer = TraceBuffer::new(
+        BufferConfig {
+            maximum_trace_size_bytes: one,
+            ..config()
+        },
+        4,
+    );
+    let t0 = Instant::now();
+    let out = buffer.add(trace_id(1), chunk(1, &[1, 2]).with(CHILD), None, t0, true);
+    let (_, deciding) = out.too_large.expect("over the limit");
+    let seen = buffer.epoch();
+    buffer.add(
+        trace_id(1),
+        chunk(1, &[3]).seen(CHILD, seen),
+        None,
+        t0,
+        true,
+    );
+    drop(deciding);
+    let seen = buffer.epoch();
+    buffer.add(
+        trace_id(2),
+        chunk(2, &[1]).seen(CHILD, seen),
+        None,
+        t0,
+        true,
+    );
+    assert_eq!(raced(&buffer, &[1, 2]), [true, false]);
+}
+
 #[tokio::test(start_paused = true)]
 async fn take_all_empties_every_shard() {
     let buffer = TraceBuffer::new(config(), 8);
@@ -281,7 +391,7 @@ async fn take_all_empties_every_shard() {
         buffer.add(trace_id(n), chunk(n, &[1, 2]).with(CHILD), None, t0, true);
     }
     let mut all = Vec::new();
-    buffer.take_all(&mut all);
+    buffer.take_all(&buffer.deciding(), &mut all);
     assert_eq!(all.len(), 50);
     assert_eq!(all.iter().map(|(_, e)| e.span_count).sum::<u64>(), 100);
     assert_eq!((buffer.pending_traces(), buffer.buffered_spans()), (0, 0));
@@ -319,7 +429,7 @@ fn concurrent_adds_keep_the_counters_exact() {
     assert_eq!(buffer.buffered_spans(), 2000);
     buffer.debug_check_invariants();
     let mut all = Vec::new();
-    buffer.take_all(&mut all);
+    buffer.take_all(&buffer.deciding(), &mut all);
     assert_eq!(all.iter().map(|(_, e)| e.span_count).sum::<u64>(), 2000);
 }
 

@@ -27,7 +27,7 @@ use tokio::time::Instant;
 
 use super::decider::Decider;
 use super::durable::{unix_nanos, Durable, History, Logged};
-use crate::buffer::{AddOutcome, ChunkFacts, NewChunk, TraceBuffer, TraceEntry};
+use crate::buffer::{AddOutcome, ChunkFacts, Epoch, NewChunk, TraceBuffer, TraceEntry};
 use crate::exporter::ExporterSet;
 use crate::membership::fleet::{Fleet, Peer, Place};
 use crate::memory_limiter::Shed;
@@ -375,7 +375,9 @@ impl Pipeline {
         let _stripe = self.fleet.as_ref().map(|f| f.lock(&id));
         // A pending trace's spans join it without a look in the decision caches (most
         // groups are of pending traces). Should its id also have a decision (its spans
-        // raced one into a new entry), the entry follows that decision when it is decided.
+        // raced one into a new entry), the entry is marked raced and follows that decision
+        // when it is decided.
+        let seen = self.buffer.epoch();
         let pending = self.buffer.holds(&id);
         let cached = if pending { None } else { self.cached(&id) };
         if let Some(fleet) = &self.fleet {
@@ -419,7 +421,12 @@ impl Pipeline {
             self.follow(out.late, id, &cached.verdict(), recorded, spans, out.logged);
             return;
         }
-        self.buffer_group(id, members, bytes, head, out.logged, now);
+        let arrival = Arrival {
+            now,
+            logged: out.logged,
+            seen,
+        };
+        self.buffer_group(id, members, bytes, head, arrival);
     }
 
     /// Spans of a decided trace follow its decision: to the exporters when it was kept
@@ -469,9 +476,9 @@ impl Pipeline {
         members: impl Iterator<Item = &'a SpanView<'a>> + Clone,
         bytes: impl Iterator<Item = &'a [u8]> + Clone,
         head: &Arc<Head>,
-        logged: Option<&Appended>,
-        now: Instant,
+        arrival: Arrival<'_>,
     ) {
+        let Arrival { now, logged, seen } = arrival;
         let facts = members.clone().fold(
             ChunkFacts {
                 has_root: false,
@@ -492,6 +499,7 @@ impl Pipeline {
             head,
             spans: bytes,
             facts,
+            seen,
         };
         let AddOutcome {
             new_trace,
@@ -503,7 +511,7 @@ impl Pipeline {
         if new_trace {
             self.metrics.new_traces.increment(1);
         }
-        if let Some(entry) = too_large {
+        if let Some((entry, deciding)) = too_large {
             self.metrics.dropped_too_large.increment(1);
             self.metrics.outcomes.too_large.increment(entry.span_count);
             let dropped = Verdict {
@@ -513,6 +521,7 @@ impl Pipeline {
                 chance: Chance::Unknown,
             };
             self.remember(&id, &dropped, now, None);
+            drop(deciding);
             self.metrics.removal_age.record(age(&entry, now));
         }
         self.count_evicted(&evicted, now);
@@ -600,8 +609,9 @@ impl Pipeline {
     pub fn decide_due(&self, shards: &[usize], now: Instant, kept: &mut Kept) -> usize {
         let started = std::time::Instant::now();
         let mut due = Vec::new();
+        let deciding = self.buffer.deciding();
         for &shard in shards {
-            self.buffer.take_due(shard, now, &mut due);
+            self.buffer.take_due(&deciding, shard, now, &mut due);
         }
         let n = due.len();
         if n > 0 {
@@ -610,6 +620,7 @@ impl Pipeline {
                 .timer_latency
                 .record(started.elapsed().as_secs_f64() * 1000.0);
         }
+        drop(deciding);
         if kept
             .since
             .is_some_and(|since| now.saturating_duration_since(since) >= EXPORT_BATCH_TIMEOUT)
@@ -630,7 +641,8 @@ impl Pipeline {
     /// with `drop` counts its spans as dropped at shutdown.
     pub fn drain(&self, drop: bool, now: Instant) {
         let mut all = Vec::new();
-        self.buffer.take_all(&mut all);
+        let deciding = self.buffer.deciding();
+        self.buffer.take_all(&deciding, &mut all);
         if drop {
             for (_, entry) in &all {
                 self.metrics.outcomes.shutdown.increment(entry.span_count);
@@ -649,9 +661,10 @@ impl Pipeline {
         let decided: Vec<(TraceId, TraceEntry, Verdict)> = due
             .into_iter()
             .map(|(id, entry)| {
-                // A trace whose id already has a decision (its spans raced the previous
-                // decision into a new entry) follows that decision.
-                let verdict = match self.cached(&id) {
+                // A trace whose id may already have a decision (its spans raced the
+                // previous decision into a new entry) follows that decision.
+                let earlier = if entry.raced { self.cached(&id) } else { None };
+                let verdict = match earlier {
                     Some(c) => c.verdict(),
                     None => self.decider.decide(&id, &entry, fleet_size, now),
                 };
@@ -759,7 +772,12 @@ impl Pipeline {
                         );
                     }
                     None => {
-                        self.buffer_group(id, members, bytes, &scope.head, Some(&appended), arrived)
+                        let arrival = Arrival {
+                            now: arrived,
+                            logged: Some(&appended),
+                            seen: Epoch::UNCHECKED,
+                        };
+                        self.buffer_group(id, members, bytes, &scope.head, arrival)
                     }
                 }
                 taken += n;
@@ -807,6 +825,14 @@ struct Out<'a> {
 
 /// One trace's spans from one `ScopeSpans`: their head, the spans framed (a piece may hold
 /// several), how many.
+/// When spans to be buffered arrived, their request's record in the log, and the
+/// buffer's [`Epoch`] read before their trace was looked for.
+struct Arrival<'a> {
+    now: Instant,
+    logged: Option<&'a Appended>,
+    seen: Epoch,
+}
+
 struct Spans<'h, I> {
     head: &'h Head,
     bytes: I,
