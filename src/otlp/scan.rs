@@ -361,11 +361,48 @@ fn field(b: &[u8], msg: Msg, tag: u32, value: Field, count: u32) -> Result<(), S
         (Some(Kind::Fixed64), Value::Fixed64(_)) => Ok(()),
         (Some(Kind::Bytes), Value::Len(_)) => Ok(()),
         (Some(Kind::Str), Value::Len(_)) => string(b, value),
+        (Some(Kind::Message(Msg::KeyValue)), Value::Len(_)) => {
+            let range = message(value, count)?;
+            key_value(b, range, count - 1)
+        }
         (Some(Kind::Message(inner)), Value::Len(_)) => {
             let range = message(value, count)?;
             check(b, inner, range, count - 1)
         }
         _ => wrong(),
+    }
+}
+
+/// Validates a `KeyValue`, the bulk of OTLP's bytes. Most are a short key and a short
+/// string, bool, int or double value, encoded in order with one-byte keys and lengths:
+/// those are checked here in one pass; anything else goes through [`check`]. Accepts
+/// nothing [`check`] would refuse.
+fn key_value(b: &[u8], range: Range<usize>, count: u32) -> Result<(), ScanError> {
+    let short = |at: usize| b.get(at).copied().filter(|&v| v < 0x80).map(usize::from);
+    let simple = (|| {
+        // key = 1: the key string; then value = 2: the AnyValue, ending the KeyValue.
+        if count == 0 || b.get(range.start) != Some(&0x0a) {
+            return None;
+        }
+        let key = range.start + 2..range.start + 2 + short(range.start + 1)?;
+        let value = key.end + 2;
+        let value_len = short(key.end + 1)?;
+        if b.get(key.end) != Some(&0x12) || value_len == 0 || value + value_len != range.end {
+            return None;
+        }
+        // The AnyValue holds one field: string_value = 1, bool_value = 2, int_value = 3
+        // or double_value = 4, ending it.
+        let one = match b[value] {
+            0x0a => value + 2 + short(value + 1)? == range.end && utf8(&b[value + 2..range.end]),
+            0x10 | 0x18 => varint(b, value + 1, range.end).is_ok_and(|(_, end)| end == range.end),
+            0x21 => value + 9 == range.end,
+            _ => false,
+        };
+        (one && utf8(&b[key])).then_some(())
+    })();
+    match simple {
+        Some(()) => Ok(()),
+        None => check(b, Msg::KeyValue, range, count),
     }
 }
 
@@ -609,13 +646,16 @@ fn message(value: Field, count: u32) -> Result<Range<usize>, ScanError> {
 
 fn string(b: &[u8], value: Field) -> Result<(), ScanError> {
     let at = value.framed.start;
-    let s = &b[bytes(value)?];
-    // Most strings are short and ASCII: the word-at-a-time check is cheaper than a call
-    // into the full UTF-8 validation.
-    if s.is_ascii() || std::str::from_utf8(s).is_ok() {
+    if utf8(&b[bytes(value)?]) {
         return Ok(());
     }
     Err(err(at, "string is not UTF-8"))
+}
+
+fn utf8(s: &[u8]) -> bool {
+    // Most strings are short and ASCII: the word-at-a-time check is cheaper than a call
+    // into the full UTF-8 validation.
+    s.is_ascii() || std::str::from_utf8(s).is_ok()
 }
 
 /// A varint at `pos` as prost decodes it (at most 10 bytes, no overflow); its value and

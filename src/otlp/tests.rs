@@ -237,6 +237,59 @@ mod scanning {
         }
     }
 
+    /// Attributes take a short path through the scan when they are a short key and a short
+    /// scalar value in order; every variation on that shape is judged as prost judges it.
+    #[test]
+    fn attributes_of_every_shape_are_judged_as_prost_judges_them() {
+        let any = |value: &[u8]| field(2, value);
+        let kv = |key: &[u8], value: &[u8]| [field(1, key), value.to_vec()].concat();
+        let string = |s: &[u8]| field(1, s);
+        let cases: Vec<(&str, Vec<u8>, bool)> = vec![
+            ("string", kv(b"k", &any(&string(b"v"))), true),
+            ("bool", kv(b"k", &any(&[0x10, 1])), true),
+            ("int", kv(b"k", &any(&[0x18, 0xff, 0x01])), true),
+            (
+                "double",
+                kv(b"k", &any(&[[0x21].as_slice(), &[0; 8]].concat())),
+                true,
+            ),
+            ("bytes", kv(b"k", &any(&field(7, &[0xff]))), true),
+            ("empty value", kv(b"k", &any(&[])), true),
+            ("no value", field(1, b"k"), true),
+            (
+                "value first",
+                [any(&string(b"v")), field(1, b"k")].concat(),
+                true,
+            ),
+            (
+                "two values",
+                kv(b"k", &any(&[string(b"v"), vec![0x18, 1]].concat())),
+                true,
+            ),
+            ("unknown field", kv(b"k", &any(&[0x48, 1])), true),
+            ("long key", kv(&[b'k'; 200], &any(&string(b"v"))), true),
+            ("key not UTF-8", kv(&[0xff], &any(&string(b"v"))), false),
+            ("value not UTF-8", kv(b"k", &any(&string(&[0xc3]))), false),
+            (
+                "int of eleven bytes",
+                kv(b"k", &any(&[[0x18].as_slice(), &[0xff; 10], &[1]].concat())),
+                false,
+            ),
+            ("int cut short", kv(b"k", &any(&[0x18, 0x80])), false),
+            (
+                "double cut short",
+                kv(b"k", &any(&[[0x21].as_slice(), &[0; 7]].concat())),
+                false,
+            ),
+            ("string as varint", kv(b"k", &any(&[0x08, 1])), false),
+        ];
+        for (what, attribute, accepted) in cases {
+            let bytes = with_span_fields(&field(9, &attribute));
+            assert_eq!(scan(bytes.clone().into()).is_ok(), accepted, "{what}");
+            assert_scan_agrees_with_prost(&bytes);
+        }
+    }
+
     /// Protobuf merges a singular message sent twice and lets the last scalar and the last
     /// oneof member win; the views must read such bytes as prost decodes them.
     #[test]
