@@ -392,13 +392,20 @@ fn key_value(b: &[u8], range: Range<usize>, count: u32) -> Result<(), ScanError>
         }
         // The AnyValue holds one field: string_value = 1, bool_value = 2, int_value = 3
         // or double_value = 4, ending it.
-        let one = match b[value] {
-            0x0a => value + 2 + short(value + 1)? == range.end && utf8(&b[value + 2..range.end]),
-            0x10 | 0x18 => varint(b, value + 1, range.end).is_ok_and(|(_, end)| end == range.end),
-            0x21 => value + 9 == range.end,
-            _ => false,
+        let valid = match b[value] {
+            // Framing bytes here are below 0x80: one ASCII check covers key and value.
+            0x0a if value + 2 + short(value + 1)? == range.end => {
+                b[key.start..range.end].is_ascii()
+                    || (utf8(&b[key]) && utf8(&b[value + 2..range.end]))
+            }
+            0x10 | 0x18 => {
+                varint(b, value + 1, range.end).is_ok_and(|(_, end)| end == range.end)
+                    && utf8(&b[key])
+            }
+            0x21 => value + 9 == range.end && utf8(&b[key]),
+            _ => return None,
         };
-        (one && utf8(&b[key])).then_some(())
+        valid.then_some(())
     })();
     match simple {
         Some(()) => Ok(()),
@@ -652,6 +659,7 @@ fn string(b: &[u8], value: Field) -> Result<(), ScanError> {
     Err(err(at, "string is not UTF-8"))
 }
 
+#[inline]
 fn utf8(s: &[u8]) -> bool {
     // Most strings are short and ASCII: the word-at-a-time check is cheaper than a call
     // into the full UTF-8 validation.
