@@ -108,7 +108,7 @@ admin: {{endpoint: "127.0.0.1:0"}}
     group.throughput(Throughput::Elements(spans));
     let views: Vec<Vec<SpanView<'_>>> = scanned
         .iter()
-        .map(|r| r.spans.iter().map(|s| SpanView::parse(r.body(s))).collect())
+        .map(|r| r.spans.iter().map(|s| r.view(s)).collect())
         .collect();
     group.bench_function("record", |b| {
         b.iter(|| {

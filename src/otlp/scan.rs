@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::view::SpanView;
 use super::{validate_id_fields, Head, IdError, RequestBuilder, TraceId};
 
 /// prost's recursion limit: how deep messages may nest below the request.
@@ -46,7 +47,7 @@ pub struct ScannedScope {
     pub spans: Range<usize>,
 }
 
-/// One span: where it is and its checked ids.
+/// One span: where it is, its checked ids, and where its fields are.
 #[derive(Debug)]
 pub struct ScannedSpan {
     /// The span framed as field 2 of `ScopeSpans`, as received.
@@ -54,6 +55,26 @@ pub struct ScannedSpan {
     /// Where the span's own fields start inside `framed`.
     body: usize,
     pub ids: Result<TraceId, IdError>,
+    fields: SpanFields,
+}
+
+/// What the walk read of a span's fields as it validated them, for [`Scanned::view`]: so
+/// that a span's fields are walked once, not once to validate and once to read. As the
+/// views read fields: the last occurrence of each wins, and `status` is merged.
+#[derive(Debug, Default)]
+pub(super) struct SpanFields {
+    pub(super) trace_id: Range<usize>,
+    pub(super) span_id: Range<usize>,
+    pub(super) parent_span_id: Range<usize>,
+    pub(super) trace_state: Range<usize>,
+    pub(super) name: Range<usize>,
+    pub(super) kind: i32,
+    pub(super) start_time_unix_nano: u64,
+    pub(super) end_time_unix_nano: u64,
+    pub(super) dropped_attributes_count: u32,
+    pub(super) flags: u32,
+    pub(super) status_code: i32,
+    pub(super) status_message: Range<usize>,
 }
 
 impl Scanned {
@@ -70,6 +91,12 @@ impl Scanned {
     /// The span's encoded fields, a `Span` message body.
     pub fn body(&self, span: &ScannedSpan) -> &[u8] {
         &self.bytes[span.body..span.framed.end]
+    }
+
+    /// The span read in place: what [`SpanView::parse`] of its body reads, without a
+    /// second walk over its fields.
+    pub fn view(&self, span: &ScannedSpan) -> SpanView<'_> {
+        SpanView::scanned(&self.bytes, &span.fields, self.body(span))
     }
 
     /// The spans of `scope`.
@@ -211,11 +238,16 @@ fn scope_spans(
         2 => {
             let framed = value.framed.clone();
             let body = message(value, count)?;
-            let ids = span(b, body.clone(), count - 1)?;
+            let fields = span(b, body.clone(), count - 1)?;
             out.spans.push(ScannedSpan {
                 framed,
                 body: body.start,
-                ids,
+                ids: validate_id_fields(
+                    &b[fields.trace_id.clone()],
+                    &b[fields.span_id.clone()],
+                    &b[fields.parent_span_id.clone()],
+                ),
+                fields,
             });
             Ok(())
         }
@@ -254,19 +286,46 @@ fn head_field(
     Ok(())
 }
 
-/// Validates a `Span` and checks its ids (the last occurrence of each wins, as in prost).
-fn span(b: &[u8], range: Range<usize>, count: u32) -> Result<Result<TraceId, IdError>, ScanError> {
-    let (mut trace_id, mut span_id, mut parent): (&[u8], &[u8], &[u8]) = (&[], &[], &[]);
+/// Validates a `Span` and reads its fields (the last occurrence of each wins, as in
+/// prost).
+fn span(b: &[u8], range: Range<usize>, count: u32) -> Result<SpanFields, ScanError> {
+    let mut s = SpanFields::default();
     each_field(b, range, count, |tag, value| {
-        match tag {
-            1 => trace_id = &b[bytes(value)?],
-            2 => span_id = &b[bytes(value)?],
-            4 => parent = &b[bytes(value)?],
+        match (tag, &value.value) {
+            (1, _) => s.trace_id = bytes(value)?,
+            (2, _) => s.span_id = bytes(value)?,
+            (4, _) => s.parent_span_id = bytes(value)?,
+            (3, Value::Len(r)) => {
+                s.trace_state = r.clone();
+                string(b, value)?;
+            }
+            (5, Value::Len(r)) => {
+                s.name = r.clone();
+                string(b, value)?;
+            }
+            // int32 and uint32 fields keep the low bits of the varint, as in prost.
+            (6, &Value::Varint(v)) => s.kind = v as i32,
+            (7, &Value::Fixed64(v)) => s.start_time_unix_nano = v,
+            (8, &Value::Fixed64(v)) => s.end_time_unix_nano = v,
+            (10, &Value::Varint(v)) => s.dropped_attributes_count = v as u32,
+            (15, Value::Len(_)) => {
+                let status = message(value, count)?;
+                check(b, Msg::Status, status.clone(), count - 1)?;
+                each_field(b, status, count - 1, |tag, value| {
+                    match (tag, value.value) {
+                        (2, Value::Len(r)) => s.status_message = r,
+                        (3, Value::Varint(v)) => s.status_code = v as i32,
+                        _ => {}
+                    }
+                    Ok(())
+                })?;
+            }
+            (16, &Value::Fixed32(v)) => s.flags = v,
             _ => field(b, Msg::Span, tag, value, count)?,
         }
         Ok(())
     })?;
-    Ok(validate_id_fields(trace_id, span_id, parent))
+    Ok(s)
 }
 
 /// The messages nested inside spans, resources and scopes.

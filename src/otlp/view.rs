@@ -19,7 +19,7 @@ use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
 use prost::Message;
 
-use super::scan::{fields, Fields, Wire};
+use super::scan::{fields, Fields, SpanFields, Wire};
 
 /// Where a `Span` body's `trace_state` field is (or would go: before the first
 /// higher-numbered field), and its value. Reads only the fields before it.
@@ -125,6 +125,25 @@ impl<'a> SpanView<'a> {
             }
         }
         s
+    }
+
+    /// The span whose fields the scan found at `at` in `request`; `body` is its body.
+    pub(super) fn scanned(request: &'a [u8], at: &SpanFields, body: &'a [u8]) -> SpanView<'a> {
+        SpanView {
+            trace_id: &request[at.trace_id.clone()],
+            span_id: &request[at.span_id.clone()],
+            parent_span_id: &request[at.parent_span_id.clone()],
+            trace_state: &request[at.trace_state.clone()],
+            name: &request[at.name.clone()],
+            kind: at.kind,
+            start_time_unix_nano: at.start_time_unix_nano,
+            end_time_unix_nano: at.end_time_unix_nano,
+            dropped_attributes_count: at.dropped_attributes_count,
+            flags: at.flags,
+            status_code: at.status_code,
+            status_message: &request[at.status_message.clone()],
+            body,
+        }
     }
 
     pub fn name(&self) -> &'a str {

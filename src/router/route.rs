@@ -246,7 +246,7 @@ impl Route {
                     let scope_attributes = scope.head.scope().attributes();
                     let resource = scope.head.resource_attributes();
                     request.split_scope(scope, &mut owners, &mut shares, |span, _| {
-                        let span = SpanView::parse(request.body(span));
+                        let span = request.view(span);
                         self.attribute_key(&mut key, &span, scope_attributes, resource);
                         Ok::<_, IngestError>(members.ring.route_usable(key.as_bytes(), usable))
                     })?;

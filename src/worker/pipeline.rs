@@ -236,11 +236,7 @@ impl Ingest for Pipeline {
             },
             None => None,
         };
-        let spans: Vec<SpanView<'_>> = request
-            .spans
-            .iter()
-            .map(|s| SpanView::parse(request.body(s)))
-            .collect();
+        let spans: Vec<SpanView<'_>> = request.spans.iter().map(|s| request.view(s)).collect();
         // A relayed request's spans were counted by the worker that first accepted them.
         if let (Some(sm), None) = (&self.span_metrics, relay) {
             sm.record(&request, &spans, now);
@@ -736,11 +732,7 @@ impl Pipeline {
             seq: logged.seq,
             pin: durable.pin(logged.seq),
         };
-        let spans: Vec<SpanView<'_>> = request
-            .spans
-            .iter()
-            .map(|s| SpanView::parse(request.body(s)))
-            .collect();
+        let spans: Vec<SpanView<'_>> = request.spans.iter().map(|s| request.view(s)).collect();
         let mut kept = Kept::default();
         let mut taken = 0;
         let mut keys: Vec<(TraceId, u32)> = Vec::new();

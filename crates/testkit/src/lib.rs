@@ -363,6 +363,7 @@ pub fn assert_scan_agrees_with_prost(bytes: &[u8]) {
         assert_eq!(s.ids, ids, "id verdict");
         assert_eq!(&Span::decode(scanned.body(s)).unwrap(), *d, "span bytes");
         assert_view_reads(&SpanView::parse(scanned.body(s)), d);
+        assert_view_reads(&scanned.view(s), d);
     }
     let mut rebuilt = RequestBuilder::default();
     for scope in &scanned.scopes {
