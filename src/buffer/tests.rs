@@ -285,6 +285,12 @@ async fn a_trace_over_maximum_trace_size_bytes_is_released_at_once() {
     assert_eq!(buffer.pending_traces(), 0);
 }
 
+/// Adds span `span` of trace `trace` from a caller that read `seen` before it looked.
+fn add_seen(buffer: &TraceBuffer, trace: u64, span: u64, seen: Epoch, now: Instant) {
+    let chunk = chunk(trace, &[span]);
+    buffer.add(trace_id(trace), chunk.seen(CHILD, seen), None, now, true);
+}
+
 /// Whether each of `ids` has a raced entry, taking every entry out.
 fn raced(buffer: &TraceBuffer, ids: &[u64]) -> Vec<bool> {
     let mut all = Vec::new();
@@ -305,13 +311,7 @@ async fn an_entry_created_while_a_decision_is_in_flight_is_raced() {
     let buffer = TraceBuffer::new(config(), 4);
     let t0 = Instant::now();
     let seen = buffer.epoch();
-    buffer.add(
-        trace_id(1),
-        chunk(1, &[1]).seen(CHILD, seen),
-        None,
-        t0,
-        true,
-    );
+    add_seen(&buffer, 1, 1, seen, t0);
     // A decision takes trace 1 out; before it is remembered, more of its spans come.
     let later = t0 + Duration::from_secs(10);
     let deciding = buffer.deciding();
@@ -321,31 +321,13 @@ async fn an_entry_created_while_a_decision_is_in_flight_is_raced() {
     }
     assert_eq!((out.len(), out[0].1.raced), (1, false));
     let before = buffer.epoch();
-    buffer.add(
-        trace_id(1),
-        chunk(1, &[2]).seen(CHILD, before),
-        None,
-        later,
-        true,
-    );
+    add_seen(&buffer, 1, 2, before, later);
     drop(deciding);
     // Once it is remembered, a caller that looks afterwards sees it in the caches...
     let after = buffer.epoch();
-    buffer.add(
-        trace_id(2),
-        chunk(2, &[1]).seen(CHILD, after),
-        None,
-        later,
-        true,
-    );
+    add_seen(&buffer, 2, 1, after, later);
     // ...but one that looked before may have missed it, and one that never looks may.
-    buffer.add(
-        trace_id(3),
-        chunk(3, &[1]).seen(CHILD, before),
-        None,
-        later,
-        true,
-    );
+    add_seen(&buffer, 3, 1, before, later);
     buffer.add(trace_id(4), chunk(4, &[1]).with(CHILD), None, later, true);
     assert_eq!(raced(&buffer, &[1, 2, 3, 4]), [true, false, true, true]);
 }
@@ -364,22 +346,10 @@ async fn a_trace_dropped_as_too_large_is_in_flight_until_remembered() {
     let out = buffer.add(trace_id(1), chunk(1, &[1, 2]).with(CHILD), None, t0, true);
     let (_, deciding) = out.too_large.expect("over the limit");
     let seen = buffer.epoch();
-    buffer.add(
-        trace_id(1),
-        chunk(1, &[3]).seen(CHILD, seen),
-        None,
-        t0,
-        true,
-    );
+    add_seen(&buffer, 1, 3, seen, t0);
     drop(deciding);
     let seen = buffer.epoch();
-    buffer.add(
-        trace_id(2),
-        chunk(2, &[1]).seen(CHILD, seen),
-        None,
-        t0,
-        true,
-    );
+    add_seen(&buffer, 2, 1, seen, t0);
     assert_eq!(raced(&buffer, &[1, 2]), [true, false]);
 }
 

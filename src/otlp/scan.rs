@@ -1,6 +1,6 @@
-//! A walk over an encoded `ExportTraceServiceRequest` that finds every span's byte range
-//! and ids, and each scope's resource and scope bytes, without decoding into structs
-//! (spans stay encoded; see docs/ARCHITECTURE.md).
+//! A walk over an encoded `ExportTraceServiceRequest` that finds every span's byte range,
+//! ids and fields (read through [`Scanned::view`]), and each scope's resource and scope
+//! bytes, without decoding into structs (spans stay encoded; see docs/ARCHITECTURE.md).
 //!
 //! [`scan`] validates as it walks: it accepts exactly what prost's decoder accepts — wire
 //! types of known fields, UTF-8 of strings, lengths, varints, and prost's recursion limit
