@@ -155,9 +155,15 @@ where
     let mut rest = BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| BodyError::Read(e.to_string()))?;
+        // Trailers, and empty data frames: HTTP/2 clients commonly end a request with an
+        // empty DATA frame carrying END_STREAM, which must not make a one-chunk body a
+        // gathered one.
         let Ok(mut data) = frame.into_data() else {
             continue;
         };
+        if !data.has_remaining() {
+            continue;
+        }
         let len = first.as_ref().map_or(0, Bytes::len) + rest.len();
         if len + data.remaining() > max {
             return Err(BodyError::TooLarge(max));
@@ -366,6 +372,22 @@ mod tests {
             budget.reservation().grow(30 * 1024),
             Err(BodyError::Exhausted)
         ));
+    }
+
+    #[tokio::test]
+    async fn a_body_in_one_chunk_among_empty_frames_is_handed_on_without_a_copy() {
+        let budget = budget(1 << 20);
+        let message = Bytes::from(vec![9u8; 40 * 1024]);
+        let frames = [Bytes::new(), message.clone(), Bytes::new(), Bytes::new()];
+        let read = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let body = Parts(frames.into_iter().collect(), read.clone());
+        let mut reservation = budget.reservation();
+        let got = read_body(body, 1 << 20, &mut reservation, |_| None)
+            .await
+            .unwrap();
+        assert_eq!(got, message);
+        assert_eq!(got.as_ptr(), message.as_ptr(), "the chunk was copied");
+        assert_eq!(read.load(std::sync::atomic::Ordering::Relaxed), 5);
     }
 
     #[test]
