@@ -56,7 +56,7 @@ impl GrpcReceiver {
         relay: Option<&Relay>,
     ) -> Result<ExportTraceServiceResponse, Status> {
         let request = Payload::Protobuf(request);
-        let total = request.span_count();
+        let total = request.refusal_count();
         let result = ingest_and_wait(self.pipeline.as_ref(), request, relay).await;
         self.metrics.record(&result, total);
         let ingested = result.map_err(|e| status(&e))?;

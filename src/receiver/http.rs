@@ -198,7 +198,7 @@ async fn export(State(s): State<HttpState>, headers: HeaderMap, body: Body) -> R
             }
         },
     };
-    let total = request.span_count();
+    let total = request.refusal_count();
     let relay = Relay::from_headers(&headers);
     let result = ingest_and_wait(s.pipeline.as_ref(), request, relay.as_ref()).await;
     s.metrics.record(&result, total);

@@ -111,6 +111,16 @@ impl Payload {
         }
     }
 
+    /// What counts the request's spans if it is refused: a protobuf request is walked only
+    /// then (an accepted one is counted by its scan), a decoded one is counted now, before
+    /// it is handed on.
+    fn refusal_count(&self) -> RefusalCount {
+        match self {
+            Payload::Protobuf(bytes) => RefusalCount::Walk(bytes.clone()),
+            Payload::Decoded(_) => RefusalCount::Counted(self.span_count()),
+        }
+    }
+
     /// The request's size on the wire (protobuf; a JSON request's once encoded).
     pub fn wire_bytes(&self) -> u64 {
         match self {
@@ -127,6 +137,21 @@ impl Payload {
             Payload::Decoded(request) => request.encode_to_vec().into(),
         };
         scan::scan(bytes).map_err(invalid)
+    }
+}
+
+/// A request's span count for `otelcol_receiver_refused_spans`, known only if needed.
+enum RefusalCount {
+    Walk(Bytes),
+    Counted(u64),
+}
+
+impl RefusalCount {
+    fn get(self) -> u64 {
+        match self {
+            RefusalCount::Walk(bytes) => scan::count_spans(&bytes),
+            RefusalCount::Counted(n) => n,
+        }
     }
 }
 
@@ -328,13 +353,13 @@ impl ReceiverMetrics {
     }
 
     /// Counts a request's spans: accepted ones, and rejected or refused ones.
-    fn record(&self, result: &Result<Ingested, IngestError>, total: u64) {
+    fn record(&self, result: &Result<Ingested, IngestError>, total: RefusalCount) {
         match result {
             Ok(i) => {
                 self.accepted.increment(i.accepted);
                 self.refused.increment(i.rejected);
             }
-            Err(_) => self.refused.increment(total),
+            Err(_) => self.refused.increment(total.get()),
         }
     }
 }
