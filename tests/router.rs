@@ -62,16 +62,23 @@ async fn every_trace_lands_whole_on_one_worker() {
     let sink = Sink::start(vec![]).await;
     let (workers, endpoints, router) = fleet(&sink).await;
     let addr = format!("http://{}", router.grpc_addr.unwrap());
-    // 10 000 traces of 4 spans; span k of every trace goes out in request k, over four
-    // connections, so every request mixes all traces.
+    // 10 000 traces of 4 spans; spans 2k+1 and 2k+2 of every trace go out one after the
+    // other in request k, over two connections, so every request mixes all traces and
+    // holds each in a run of two spans.
     let traces = 10_000u64;
     let mut clients = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..2 {
         clients.push(TraceServiceClient::connect(addr.clone()).await.unwrap());
     }
-    for k in 0..4u64 {
+    for k in 0..2u64 {
         let spans = (0..traces)
-            .map(|t| span(trace_id(t), k + 1, (k > 0).then_some(1)))
+            .flat_map(|t| {
+                let first = 2 * k + 1;
+                [
+                    span(trace_id(t), first, (first > 1).then_some(1)),
+                    span(trace_id(t), first + 1, Some(1)),
+                ]
+            })
             .collect();
         clients[k as usize]
             .export(request(&format!("svc-{k}"), spans))

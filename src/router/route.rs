@@ -19,7 +19,7 @@ use crate::membership::resolver::{Follow, Resolution};
 use crate::membership::ring::Ring;
 use crate::otlp::scan::Scanned;
 use crate::otlp::view::{AnyValueView, Attributes, SpanView};
-use crate::otlp::{RequestBuilder, Settlement};
+use crate::otlp::{RequestBuilder, Settlement, TraceId};
 use crate::receiver::{IngestError, Payload};
 use crate::telemetry::{self, Registry};
 
@@ -228,8 +228,16 @@ impl Route {
         for scope in &request.scopes {
             match self.config.routing_key {
                 RoutingKey::TraceId => {
+                    // A trace's spans mostly come one after another (two thirds of the
+                    // load generator's): the previous span's owner is reused for them.
+                    let mut last: Option<(TraceId, Option<usize>)> = None;
                     request.split_scope(scope, &mut owners, &mut shares, |_, id| {
-                        Ok(members.ring.route_usable(id, usable))
+                        let owner = match last {
+                            Some((seen, owner)) if seen == *id => owner,
+                            _ => members.ring.route_usable(id, usable),
+                        };
+                        last = Some((*id, owner));
+                        Ok(owner)
                     })?;
                 }
                 RoutingKey::Service => {
