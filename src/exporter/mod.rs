@@ -1,5 +1,7 @@
 //! Exporters: every kept trace goes to every configured exporter. Each exporter has a
-//! bounded sending queue drained by `num_consumers` tasks that send with retries.
+//! bounded sending queue drained by `num_consumers` tasks that send with retries; a network
+//! exporter's consumer sends the requests queued behind the one it takes along with it
+//! ([`merge_queued`]).
 //!
 //! Bounds and accounting: the queue holds at most `queue_size` requests from the
 //! receivers' point of view: [`ExporterSet::is_full`] makes them refuse new data with a
@@ -135,6 +137,12 @@ enum Sink {
 }
 
 impl Sink {
+    /// Whether queued requests are merged for this sink: for the network's, where each
+    /// request has a cost of its own; a file or the log gets each as it came.
+    fn merges(&self) -> bool {
+        matches!(self, Sink::Grpc(_) | Sink::Http(_))
+    }
+
     async fn send(&self, request: &EncodedRequest) -> Result<Sent, SendError> {
         match self {
             Sink::Grpc(s) => s.send(request).await,
@@ -474,8 +482,26 @@ async fn consume(
     metrics: Arc<ExporterMetrics>,
     in_flight: Arc<AtomicU64>,
 ) {
-    while let Ok(request) = rx.recv().await {
-        in_flight.fetch_add(request.spans, Ordering::SeqCst);
+    // A request taken from the queue that did not fit the previous send; in flight
+    // already, so an abort at shutdown counts it.
+    let mut carried: Option<EncodedRequest> = None;
+    // Queued requests are merged only while the backend takes what it is sent: one that
+    // fails keeps the rest of its queue queued, where a router can re-route it.
+    let mut delivering = false;
+    let merges = sink.merges();
+    loop {
+        let first = match carried.take() {
+            Some(request) => request,
+            None => match rx.recv().await {
+                Ok(request) => {
+                    in_flight.fetch_add(request.spans, Ordering::SeqCst);
+                    request
+                }
+                Err(_) => break,
+            },
+        };
+        let limit = if merges && delivering { MERGE_BYTES } else { 0 };
+        let (request, settlements) = merge_queued(first, &rx, limit, &in_flight, &mut carried);
         metrics.queue_size.set(rx.len() as f64);
         let started = Instant::now();
         let result = retry::send_with_retry(
@@ -500,9 +526,10 @@ async fn consume(
         // (an aborted send is not settled: its settlement ends abandoned). A partial
         // success is delivered: the backend answered, and what it rejected is counted.
         in_flight.fetch_sub(request.spans, Ordering::SeqCst);
-        if let Some(s) = &request.settlement {
+        for s in &settlements {
             s.settle(result.is_ok());
         }
+        delivering = result.is_ok();
         match result {
             Ok(sent) => {
                 metrics.sent.increment(request.spans - sent.rejected);
@@ -523,6 +550,56 @@ async fn consume(
             }
         }
     }
+}
+
+/// The most bytes of queued requests a consumer merges into one send. Under the smallest
+/// message limit a collector's gRPC server has by default (4 MiB), with room to spare.
+pub const MERGE_BYTES: usize = 1 << 20;
+
+/// `first`, and the requests queued behind it while together they stay within `limit`
+/// bytes, as one request, with the settlements of all of them. An encoded
+/// `ExportTraceServiceRequest` is its repeated `resource_spans` field, so requests
+/// concatenated are one request holding all of theirs. Nothing waits for more to arrive: a
+/// queue that keeps up sends each request as it came; one that fell behind catches up in
+/// fewer, larger sends. A request taken that does not fit goes to `carried`, counted in
+/// flight, for the next send.
+fn merge_queued(
+    first: EncodedRequest,
+    rx: &async_channel::Receiver<EncodedRequest>,
+    limit: usize,
+    in_flight: &AtomicU64,
+    carried: &mut Option<EncodedRequest>,
+) -> (EncodedRequest, Vec<Arc<crate::otlp::Settlement>>) {
+    let mut len = first.bytes.len();
+    let mut parts = vec![first];
+    while len < limit {
+        let Ok(next) = rx.try_recv() else { break };
+        in_flight.fetch_add(next.spans, Ordering::SeqCst);
+        if len + next.bytes.len() > limit {
+            *carried = Some(next);
+            break;
+        }
+        len += next.bytes.len();
+        parts.push(next);
+    }
+    let settlements = parts
+        .iter_mut()
+        .filter_map(|p| p.settlement.take())
+        .collect();
+    let request = if parts.len() == 1 {
+        parts.swap_remove(0)
+    } else {
+        let mut bytes = bytes::BytesMut::with_capacity(len);
+        for part in &parts {
+            bytes.extend_from_slice(&part.bytes);
+        }
+        EncodedRequest {
+            bytes: bytes.freeze(),
+            spans: parts.iter().map(|p| p.spans).sum(),
+            settlement: None,
+        }
+    };
+    (request, settlements)
 }
 
 #[cfg(test)]

@@ -29,6 +29,98 @@ fn encoded(trace: u64, spans: u64) -> EncodedRequest {
     b.take()
 }
 
+/// Sent and failed spans, and the settled outcomes, of a one-consumer gRPC exporter to
+/// `port` given `requests` (each settled into `outcomes`) after a first delivered one.
+async fn send_behind_a_delivered_one(
+    port: u16,
+    sink: &tailgate_testkit::Sink,
+    requests: impl Iterator<Item = EncodedRequest>,
+) -> (Registry, Arc<std::sync::Mutex<Vec<crate::otlp::Outcome>>>) {
+    let configs = exporters(&format!(
+        "  otlp: {{endpoint: '127.0.0.1:{port}', tls: {{insecure: true}}, sending_queue: {{num_consumers: 1}}}}
+"
+    ));
+    let registry = Registry::new();
+    let set = ExporterSet::start(&configs, &registry, None).unwrap();
+    set.enqueue(encoded(1000, 1));
+    assert_eq!(sink.wait_for_spans(1, Duration::from_secs(10)).await, 1);
+    let outcomes = Arc::new(std::sync::Mutex::new(Vec::new()));
+    // Enqueued with no await between: all of them wait when the consumer looks.
+    let mut expected = 1;
+    for mut request in requests {
+        let seen = outcomes.clone();
+        request.settlement = Some(Arc::new(crate::otlp::Settlement::new(move |o| {
+            seen.lock().unwrap().push(o)
+        })));
+        expected += request.spans;
+        set.enqueue(request);
+    }
+    assert_eq!(
+        sink.wait_for_spans(expected as usize, Duration::from_secs(10))
+            .await,
+        expected as usize
+    );
+    set.shutdown(Instant::now() + Duration::from_secs(10)).await;
+    (registry, outcomes)
+}
+
+#[tokio::test]
+async fn requests_queued_behind_a_delivered_send_go_out_merged() {
+    let port = tailgate_testkit::free_port();
+    let sink = tailgate_testkit::Sink::start_at(&format!("127.0.0.1:{port}")).await;
+    let (registry, outcomes) =
+        send_behind_a_delivered_one(port, &sink, (0..20).map(|n| encoded(n, 3))).await;
+    let requests = sink.requests();
+    assert_eq!(
+        requests.len(),
+        2,
+        "the first alone, then the twenty queued as one"
+    );
+    let traces: Vec<Vec<u8>> = requests[1]
+        .resource_spans
+        .iter()
+        .map(|rs| rs.scope_spans[0].spans[0].trace_id.clone())
+        .collect();
+    let sent: Vec<Vec<u8>> = (0..20).map(|n| trace_id(n).to_vec()).collect();
+    assert_eq!(traces, sent);
+    let text = registry.render();
+    assert_eq!(
+        metric(&text, "otelcol_exporter_sent_spans_total", &[]),
+        61.0
+    );
+    assert_eq!(
+        *outcomes.lock().unwrap(),
+        vec![crate::otlp::Outcome::Delivered; 20],
+        "every merged request is settled"
+    );
+}
+
+#[tokio::test]
+async fn a_merged_send_stays_within_its_byte_limit() {
+    let port = tailgate_testkit::free_port();
+    let sink = tailgate_testkit::Sink::start_at(&format!("127.0.0.1:{port}")).await;
+    // About 0.4 MiB each: two fit in a send, the third is carried to the next.
+    let one = encoded(0, 4500).bytes.len();
+    assert!(one > MERGE_BYTES / 3 && one < MERGE_BYTES / 2, "{one}");
+    let (registry, outcomes) =
+        send_behind_a_delivered_one(port, &sink, (0..5).map(|n| encoded(n, 4500))).await;
+    let sizes: Vec<usize> = sink.requests()[1..]
+        .iter()
+        .map(|r| r.resource_spans.len())
+        .collect();
+    assert_eq!(sizes, [2, 2, 1]);
+    assert!(sink
+        .requests()
+        .iter()
+        .all(|r| r.encoded_len() <= MERGE_BYTES));
+    let text = registry.render();
+    assert_eq!(
+        metric(&text, "otelcol_exporter_sent_spans_total", &[]),
+        22_501.0
+    );
+    assert_eq!(outcomes.lock().unwrap().len(), 5);
+}
+
 #[tokio::test]
 async fn the_file_exporter_writes_json_lines_and_rotates() {
     let dir = tempfile::tempdir().unwrap();
@@ -253,11 +345,13 @@ async fn a_full_queue_overflows_to_disk_and_drains_in_order() {
 
     let sink = tailgate_testkit::Sink::start_at(&format!("127.0.0.1:{port}")).await;
     assert_eq!(sink.wait_for_spans(200, Duration::from_secs(20)).await, 200);
-    // One consumer: the requests arrive in the order they were enqueued.
+    // One consumer: the requests arrive in the order they were enqueued (some merged into
+    // one send, their resource spans in order).
     let order: Vec<Vec<u8>> = sink
         .requests()
         .iter()
-        .map(|r| r.resource_spans[0].scope_spans[0].spans[0].trace_id.clone())
+        .flat_map(|r| &r.resource_spans)
+        .map(|rs| rs.scope_spans[0].spans[0].trace_id.clone())
         .collect();
     let sent: Vec<Vec<u8>> = (0..20).map(|n| trace_id(n).to_vec()).collect();
     assert_eq!(order, sent);
