@@ -24,6 +24,7 @@ pub mod spill;
 
 pub use otlp_grpc::retryable;
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -482,15 +483,16 @@ async fn consume(
     metrics: Arc<ExporterMetrics>,
     in_flight: Arc<AtomicU64>,
 ) {
-    // A request taken from the queue that did not fit the previous send; in flight
-    // already, so an abort at shutdown counts it.
-    let mut carried: Option<EncodedRequest> = None;
+    // Requests taken from the queue and not sent yet: one that did not fit the previous
+    // send, or the parts of a merged send the backend refused. In flight already, so an
+    // abort at shutdown counts them.
+    let mut pending: VecDeque<EncodedRequest> = VecDeque::new();
     // Queued requests are merged only while the backend takes what it is sent: one that
     // fails keeps the rest of its queue queued, where a router can re-route it.
     let mut delivering = false;
     let merges = sink.merges();
     loop {
-        let first = match carried.take() {
+        let first = match pending.pop_front() {
             Some(request) => request,
             None => match rx.recv().await {
                 Ok(request) => {
@@ -500,8 +502,12 @@ async fn consume(
                 Err(_) => break,
             },
         };
-        let limit = if merges && delivering { MERGE_BYTES } else { 0 };
-        let (request, settlements) = merge_queued(first, &rx, limit, &in_flight, &mut carried);
+        let limit = if merges && delivering && pending.is_empty() {
+            MERGE_BYTES
+        } else {
+            0
+        };
+        let (request, parts) = merge_queued(first, &rx, limit, &in_flight, &mut pending);
         metrics.queue_size.set(rx.len() as f64);
         let started = Instant::now();
         let result = retry::send_with_retry(
@@ -521,15 +527,25 @@ async fn consume(
             }
             .increment(1);
         }
+        delivering = result.is_ok();
+        // A merged send refused for good: its requests go again one by one, so one the
+        // backend cannot take fails alone. They stay in flight, unsettled.
+        if let (Err(SendError::Permanent(e)), false) = (&result, parts.is_empty()) {
+            tracing::warn!(exporter = %name, requests = parts.len(), error = %e, "a merged export was refused; sending its requests one by one");
+            for part in parts.into_iter().rev() {
+                pending.push_front(part);
+            }
+            continue;
+        }
         // Counted and cleared together, with no await between, so an abort at shutdown
         // sees the spans either in flight or counted, never both; the same for settling
         // (an aborted send is not settled: its settlement ends abandoned). A partial
         // success is delivered: the backend answered, and what it rejected is counted.
         in_flight.fetch_sub(request.spans, Ordering::SeqCst);
-        for s in &settlements {
+        let settlements = request.settlement.iter();
+        for s in settlements.chain(parts.iter().filter_map(|p| p.settlement.as_ref())) {
             s.settle(result.is_ok());
         }
-        delivering = result.is_ok();
         match result {
             Ok(sent) => {
                 metrics.sent.increment(request.spans - sent.rejected);
@@ -557,49 +573,44 @@ async fn consume(
 pub const MERGE_BYTES: usize = 1 << 20;
 
 /// `first`, and the requests queued behind it while together they stay within `limit`
-/// bytes, as one request, with the settlements of all of them. An encoded
-/// `ExportTraceServiceRequest` is its repeated `resource_spans` field, so requests
-/// concatenated are one request holding all of theirs. Nothing waits for more to arrive: a
-/// queue that keeps up sends each request as it came; one that fell behind catches up in
-/// fewer, larger sends. A request taken that does not fit goes to `carried`, counted in
-/// flight, for the next send.
+/// bytes, as one request, and the requests merged into it (none when `first` goes
+/// alone; their settlements stay with them). An encoded `ExportTraceServiceRequest` is its
+/// repeated `resource_spans` field, so requests concatenated are one request holding all
+/// of theirs. Nothing waits for more to arrive: a queue that keeps up sends each request as
+/// it came; one that fell behind catches up in fewer, larger sends. A request taken that
+/// does not fit goes to `pending`, counted in flight, for the next send.
 fn merge_queued(
     first: EncodedRequest,
     rx: &async_channel::Receiver<EncodedRequest>,
     limit: usize,
     in_flight: &AtomicU64,
-    carried: &mut Option<EncodedRequest>,
-) -> (EncodedRequest, Vec<Arc<crate::otlp::Settlement>>) {
+    pending: &mut VecDeque<EncodedRequest>,
+) -> (EncodedRequest, Vec<EncodedRequest>) {
     let mut len = first.bytes.len();
     let mut parts = vec![first];
     while len < limit {
         let Ok(next) = rx.try_recv() else { break };
         in_flight.fetch_add(next.spans, Ordering::SeqCst);
         if len + next.bytes.len() > limit {
-            *carried = Some(next);
+            pending.push_back(next);
             break;
         }
         len += next.bytes.len();
         parts.push(next);
     }
-    let settlements = parts
-        .iter_mut()
-        .filter_map(|p| p.settlement.take())
-        .collect();
-    let request = if parts.len() == 1 {
-        parts.swap_remove(0)
-    } else {
-        let mut bytes = bytes::BytesMut::with_capacity(len);
-        for part in &parts {
-            bytes.extend_from_slice(&part.bytes);
-        }
-        EncodedRequest {
-            bytes: bytes.freeze(),
-            spans: parts.iter().map(|p| p.spans).sum(),
-            settlement: None,
-        }
+    if parts.len() == 1 {
+        return (parts.swap_remove(0), Vec::new());
+    }
+    let mut bytes = bytes::BytesMut::with_capacity(len);
+    for part in &parts {
+        bytes.extend_from_slice(&part.bytes);
+    }
+    let merged = EncodedRequest {
+        bytes: bytes.freeze(),
+        spans: parts.iter().map(|p| p.spans).sum(),
+        settlement: None,
     };
-    (request, settlements)
+    (merged, parts)
 }
 
 #[cfg(test)]

@@ -3,7 +3,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use prost::Message;
 
 use super::config::ExporterConfig;
@@ -29,38 +34,47 @@ fn encoded(trace: u64, spans: u64) -> EncodedRequest {
     b.take()
 }
 
-/// Sent and failed spans, and the settled outcomes, of a one-consumer gRPC exporter to
-/// `port` given `requests` (each settled into `outcomes`) after a first delivered one.
+/// Sends one request through a one-consumer gRPC exporter to `port` and, once it is
+/// delivered, `requests` (enqueued with no await between, so all of them wait when the
+/// consumer looks); returns the exporter's metrics and the outcomes of `requests`, in the
+/// order they settled.
 async fn send_behind_a_delivered_one(
     port: u16,
-    sink: &tailgate_testkit::Sink,
-    requests: impl Iterator<Item = EncodedRequest>,
-) -> (Registry, Arc<std::sync::Mutex<Vec<crate::otlp::Outcome>>>) {
+    requests: Vec<EncodedRequest>,
+) -> (Registry, Vec<crate::otlp::Outcome>) {
     let configs = exporters(&format!(
-        "  otlp: {{endpoint: '127.0.0.1:{port}', tls: {{insecure: true}}, sending_queue: {{num_consumers: 1}}}}
-"
+        "  otlp: {{endpoint: '127.0.0.1:{port}', tls: {{insecure: true}}, sending_queue: {{num_consumers: 1}}}}\n"
     ));
     let registry = Registry::new();
     let set = ExporterSet::start(&configs, &registry, None).unwrap();
-    set.enqueue(encoded(1000, 1));
-    assert_eq!(sink.wait_for_spans(1, Duration::from_secs(10)).await, 1);
     let outcomes = Arc::new(std::sync::Mutex::new(Vec::new()));
-    // Enqueued with no await between: all of them wait when the consumer looks.
-    let mut expected = 1;
-    for mut request in requests {
+    let settled = |mut request: EncodedRequest| {
         let seen = outcomes.clone();
         request.settlement = Some(Arc::new(crate::otlp::Settlement::new(move |o| {
             seen.lock().unwrap().push(o)
         })));
-        expected += request.spans;
-        set.enqueue(request);
+        request
+    };
+    let wait_for = |n: usize| {
+        let outcomes = outcomes.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while outcomes.lock().unwrap().len() < n {
+                assert!(Instant::now() < deadline, "{n} outcomes expected");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    set.enqueue(settled(encoded(1000, 1)));
+    wait_for(1).await;
+    assert_eq!(outcomes.lock().unwrap()[0], crate::otlp::Outcome::Delivered);
+    let n = requests.len();
+    for request in requests {
+        set.enqueue(settled(request));
     }
-    assert_eq!(
-        sink.wait_for_spans(expected as usize, Duration::from_secs(10))
-            .await,
-        expected as usize
-    );
+    wait_for(1 + n).await;
     set.shutdown(Instant::now() + Duration::from_secs(10)).await;
+    let outcomes = outcomes.lock().unwrap().split_off(1);
     (registry, outcomes)
 }
 
@@ -69,7 +83,7 @@ async fn requests_queued_behind_a_delivered_send_go_out_merged() {
     let port = tailgate_testkit::free_port();
     let sink = tailgate_testkit::Sink::start_at(&format!("127.0.0.1:{port}")).await;
     let (registry, outcomes) =
-        send_behind_a_delivered_one(port, &sink, (0..20).map(|n| encoded(n, 3))).await;
+        send_behind_a_delivered_one(port, (0..20).map(|n| encoded(n, 3)).collect()).await;
     let requests = sink.requests();
     assert_eq!(
         requests.len(),
@@ -89,7 +103,7 @@ async fn requests_queued_behind_a_delivered_send_go_out_merged() {
         61.0
     );
     assert_eq!(
-        *outcomes.lock().unwrap(),
+        outcomes,
         vec![crate::otlp::Outcome::Delivered; 20],
         "every merged request is settled"
     );
@@ -103,7 +117,7 @@ async fn a_merged_send_stays_within_its_byte_limit() {
     let one = encoded(0, 4500).bytes.len();
     assert!(one > MERGE_BYTES / 3 && one < MERGE_BYTES / 2, "{one}");
     let (registry, outcomes) =
-        send_behind_a_delivered_one(port, &sink, (0..5).map(|n| encoded(n, 4500))).await;
+        send_behind_a_delivered_one(port, (0..5).map(|n| encoded(n, 4500)).collect()).await;
     let sizes: Vec<usize> = sink.requests()[1..]
         .iter()
         .map(|r| r.resource_spans.len())
@@ -118,7 +132,71 @@ async fn a_merged_send_stays_within_its_byte_limit() {
         metric(&text, "otelcol_exporter_sent_spans_total", &[]),
         22_501.0
     );
-    assert_eq!(outcomes.lock().unwrap().len(), 5);
+    assert_eq!(outcomes.len(), 5);
+}
+
+/// A backend that refuses for good any request holding `poison`'s spans, and keeps the
+/// trace ids of the spans it takes.
+struct Picky {
+    poison: Vec<u8>,
+    taken: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Picky {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let ids: Vec<Vec<u8>> = (request.get_ref().resource_spans.iter())
+            .flat_map(|rs| &rs.scope_spans)
+            .flat_map(|ss| &ss.spans)
+            .map(|s| s.trace_id.clone())
+            .collect();
+        if ids.contains(&self.poison) {
+            return Err(tonic::Status::invalid_argument("poisoned"));
+        }
+        self.taken.lock().unwrap().extend(ids);
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+#[tokio::test]
+async fn a_merged_send_refused_for_good_is_sent_again_one_by_one() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let taken = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let picky = Picky {
+        poison: trace_id(7).to_vec(),
+        taken: taken.clone(),
+    };
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(
+                TraceServiceServer::new(picky)
+                    .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
+            )
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let (registry, outcomes) =
+        send_behind_a_delivered_one(port, (0..10).map(|n| encoded(n, 3)).collect()).await;
+    // The ten went as one and were refused; then one by one: only the poisoned one fails.
+    use crate::otlp::Outcome::{Delivered, Failed};
+    let mut expected = vec![Delivered; 10];
+    expected[7] = Failed;
+    assert_eq!(outcomes, expected);
+    let text = registry.render();
+    assert_eq!(
+        metric(&text, "otelcol_exporter_sent_spans_total", &[]),
+        28.0
+    );
+    assert_eq!(
+        metric(&text, "otelcol_exporter_send_failed_spans_total", &[]),
+        3.0
+    );
+    let taken = taken.lock().unwrap();
+    assert_eq!(taken.len(), 28);
+    assert!(!taken.contains(&trace_id(7).to_vec()));
 }
 
 #[tokio::test]
