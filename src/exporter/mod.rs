@@ -570,7 +570,7 @@ async fn consume(
 
 /// The most bytes of queued requests a consumer merges into one send. Under the smallest
 /// message limit a collector's gRPC server has by default (4 MiB), with room to spare.
-pub const MERGE_BYTES: usize = 1 << 20;
+const MERGE_BYTES: usize = 1 << 20;
 
 /// `first`, and the requests queued behind it while together they stay within `limit`
 /// bytes, as one request, and the requests merged into it (none when `first` goes
