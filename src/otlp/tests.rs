@@ -282,6 +282,18 @@ mod scanning {
                 false,
             ),
             ("string as varint", kv(b"k", &any(&[0x08, 1])), false),
+            // string_value_strindex (8), a profile's string-table index: read as absent.
+            ("profile string index", kv(b"k", &any(&[0x40, 3])), true),
+            (
+                "string, then a profile string index",
+                kv(b"k", &any(&[string(b"v"), vec![0x40, 3]].concat())),
+                true,
+            ),
+            (
+                "profile string index as bytes",
+                kv(b"k", &any(&field(8, b"v"))),
+                false,
+            ),
         ];
         for (what, attribute, accepted) in cases {
             let bytes = with_span_fields(&field(9, &attribute));

@@ -440,7 +440,9 @@ impl<'a> KeyValueView<'a> {
         text(self.key_bytes())
     }
 
-    /// The value, `None` when no member of the `AnyValue` oneof is set.
+    /// The value, `None` when no member of the `AnyValue` oneof is set, or when the one set
+    /// last is `string_value_strindex`: an index into a profile's string table, which OTLP
+    /// tells receivers of other signals to read as if the value were absent.
     pub fn value(&self) -> Option<AnyValueView<'a>> {
         let mut value = None;
         for any in messages(self.bytes, 2) {
@@ -452,6 +454,7 @@ impl<'a> KeyValueView<'a> {
                     (4, Wire::Fixed64(v)) => Some(AnyValueView::Double(f64::from_bits(v))),
                     (5 | 6, Wire::Len(_)) => Some(AnyValueView::Composite(*self)),
                     (7, Wire::Len(v)) => Some(AnyValueView::Bytes(v)),
+                    (8, Wire::Varint(_)) => None,
                     _ => continue,
                 };
             }

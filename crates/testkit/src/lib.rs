@@ -438,13 +438,15 @@ fn assert_view_reads(view: &SpanView<'_>, span: &Span) {
 }
 
 /// The value of attribute `key` of decoded attributes, as pdata's `Get` finds it: the
-/// first attribute with that key, if its value is set.
+/// first attribute with that key, if its value is set (a profile's string-table index,
+/// `string_value_strindex`, reads as absent outside profiles, as OTLP says).
 fn attribute<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a any_value::Value> {
     attributes
         .iter()
         .find(|kv| kv.key == key)
         .and_then(|kv| kv.value.as_ref())
         .and_then(|v| v.value.as_ref())
+        .filter(|v| !matches!(v, any_value::Value::StringValueStrindex(_)))
 }
 
 /// Panics unless `view` holds `decoded`'s attributes in order and finds each key's value
