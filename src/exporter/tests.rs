@@ -34,6 +34,21 @@ fn encoded(trace: u64, spans: u64) -> EncodedRequest {
     b.take()
 }
 
+/// The trace of each resource spans of `requests` (each [`encoded`] request's one), in
+/// the order they were sent.
+fn traces_in_order(requests: &[ExportTraceServiceRequest]) -> Vec<Vec<u8>> {
+    requests
+        .iter()
+        .flat_map(|r| &r.resource_spans)
+        .map(|rs| rs.scope_spans[0].spans[0].trace_id.clone())
+        .collect()
+}
+
+/// The ids of traces `ns`, as [`traces_in_order`] gives them.
+fn traces(ns: std::ops::Range<u64>) -> Vec<Vec<u8>> {
+    ns.map(|n| trace_id(n).to_vec()).collect()
+}
+
 /// Sends one request through a one-consumer gRPC exporter to `port` and, once it is
 /// delivered, `requests` (enqueued with no await between, so all of them wait when the
 /// consumer looks); returns the exporter's metrics and the outcomes of `requests`, in the
@@ -90,13 +105,7 @@ async fn requests_queued_behind_a_delivered_send_go_out_merged() {
         2,
         "the first alone, then the twenty queued as one"
     );
-    let traces: Vec<Vec<u8>> = requests[1]
-        .resource_spans
-        .iter()
-        .map(|rs| rs.scope_spans[0].spans[0].trace_id.clone())
-        .collect();
-    let sent: Vec<Vec<u8>> = (0..20).map(|n| trace_id(n).to_vec()).collect();
-    assert_eq!(traces, sent);
+    assert_eq!(traces_in_order(&requests[1..]), traces(0..20));
     let text = registry.render();
     assert_eq!(
         metric(&text, "otelcol_exporter_sent_spans_total", &[]),
@@ -148,9 +157,7 @@ impl TraceService for Picky {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let ids: Vec<Vec<u8>> = (request.get_ref().resource_spans.iter())
-            .flat_map(|rs| &rs.scope_spans)
-            .flat_map(|ss| &ss.spans)
+        let ids: Vec<Vec<u8>> = crate::otlp::spans(request.get_ref())
             .map(|s| s.trace_id.clone())
             .collect();
         if ids.contains(&self.poison) {
@@ -425,14 +432,7 @@ async fn a_full_queue_overflows_to_disk_and_drains_in_order() {
     assert_eq!(sink.wait_for_spans(200, Duration::from_secs(20)).await, 200);
     // One consumer: the requests arrive in the order they were enqueued (some merged into
     // one send, their resource spans in order).
-    let order: Vec<Vec<u8>> = sink
-        .requests()
-        .iter()
-        .flat_map(|r| &r.resource_spans)
-        .map(|rs| rs.scope_spans[0].spans[0].trace_id.clone())
-        .collect();
-    let sent: Vec<Vec<u8>> = (0..20).map(|n| trace_id(n).to_vec()).collect();
-    assert_eq!(order, sent);
+    assert_eq!(traces_in_order(&sink.requests()), traces(0..20));
     // The sink has a request before the exporter has its answer and counts it.
     let deadline = Instant::now() + Duration::from_secs(10);
     while metric(&registry.render(), "otelcol_exporter_sent_spans_total", &[]) < 200.0 {
