@@ -214,6 +214,70 @@ async fn late_spans_follow_the_cached_decision() {
     worker.shutdown().await;
 }
 
+/// A full decision cache forgets its least recently used decisions, as the collector's LRU
+/// does, and remembers every new one: the traces decided last are the ones late spans
+/// are likely to come for.
+#[tokio::test]
+async fn a_full_decision_cache_remembers_the_newest_decisions() {
+    let sink = Sink::start(vec![]).await;
+    let worker = Worker::start(common::config(
+        &sink,
+        r#"
+  decision_wait: 300ms
+  decision_cache: {sampled_cache_size: 100}
+  policies:
+    - {name: all, type: always_sample}
+"#,
+    ))
+    .await
+    .unwrap();
+    let mut client = common::grpc_client(&worker).await;
+    // Ten times what the cache holds, decided in rounds (a round's traces are decided in no
+    // particular order). The last two rounds are the 100 decisions the cache holds.
+    let traces: Vec<[u8; 16]> = (1..=1000).map(trace_id).collect();
+    for round in [
+        &traces[..500],
+        &traces[500..900],
+        &traces[900..950],
+        &traces[950..],
+    ] {
+        let spans = round.iter().map(|t| span(*t, 1, None)).collect();
+        client.export(request("a", spans)).await.unwrap();
+        settle(&worker).await;
+    }
+    assert_eq!(
+        sink.wait_for_spans(1000, Duration::from_secs(10)).await,
+        1000
+    );
+    // A late span for each trace of the last round but one.
+    let late = traces[900..950]
+        .iter()
+        .map(|t| span(*t, 2, Some(1)))
+        .collect();
+    client.export(request("a", late)).await.unwrap();
+    assert_eq!(
+        sink.wait_for_spans(1050, Duration::from_secs(10)).await,
+        1050
+    );
+    settle(&worker).await;
+    let text = common::scrape(worker.admin_addr).await;
+    let early = "otelcol_processor_tail_sampling_early_releases_from_cache_decision_total";
+    assert_eq!(
+        metric(&text, early, &[("sampled", "true")]),
+        50.0,
+        "a late span of a trace decided last found no decision"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "otelcol_processor_tail_sampling_new_trace_id_received_total",
+            &[]
+        ),
+        1000.0
+    );
+    worker.shutdown().await;
+}
+
 #[tokio::test]
 async fn without_a_cache_a_late_span_starts_a_new_trace() {
     let sink = Sink::start(vec![]).await;

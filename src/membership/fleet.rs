@@ -37,8 +37,8 @@ use crate::otlp::{EncodedRequest, TraceId};
 use crate::receiver::{Relay, RelayKind, RELAY_FROM_HEADER, RELAY_HEADER};
 use crate::telemetry::{self, Registry};
 
-/// Markers (trace → the worker it was handed to) kept at most; past it the least used are
-/// evicted, counted.
+/// Markers (trace → the worker it was handed to) kept at most; past it the least recently
+/// used are evicted, counted.
 const MAX_MARKERS: u64 = 262_144;
 /// Lock stripes serialising "does this worker hold the trace" with "start it here".
 const STRIPES: usize = 1024;
@@ -166,8 +166,11 @@ impl Fleet {
         }
         let offers = |result| registry.counter(telemetry::MEMBERSHIP_OFFERS, &[("result", result)]);
         let evictions = registry.counter(telemetry::MEMBERSHIP_MARKER_EVICTIONS, &[]);
+        // Least recently used first (moka's default would turn new markers away once full,
+        // keeping the old ones: see the worker's decision caches).
         let markers = Cache::builder()
             .max_capacity(MAX_MARKERS)
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
             .time_to_live(config.handover_window)
             .eviction_listener(move |_, _, cause| {
                 if cause == moka::notification::RemovalCause::Size {

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use metrics::{Counter, Gauge, Histogram};
+use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 use tokio::time::Instant;
 
@@ -169,10 +170,15 @@ type Relayed = Vec<(Arc<Peer>, RelayKind, Kept)>;
 /// that arrives looks its trace up.
 type DecisionCache = Cache<u128, Cached, ahash::RandomState>;
 
+/// A decision cache forgets its least recently used decisions, as the collector's LRU
+/// does. moka's default policy (TinyLFU) admits a new entry into a full cache only when it
+/// was asked for more often than what it would evict; a trace id is asked for only after
+/// its decision is in, so a full cache would keep its oldest decisions and no new one.
 fn cache(size: u64) -> Option<DecisionCache> {
     (size > 0).then(|| {
         Cache::builder()
             .max_capacity(size)
+            .eviction_policy(EvictionPolicy::lru())
             .build_with_hasher(ahash::RandomState::new())
     })
 }
