@@ -7,7 +7,7 @@ use std::time::Duration;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use tailgate::worker::Worker;
-use tailgate_testkit::{metric, request, span, trace_id, Sink};
+use tailgate_testkit::{kv, metric, request, span, trace_id, Sink};
 
 fn scope_attribute(attributes: &[KeyValue], key: &str) -> Option<Value> {
     attributes
@@ -239,6 +239,74 @@ async fn a_changed_policies_file_applies_to_pending_traces_and_a_bad_one_is_refu
         1.0
     );
     assert_eq!(metric(&text, votes, &[("policy", "none")]), 0.0);
+    worker.shutdown().await;
+}
+
+/// A worker finds which attribute conditions arriving spans meet as they arrive; spans
+/// that arrived under the policies before a reload are read again for the new ones.
+#[tokio::test]
+async fn a_reload_decides_pending_traces_on_their_attributes() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policies.yaml");
+    let keep = |key: &str| {
+        format!("- {{name: {key}, type: string_attribute, string_attribute: {{key: {key}, values: [a]}}}}\n")
+    };
+    std::fs::write(&file, keep("tier")).unwrap();
+    let sink = Sink::start(vec![]).await;
+    let worker = Worker::start(common::config(
+        &sink,
+        &format!(
+            "  decision_wait: 2s\n  policies_file: {:?}\n",
+            file.display().to_string()
+        ),
+    ))
+    .await
+    .unwrap();
+    let mut client = common::grpc_client(&worker).await;
+    let with_team = |n: u64, team: &str| {
+        let mut s = span(trace_id(n), 1, None);
+        s.attributes.push(kv("team", team));
+        s
+    };
+    // Under the first policies, trace 1 meets no condition.
+    client
+        .export(request("a", vec![with_team(1, "a")]))
+        .await
+        .unwrap();
+    std::fs::write(&file, keep("team")).unwrap();
+    let reloads = "tailgate_policy_reload_total";
+    common::wait_metric(worker.admin_addr, reloads, &[("result", "success")], |v| {
+        v == 1.0
+    })
+    .await;
+    // Traces 2 and 3 arrive under the new ones.
+    client
+        .export(request("a", vec![with_team(2, "a"), with_team(3, "b")]))
+        .await
+        .unwrap();
+    assert_eq!(sink.wait_for_spans(2, Duration::from_secs(20)).await, 2);
+    let text = common::scrape(worker.admin_addr).await;
+    let votes = "otelcol_processor_tail_sampling_count_traces_sampled_total";
+    assert_eq!(
+        metric(&text, votes, &[("policy", "team"), ("decision", "sampled")]),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            votes,
+            &[("policy", "team"), ("decision", "not_sampled")]
+        ),
+        1.0
+    );
+    let kept: Vec<Vec<u8>> = sink
+        .requests()
+        .iter()
+        .flat_map(tailgate_testkit::all_spans)
+        .map(|s| s.trace_id.clone())
+        .collect();
+    assert!(kept.contains(&trace_id(1).to_vec()), "{kept:?}");
+    assert!(kept.contains(&trace_id(2).to_vec()), "{kept:?}");
     worker.shutdown().await;
 }
 

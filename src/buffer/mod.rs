@@ -28,7 +28,7 @@ use dashmap::DashMap;
 use tokio::time::Instant;
 
 use crate::otlp::{Head, TraceId, TraceSpans};
-use crate::policy::StatusCodes;
+use crate::policy::{AttributeMatches, StatusCodes};
 use crate::storage::Appended;
 
 /// Limits and timing, from `tail_sampling`.
@@ -68,6 +68,8 @@ pub struct TraceEntry {
     pub status_codes: StatusCodes,
     /// The `rv` of the trace's spans' tracestate, when one carried it.
     pub rv: Option<u64>,
+    /// The policies' attribute conditions its resources and spans met.
+    pub attributes: AttributeMatches,
     pub timer: TimerKey,
     /// With a log: a pin on the record of the trace's first spans (keeping them and every
     /// later record on disk), and the place of its latest spans' record.
@@ -121,6 +123,8 @@ pub struct ChunkFacts {
     pub status_codes: StatusCodes,
     /// The `rv` of the first span that carried one.
     pub rv: Option<u64>,
+    /// The policies' attribute conditions the chunk's resource and spans meet.
+    pub attributes: AttributeMatches,
 }
 
 /// The result of [`TraceBuffer::add`].
@@ -268,6 +272,7 @@ impl TraceBuffer {
                 e.latest_end = e.latest_end.max(facts.latest_end);
                 e.status_codes = e.status_codes.union(facts.status_codes);
                 e.rv = e.rv.or(facts.rv);
+                e.attributes = e.attributes.union(facts.attributes);
                 if let (Some(mine), Some(new)) = (&mut e.logged, logged) {
                     mine.seq = mine.seq.max(new.seq);
                 }
@@ -315,6 +320,7 @@ impl TraceBuffer {
                     latest_end: facts.latest_end,
                     status_codes: facts.status_codes,
                     rv: facts.rv,
+                    attributes: facts.attributes,
                     timer: key,
                     logged: logged.map(|l| Appended {
                         seq: l.seq,

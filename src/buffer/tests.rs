@@ -73,6 +73,7 @@ const CHILD: ChunkFacts = ChunkFacts {
     latest_end: 20,
     status_codes: StatusCodes::NONE,
     rv: None,
+    attributes: AttributeMatches::UNKNOWN,
 };
 const ROOT: ChunkFacts = ChunkFacts {
     has_root: true,
@@ -80,6 +81,7 @@ const ROOT: ChunkFacts = ChunkFacts {
     latest_end: 30,
     status_codes: StatusCodes::NONE,
     rv: None,
+    attributes: AttributeMatches::UNKNOWN,
 };
 
 /// Every trace due at `now`; the invariants are checked before and after.

@@ -127,7 +127,7 @@ impl<'a> Chunk<'a> {
     }
 
     /// Each span's encoded fields, a `Span` message body.
-    pub fn span_bodies(self) -> impl Iterator<Item = &'a [u8]> {
+    pub fn span_bodies(self) -> impl Iterator<Item = &'a [u8]> + Clone {
         view::messages(self.spans, 2)
     }
 }

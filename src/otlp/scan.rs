@@ -529,6 +529,7 @@ pub(super) fn fields(b: &[u8]) -> Fields<'_> {
     Fields { b, pos: 0 }
 }
 
+#[derive(Clone)]
 pub(super) struct Fields<'a> {
     b: &'a [u8],
     pos: usize,

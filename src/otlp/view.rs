@@ -510,6 +510,7 @@ pub(super) fn messages(msg: &[u8], field: u32) -> Messages<'_> {
     }
 }
 
+#[derive(Clone)]
 pub(super) struct Messages<'a> {
     fields: Fields<'a>,
     field: u32,

@@ -596,6 +596,7 @@ mod tests {
                     status_codes: super::super::StatusCodes::NONE,
                     randomness: 0,
                     fleet_size: 1,
+                    attributes: None,
                     batches: &[],
                     now: start + Duration::from_secs(second),
                 });

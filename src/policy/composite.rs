@@ -51,6 +51,10 @@ impl Composite {
         &self.subs
     }
 
+    pub(super) fn subs_mut(&mut self) -> impl Iterator<Item = &mut SubPolicy> {
+        self.subs.iter_mut()
+    }
+
     /// The decision and, when sampled, the sub-policy that took the trace.
     pub(super) fn evaluate(
         &self,

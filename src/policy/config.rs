@@ -11,7 +11,7 @@ use super::adaptive::{Ema, Goal, Settings};
 use super::composite::{Composite, SubPolicy};
 use super::ottl::{ErrorMode, OttlCondition};
 use super::probabilistic::Probabilistic;
-use super::rules::{Rule, StringMatcher};
+use super::rules::{AttributeCondition, Rule, StringMatcher, ValueTest};
 use super::token_bucket::TokenBucket;
 use crate::config::Errors;
 use crate::otlp::view::AttributeKey;
@@ -413,12 +413,12 @@ impl PolicyConfig {
                     errors.push(format!("{p}.min_value"), "must not exceed max_value");
                     return None;
                 }
-                Some(Rule::NumericAttribute {
+                Some(Rule::Attribute(Box::new(AttributeCondition {
                     key: AttributeKey::new(&c.key),
-                    min,
-                    max,
+                    test: ValueTest::Int { min, max },
                     invert: c.invert_match,
-                })
+                    slot: None,
+                })))
             }
             "probabilistic" => {
                 let c = self.probabilistic.unwrap_or_default();
@@ -480,11 +480,12 @@ impl PolicyConfig {
                 } else {
                     StringMatcher::exact(c.values.into_iter().filter(|v| !v.is_empty()).collect())
                 };
-                Some(Rule::StringAttribute {
+                Some(Rule::Attribute(Box::new(AttributeCondition {
                     key: AttributeKey::new(&c.key),
-                    matcher,
+                    test: ValueTest::Str(matcher),
                     invert: c.invert_match,
-                })
+                    slot: None,
+                })))
             }
             "rate_limiting" => {
                 let c = self.rate_limiting.unwrap_or_default();
@@ -552,11 +553,12 @@ impl PolicyConfig {
             "boolean_attribute" => {
                 let c = self.boolean_attribute.unwrap_or_default();
                 require_key(&c.key, &block("boolean_attribute"), errors)?;
-                Some(Rule::BooleanAttribute {
+                Some(Rule::Attribute(Box::new(AttributeCondition {
                     key: AttributeKey::new(&c.key),
-                    value: c.value,
+                    test: ValueTest::Bool(c.value),
                     invert: c.invert_match,
-                })
+                    slot: None,
+                })))
             }
             "and" => {
                 if level == Level::Sub {

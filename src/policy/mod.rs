@@ -264,6 +264,10 @@ pub struct TraceView<'a> {
     pub randomness: u64,
     /// Workers in the fleet (1 without membership): adaptive goals are shared among them.
     pub fleet_size: usize,
+    /// Which of the deciding set's attribute conditions the trace's resources and spans
+    /// met, as a worker found them when the spans arrived ([`AttributeMatches`]); `None`
+    /// when they are to be read from `batches`.
+    pub attributes: Option<u64>,
     /// The spans; empty when no policy needs them.
     pub batches: &'a [Batch<'a>],
     /// Decision time, for the rate limiters.
@@ -292,13 +296,56 @@ pub struct Vote {
     pub elapsed: Duration,
 }
 
+/// Which attribute conditions (`string_attribute`, `numeric_attribute` and
+/// `boolean_attribute`, at any depth) of one policy set some of a trace's resources and
+/// spans meet. A worker gathers them as spans arrive, while their bytes are at hand, so
+/// that deciding reads no span for them; matches gathered under another policy set (before
+/// a reload) are unknown, and the spans are read at decision time instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttributeMatches {
+    /// The [`PolicySet`]'s id; 0 for none.
+    set: u64,
+    /// Bit `i` for the condition in slot `i`.
+    found: u64,
+}
+
+impl AttributeMatches {
+    /// Matches of no policy set.
+    pub const UNKNOWN: AttributeMatches = AttributeMatches { set: 0, found: 0 };
+
+    /// The matches of both, when they are of one set.
+    pub fn union(self, other: AttributeMatches) -> AttributeMatches {
+        if self.set == other.set {
+            AttributeMatches {
+                set: self.set,
+                found: self.found | other.found,
+            }
+        } else {
+            AttributeMatches::UNKNOWN
+        }
+    }
+
+    /// The matches, for [`TraceView::attributes`], when they are `set`'s.
+    pub fn of(self, set: &PolicySet) -> Option<u64> {
+        (self.set != 0 && self.set == set.id).then_some(self.found)
+    }
+}
+
+/// Policy sets compiled so far, for their ids.
+static POLICY_SETS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// The compiled, ordered policy set: drop policies first, then the rest, each group in
 /// config order.
 #[derive(Debug, Clone)]
 pub struct PolicySet {
     policies: Arc<[Policy]>,
     sample_on_first_match: bool,
+    /// Unique to this compilation, for [`AttributeMatches`].
+    id: u64,
+    /// Whether some rule reads spans beyond its attribute matches.
     needs_spans: bool,
+    /// Whether some attribute condition has a slot in [`AttributeMatches`].
+    slotted: bool,
     /// The top-level probabilistic policies' draws, which every trace gets.
     draws: Chance,
 }
@@ -329,9 +376,38 @@ impl PolicySet {
         &self.policies
     }
 
-    /// Whether any policy reads span contents, so the spans must be read first.
-    pub fn needs_spans(&self) -> bool {
-        self.needs_spans
+    /// Whether any policy reads span contents, so the spans must be read first: with the
+    /// trace's [`AttributeMatches`] known, only rules beyond attribute conditions do.
+    pub fn needs_spans(&self, matches_known: bool) -> bool {
+        self.needs_spans || (self.slotted && !matches_known)
+    }
+
+    /// Which of the set's attribute conditions the attributes of a resource meet.
+    pub fn resource_matches(&self, resource: &Attributes<'_>) -> AttributeMatches {
+        self.matches(|c| c.met_by_resource(resource))
+    }
+
+    /// Which of the set's attribute conditions the attributes of some of `spans` meet.
+    pub fn span_matches<'a>(
+        &self,
+        spans: impl Iterator<Item = Attributes<'a>> + Clone,
+    ) -> AttributeMatches {
+        self.matches(|c| c.met_by_spans(spans.clone()))
+    }
+
+    fn matches(&self, mut met: impl FnMut(&rules::AttributeCondition) -> bool) -> AttributeMatches {
+        let mut found = 0u64;
+        for p in self.policies.iter() {
+            p.rule.for_each_slotted(&mut |c, slot| {
+                if found & (1 << slot) == 0 && met(c) {
+                    found |= 1 << slot;
+                }
+            });
+        }
+        AttributeMatches {
+            set: self.id,
+            found,
+        }
     }
 
     /// Evaluates the policies on `trace` and combines the votes with the collector's
@@ -449,8 +525,14 @@ impl PolicySet {
         }
         // Drop policies run first, each group keeping config order.
         policies.sort_by_key(|p| !p.rule.is_drop());
+        let mut slots = 0;
+        for p in &mut policies {
+            p.rule.assign_slots(&mut slots);
+        }
         PolicySet {
+            id: POLICY_SETS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
             needs_spans: policies.iter().any(|p| p.rule.needs_spans()),
+            slotted: slots > 0,
             draws: policies
                 .iter()
                 .filter(|p| p.rule.is_probabilistic())

@@ -13,7 +13,7 @@ use super::ottl::OttlCondition;
 use super::probabilistic::Probabilistic;
 use super::token_bucket::TokenBucket;
 use super::{Chance, Decision, TraceView};
-use crate::otlp::view::{AnyValueView, AttributeKey, SpanView};
+use crate::otlp::view::{AnyValueView, AttributeKey, Attributes, SpanView};
 
 /// Why a policy could not decide; the policy abstains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -38,19 +38,10 @@ pub(super) enum Rule {
         threshold_ms: i64,
         upper_threshold_ms: i64,
     },
-    NumericAttribute {
-        key: AttributeKey,
-        min: i64,
-        max: i64,
-        invert: bool,
-    },
+    /// `string_attribute`, `numeric_attribute` and `boolean_attribute`.
+    Attribute(Box<AttributeCondition>),
     StatusCode {
         codes: Vec<i32>,
-    },
-    StringAttribute {
-        key: AttributeKey,
-        matcher: StringMatcher,
-        invert: bool,
     },
     RateLimiting(TokenBucket),
     BytesLimiting(TokenBucket),
@@ -63,11 +54,6 @@ pub(super) enum Rule {
         values: HashSet<String>,
     },
     TraceFlags,
-    BooleanAttribute {
-        key: AttributeKey,
-        value: bool,
-        invert: bool,
-    },
     And(Vec<Rule>),
     Drop(Vec<Rule>),
     Not(Box<Rule>),
@@ -75,6 +61,67 @@ pub(super) enum Rule {
     Adaptive(Box<Ema>),
     Composite(Composite),
     Ottl(OttlCondition),
+}
+
+/// The collector's `hasResourceOrSpanWithCondition`: met when a resource attribute or a
+/// span attribute named `key` passes `test`. With `invert` the rule votes the other way
+/// (not sampled when any does, sampled otherwise).
+#[derive(Debug)]
+pub(super) struct AttributeCondition {
+    pub key: AttributeKey,
+    pub test: ValueTest,
+    pub invert: bool,
+    /// Its bit in the [`super::AttributeMatches`] a worker gathers as spans arrive; `None`
+    /// past the 64 conditions those hold, and then read from the spans at decision time.
+    pub slot: Option<u8>,
+}
+
+/// What an attribute's value must be, with Go pdata's coercions.
+#[derive(Debug)]
+pub(super) enum ValueTest {
+    /// A string one of the values (or regexes) accepts; a span attribute must also be
+    /// non-empty, a resource one need not.
+    Str(StringMatcher),
+    Int {
+        min: i64,
+        max: i64,
+    },
+    Bool(bool),
+}
+
+impl AttributeCondition {
+    fn passes(&self, v: &AnyValueView<'_>, on_span: bool) -> bool {
+        match &self.test {
+            ValueTest::Str(matcher) => {
+                let s = as_str(v);
+                !(on_span && s.is_empty()) && matcher.matches(s)
+            }
+            ValueTest::Int { min, max } => (*min..=*max).contains(&as_int(v)),
+            ValueTest::Bool(value) => as_bool(v) == *value,
+        }
+    }
+
+    pub(super) fn met_by_resource(&self, resource: &Attributes<'_>) -> bool {
+        resource
+            .get_key(&self.key)
+            .is_some_and(|v| self.passes(&v, false))
+    }
+
+    pub(super) fn met_by_spans<'a>(&self, mut spans: impl Iterator<Item = Attributes<'a>>) -> bool {
+        spans.any(|a| a.get_key(&self.key).is_some_and(|v| self.passes(&v, true)))
+    }
+
+    /// Whether any resource or span of the trace meets the condition: what the worker
+    /// found as the spans arrived, when it has that, else read from the spans.
+    fn met_by(&self, t: &TraceView<'_>) -> bool {
+        match (self.slot, t.attributes) {
+            (Some(slot), Some(found)) => found & (1 << slot) != 0,
+            _ => t.batches.iter().any(|b| {
+                self.met_by_resource(&b.resource)
+                    || b.spans_may_have(&self.key) && self.met_by_spans(b.span_attributes())
+            }),
+        }
+    }
 }
 
 /// Exact values, or unanchored regexes with results cached per attribute value.
@@ -135,7 +182,8 @@ fn as_bool(v: &AnyValueView<'_>) -> bool {
 }
 
 impl Rule {
-    /// Whether evaluating reads the spans (not only the trace's counters).
+    /// Whether evaluating reads the spans (not only the trace's counters and the attribute
+    /// matches gathered as they arrived).
     pub(super) fn needs_spans(&self) -> bool {
         match self {
             Rule::AlwaysSample
@@ -145,12 +193,8 @@ impl Rule {
             | Rule::RateLimiting(_)
             | Rule::BytesLimiting(_)
             | Rule::SpanCount { .. } => false,
-            Rule::NumericAttribute { .. }
-            | Rule::StringAttribute { .. }
-            | Rule::TraceState { .. }
-            | Rule::TraceFlags
-            | Rule::BooleanAttribute { .. }
-            | Rule::Ottl(_) => true,
+            Rule::Attribute(c) => c.slot.is_none(),
+            Rule::TraceState { .. } | Rule::TraceFlags | Rule::Ottl(_) => true,
             Rule::And(subs) | Rule::Drop(subs) => subs.iter().any(Rule::needs_spans),
             Rule::Not(sub) => sub.needs_spans(),
             Rule::Adaptive(ema) => ema.needs_spans(),
@@ -183,6 +227,44 @@ impl Rule {
                 }
             }
             _ => Chance::ALWAYS,
+        }
+    }
+
+    /// Gives each attribute condition in the rule the next free slot of `next`, while
+    /// there are any.
+    pub(super) fn assign_slots(&mut self, next: &mut u32) {
+        match self {
+            Rule::Attribute(c) => {
+                if let Ok(slot) = u8::try_from(*next) {
+                    if slot < 64 {
+                        c.slot = Some(slot);
+                        *next += 1;
+                    }
+                }
+            }
+            Rule::And(subs) | Rule::Drop(subs) => {
+                subs.iter_mut().for_each(|s| s.assign_slots(next));
+            }
+            Rule::Not(sub) => sub.assign_slots(next),
+            Rule::Composite(c) => c.subs_mut().for_each(|s| s.rule.assign_slots(next)),
+            _ => {}
+        }
+    }
+
+    /// Calls `f` on every attribute condition in the rule that has a slot.
+    pub(super) fn for_each_slotted(&self, f: &mut impl FnMut(&AttributeCondition, u8)) {
+        match self {
+            Rule::Attribute(c) => {
+                if let Some(slot) = c.slot {
+                    f(c, slot);
+                }
+            }
+            Rule::And(subs) | Rule::Drop(subs) => {
+                subs.iter().for_each(|s| s.for_each_slotted(f));
+            }
+            Rule::Not(sub) => sub.for_each_slotted(f),
+            Rule::Composite(c) => c.subs().iter().for_each(|s| s.rule.for_each_slotted(f)),
+            _ => {}
         }
     }
 
@@ -242,28 +324,9 @@ impl Rule {
                     sampled(*threshold_ms < ms && ms <= *upper_threshold_ms)
                 }
             }
-            Rule::NumericAttribute {
-                key,
-                min,
-                max,
-                invert,
-            } => {
-                let hit = |v: &AnyValueView<'_>| (*min..=*max).contains(&as_int(v));
-                any_attribute(t, key, *invert, |v, _| hit(v))
-            }
+            Rule::Attribute(c) => sampled(c.met_by(t) != c.invert),
             Rule::StatusCode { codes } => {
                 sampled(codes.iter().any(|c| t.status_codes.contains(*c)))
-            }
-            Rule::StringAttribute {
-                key,
-                matcher,
-                invert,
-            } => {
-                any_attribute(t, key, *invert, |v, on_span| {
-                    let s = as_str(v);
-                    // A span attribute must be non-empty to match; a resource one need not.
-                    !(on_span && s.is_empty()) && matcher.matches(s)
-                })
             }
             Rule::RateLimiting(bucket) => sampled(bucket.allow(t.span_count as f64, t.now)),
             Rule::BytesLimiting(bucket) => sampled(bucket.allow(t.bytes as f64, t.now)),
@@ -277,9 +340,6 @@ impl Rule {
                     .any(|(k, v)| k == key && values.contains(v))
             })),
             Rule::TraceFlags => sampled(spans(t).any(|s| s.flags & 0x01 != 0)),
-            Rule::BooleanAttribute { key, value, invert } => {
-                any_attribute(t, key, *invert, |v, _| as_bool(v) == *value)
-            }
             Rule::And(subs) => {
                 for sub in subs {
                     if sub.evaluate(t)? == NotSampled {
@@ -310,26 +370,4 @@ impl Rule {
 
 fn spans<'a>(t: &TraceView<'a>) -> impl Iterator<Item = &'a SpanView<'a>> {
     t.batches.iter().flat_map(|b| b.spans().iter())
-}
-
-/// The collector's `hasResourceOrSpanWithCondition`: `hit(value, on_span)` tells whether an
-/// attribute value matches. Sampled when any resource or span has a matching `key`; with
-/// `invert`, the other way round (not sampled when any does, sampled otherwise).
-fn any_attribute(
-    t: &TraceView<'_>,
-    key: &AttributeKey,
-    invert: bool,
-    hit: impl Fn(&AnyValueView<'_>, bool) -> bool,
-) -> Decision {
-    let found = t.batches.iter().any(|b| {
-        b.resource.get_key(key).is_some_and(|v| hit(&v, false))
-            || b.spans_may_have(key)
-                && b.span_attributes()
-                    .any(|a| a.get_key(key).is_some_and(|v| hit(&v, true)))
-    });
-    if found != invert {
-        Decision::Sampled
-    } else {
-        Decision::NotSampled
-    }
 }

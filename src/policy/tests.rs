@@ -84,13 +84,48 @@ impl Trace {
             status_codes: self.status_codes,
             randomness: super::randomness(&self.id, None),
             fleet_size: 1,
+            attributes: None,
             batches,
             now: self.now,
         }
     }
 
+    /// The attribute matches a worker gathers for the trace's chunks as they arrive.
+    fn matches(&self, set: &PolicySet) -> Option<u64> {
+        self.chunks
+            .chunks()
+            .map(|c| {
+                let resource = set.resource_matches(&c.head.resource_attributes());
+                resource.union(set.span_matches(c.span_bodies().map(Attributes::of_span)))
+            })
+            .reduce(AttributeMatches::union)
+            .and_then(|m| m.of(set))
+    }
+
+    /// `set`'s verdict, read from the spans; for a set without budgets, also checked to be
+    /// what it is from the attribute matches gathered as the spans arrived, with the spans
+    /// read only when a rule needs more than those.
     fn decide(&self, set: &PolicySet) -> Verdict {
-        set.decide(&self.view(&self.batches()), |_| {})
+        let read = set.decide(&self.view(&self.batches()), |_| {});
+        if set.policies().iter().all(|p| !p.is_stateful()) {
+            assert_eq!(read, self.decide_gathered(set), "gathered matches disagree");
+        }
+        read
+    }
+
+    fn decide_gathered(&self, set: &PolicySet) -> Verdict {
+        let attributes = self.matches(set);
+        assert!(attributes.is_some() || self.chunks.chunks().next().is_none());
+        let batches = if set.needs_spans(true) {
+            self.batches()
+        } else {
+            Vec::new()
+        };
+        let view = TraceView {
+            attributes,
+            ..self.view(&batches)
+        };
+        set.decide(&view, |_| {})
     }
 }
 
@@ -104,6 +139,7 @@ fn view(id: &TraceId) -> TraceView<'_> {
         status_codes: StatusCodes::NONE,
         randomness: super::randomness(id, None),
         fleet_size: 1,
+        attributes: None,
         batches: &[],
         now: Instant::now(),
     }
@@ -117,8 +153,18 @@ fn vote_on(yaml: &str, view: &TraceView<'_>) -> Result<Decision, EvalError> {
     vote.unwrap()
 }
 
+/// The vote of the single policy in `yaml` on `trace`, read from its spans; checked to be
+/// the vote from the attribute matches gathered as its spans arrived (by a second,
+/// identical set, so that budgets start alike).
 fn vote(yaml: &str, trace: &Trace) -> Decision {
-    vote_on(yaml, &trace.view(&trace.batches())).unwrap()
+    let read = vote_on(yaml, &trace.view(&trace.batches())).unwrap();
+    let set = compile(&format!("[{yaml}]"), false).unwrap();
+    assert_eq!(
+        trace.decide_gathered(&set).decision,
+        read,
+        "gathered matches disagree"
+    );
+    read
 }
 
 fn value(v: any_value::Value) -> Option<AnyValue> {
@@ -633,6 +679,45 @@ fn composite_follows_policy_order_and_falls_through_budgets() {
     assert_eq!(decide(&gold).composite_policy.as_deref(), Some("second"));
 }
 
+/// Attribute matches hold 64 conditions; the ones after them are read from the spans.
+#[test]
+fn conditions_past_the_64_gathered_are_read_from_the_spans() {
+    let yaml: Vec<String> = (0..66)
+        .map(|i| format!("- {{name: p{i}, type: string_attribute, string_attribute: {{key: k{i}, values: [x]}}}}"))
+        .collect();
+    let set = compile(&yaml.join("\n"), false).unwrap();
+    assert!(set.needs_spans(true));
+    for i in [0, 63, 64, 65] {
+        let mut s = span(trace_id(1), 1, None);
+        s.attributes.push(kv(&format!("k{i}"), "x"));
+        let trace = Trace::spans(vec![s]);
+        let found = trace.matches(&set).unwrap();
+        assert_eq!(found, if i < 64 { 1 << i } else { 0 }, "k{i}");
+        let verdict = trace.decide(&set);
+        assert_eq!(verdict.decision, Sampled);
+        assert_eq!(verdict.policy.as_deref(), Some(format!("p{i}").as_str()));
+    }
+}
+
+/// Matches gathered under one policy set say nothing for another, even an identical one
+/// (a reload compiles a new set): its conditions may sit in other slots.
+#[test]
+fn matches_belong_to_the_set_that_gathered_them() {
+    let yaml = "[{name: p, type: string_attribute, string_attribute: {key: k, values: [x]}}]";
+    let (a, b) = (compile(yaml, false).unwrap(), compile(yaml, false).unwrap());
+    let mut s = span(trace_id(1), 1, None);
+    s.attributes.push(kv("k", "x"));
+    let trace = Trace::spans(vec![s]);
+    assert_eq!(trace.matches(&a), Some(1));
+    let chunk = trace.chunks.chunks().next().unwrap();
+    let of_a = a.span_matches(chunk.span_bodies().map(Attributes::of_span));
+    assert_eq!(of_a.of(&a), Some(1));
+    assert_eq!(of_a.of(&b), None);
+    let of_b = b.resource_matches(&chunk.head.resource_attributes());
+    assert_eq!(of_a.union(of_b), AttributeMatches::UNKNOWN);
+    assert_eq!(AttributeMatches::UNKNOWN.of(&a), None);
+}
+
 #[test]
 fn invert_match_votes_plainly() {
     // As in the collector since its inverted votes were removed: an inverted match is a
@@ -886,6 +971,7 @@ mod adaptive {
                         status_codes: StatusCodes::NONE,
                         randomness: randomness(&id, None),
                         fleet_size: fleet,
+                        attributes: None,
                         batches: &[],
                         now: start
                             + Duration::from_millis(

@@ -117,6 +117,11 @@ impl Decider {
             .clone()
     }
 
+    /// The policy set deciding from now on, for the attribute matches of arriving spans.
+    pub(crate) fn policies(&self) -> PolicySet {
+        self.current().set.clone()
+    }
+
     /// Evaluates the policies on a pending trace, counting each vote; adaptive goals are
     /// shared among `fleet_size` workers.
     pub(crate) fn decide(
@@ -127,7 +132,8 @@ impl Decider {
         now: Instant,
     ) -> Verdict {
         let active = self.current();
-        let batches: Vec<Batch<'_>> = if active.set.needs_spans() {
+        let attributes = entry.attributes.of(&active.set);
+        let batches: Vec<Batch<'_>> = if active.set.needs_spans(attributes.is_some()) {
             entry.spans.chunks().map(Batch::of).collect()
         } else {
             Vec::new()
@@ -141,6 +147,7 @@ impl Decider {
             latest_end: entry.latest_end,
             randomness: randomness(id, entry.rv),
             fleet_size,
+            attributes,
             batches: &batches,
             now,
         };

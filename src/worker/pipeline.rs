@@ -35,7 +35,7 @@ use crate::memory_limiter::Shed;
 use crate::otlp::tracestate;
 use crate::otlp::view::SpanView;
 use crate::otlp::{EncodedRequest, Head, RequestBuilder, TraceId};
-use crate::policy::{Chance, Decision, PolicySet, StatusCodes, Verdict};
+use crate::policy::{AttributeMatches, Chance, Decision, PolicySet, StatusCodes, Verdict};
 use crate::receiver::{check_ids, Ingest, IngestError, Ingested, Payload, Relay, RelayKind};
 use crate::spanmetrics::SpanMetrics;
 use crate::storage::{Appended, Pin, StorageError};
@@ -250,8 +250,10 @@ impl Ingest for Pipeline {
         let mut late = Kept::default();
         let mut relayed: Relayed = Vec::new();
         let mut keys: Vec<(TraceId, u32)> = Vec::new();
+        let policies = self.decider.policies();
         for scope in &request.scopes {
             let spans = &spans[scope.spans.clone()];
+            let arrived_in = ArrivedIn::new(&scope.head, &policies);
             let by_trace = |_: &_, id: &TraceId| Ok::<_, Infallible>(Some(*id));
             let Ok(()) = request.group_scope(scope, &mut keys, by_trace, |id, group| {
                 let members = group.iter().map(|(_, i)| &spans[*i as usize]);
@@ -262,7 +264,7 @@ impl Ingest for Pipeline {
                     relay,
                     logged: logged.as_ref(),
                 };
-                self.take_group(id, members, bytes, &scope.head, out, now)
+                self.take_group(id, members, bytes, arrived_in, out, now)
             });
         }
         if !late.request.is_empty() {
@@ -368,10 +370,11 @@ impl Pipeline {
         id: TraceId,
         members: impl Iterator<Item = &'a SpanView<'a>> + Clone,
         bytes: impl Iterator<Item = &'a [u8]> + Clone,
-        head: &Arc<Head>,
+        scope: ArrivedIn<'_>,
         out: Out<'_>,
         now: Instant,
     ) {
+        let head = scope.head;
         let n = members.clone().count() as u64;
         // Held until the spans are buffered: see the module comment.
         let _stripe = self.fleet.as_ref().map(|f| f.lock(&id));
@@ -428,7 +431,7 @@ impl Pipeline {
             logged: out.logged,
             seen,
         };
-        self.buffer_group(id, members, bytes, head, arrival);
+        self.buffer_group(id, members, bytes, scope, arrival);
     }
 
     /// Spans of a decided trace follow its decision: to the exporters when it was kept
@@ -477,7 +480,7 @@ impl Pipeline {
         id: TraceId,
         members: impl Iterator<Item = &'a SpanView<'a>> + Clone,
         bytes: impl Iterator<Item = &'a [u8]> + Clone,
-        head: &Arc<Head>,
+        scope: ArrivedIn<'_>,
         arrival: Arrival<'_>,
     ) {
         let Arrival { now, logged, seen } = arrival;
@@ -488,6 +491,7 @@ impl Pipeline {
                 latest_end: 0,
                 status_codes: StatusCodes::NONE,
                 rv: None,
+                attributes: scope.matches(members.clone()),
             },
             |f, s| ChunkFacts {
                 has_root: f.has_root || s.is_root(),
@@ -495,10 +499,11 @@ impl Pipeline {
                 latest_end: f.latest_end.max(s.end_time_unix_nano),
                 status_codes: f.status_codes.with(s.status_code),
                 rv: f.rv.or_else(|| self.randomness_of(s)),
+                attributes: f.attributes,
             },
         );
         let chunk = NewChunk {
-            head,
+            head: scope.head,
             spans: bytes,
             facts,
             seen,
@@ -739,11 +744,13 @@ impl Pipeline {
             pin: durable.pin(logged.seq),
         };
         let spans: Vec<SpanView<'_>> = request.spans.iter().map(|s| request.view(s)).collect();
+        let policies = self.decider.policies();
         let mut kept = Kept::default();
         let mut taken = 0;
         let mut keys: Vec<(TraceId, u32)> = Vec::new();
         for scope in &request.scopes {
             let spans = &spans[scope.spans.clone()];
+            let arrived_in = ArrivedIn::new(&scope.head, &policies);
             let by_trace = |_: &_, id: &TraceId| Ok::<_, Infallible>(Some(*id));
             let Ok(()) = request.group_scope(scope, &mut keys, by_trace, |id, group| {
                 if history.settled.get(&id).is_some_and(|&s| s >= logged.seq) {
@@ -775,7 +782,7 @@ impl Pipeline {
                             logged: Some(&appended),
                             seen: Epoch::UNCHECKED,
                         };
-                        self.buffer_group(id, members, bytes, &scope.head, arrival)
+                        self.buffer_group(id, members, bytes, arrived_in, arrival)
                     }
                 }
                 taken += n;
@@ -829,6 +836,34 @@ struct Arrival<'a> {
     now: Instant,
     logged: Option<&'a Appended>,
     seen: Epoch,
+}
+
+/// The `ScopeSpans` spans arrived in: its head, the policy set they are matched against,
+/// and the set's attribute conditions its resource meets (looked up once per scope).
+#[derive(Clone, Copy)]
+struct ArrivedIn<'a> {
+    head: &'a Arc<Head>,
+    policies: &'a PolicySet,
+    resource: AttributeMatches,
+}
+
+impl<'a> ArrivedIn<'a> {
+    fn new(head: &'a Arc<Head>, policies: &'a PolicySet) -> Self {
+        ArrivedIn {
+            head,
+            policies,
+            resource: policies.resource_matches(&head.resource_attributes()),
+        }
+    }
+
+    /// The attribute conditions the resource or some of `spans` meet.
+    fn matches<'s>(
+        &self,
+        spans: impl Iterator<Item = &'s SpanView<'s>> + Clone,
+    ) -> AttributeMatches {
+        let spans = self.policies.span_matches(spans.map(SpanView::attributes));
+        self.resource.union(spans)
+    }
 }
 
 struct Spans<'h, I> {

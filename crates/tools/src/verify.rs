@@ -141,6 +141,7 @@ impl PolicyInput {
             latest_end: self.latest_end,
             randomness: tailgate::policy::randomness(trace_id, self.rv),
             fleet_size: 1,
+            attributes: None,
             batches,
             now,
         }

@@ -88,6 +88,7 @@ fn run(span: &[&str], event: &[&str], mode: ErrorMode) -> Result<Decision, EvalE
         status_codes: StatusCodes::NONE,
         randomness: 0,
         fleet_size: 1,
+        attributes: None,
         batches: &batches,
         now: Instant::now(),
     })
