@@ -16,7 +16,10 @@
 //!
 //! Timers are ordered maps keyed by (deadline, sequence): due keys are popped in batches,
 //! and the first key of all shards is the oldest pending trace, the one evicted when a
-//! limit is hit. No task per trace.
+//! limit is hit. No task per trace. A decision loop sleeps until the first deadline of its
+//! shards ([`TraceBuffer::plan_wake`]); a key due before the time a shard's loop planned
+//! to wake wakes it ([`TraceBuffer::earlier_deadline`]), so an idle or filling buffer
+//! costs no wake-ups.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -149,7 +152,19 @@ pub struct TraceBuffer {
     buffered_spans: AtomicU64,
     decisions_started: AtomicU64,
     decisions_finished: AtomicU64,
+    /// Per timer shard: when its decision loop will next look at it, in nanoseconds after
+    /// `origin` ([`AWAKE`] while it is looking, [`UNPLANNED`] while it plans).
+    wake_at: Box<[AtomicU64]>,
+    origin: Instant,
+    /// Wakes the decision loops waiting on it when a key is due before a shard's planned
+    /// wake.
+    earlier: tokio::sync::Notify,
 }
+
+/// A shard's loop is looking at it: a new key needs no wake-up.
+const AWAKE: u64 = 0;
+/// A shard's loop is working out when to wake: every new key wakes it.
+const UNPLANNED: u64 = u64::MAX;
 
 impl TraceBuffer {
     /// A buffer with `timer_shards` timer shards (rounded up to a power of two).
@@ -167,6 +182,9 @@ impl TraceBuffer {
             buffered_spans: AtomicU64::new(0),
             decisions_started: AtomicU64::new(0),
             decisions_finished: AtomicU64::new(0),
+            wake_at: (0..shards).map(|_| AtomicU64::new(AWAKE)).collect(),
+            origin: Instant::now(),
+            earlier: tokio::sync::Notify::new(),
             config,
         }
     }
@@ -223,6 +241,50 @@ impl TraceBuffer {
         h ^= h >> 31;
         h = h.wrapping_mul(0x9e37_79b9_7f4a_7c15);
         (h >> 32) as usize & (self.timers.len() - 1)
+    }
+
+    /// Nanoseconds from `origin` to `t` (0 before it).
+    fn nanos(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.origin).as_nanos() as u64
+    }
+
+    /// A future that completes when a key is added in a shard whose loop planned to wake
+    /// after its deadline. Enable it before [`TraceBuffer::plan_wake`] so that no key
+    /// added in between is missed.
+    pub fn earlier_deadline(&self) -> tokio::sync::futures::Notified<'_> {
+        self.earlier.notified()
+    }
+
+    /// For a decision loop about to sleep: when to look at `shards` next, the first
+    /// deadline among them but not before `not_before` (`None` while they are empty). A
+    /// key added later that is due before that time completes [`earlier_deadline`].
+    ///
+    /// [`earlier_deadline`]: TraceBuffer::earlier_deadline
+    pub fn plan_wake(&self, shards: &[usize], not_before: Instant) -> Option<Instant> {
+        for &s in shards {
+            self.wake_at[s].store(UNPLANNED, Ordering::SeqCst);
+        }
+        let first = shards.iter().filter_map(|&s| self.next_deadline(s)).min();
+        let wake = first.map(|d| d.max(not_before));
+        let at = wake.map_or(UNPLANNED - 1, |w| self.nanos(w).max(AWAKE + 1));
+        for &s in shards {
+            self.wake_at[s].store(at, Ordering::SeqCst);
+        }
+        wake
+    }
+
+    /// A decision loop is looking at `shards`: new keys need not wake it.
+    pub fn awake(&self, shards: &[usize]) {
+        for &s in shards {
+            self.wake_at[s].store(AWAKE, Ordering::SeqCst);
+        }
+    }
+
+    /// Wakes shard `shard`'s loop if it planned to look after `deadline`.
+    fn wake_for(&self, shard: usize, deadline: Instant) {
+        if self.nanos(deadline) < self.wake_at[shard].load(Ordering::SeqCst) {
+            self.earlier.notify_waiters();
+        }
     }
 
     fn new_key(&self, deadline: Instant) -> TimerKey {
@@ -287,7 +349,9 @@ impl TraceBuffer {
                         let mut timer = self.timers[shard].lock().expect("timer lock");
                         timer.remove(&e.timer);
                         timer.insert(key, id);
+                        drop(timer);
                         e.timer = key;
+                        self.wake_for(shard, key.deadline);
                     }
                 }
                 if e.bytes > max {
@@ -339,6 +403,7 @@ impl TraceBuffer {
                     .lock()
                     .expect("timer lock")
                     .insert(key, id);
+                self.wake_for(shard, key.deadline);
                 v.insert(entry);
                 self.pending_traces.fetch_add(1, Ordering::Relaxed);
                 self.buffered_bytes

@@ -430,3 +430,62 @@ async fn shedding_evicts_the_oldest_until_the_bytes_are_freed() {
     assert_eq!(buffer.evict_oldest_bytes(u64::MAX).len(), 7);
     assert_eq!((buffer.pending_traces(), buffer.buffered_bytes()), (0, 0));
 }
+
+type Earlier<'a> = std::pin::Pin<Box<tokio::sync::futures::Notified<'a>>>;
+
+/// As a decision loop plans its sleep over `shards`: the wake-up it listens for, and when
+/// it would wake.
+fn plan<'a>(
+    buffer: &'a TraceBuffer,
+    shards: &[usize],
+    not_before: Instant,
+) -> (Earlier<'a>, Option<Instant>) {
+    let mut earlier = Box::pin(buffer.earlier_deadline());
+    earlier.as_mut().enable();
+    let wake = buffer.plan_wake(shards, not_before);
+    (earlier, wake)
+}
+
+/// Whether `earlier` has completed, without waiting.
+fn woken(earlier: &mut Earlier<'_>) -> bool {
+    use std::future::Future;
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    earlier.as_mut().poll(&mut cx).is_ready()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_loop_sleeps_until_the_first_deadline_and_only_an_earlier_one_wakes_it() {
+    let buffer = TraceBuffer::new(
+        BufferConfig {
+            decision_wait_after_root_received: Duration::from_secs(2),
+            ..config()
+        },
+        4,
+    );
+    let all: Vec<usize> = (0..4).collect();
+    let t0 = Instant::now();
+    // Empty: no wake planned, and the first trace wakes the loop.
+    let (mut earlier, wake) = plan(&buffer, &all, t0);
+    assert_eq!(wake, None);
+    buffer.add(trace_id(1), chunk(1, &[1]).with(CHILD), None, t0, true);
+    assert!(woken(&mut earlier));
+    // Planned for the first deadline; a trace due later does not wake it.
+    let (mut earlier, wake) = plan(&buffer, &all, t0);
+    assert_eq!(wake, Some(t0 + Duration::from_secs(10)));
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let t1 = Instant::now();
+    buffer.add(trace_id(2), chunk(2, &[1]).with(CHILD), None, t1, true);
+    assert!(!woken(&mut earlier));
+    // A root span brings trace 2 forward to t1 + 2 s, before the planned wake: woken.
+    buffer.add(trace_id(2), chunk(2, &[2]).with(ROOT), None, t1, true);
+    assert!(woken(&mut earlier));
+    let (mut earlier, wake) = plan(&buffer, &all, t0);
+    assert_eq!(wake, Some(t1 + Duration::from_secs(2)));
+    // Never before the time the loop gives (at most one look per tick).
+    let later = t1 + Duration::from_secs(5);
+    assert_eq!(buffer.plan_wake(&all, later), Some(later));
+    // While the loop is looking, new keys do not wake it.
+    buffer.awake(&all);
+    buffer.add(trace_id(3), chunk(3, &[1]).with(ROOT), None, t1, true);
+    assert!(!woken(&mut earlier));
+}

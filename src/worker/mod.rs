@@ -441,25 +441,46 @@ pub fn decision_loops(cores: usize) -> usize {
     cores.div_ceil(4).max(1)
 }
 
-/// Decides due traces in `shards` every [`DECISION_TICK`] until `stop`, gathering kept
-/// spans into export requests; what it has gathered is sent when it stops.
+/// Decides due traces in `shards` until `stop`, gathering kept spans into export
+/// requests; what it has gathered is sent when it stops. It wakes when the first deadline
+/// in its shards has come, at most once per [`DECISION_TICK`] (so a busy buffer is decided
+/// in batches), and when its gathered spans are due to be sent; a trace due earlier than
+/// that (a root span brings its deadline forward) wakes it to plan again. An empty or
+/// filling buffer costs no wake-ups.
 async fn decide_loop(
     pipeline: Arc<Pipeline>,
     shards: Vec<usize>,
     stop: CancellationToken,
 ) -> Result<(), Infallible> {
-    let mut tick = tokio::time::interval(DECISION_TICK);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let buffer = pipeline.buffer();
     let mut kept = Kept::default();
+    let mut not_before = Instant::now();
     loop {
+        let earlier = buffer.earlier_deadline();
+        tokio::pin!(earlier);
+        earlier.as_mut().enable();
+        let due = buffer.plan_wake(&shards, not_before);
+        let wake = [due, kept.send_at()].into_iter().flatten().min();
         tokio::select! {
             _ = stop.cancelled() => {
                 pipeline.send_kept(&mut kept);
                 return Ok(());
             }
-            _ = tick.tick() => {}
+            _ = &mut earlier => continue,
+            _ = sleep_until_some(wake) => {}
         }
-        pipeline.decide_due(&shards, Instant::now(), &mut kept);
+        buffer.awake(&shards);
+        let now = Instant::now();
+        pipeline.decide_due(&shards, now, &mut kept);
+        not_before = now + DECISION_TICK;
+    }
+}
+
+/// Sleeps until `wake`, or for ever.
+async fn sleep_until_some(wake: Option<Instant>) {
+    match wake {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

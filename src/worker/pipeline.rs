@@ -885,6 +885,11 @@ pub struct Kept {
 }
 
 impl Kept {
+    /// When the spans gathered are due to be sent, if there are any.
+    pub fn send_at(&self) -> Option<Instant> {
+        self.since.map(|since| since + EXPORT_BATCH_TIMEOUT)
+    }
+
     /// The export request, carrying its settlement when there is a log.
     fn take(&mut self, durable: Option<&Durable>) -> EncodedRequest {
         let mut request = self.request.take();
