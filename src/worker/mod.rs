@@ -13,6 +13,7 @@
 
 pub mod config;
 mod decider;
+mod decision_cache;
 pub mod durable;
 pub mod pipeline;
 #[cfg(test)]

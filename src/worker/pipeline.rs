@@ -22,11 +22,10 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use metrics::{Counter, Gauge, Histogram};
-use moka::policy::EvictionPolicy;
-use moka::sync::Cache;
 use tokio::time::Instant;
 
 use super::decider::Decider;
+use super::decision_cache::DecisionCache;
 use super::durable::{unix_nanos, Durable, History, Logged};
 use crate::buffer::{AddOutcome, ChunkFacts, Epoch, NewChunk, TraceBuffer, TraceEntry};
 use crate::exporter::ExporterSet;
@@ -151,8 +150,8 @@ pub struct Pipeline {
     buffer: TraceBuffer,
     decider: Decider,
     span_metrics: Option<SpanMetrics>,
-    sampled: Option<DecisionCache>,
-    not_sampled: Option<DecisionCache>,
+    sampled: Option<DecisionCache<Cached>>,
+    not_sampled: Option<DecisionCache<Cached>>,
     exporters: ExporterSet,
     fleet: Option<Arc<Fleet>>,
     durable: Option<Arc<Durable>>,
@@ -165,22 +164,8 @@ pub struct Pipeline {
 /// One request's spans for other workers, by peer and relay kind.
 type Relayed = Vec<(Arc<Peer>, RelayKind, Kept)>;
 
-/// Decisions by trace id, hashed with ahash (randomly keyed per process, like the buffer's
-/// map) instead of moka's default SipHash, which showed in profiles: every group of spans
-/// that arrives looks its trace up.
-type DecisionCache = Cache<u128, Cached, ahash::RandomState>;
-
-/// A decision cache forgets its least recently used decisions, as the collector's LRU
-/// does. moka's default policy (TinyLFU) admits a new entry into a full cache only when it
-/// was asked for more often than what it would evict; a trace id is asked for only after
-/// its decision is in, so a full cache would keep its oldest decisions and no new one.
-fn cache(size: u64) -> Option<DecisionCache> {
-    (size > 0).then(|| {
-        Cache::builder()
-            .max_capacity(size)
-            .eviction_policy(EvictionPolicy::lru())
-            .build_with_hasher(ahash::RandomState::new())
-    })
+fn cache(size: u64) -> Option<DecisionCache<Cached>> {
+    (size > 0).then(|| DecisionCache::new(size))
 }
 
 /// The decision-related settings of `tail_sampling`.
@@ -339,10 +324,7 @@ impl Pipeline {
 
     /// Whether the trace was kept, as far as the sampled decision cache remembers.
     pub fn was_kept(&self, id: &TraceId) -> bool {
-        self.sampled
-            .as_ref()
-            .and_then(|c| c.get(&u128::from_be_bytes(*id)))
-            .is_some()
+        self.sampled.as_ref().and_then(|c| c.peek(id)).is_some()
     }
 
     /// Decides pending and future traces with `policies` (hot reload).
@@ -544,11 +526,10 @@ impl Pipeline {
     }
 
     fn cached(&self, id: &TraceId) -> Option<Cached> {
-        let key = u128::from_be_bytes(*id);
         self.sampled
             .as_ref()
-            .and_then(|c| c.get(&key))
-            .or_else(|| self.not_sampled.as_ref().and_then(|c| c.get(&key)))
+            .and_then(|c| c.get(id))
+            .or_else(|| self.not_sampled.as_ref().and_then(|c| c.get(id)))
     }
 
     /// A span's `rv`, reading its tracestate only when it has one; malformed `th` or `rv`
@@ -598,7 +579,7 @@ impl Pipeline {
         };
         if let Some(cache) = cache {
             cache.insert(
-                u128::from_be_bytes(*id),
+                *id,
                 Cached {
                     decision,
                     policy: verdict.policy.clone(),
