@@ -31,6 +31,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 static MALLOC_CONF: &u8 = &b"narenas:1,cache_oblivious:false\0"[0];
 
 pub mod buffer;
+pub mod cache;
 pub mod config;
 pub mod exporter;
 pub mod lifecycle;

@@ -166,8 +166,8 @@ impl Fleet {
         }
         let offers = |result| registry.counter(telemetry::MEMBERSHIP_OFFERS, &[("result", result)]);
         let evictions = registry.counter(telemetry::MEMBERSHIP_MARKER_EVICTIONS, &[]);
-        // Least recently used first (moka's default would turn new markers away once full,
-        // keeping the old ones: see the worker's decision caches).
+        // Least recently used first: moka's default would turn new markers away once full,
+        // keeping the old ones (see `crate::cache`). moka here for its time to live.
         let markers = Cache::builder()
             .max_capacity(MAX_MARKERS)
             .eviction_policy(moka::policy::EvictionPolicy::lru())

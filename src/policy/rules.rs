@@ -5,14 +5,13 @@
 
 use std::collections::HashSet;
 
-use moka::sync::Cache;
-
 use super::adaptive::Ema;
 use super::composite::Composite;
 use super::ottl::OttlCondition;
 use super::probabilistic::Probabilistic;
 use super::token_bucket::TokenBucket;
 use super::{Chance, Decision, TraceView};
+use crate::cache::Lru;
 use crate::otlp::view::{AnyValueView, AttributeKey, Attributes, SpanView};
 
 /// Why a policy could not decide; the policy abstains.
@@ -130,7 +129,7 @@ pub(super) enum StringMatcher {
     Exact(HashSet<String>),
     Regex {
         regexes: Vec<regex::Regex>,
-        cache: Cache<String, bool, ahash::RandomState>,
+        cache: Lru<String, bool>,
     },
 }
 
@@ -142,9 +141,7 @@ impl StringMatcher {
     pub(super) fn regex(regexes: Vec<regex::Regex>, cache_size: u64) -> Self {
         StringMatcher::Regex {
             regexes,
-            cache: Cache::builder()
-                .max_capacity(cache_size.max(1))
-                .build_with_hasher(ahash::RandomState::new()),
+            cache: Lru::new(cache_size),
         }
     }
 

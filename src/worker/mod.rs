@@ -13,7 +13,6 @@
 
 pub mod config;
 mod decider;
-mod decision_cache;
 pub mod durable;
 pub mod pipeline;
 #[cfg(test)]

@@ -25,9 +25,9 @@ use metrics::{Counter, Gauge, Histogram};
 use tokio::time::Instant;
 
 use super::decider::Decider;
-use super::decision_cache::DecisionCache;
 use super::durable::{unix_nanos, Durable, History, Logged};
 use crate::buffer::{AddOutcome, ChunkFacts, Epoch, NewChunk, TraceBuffer, TraceEntry};
+use crate::cache::Lru;
 use crate::exporter::ExporterSet;
 use crate::membership::fleet::{Fleet, Peer, Place};
 use crate::memory_limiter::Shed;
@@ -150,8 +150,8 @@ pub struct Pipeline {
     buffer: TraceBuffer,
     decider: Decider,
     span_metrics: Option<SpanMetrics>,
-    sampled: Option<DecisionCache<Cached>>,
-    not_sampled: Option<DecisionCache<Cached>>,
+    sampled: Option<Lru<TraceId, Cached>>,
+    not_sampled: Option<Lru<TraceId, Cached>>,
     exporters: ExporterSet,
     fleet: Option<Arc<Fleet>>,
     durable: Option<Arc<Durable>>,
@@ -164,8 +164,8 @@ pub struct Pipeline {
 /// One request's spans for other workers, by peer and relay kind.
 type Relayed = Vec<(Arc<Peer>, RelayKind, Kept)>;
 
-fn cache(size: u64) -> Option<DecisionCache<Cached>> {
-    (size > 0).then(|| DecisionCache::new(size))
+fn cache(size: u64) -> Option<Lru<TraceId, Cached>> {
+    (size > 0).then(|| Lru::new(size))
 }
 
 /// The decision-related settings of `tail_sampling`.
