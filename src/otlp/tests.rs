@@ -472,16 +472,11 @@ fn thresholds_are_written_into_spans_without_touching_anything_else() {
     let request = request("svc", vec![with_state.clone(), without_state.clone()]);
     let trace = chunks_of(&request).unwrap();
     let chunk = trace.chunks().next().unwrap();
-    let mut out = RequestBuilder::default();
-    let mut scratch = BytesMut::new();
+    let mut out = GroupedRequest::default();
     // 50 % after the incoming 25 %: the larger threshold stays.
-    out.push_with_thresholds(
-        chunk.head,
-        &[],
-        std::iter::once(chunk.spans),
-        |incoming| incoming.max(Threshold::parse("8")),
-        &mut scratch,
-    );
+    out.push_with_thresholds(chunk.head, &[], std::iter::once(chunk.spans), |incoming| {
+        incoming.max(Threshold::parse("8"))
+    });
     let sent = ExportTraceServiceRequest::decode(out.take().bytes).unwrap();
     let got: Vec<Span> = spans(&sent).cloned().collect();
     let expect = |mut s: Span, state: &str| {
@@ -496,14 +491,8 @@ fn thresholds_are_written_into_spans_without_touching_anything_else() {
         ]
     );
     // Erasing the threshold of a span that has none changes no byte.
-    let mut same = RequestBuilder::default();
-    same.push_with_thresholds(
-        chunk.head,
-        &[],
-        std::iter::once(chunk.spans),
-        |_| None,
-        &mut scratch,
-    );
+    let mut same = GroupedRequest::default();
+    same.push_with_thresholds(chunk.head, &[], std::iter::once(chunk.spans), |_| None);
     let mut plain = RequestBuilder::default();
     plain.push(chunk);
     let erased = ExportTraceServiceRequest::decode(same.take().bytes).unwrap();
@@ -513,14 +502,8 @@ fn thresholds_are_written_into_spans_without_touching_anything_else() {
         "ot=rv:0123456789abcd,vendor=a"
     );
     assert_eq!(plain.take().bytes.len(), {
-        let mut b = RequestBuilder::default();
-        b.push_with_thresholds(
-            chunk.head,
-            &[],
-            std::iter::once(chunk.spans),
-            |incoming| incoming,
-            &mut scratch,
-        );
+        let mut b = GroupedRequest::default();
+        b.push_with_thresholds(chunk.head, &[], std::iter::once(chunk.spans), |i| i);
         b.take().bytes.len()
     });
 }
@@ -608,4 +591,70 @@ fn a_key_found_only_as_another_attributes_value_is_not_an_attribute() {
         found[2],
         Some(view::AnyValueView::Str("url.path"))
     ));
+}
+
+fn first(t: &TraceSpans) -> Chunk<'_> {
+    t.chunks().next().unwrap()
+}
+
+/// Chunks of one resource, scope and scope fragment go out under one `ResourceSpans`, in
+/// the order they came, however many requests their heads were read from.
+#[test]
+fn a_grouped_request_puts_chunks_of_one_head_together() {
+    let chunk_of = |service: &str, span_id: u64| {
+        chunks_of(&request(
+            service,
+            vec![span(trace_id(span_id), span_id, None)],
+        ))
+        .unwrap()
+    };
+    let (a1, b1, a2, a3) = (
+        chunk_of("a", 1),
+        chunk_of("b", 2),
+        chunk_of("a", 3),
+        chunk_of("a", 4),
+    );
+    let policy = scope_attributes_fragment(vec![tailgate_testkit::kv("policy", "p")]);
+    let mut out = GroupedRequest::default();
+    out.push_spans(first(&a1).head, &[], std::iter::once(first(&a1).spans));
+    out.push_spans(first(&b1).head, &[], std::iter::once(first(&b1).spans));
+    out.push_counted(first(&a2).head, &[], std::iter::once(first(&a2).spans), 1);
+    out.push_with_thresholds(
+        first(&a3).head,
+        &policy,
+        std::iter::once(first(&a3).spans),
+        |t| t,
+    );
+    assert_eq!(out.span_count(), 4);
+    let encoded = out.take();
+    assert!(out.is_empty());
+    assert_eq!(encoded.spans, 4);
+    let sent = ExportTraceServiceRequest::decode(encoded.bytes).unwrap();
+    let groups: Vec<(String, usize, Vec<u64>)> = sent
+        .resource_spans
+        .iter()
+        .map(|rs| {
+            let service = match &rs.resource.as_ref().unwrap().attributes[0].value {
+                Some(v) => format!("{:?}", v.value),
+                None => String::new(),
+            };
+            let scope = &rs.scope_spans[0];
+            let ids = scope
+                .spans
+                .iter()
+                .map(|s| u64::from_be_bytes(s.span_id[..].try_into().unwrap()))
+                .collect();
+            (service, scope.scope.as_ref().unwrap().attributes.len(), ids)
+        })
+        .collect();
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    let service = |s: &str| format!("{:?}", Some(Value::StringValue(s.into())));
+    assert_eq!(
+        groups,
+        vec![
+            (service("a"), 0, vec![1, 3]),
+            (service("b"), 0, vec![2]),
+            (service("a"), 1, vec![4]),
+        ]
+    );
 }

@@ -20,7 +20,6 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use metrics::{Counter, Gauge, Histogram};
 use tokio::time::Instant;
 
@@ -33,7 +32,7 @@ use crate::membership::fleet::{Fleet, Peer, Place};
 use crate::memory_limiter::Shed;
 use crate::otlp::tracestate;
 use crate::otlp::view::SpanView;
-use crate::otlp::{EncodedRequest, Head, RequestBuilder, TraceId};
+use crate::otlp::{EncodedRequest, GroupedRequest, Head, TraceId};
 use crate::policy::{AttributeMatches, Chance, Decision, PolicySet, StatusCodes, Verdict};
 use crate::receiver::{check_ids, Ingest, IngestError, Ingested, Payload, Relay, RelayKind};
 use crate::spanmetrics::SpanMetrics;
@@ -439,13 +438,7 @@ impl Pipeline {
             .decided(Decision::Sampled)
             .increment(spans.n);
         let annotation = self.decider.annotation(verdict, true).unwrap_or_default();
-        self.push_kept(
-            &mut late.request,
-            spans,
-            &annotation,
-            verdict,
-            &mut BytesMut::new(),
-        );
+        self.push_kept(&mut late.request, spans, &annotation, verdict);
         if let (Some(durable), Some(logged)) = (&self.durable, logged) {
             late.traces.push((id, logged.seq));
             late.pins
@@ -550,21 +543,16 @@ impl Pipeline {
     /// thresholds are written.
     fn push_kept<'a>(
         &self,
-        out: &mut RequestBuilder,
+        out: &mut GroupedRequest,
         spans: Spans<'_, impl Iterator<Item = &'a [u8]> + Clone>,
         annotation: &[u8],
         verdict: &Verdict,
-        scratch: &mut BytesMut,
     ) {
         if self.thresholds && verdict.decision == Decision::Sampled {
             let chance = verdict.chance;
-            out.push_with_thresholds(
-                spans.head,
-                annotation,
-                spans.bytes,
-                |incoming| chance.threshold_after(incoming),
-                scratch,
-            );
+            out.push_with_thresholds(spans.head, annotation, spans.bytes, |incoming| {
+                chance.threshold_after(incoming)
+            });
         } else {
             out.push_counted(spans.head, annotation, spans.bytes, spans.n);
         }
@@ -645,7 +633,6 @@ impl Pipeline {
 
     fn decide_batch(&self, due: Vec<(TraceId, TraceEntry)>, now: Instant, out: &mut Kept) {
         let fleet_size = self.fleet.as_ref().map_or(1, |f| f.size());
-        let mut scratch = BytesMut::new();
         let decided: Vec<(TraceId, TraceEntry, Verdict)> = due
             .into_iter()
             .map(|(id, entry)| {
@@ -685,7 +672,7 @@ impl Pipeline {
                         bytes: std::iter::once(chunk.spans),
                         n: u64::from(chunk.span_count),
                     };
-                    self.push_kept(&mut out.request, spans, &annotation, &verdict, &mut scratch);
+                    self.push_kept(&mut out.request, spans, &annotation, &verdict);
                 }
                 if let Some(logged) = entry.logged {
                     out.traces.push((id, logged.seq));
@@ -858,7 +845,7 @@ struct Spans<'h, I> {
 /// requests on disk until then.
 #[derive(Default)]
 pub struct Kept {
-    request: RequestBuilder,
+    request: GroupedRequest,
     traces: Vec<(TraceId, u64)>,
     pins: Vec<Pin>,
     /// When a decision loop's batch got its first span.
