@@ -231,13 +231,9 @@ impl Rule {
     /// there are any.
     pub(super) fn assign_slots(&mut self, next: &mut u32) {
         match self {
-            Rule::Attribute(c) => {
-                if let Ok(slot) = u8::try_from(*next) {
-                    if slot < 64 {
-                        c.slot = Some(slot);
-                        *next += 1;
-                    }
-                }
+            Rule::Attribute(c) if *next < 64 => {
+                c.slot = Some(*next as u8);
+                *next += 1;
             }
             Rule::And(subs) | Rule::Drop(subs) => {
                 subs.iter_mut().for_each(|s| s.assign_slots(next));

@@ -44,7 +44,7 @@ const MAX_BATCH_SPANS: u64 = 8192;
 const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// How long a decision loop's kept spans wait for more before they are sent (the batch
 /// processor's default timeout; a collector's tail sampling is usually followed by one).
-/// Without it, each tick would send the few traces it kept as a request of their own.
+/// Without it, each look at due traces would send the few it kept as a request of their own.
 pub const EXPORT_BATCH_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// A remembered decision, for late spans.
@@ -876,8 +876,8 @@ fn age(entry: &TraceEntry, now: Instant) -> f64 {
         .as_secs_f64()
 }
 
-/// How often deciders look for due traces; the bound on decision lateness under normal
-/// load.
+/// The least time between two looks of a decision loop at its due traces; the bound on
+/// decision lateness under normal load.
 pub const DECISION_TICK: Duration = Duration::from_millis(10);
 
 /// Above the hard memory limit the memory limiter evicts the oldest pending traces,
