@@ -438,17 +438,6 @@ impl GroupedRequest {
         self.spans += span_count;
     }
 
-    /// Like [`GroupedRequest::push_counted`], counting the spans.
-    pub fn push_spans<'a>(
-        &mut self,
-        head: &Head,
-        scope_fragment: &[u8],
-        spans: impl Iterator<Item = &'a [u8]> + Clone,
-    ) {
-        let span_count = spans.clone().count() as u64;
-        self.push_counted(head, scope_fragment, spans, span_count);
-    }
-
     /// Adds `spans` (framed as field 2 of `ScopeSpans`) under `head` and `scope_fragment`,
     /// each with the `th` of its tracestate replaced by what `threshold` makes of the one
     /// it carries (`None` erases it); every other byte as received.

@@ -616,8 +616,8 @@ fn a_grouped_request_puts_chunks_of_one_head_together() {
     );
     let policy = scope_attributes_fragment(vec![tailgate_testkit::kv("policy", "p")]);
     let mut out = GroupedRequest::default();
-    out.push_spans(first(&a1).head, &[], std::iter::once(first(&a1).spans));
-    out.push_spans(first(&b1).head, &[], std::iter::once(first(&b1).spans));
+    out.push_counted(first(&a1).head, &[], std::iter::once(first(&a1).spans), 1);
+    out.push_counted(first(&b1).head, &[], std::iter::once(first(&b1).spans), 1);
     out.push_counted(first(&a2).head, &[], std::iter::once(first(&a2).spans), 1);
     out.push_with_thresholds(
         first(&a3).head,

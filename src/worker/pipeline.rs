@@ -382,7 +382,7 @@ impl Pipeline {
                         &mut out.relayed.last_mut().expect("just pushed").2
                     }
                 };
-                share.request.push_spans(head, &[], bytes);
+                share.request.push_counted(head, &[], bytes, n);
                 // With a log, the request stays on disk until the peer has the spans, and
                 // is then recorded as settled for this trace (not to be taken back).
                 if let Some(logged) = out.logged {
