@@ -256,13 +256,15 @@ async fn a_reload_decides_pending_traces_on_their_attributes() {
     let worker = Worker::start(common::config(
         &sink,
         &format!(
-            "  decision_wait: 2s\n  policies_file: {:?}\n",
+            "  decision_wait: 5s\n  policies_file: {:?}\n",
             file.display().to_string()
         ),
     ))
     .await
     .unwrap();
     let mut client = common::grpc_client(&worker).await;
+    // The file is polled every second: trace 1 is still pending when the new policies
+    // are in.
     let with_team = |n: u64, team: &str| {
         let mut s = span(trace_id(n), 1, None);
         s.attributes.push(kv("team", team));
