@@ -276,15 +276,11 @@ pub fn scope_attributes_fragment(attributes: Vec<KeyValue>) -> Bytes {
 }
 
 impl RequestBuilder {
+    /// Adds one `ResourceSpans` holding a chunk's spans under its head.
     pub fn push(&mut self, chunk: Chunk<'_>) {
-        self.push_annotated(chunk, &[]);
-    }
-
-    /// Like [`RequestBuilder::push`], adding a [`scope_attributes_fragment`] to the scope.
-    pub fn push_annotated(&mut self, chunk: Chunk<'_>, scope_fragment: &[u8]) {
         self.push_counted(
             chunk.head,
-            scope_fragment,
+            &[],
             std::iter::once(chunk.spans),
             u64::from(chunk.span_count),
         );

@@ -170,8 +170,8 @@ impl Decider {
         self.dry_run || decision == Decision::Sampled
     }
 
-    /// The scope attributes exported spans carry, as a fragment for
-    /// `RequestBuilder::push_annotated`: the decision in a dry run, and with
+    /// The scope attributes exported spans carry, as a scope fragment for
+    /// `GroupedRequest`: the decision in a dry run, and with
     /// `record_policy` the deciding policy (and composite sub-policy), plus
     /// `tailsampling.cached_decision` for late spans released by the decision cache. Both
     /// show a kept trace's sampling probability (`tailsampling.probability`) when it is
