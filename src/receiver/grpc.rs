@@ -87,11 +87,20 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, Infallible>> + Send>>;
 /// The gRPC message prefix: a compression flag and a 4-byte big-endian length.
 const PREFIX: usize = 5;
 
-/// The largest HTTP/2 frame clients may send. HTTP/2's default, 16 KiB, cuts a request of a
-/// few hundred KiB into dozens of frames, each a write on the client and a body chunk here;
-/// clients that honour this send one frame per window instead. What a connection may have
-/// in flight is still bounded by the flow-control windows, not by this.
+/// The largest HTTP/2 frame clients may send, and each stream's flow-control window.
+/// HTTP/2's default frame, 16 KiB, cuts a request of a few hundred KiB into dozens of
+/// frames, each a write on the client and a body chunk here, and a body of several chunks
+/// is copied into one buffer before it is read. With 1 MiB frames and windows a request up
+/// to that size can arrive as one frame and is read where it landed. Request bytes held are
+/// bounded by the receiver's request budget, not by the windows: a chunk is acknowledged
+/// as soon as it is taken from the stream.
 const MAX_FRAME_BYTES: u32 = 1 << 20;
+/// The connection's flow-control window: room for four requests of `MAX_FRAME_BYTES` at
+/// once, the concurrency of an exporter's consumers on one connection. hyper's default,
+/// 1 MiB for the whole connection, made concurrent requests wait for window updates and
+/// arrive in pieces. grpc-go, the collector's server, grows its windows up to 16 MiB as it
+/// measures the connection.
+const CONNECTION_WINDOW_BYTES: u32 = 4 * MAX_FRAME_BYTES;
 
 impl<B> tower::Service<http::Request<B>> for TraceServer
 where
@@ -282,6 +291,8 @@ pub(super) async fn serve_grpc(
     let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
     let mut builder = tonic::transport::Server::builder()
         .max_frame_size(MAX_FRAME_BYTES)
+        .initial_stream_window_size(MAX_FRAME_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .max_concurrent_streams(settings.max_concurrent_streams)
         .http2_keepalive_interval(nonzero(keepalive.time))
         .http2_keepalive_timeout(Some(keepalive.timeout));

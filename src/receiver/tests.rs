@@ -3,6 +3,8 @@
 
 use std::io::Write;
 
+use bytes::Bytes;
+
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
@@ -251,5 +253,56 @@ async fn http_answers_each_kind_of_bad_input_precisely() {
         ),
         2.0
     );
+    w.shutdown().await;
+}
+
+/// The gRPC receiver lets a client send four requests of 1 MiB at once before any window
+/// update: its frames and stream windows are 1 MiB and its connection window 4 MiB
+/// (HTTP/2's default is 64 KiB, hyper's 1 MiB for the whole connection), so such requests
+/// arrive as one frame each and are read without being gathered from pieces.
+#[tokio::test]
+async fn grpc_takes_four_requests_of_a_mebibyte_without_waiting_for_a_window() {
+    const MIB: usize = 1 << 20;
+    let w = worker().await;
+    let addr = w.grpc_addr.unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = h2::client::Builder::new()
+        .max_send_buffer_size(8 * MIB)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    let mut streams = Vec::new();
+    for _ in 0..4 {
+        let mut client = client.clone().ready().await.unwrap();
+        let request = http::Request::post(format!(
+            "http://{addr}/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+        ))
+        .header("content-type", "application/grpc")
+        .body(())
+        .unwrap();
+        let (_response, mut send) = client.send_request(request, false).unwrap();
+        send.reserve_capacity(MIB);
+        streams.push(send);
+    }
+    // Capacity is granted as the server's settings and window updates arrive; with smaller
+    // windows it would stop short, so the wait is bounded.
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        for send in &mut streams {
+            while send.capacity() < MIB {
+                std::future::poll_fn(|cx| send.poll_capacity(cx))
+                    .await
+                    .unwrap()
+                    .unwrap();
+            }
+        }
+    })
+    .await
+    .expect("four streams were never granted 1 MiB each");
+    for send in &mut streams {
+        assert_eq!(send.capacity(), MIB);
+        send.send_reset(h2::Reason::CANCEL);
+    }
+    connection.abort();
     w.shutdown().await;
 }
