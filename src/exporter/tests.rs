@@ -3,6 +3,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::StatusCode;
+use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -484,4 +485,174 @@ fn the_overflow_starts_empty_and_gives_back_what_it_cannot_take() {
     let big = encoded(9, 20_000);
     assert!(big.bytes.len() > 1 << 20);
     assert!(spill.push(big).is_err());
+}
+
+/// What a hand-made gRPC backend received: the headers and the request's body as sent.
+type Received = Arc<std::sync::Mutex<Vec<(http::HeaderMap, Bytes)>>>;
+
+/// A gRPC backend made by hand on hyper, answering every call with `status` and the
+/// given headers (a trailers-only answer when they hold `grpc-status`), else with the
+/// `message` and `trailers`; records what it received.
+async fn raw_backend(
+    status: u16,
+    headers: Pairs,
+    message: Option<ExportTraceServiceResponse>,
+    trailers: Pairs,
+) -> (String, Received) {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let received = Received::default();
+    let log = received.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let log = log.clone();
+            let message = message.clone();
+            let service =
+                hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                    let log = log.clone();
+                    let message = message.clone();
+                    async move {
+                        let (parts, body) = request.into_parts();
+                        let body = body.collect().await.unwrap().to_bytes();
+                        log.lock().unwrap().push((parts.headers, body));
+                        let mut frames = Vec::new();
+                        if let Some(message) = message {
+                            let bytes = message.encode_to_vec();
+                            let mut framed = vec![0];
+                            framed.extend((bytes.len() as u32).to_be_bytes());
+                            framed.extend(bytes);
+                            frames.push(hyper::body::Frame::data(Bytes::from(framed)));
+                        }
+                        if !trailers.is_empty() {
+                            let mut map = http::HeaderMap::new();
+                            for (k, v) in trailers {
+                                map.insert(*k, v.parse().unwrap());
+                            }
+                            frames.push(hyper::body::Frame::trailers(map));
+                        }
+                        let body = http_body_util::StreamBody::new(tokio_stream::iter(
+                            frames.into_iter().map(Ok::<_, std::convert::Infallible>),
+                        ));
+                        let mut response = http::Response::builder()
+                            .status(status)
+                            .header("content-type", "application/grpc");
+                        for (k, v) in headers {
+                            response = response.header(*k, *v);
+                        }
+                        Ok::<_, std::convert::Infallible>(response.body(body).unwrap())
+                    }
+                });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service),
+            );
+        }
+    });
+    (endpoint, received)
+}
+
+fn grpc_sink(endpoint: &str, compression: &str) -> otlp_grpc::GrpcSink {
+    let configs = exporters(&format!(
+        "  otlp: {{endpoint: {endpoint:?}, tls: {{insecure: true}}, compression: {compression}, timeout: 3s, headers: {{X-Tenant: acme}}}}\n"
+    ));
+    let ExporterConfig::Otlp(config) = &configs[0].1 else {
+        panic!("an otlp exporter");
+    };
+    otlp_grpc::GrpcSink::new(config).unwrap()
+}
+
+const OK: &[(&str, &str)] = &[("grpc-status", "0")];
+const NONE: &[(&str, &str)] = &[];
+/// Header names and values.
+type Pairs = &'static [(&'static str, &'static str)];
+
+/// The request goes out as one gRPC message: gzipped with `grpc-encoding: gzip` by
+/// default, as it is with `compression: none`, with the configured headers and the
+/// timeout as `grpc-timeout`; the backend's partial success is read from its answer.
+#[tokio::test]
+async fn the_otlp_exporter_frames_gzips_and_reads_partial_success() {
+    let answer = ExportTraceServiceResponse {
+        partial_success: Some(
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTracePartialSuccess {
+                rejected_spans: 2,
+                error_message: "two too many".into(),
+            },
+        ),
+    };
+    let (endpoint, received) = raw_backend(200, NONE, Some(answer), OK).await;
+    let request = encoded(1, 40);
+    for compression in ["gzip", "none"] {
+        let sent = grpc_sink(&endpoint, compression)
+            .send(&request)
+            .await
+            .unwrap();
+        assert_eq!(sent.rejected, 2);
+        let (headers, body) = received.lock().unwrap().pop().unwrap();
+        assert_eq!(headers["content-type"], "application/grpc");
+        assert_eq!(headers["te"], "trailers");
+        assert_eq!(headers["grpc-timeout"], "3000m");
+        assert_eq!(headers["x-tenant"], "acme");
+        let length = u32::from_be_bytes(body[1..5].try_into().unwrap()) as usize;
+        assert_eq!(length, body.len() - 5);
+        let message = if compression == "gzip" {
+            assert_eq!(headers["grpc-encoding"], "gzip");
+            assert_eq!(body[0], 1);
+            let mut raw = Vec::new();
+            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[5..]), &mut raw)
+                .unwrap();
+            assert!(
+                length < raw.len() / 2,
+                "{length} bytes of gzip for {}",
+                raw.len()
+            );
+            raw
+        } else {
+            assert!(!headers.contains_key("grpc-encoding"));
+            assert_eq!(body[0], 0);
+            body[5..].to_vec()
+        };
+        assert_eq!(message, request.bytes.to_vec());
+    }
+}
+
+/// Each way a gRPC call can fail is told apart as gRPC defines it: a trailers-only
+/// status, a status in the trailers, an HTTP status without a gRPC one, and a response
+/// that ends without any status; retryable codes are retried, the rest are not.
+#[tokio::test]
+async fn the_otlp_exporter_reads_each_kind_of_failed_call() {
+    let retryable = |e: &SendError| matches!(e, SendError::Retryable { .. });
+    let cases: [(u16, Pairs, Pairs, bool, &str); 5] = [
+        (
+            200,
+            &[("grpc-status", "14"), ("grpc-message", "busy")],
+            NONE,
+            true,
+            "Unavailable: busy",
+        ),
+        (
+            200,
+            NONE,
+            &[("grpc-status", "3"), ("grpc-message", "bad")],
+            false,
+            "InvalidArgument: bad",
+        ),
+        (503, NONE, NONE, true, "Unavailable"),
+        (400, NONE, NONE, false, "Internal"),
+        (200, NONE, NONE, false, "Unknown"),
+    ];
+    for (status, headers, trailers, retried, message) in cases {
+        let (endpoint, _) = raw_backend(status, headers, None, trailers).await;
+        let error = grpc_sink(&endpoint, "gzip")
+            .send(&encoded(1, 3))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            retryable(&error),
+            retried,
+            "{status} {headers:?} {trailers:?}: {error}"
+        );
+        assert!(error.to_string().contains(message), "{error}");
+    }
 }
