@@ -379,7 +379,16 @@ pub struct GroupedRequest {
     spans: u64,
     /// The request's size without the groups' own framing.
     bytes: usize,
+    /// The span buffers of the last request's groups, emptied, for the next groups: a
+    /// group's buffer grows to its share of a request, and growing a new one for every
+    /// request copied it on each doubling and touched fresh pages. Only a buffer with room
+    /// for at most twice what it held, or `SPARE_SLACK` more, is kept: their room is at
+    /// most twice the last request and `SPARE_SLACK` per group.
+    spare: Vec<BytesMut>,
 }
+
+/// What a kept span buffer may have beyond twice what it last held.
+const SPARE_SLACK: usize = 64 * 1024;
 
 /// The spans under one resource, scope and scope fragment.
 struct Group {
@@ -406,7 +415,7 @@ impl GroupedRequest {
                     resource: head.resource.clone(),
                     scope: head.scope.clone(),
                     fragment: Bytes::copy_from_slice(fragment),
-                    spans: BytesMut::new(),
+                    spans: self.spare.pop().unwrap_or_default(),
                     count: 0,
                 });
                 self.groups.len() - 1
@@ -488,9 +497,14 @@ impl GroupedRequest {
             buf: BytesMut::with_capacity(self.bytes + 12 * self.groups.len()),
             spans: 0,
         };
-        for g in self.groups.drain(..) {
+        self.spare.clear();
+        for mut g in self.groups.drain(..) {
             let parts = [&g.resource[..], &g.scope[..], &g.fragment[..]];
             out.push_parts(parts, std::iter::once(&g.spans[..]), g.count);
+            if g.spans.capacity() <= 2 * g.spans.len() + SPARE_SLACK {
+                g.spans.clear();
+                self.spare.push(g.spans);
+            }
         }
         self.index.clear();
         self.spans = 0;

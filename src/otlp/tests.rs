@@ -658,3 +658,41 @@ fn a_grouped_request_puts_chunks_of_one_head_together() {
         ]
     );
 }
+
+/// A grouped request's next groups grow in the buffers its last groups used, emptied: the
+/// next request holds its own spans only.
+#[test]
+fn a_grouped_request_reuses_its_groups_buffers_emptied() {
+    let chunk_of = |service: &str, span_id: u64| {
+        chunks_of(&request(
+            service,
+            vec![span(trace_id(span_id), span_id, None)],
+        ))
+        .unwrap()
+    };
+    let span_ids = |encoded: EncodedRequest| -> Vec<u64> {
+        spans(&ExportTraceServiceRequest::decode(encoded.bytes).unwrap())
+            .map(|s| u64::from_be_bytes(s.span_id[..].try_into().unwrap()))
+            .collect()
+    };
+    let mut out = GroupedRequest::default();
+    for id in [1, 2] {
+        let c = chunk_of("a", id);
+        out.push_counted(first(&c).head, &[], std::iter::once(first(&c).spans), 1);
+    }
+    let c = chunk_of("b", 3);
+    out.push_counted(first(&c).head, &[], std::iter::once(first(&c).spans), 1);
+    assert_eq!(span_ids(out.take()), vec![1, 2, 3]);
+    assert_eq!(out.spare.len(), 2);
+    let reused = out.spare[1].as_ptr();
+    let c = chunk_of("b", 4);
+    out.push_with_thresholds(
+        first(&c).head,
+        &[],
+        std::iter::once(first(&c).spans),
+        |t| t,
+    );
+    assert_eq!(out.spare.len(), 1);
+    assert_eq!(out.groups[0].spans.as_ptr(), reused);
+    assert_eq!(span_ids(out.take()), vec![4]);
+}
