@@ -4,12 +4,13 @@
 //! straight into the frame, or copied into it once. tonic's client copies the bytes into
 //! its own buffer and then gzips that through a stream of 8 KiB pieces, at zlib's level 6
 //! with no way to choose the compressor; here libdeflate compresses the whole message in
-//! one call at the same level, a fifth faster on spans (BENCHMARKS.md).
+//! one call at the same level, a fifth faster on spans (BENCHMARKS.md), on the blocking
+//! pool.
 
 use std::str::FromStr;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes};
 use http::header::{CONTENT_TYPE, TE};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -88,7 +89,10 @@ impl GrpcSink {
             maybe_delivered: false,
         })?;
         let message = if self.gzip {
-            gzip_message(&request.bytes)
+            let bytes = request.bytes.clone();
+            tokio::task::spawn_blocking(move || gzip_message(&bytes))
+                .await
+                .map_err(|e| SendError::Permanent(format!("gzip: {e}")))?
         } else {
             message(&request.bytes)
         };
@@ -125,45 +129,30 @@ fn message(bytes: &[u8]) -> Bytes {
     framed.into()
 }
 
-/// The request's bytes gzipped into one compressed gRPC message.
+/// The request's bytes gzipped into one compressed gRPC message. Tens of milliseconds
+/// for a request of a few MiB: callers run it on the blocking pool, off the threads that
+/// receive and decide.
 fn gzip_message(bytes: &[u8]) -> Bytes {
-    GZIP.with_borrow_mut(|(compressor, scratch)| {
-        let bound = compressor.gzip_compress_bound(bytes.len());
-        let mut one_off = Vec::new();
-        let out = if bound <= MAX_SCRATCH_BYTES {
-            if scratch.len() < bound {
-                scratch.resize(bound, 0);
-            }
-            &mut scratch[..]
-        } else {
-            one_off.resize(bound, 0);
-            &mut one_off[..]
-        };
+    COMPRESSOR.with_borrow_mut(|compressor| {
+        // Zeroed room for libdeflate's bound; pages the output does not reach are never
+        // touched when they come fresh from the system.
+        let mut framed = vec![0; PREFIX + compressor.gzip_compress_bound(bytes.len())];
         let len = compressor
-            .gzip_compress(bytes, out)
+            .gzip_compress(bytes, &mut framed[PREFIX..])
             .expect("the output is sized by libdeflate's bound");
-        let mut framed = BytesMut::with_capacity(PREFIX + len);
-        framed.put_u8(1);
-        framed.put_u32(len as u32);
-        framed.extend_from_slice(&out[..len]);
-        framed.freeze()
+        framed.truncate(PREFIX + len);
+        framed.shrink_to_fit();
+        framed[0] = 1;
+        framed[1..PREFIX].copy_from_slice(&(len as u32).to_be_bytes());
+        framed.into()
     })
 }
 
-/// The largest compression output kept between calls.
-const MAX_SCRATCH_BYTES: usize = 8 * 1024 * 1024;
-
 thread_local! {
-    /// Each thread's compressor and output buffer, kept between calls: the compressor's
-    /// state is a few hundred KiB and the output buffer as large as the largest message
-    /// (up to `MAX_SCRATCH_BYTES`); allocating them for each message would touch fresh
-    /// pages every time. The compressed bytes are copied out, a sixth of the message.
-    static GZIP: std::cell::RefCell<(libdeflater::Compressor, Vec<u8>)> =
-        std::cell::RefCell::new((
-            libdeflater::Compressor::new(
-                libdeflater::CompressionLvl::new(GZIP_LEVEL).expect("6 is a valid level"),
-            ),
-            Vec::new(),
+    /// Each thread's compressor, kept between calls: its state is a few hundred KiB.
+    static COMPRESSOR: std::cell::RefCell<libdeflater::Compressor> =
+        std::cell::RefCell::new(libdeflater::Compressor::new(
+            libdeflater::CompressionLvl::new(GZIP_LEVEL).expect("6 is a valid level"),
         ));
 }
 

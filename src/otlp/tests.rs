@@ -686,12 +686,7 @@ fn a_grouped_request_reuses_its_groups_buffers_emptied() {
     assert_eq!(out.spare.len(), 2);
     let reused = out.spare[1].as_ptr();
     let c = chunk_of("b", 4);
-    out.push_with_thresholds(
-        first(&c).head,
-        &[],
-        std::iter::once(first(&c).spans),
-        |t| t,
-    );
+    out.push_with_thresholds(first(&c).head, &[], std::iter::once(first(&c).spans), |t| t);
     assert_eq!(out.spare.len(), 1);
     assert_eq!(out.groups[0].spans.as_ptr(), reused);
     assert_eq!(span_ids(out.take()), vec![4]);
