@@ -1,9 +1,11 @@
-//! The tonic codec the exporters send with: an already encoded `ExportTraceServiceRequest`
-//! goes out as it is, and the response is decoded with prost. Written here because tonic's
-//! prost codec needs a message struct, and decoding the request into structs only to encode
-//! it again would double the cost. It sizes tonic's encode buffer to the request: tonic
-//! starts it at 8 KiB and doubles it, copying, until a request of a few hundred KiB fits.
-//! (The receivers serve the unary call themselves; see `receiver::grpc`.)
+//! A tonic codec for sending encoded requests through tonic's client (the load generator
+//! and tests do): an already encoded `ExportTraceServiceRequest` goes out as it is, and the
+//! response is decoded with prost. Written here because tonic's prost codec needs a message
+//! struct, and decoding the request into structs only to encode it again would double the
+//! cost. It sizes tonic's encode buffer to the request: tonic starts it at 8 KiB and doubles
+//! it, copying, until a request of a few hundred KiB fits. (The receivers serve the unary
+//! call themselves, see `receiver::grpc`, and the `otlp` exporter makes it itself, see
+//! `exporter::otlp_grpc`.)
 
 use bytes::{Buf, BufMut, Bytes};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
