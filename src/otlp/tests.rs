@@ -597,17 +597,19 @@ fn first(t: &TraceSpans) -> Chunk<'_> {
     t.chunks().next().unwrap()
 }
 
+/// The chunk of a request from `service` holding one span, of trace `span_id` too.
+fn chunk_of(service: &str, span_id: u64) -> TraceSpans {
+    chunks_of(&request(
+        service,
+        vec![span(trace_id(span_id), span_id, None)],
+    ))
+    .unwrap()
+}
+
 /// Chunks of one resource, scope and scope fragment go out under one `ResourceSpans`, in
 /// the order they came, however many requests their heads were read from.
 #[test]
 fn a_grouped_request_puts_chunks_of_one_head_together() {
-    let chunk_of = |service: &str, span_id: u64| {
-        chunks_of(&request(
-            service,
-            vec![span(trace_id(span_id), span_id, None)],
-        ))
-        .unwrap()
-    };
     let (a1, b1, a2, a3) = (
         chunk_of("a", 1),
         chunk_of("b", 2),
@@ -663,13 +665,6 @@ fn a_grouped_request_puts_chunks_of_one_head_together() {
 /// next request holds its own spans only.
 #[test]
 fn a_grouped_request_reuses_its_groups_buffers_emptied() {
-    let chunk_of = |service: &str, span_id: u64| {
-        chunks_of(&request(
-            service,
-            vec![span(trace_id(span_id), span_id, None)],
-        ))
-        .unwrap()
-    };
     let span_ids = |encoded: EncodedRequest| -> Vec<u64> {
         spans(&ExportTraceServiceRequest::decode(encoded.bytes).unwrap())
             .map(|s| u64::from_be_bytes(s.span_id[..].try_into().unwrap()))
