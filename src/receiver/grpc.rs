@@ -91,9 +91,9 @@ const PREFIX: usize = 5;
 /// HTTP/2's default frame, 16 KiB, cuts a request of a few hundred KiB into dozens of
 /// frames, each a write on the client and a body chunk here, and a body of several chunks
 /// is copied into one buffer before it is read. With 1 MiB frames and windows a request up
-/// to that size can arrive as one frame and is read where it landed. Request bytes held are
-/// bounded by the receiver's request budget, not by the windows: a chunk is acknowledged
-/// as soon as it is taken from the stream.
+/// to that size can arrive as one frame and is read where it landed. Bytes a call has not
+/// taken yet are bounded by the windows; bytes taken, by the receiver's request budget (a
+/// chunk is acknowledged as soon as it is taken).
 const MAX_FRAME_BYTES: u32 = 1 << 20;
 /// The connection's flow-control window: room for four requests of `MAX_FRAME_BYTES` at
 /// once, the concurrency of an exporter's consumers on one connection. hyper's default,
