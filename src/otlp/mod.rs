@@ -278,9 +278,8 @@ pub fn scope_attributes_fragment(attributes: Vec<KeyValue>) -> Bytes {
 impl RequestBuilder {
     /// Adds one `ResourceSpans` holding a chunk's spans under its head.
     pub fn push(&mut self, chunk: Chunk<'_>) {
-        self.push_counted(
-            chunk.head,
-            &[],
+        self.push_parts(
+            [&chunk.head.resource, &chunk.head.scope, &[]],
             std::iter::once(chunk.spans),
             u64::from(chunk.span_count),
         );
@@ -296,18 +295,6 @@ impl RequestBuilder {
         spans: impl Iterator<Item = &'a [u8]> + Clone,
     ) {
         let span_count = spans.clone().count() as u64;
-        self.push_counted(head, scope_fragment, spans, span_count);
-    }
-
-    /// Like [`RequestBuilder::push_spans`], for pieces of framed spans that may each hold
-    /// several (a buffered chunk's): `span_count` says how many there are in all.
-    pub fn push_counted<'a>(
-        &mut self,
-        head: &Head,
-        scope_fragment: &[u8],
-        spans: impl Iterator<Item = &'a [u8]> + Clone,
-        span_count: u64,
-    ) {
         self.push_parts(
             [&head.resource, &head.scope, scope_fragment],
             spans,
@@ -316,7 +303,8 @@ impl RequestBuilder {
     }
 
     /// Adds one `ResourceSpans` of the resource's fields, the scope's fields and a scope
-    /// fragment, holding `spans`.
+    /// fragment, holding `spans` (pieces of framed spans that may each hold several, as a
+    /// buffered chunk's do): `span_count` says how many there are in all.
     fn push_parts<'a>(
         &mut self,
         [resource, scope, scope_fragment]: [&[u8]; 3],

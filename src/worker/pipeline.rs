@@ -544,7 +544,7 @@ impl Pipeline {
     fn push_kept<'a>(
         &self,
         out: &mut GroupedRequest,
-        spans: Spans<'_, impl Iterator<Item = &'a [u8]> + Clone>,
+        spans: Spans<'_, impl Iterator<Item = &'a [u8]>>,
         annotation: &[u8],
         verdict: &Verdict,
     ) {
